@@ -1,0 +1,63 @@
+"""The worker's configuration file, typed. Unknown keys are errors, so a typo never goes unnoticed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from schemas.types import Budget, CapabilityDef, CapabilityName, Cost, CostPerHour, ModelName, Ratio, SwarmId
+
+
+class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every config section."""
+
+
+class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    default_budget: Budget = 25.0
+    min_capability_match: Ratio = 0.7
+    max_cost_per_task: Cost = 10.0
+    circuit_breaker_threshold: Annotated[int, Meta(ge=1, le=1_000_000)] = 3
+    max_swarms_per_task: Annotated[int, Meta(ge=1, le=64)] = 3
+    failure_window_s: Annotated[float, Meta(gt=0.0)] = 3600.0
+    history_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "governor"
+    mailbox_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+
+
+class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    swarm_id: SwarmId
+    capabilities: Annotated[list[CapabilityName], Meta(min_length=1, max_length=64)]
+    cost_per_hour: CostPerHour
+    reputation_score: Ratio
+    model: ModelName
+    initial_budget: Budget | None = None
+    """Missing: the governor's `default_budget`."""
+
+
+class WitnessSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    endpoint: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class NatsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    servers: Annotated[list[str], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"]
+    )
+    name: str = "if-governor"
+
+
+class MetricsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 9090
+    """0 disables the HTTP endpoint."""
+
+
+class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    governor: GovernorSection = GovernorSection()
+    capabilities: list[CapabilityDef] = []
+    swarms: list[SwarmConfig] = []
+    witness: WitnessSection = WitnessSection()
+    nats: NatsSection = NatsSection()
+    metrics: MetricsSection = MetricsSection()

@@ -1,0 +1,64 @@
+"""Events the governor publishes for witness and human-alert consumers.
+
+Events only grow: a new field always comes with a default, so consumers built on an older version keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Severity = Literal["INFO", "MEDIUM", "HIGH"]
+
+
+class BreakerTripped(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.breaker.tripped`."""
+
+    swarm_id: str
+    reason: str
+    remaining: float
+    operations_count: int
+    tripped_at: float
+    trace_id: str
+
+
+class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.breaker.reset`."""
+
+    swarm_id: str
+    new_budget: float
+    approved_by: str
+    reset_at: float
+    trace_id: str
+
+
+class EscalationContext(msgspec.Struct, frozen=True, kw_only=True):
+    type: str
+    reason: str
+    timestamp: float
+
+
+class Escalation(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.escalation`: a human must look at this swarm."""
+
+    type: Literal["ESCALATE"] = "ESCALATE"
+    swarm_id: str
+    reason: str
+    context: EscalationContext
+    trace_id: str
+    severity: Severity = "HIGH"
+
+
+class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.witness.<operation>`: the audit trail of every operation."""
+
+    component: Literal["IF.governor"] = "IF.governor"
+    operation: str
+    params: dict[str, Any]
+    timestamp: float
+    severity: Severity
+    trace_id: str
+
+
+Event = BreakerTripped | BreakerReset | Escalation | WitnessRecord

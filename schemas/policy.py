@@ -1,0 +1,45 @@
+"""Resource policy: the declarative limits the governor applies, and the seed's three presets."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from schemas.types import Cost, Ratio
+
+
+class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Policy constraints for resource allocation (defaults are the seed's production policy)."""
+
+    max_swarms_per_task: Annotated[int, Meta(ge=1, le=64)] = 3
+    max_cost_per_task: Cost = 10.0
+    min_capability_match: Ratio = 0.7
+    circuit_breaker_failure_threshold: Annotated[int, Meta(ge=1, le=1_000_000)] = 3
+    failure_window_s: Annotated[float, Meta(gt=0.0, le=365 * 86400.0)] = 3600.0
+
+
+PresetName = Literal["strict", "permissive", "production"]
+
+PRESETS: dict[str, ResourcePolicy] = {
+    "strict": ResourcePolicy(
+        max_swarms_per_task=1,
+        max_cost_per_task=5.0,
+        min_capability_match=0.9,
+        circuit_breaker_failure_threshold=2,
+    ),
+    "permissive": ResourcePolicy(
+        max_swarms_per_task=5,
+        max_cost_per_task=50.0,
+        min_capability_match=0.6,
+        circuit_breaker_failure_threshold=5,
+    ),
+    "production": ResourcePolicy(
+        max_swarms_per_task=3,
+        max_cost_per_task=10.0,
+        min_capability_match=0.7,
+        circuit_breaker_failure_threshold=3,
+    ),
+}
+"""The seed's presets, exactly."""

@@ -1,0 +1,18 @@
+"""The seed's SwarmProfile: what a swarm can do, what it costs, how reliable it is, what it may still spend."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.types import Budget, Capabilities, CostPerHour, ModelName, Ratio, SwarmId
+
+
+class SwarmProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Profile for a swarm (pool of agents), as registered."""
+
+    swarm_id: SwarmId
+    capabilities: Capabilities
+    cost_per_hour: CostPerHour
+    reputation_score: Ratio
+    current_budget_remaining: Budget
+    model: ModelName

@@ -1,0 +1,118 @@
+"""Replies the governor sends. Every reply carries `ok`; replies only grow, each new field with a default."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.policy import ResourcePolicy
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every successful reply."""
+
+    ok: Literal[True] = True
+    trace_id: str = ""
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The one error shape: `{"ok": false, "error": {"code", "message"}}`."""
+
+    ok: Literal[False] = False
+    error: ErrorBody
+    trace_id: str = ""
+
+
+class Assignment(msgspec.Struct, frozen=True, kw_only=True):
+    swarm_id: str
+    capability_match: float
+    score: float
+
+
+class AssignReply(Reply, frozen=True, kw_only=True):
+    task_id: str
+    swarm_id: str | None
+    assignments: list[Assignment]
+    reason: Literal["no_qualified_swarm"] | None = None
+    rejected: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    """Only with `explain`: the first filter that rejected each swarm."""
+
+
+class CostReply(Reply, frozen=True, kw_only=True):
+    swarm_id: str
+    remaining: float
+    tripped: bool
+    duplicate: bool = False
+
+
+class ResetReply(Reply, frozen=True, kw_only=True):
+    swarm_id: str
+    remaining: float
+    duplicate: bool = False
+
+
+class TripReply(Reply, frozen=True, kw_only=True):
+    swarm_id: str
+
+
+class FailureReply(Reply, frozen=True, kw_only=True):
+    swarm_id: str
+    failures_in_window: int
+    tripped: bool
+    duplicate: bool = False
+
+
+class SwarmReply(Reply, frozen=True, kw_only=True):
+    """Reply to register and deregister."""
+
+    swarm_id: str
+
+
+class BreakerState(msgspec.Struct, frozen=True, kw_only=True):
+    reason: str
+    tripped_at: float
+
+
+class SwarmStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A swarm's profile as registered, with its live budget and breaker."""
+
+    swarm_id: str
+    capabilities: list[str]
+    cost_per_hour: float
+    reputation_score: float
+    current_budget_remaining: float
+    model: str
+    budget_remaining: float
+    breaker: BreakerState | None
+    failures_in_window: int = 0
+    operations_count: int = 0
+
+
+class StatusReply(Reply, frozen=True, kw_only=True):
+    swarms: list[SwarmStatus]
+    budgets: dict[str, float]
+    breakers: dict[str, BreakerState]
+    policy: ResourcePolicy
+
+
+class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the assignment history."""
+
+    task_id: str
+    swarm_id: str
+    swarm_ids: list[str]
+    required_capabilities: list[str]
+    capability_match: float
+    score: float
+    timestamp: float
+    trace_id: str
+
+
+class HistoryReply(Reply, frozen=True, kw_only=True):
+    assignments: list[AssignmentRecord]

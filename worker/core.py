@@ -1,0 +1,585 @@
+"""The decision core: registry, matching, budgets, circuit breakers and policy.
+
+Plain synchronous Python. It does no I/O and reads no clock: every operation that depends on time takes `now`
+(seconds since the epoch). Each operation either raises a `GovernorError` and changes nothing, or changes the
+state, returns its reply and records the events to publish (`take_events()`). Only the actor calls it.
+
+Money is kept in integer micro-dollars, so that sums are exact however many costs arrive.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from schemas.events import BreakerReset, BreakerTripped, Escalation, EscalationContext, Event, WitnessRecord
+from schemas.policy import ResourcePolicy
+from schemas.profiles import SwarmProfile
+from schemas.replies import (
+    Assignment,
+    AssignmentRecord,
+    AssignReply,
+    BreakerState,
+    CostReply,
+    FailureReply,
+    ResetReply,
+    StatusReply,
+    SwarmReply,
+    SwarmStatus,
+    TripReply,
+)
+from schemas.types import MAX_USD
+from worker.capabilities import Vocabulary
+from worker.errors import (
+    AlreadyRegistered,
+    AlreadyTripped,
+    InvalidBudget,
+    InvalidCost,
+    InvalidRequest,
+    NotTripped,
+    UnknownSwarm,
+)
+
+MICROS = 1_000_000
+MANUAL_TRIP_REASONS = frozenset({"repeated_failures", "performance_degradation", "manual_override"})
+
+# Reason codes of the filters, in the seed's order.
+BELOW_THRESHOLD = "capability_match_below_threshold"
+COST_ABOVE_MAX = "cost_above_max"
+BUDGET_EXHAUSTED = "budget_exhausted"
+BREAKER_TRIPPED = "breaker_tripped"
+
+
+def to_micros(usd: float) -> int:
+    """USD to integer micro-dollars (rounded to the nearest)."""
+    return round(usd * MICROS)
+
+
+def to_usd(micros: int) -> float:
+    return micros / MICROS
+
+
+class _Swarm:
+    """The mutable state of one registered swarm; private to the core."""
+
+    __slots__ = (
+        "breaker",
+        "budget",
+        "capabilities",
+        "caps",
+        "cost_per_hour",
+        "cost_tracked",
+        "failures",
+        "model",
+        "operations_count",
+        "ordinal",
+        "reputation_score",
+        "swarm_id",
+    )
+
+    def __init__(self, profile: SwarmProfile, capabilities: list[str], ordinal: int) -> None:
+        self.swarm_id = profile.swarm_id
+        self.capabilities = capabilities
+        self.caps = frozenset(capabilities)
+        self.cost_per_hour = profile.cost_per_hour
+        self.reputation_score = profile.reputation_score
+        self.model = profile.model
+        self.ordinal = ordinal
+        self.budget = to_micros(profile.current_budget_remaining)
+        self.breaker: BreakerState | None = None
+        self.failures: deque[float] = deque()
+        self.operations_count = 0
+        self.cost_tracked = 0
+
+
+class Governor:
+    """Capability-aware assignment and budget governance for a registry of swarms."""
+
+    def __init__(
+        self,
+        policy: ResourcePolicy | None = None,
+        *,
+        capabilities: Iterable[str] = (),
+        history_limit: int = 1000,
+        dedupe_limit: int = 100_000,
+    ) -> None:
+        self.policy = policy if policy is not None else ResourcePolicy()
+        self.vocabulary = Vocabulary(capabilities)
+        self._swarms: dict[str, _Swarm] = {}
+        # capability -> swarms that have it, in registration order (the candidate index).
+        self._postings: dict[str, dict[str, _Swarm]] = {}
+        self._next_ordinal = 0
+        self._history: deque[AssignmentRecord] = deque(maxlen=history_limit)
+        self._events: list[Event] = []
+        # (kind, event_id) of the costs, failures and resets already applied, oldest first.
+        self._applied: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._dedupe_limit = dedupe_limit
+
+    # -- events -------------------------------------------------------------------------------------------
+
+    def take_events(self) -> list[Event]:
+        """Return the events recorded since the last call, oldest first, and forget them."""
+        events, self._events = self._events, []
+        return events
+
+    def _witness(self, operation: str, params: dict[str, Any], now: float, severity: str, trace_id: str) -> None:
+        self._events.append(
+            WitnessRecord(operation=operation, params=params, timestamp=now, severity=severity, trace_id=trace_id)  # type: ignore[arg-type]
+        )
+
+    # -- registry -----------------------------------------------------------------------------------------
+
+    def register_swarm(self, profile: SwarmProfile, *, now: float, trace_id: str = "") -> SwarmReply:
+        """Register a new swarm. An existing id is refused: registration never restores budget or a breaker."""
+        if profile.swarm_id in self._swarms:
+            raise AlreadyRegistered(f"swarm {profile.swarm_id!r} is already registered")
+        _check_budget(profile.current_budget_remaining, "current_budget_remaining")
+        if not (profile.cost_per_hour > 0 and math.isfinite(profile.cost_per_hour)):
+            raise InvalidRequest(f"cost_per_hour must be a finite number > 0, got {profile.cost_per_hour!r}")
+        if not 0.0 <= profile.reputation_score <= 1.0:
+            raise InvalidRequest(f"reputation_score must be in [0, 1], got {profile.reputation_score!r}")
+        capabilities = self.vocabulary.check(profile.capabilities)
+        swarm = _Swarm(profile, capabilities, self._next_ordinal)
+        self._next_ordinal += 1
+        self._swarms[swarm.swarm_id] = swarm
+        for cap in capabilities:
+            self._postings.setdefault(cap, {})[swarm.swarm_id] = swarm
+        self._witness(
+            "swarm_registered",
+            {
+                "swarm_id": swarm.swarm_id,
+                "capabilities": capabilities,
+                "cost_per_hour": swarm.cost_per_hour,
+                "reputation_score": swarm.reputation_score,
+                "budget": to_usd(swarm.budget),
+                "model": swarm.model,
+            },
+            now,
+            "INFO",
+            trace_id,
+        )
+        return SwarmReply(swarm_id=swarm.swarm_id, trace_id=trace_id)
+
+    def deregister_swarm(self, swarm_id: str, *, now: float, trace_id: str = "") -> SwarmReply:
+        """Remove a swarm; it gets no more work and its budget is forgotten."""
+        swarm = self._get(swarm_id)
+        del self._swarms[swarm_id]
+        for cap in swarm.capabilities:
+            posting = self._postings[cap]
+            del posting[swarm_id]
+            if not posting:
+                del self._postings[cap]
+        self._witness(
+            "swarm_deregistered",
+            {"swarm_id": swarm_id, "remaining": to_usd(swarm.budget)},
+            now,
+            "INFO",
+            trace_id,
+        )
+        return SwarmReply(swarm_id=swarm_id, trace_id=trace_id)
+
+    def _get(self, swarm_id: str) -> _Swarm:
+        try:
+            return self._swarms[swarm_id]
+        except KeyError:
+            raise UnknownSwarm(f"no swarm {swarm_id!r} is registered") from None
+
+    # -- matching -----------------------------------------------------------------------------------------
+
+    def validate_capability_match(
+        self, required_capabilities: Sequence[str], swarm_capabilities: Sequence[str]
+    ) -> tuple[bool, float]:
+        """The seed's policy check: (coverage ≥ policy minimum, coverage)."""
+        required = set(required_capabilities)
+        if not required:
+            return False, 0.0
+        score = len(required & set(swarm_capabilities)) / len(required)
+        return score >= self.policy.min_capability_match, score
+
+    def find_qualified_swarm(self, required_capabilities: Sequence[str], max_cost: float | None = None) -> str | None:
+        """The seed's query: the best qualified swarm's id, or None. Records nothing."""
+        required = self.vocabulary.check(required_capabilities)
+        ranked = self._rank(required, self._max_cost(max_cost), 1)
+        return ranked[0][2].swarm_id if ranked else None
+
+    def assign(
+        self,
+        task_id: str,
+        required_capabilities: Sequence[str],
+        *,
+        now: float,
+        max_cost: float | None = None,
+        max_swarms: int = 1,
+        explain: bool = False,
+        trace_id: str = "",
+    ) -> AssignReply:
+        """Choose up to `max_swarms` (at most the policy's `max_swarms_per_task`) swarms for a task."""
+        required = self.vocabulary.check(required_capabilities)
+        limit = max(1, min(max_swarms, self.policy.max_swarms_per_task))
+        cost_ceiling = self._max_cost(max_cost)
+        ranked = self._rank(required, cost_ceiling, limit)
+        rejected = self._explain(required, cost_ceiling) if explain else None
+        if not ranked:
+            self._witness(
+                "no_qualified_swarm",
+                {"task_id": task_id, "required_capabilities": required, "max_cost": cost_ceiling},
+                now,
+                "MEDIUM",
+                trace_id,
+            )
+            return AssignReply(
+                task_id=task_id,
+                swarm_id=None,
+                assignments=[],
+                reason="no_qualified_swarm",
+                trace_id=trace_id,
+                **({"rejected": rejected} if rejected is not None else {}),
+            )
+        assignments = [
+            Assignment(swarm_id=swarm.swarm_id, capability_match=coverage, score=score)
+            for score, _, swarm, coverage in ranked
+        ]
+        best = assignments[0]
+        self._history.append(
+            AssignmentRecord(
+                task_id=task_id,
+                swarm_id=best.swarm_id,
+                swarm_ids=[a.swarm_id for a in assignments],
+                required_capabilities=required,
+                capability_match=best.capability_match,
+                score=best.score,
+                timestamp=now,
+                trace_id=trace_id,
+            )
+        )
+        self._witness(
+            "task_assigned",
+            {
+                "task_id": task_id,
+                "swarm_id": best.swarm_id,
+                "swarm_ids": [a.swarm_id for a in assignments],
+                "required_capabilities": required,
+                "capability_match": best.capability_match,
+                "score": best.score,
+            },
+            now,
+            "INFO",
+            trace_id,
+        )
+        return AssignReply(
+            task_id=task_id,
+            swarm_id=best.swarm_id,
+            assignments=assignments,
+            trace_id=trace_id,
+            **({"rejected": rejected} if rejected is not None else {}),
+        )
+
+    def _max_cost(self, max_cost: float | None) -> float:
+        return self.policy.max_cost_per_task if max_cost is None else max_cost
+
+    def _candidates(self, required: list[str]) -> Iterator[tuple[_Swarm, int]]:
+        """Swarms whose overlap with `required` reaches the policy minimum, with that overlap."""
+        k = len(required)
+        min_match = self.policy.min_capability_match
+        need = next(c for c in range(k + 1) if c / k >= min_match)
+        if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
+            req = set(required)
+            for swarm in self._swarms.values():
+                yield swarm, len(swarm.caps & req)
+        elif k == 1:
+            for swarm in self._postings.get(required[0], {}).values():
+                yield swarm, 1
+        else:
+            counts: dict[_Swarm, int] = {}
+            get = counts.get
+            for cap in required:
+                for swarm in self._postings.get(cap, {}).values():
+                    counts[swarm] = get(swarm, 0) + 1
+            for swarm, overlap in counts.items():
+                if overlap >= need:
+                    yield swarm, overlap
+
+    def _rank(self, required: list[str], max_cost: float, limit: int) -> list[tuple[float, int, _Swarm, float]]:
+        """The best `limit` qualified swarms as (score, ordinal, swarm, coverage), best first.
+
+        Higher score first; on equal scores the earlier registered swarm first.
+        """
+        k = len(required)
+        best: list[tuple[float, int, _Swarm, float]] = []
+        top_score = -1.0
+        top_ordinal = 0
+        for swarm, overlap in self._candidates(required):
+            if swarm.cost_per_hour > max_cost or swarm.budget <= 0 or swarm.breaker is not None:
+                continue
+            coverage = overlap / k
+            score = (coverage * swarm.reputation_score) / swarm.cost_per_hour
+            if limit == 1:
+                if score > top_score or (score == top_score and swarm.ordinal < top_ordinal):
+                    top_score, top_ordinal = score, swarm.ordinal
+                    best = [(score, swarm.ordinal, swarm, coverage)]
+            else:
+                best.append((score, swarm.ordinal, swarm, coverage))
+        if limit > 1:
+            best = heapq.nsmallest(limit, best, key=lambda item: (-item[0], item[1]))
+        return best
+
+    def _explain(self, required: list[str], max_cost: float) -> dict[str, str]:
+        """For every registered swarm that does not qualify, the first filter (in the seed's order) it failed."""
+        req = set(required)
+        min_match = self.policy.min_capability_match
+        rejected: dict[str, str] = {}
+        for swarm in self._swarms.values():
+            if len(swarm.caps & req) / len(req) < min_match:
+                rejected[swarm.swarm_id] = BELOW_THRESHOLD
+            elif swarm.cost_per_hour > max_cost:
+                rejected[swarm.swarm_id] = COST_ABOVE_MAX
+            elif swarm.budget <= 0:
+                rejected[swarm.swarm_id] = BUDGET_EXHAUSTED
+            elif swarm.breaker is not None:
+                rejected[swarm.swarm_id] = BREAKER_TRIPPED
+        return rejected
+
+    # -- budgets and breakers -----------------------------------------------------------------------------
+
+    def _seen(self, kind: str, event_id: str | None) -> bool:
+        """True when this event id was applied already; otherwise remember it (bounded, oldest forgotten)."""
+        if event_id is None:
+            return False
+        key = (kind, event_id)
+        if key in self._applied:
+            return True
+        self._applied[key] = None
+        if len(self._applied) > self._dedupe_limit:
+            self._applied.popitem(last=False)
+        return False
+
+    def track_cost(
+        self,
+        swarm_id: str,
+        operation: str,
+        cost: float,
+        *,
+        now: float,
+        event_id: str | None = None,
+        task_id: str | None = None,
+        trace_id: str = "",
+    ) -> CostReply:
+        """Deduct a cost at once. Reaching ≤ 0 trips the breaker (once; later costs are still recorded)."""
+        swarm = self._get(swarm_id)
+        if not 0.0 <= cost <= MAX_USD:  # also refuses NaN
+            raise InvalidCost(f"cost must be a finite number >= 0, got {cost!r}")
+        if self._seen("cost", event_id):
+            return CostReply(
+                swarm_id=swarm_id,
+                remaining=to_usd(swarm.budget),
+                tripped=swarm.breaker is not None,
+                duplicate=True,
+                trace_id=trace_id,
+            )
+        micros = to_micros(cost)
+        swarm.budget -= micros
+        swarm.cost_tracked += micros
+        swarm.operations_count += 1
+        remaining = to_usd(swarm.budget)
+        params: dict[str, Any] = {"swarm_id": swarm_id, "operation": operation, "cost": cost, "remaining": remaining}
+        if task_id is not None:
+            params["task_id"] = task_id
+        if event_id is not None:
+            params["event_id"] = event_id
+        self._witness("cost_tracked", params, now, "INFO", trace_id)
+        if swarm.budget <= 0 and swarm.breaker is None:
+            self._trip(swarm, BUDGET_EXHAUSTED, now, trace_id)
+        return CostReply(swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, trace_id=trace_id)
+
+    def record_failure(
+        self,
+        swarm_id: str,
+        *,
+        now: float,
+        task_id: str | None = None,
+        error: str | None = None,
+        event_id: str | None = None,
+        trace_id: str = "",
+    ) -> FailureReply:
+        """Record a failed task; `circuit_breaker_failure_threshold` failures inside the window trip the breaker."""
+        swarm = self._get(swarm_id)
+        failures = swarm.failures
+        horizon = now - self.policy.failure_window_s
+        if self._seen("failure", event_id):
+            return FailureReply(
+                swarm_id=swarm_id,
+                failures_in_window=sum(1 for t in failures if t > horizon),
+                tripped=swarm.breaker is not None,
+                duplicate=True,
+                trace_id=trace_id,
+            )
+        failures.append(now)
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+        count = len(failures)
+        self._witness(
+            "failure_recorded",
+            {"swarm_id": swarm_id, "task_id": task_id, "error": error, "failures_in_window": count},
+            now,
+            "INFO",
+            trace_id,
+        )
+        if count >= self.policy.circuit_breaker_failure_threshold and swarm.breaker is None:
+            self._trip(swarm, "repeated_failures", now, trace_id)
+        return FailureReply(
+            swarm_id=swarm_id, failures_in_window=count, tripped=swarm.breaker is not None, trace_id=trace_id
+        )
+
+    def trip_circuit_breaker(
+        self, swarm_id: str, reason: str, *, now: float, requested_by: str, trace_id: str = ""
+    ) -> TripReply:
+        """Trip a breaker by hand, for one of the manual reasons."""
+        swarm = self._get(swarm_id)
+        if reason not in MANUAL_TRIP_REASONS:
+            raise InvalidRequest(f"reason must be one of {sorted(MANUAL_TRIP_REASONS)}, got {reason!r}")
+        if swarm.breaker is not None:
+            raise AlreadyTripped(f"swarm {swarm_id!r} is already tripped ({swarm.breaker.reason})")
+        self._trip(swarm, reason, now, trace_id, requested_by=requested_by)
+        return TripReply(swarm_id=swarm_id, trace_id=trace_id)
+
+    def _trip(self, swarm: _Swarm, reason: str, now: float, trace_id: str, requested_by: str | None = None) -> None:
+        swarm.breaker = BreakerState(reason=reason, tripped_at=now)
+        remaining = to_usd(swarm.budget)
+        self._events.append(
+            BreakerTripped(
+                swarm_id=swarm.swarm_id,
+                reason=reason,
+                remaining=remaining,
+                operations_count=swarm.operations_count,
+                tripped_at=now,
+                trace_id=trace_id,
+            )
+        )
+        self._events.append(
+            Escalation(
+                swarm_id=swarm.swarm_id,
+                reason=f"Circuit breaker tripped - {reason.replace('_', ' ')}",
+                context=EscalationContext(type="circuit_breaker", reason=reason, timestamp=now),
+                trace_id=trace_id,
+            )
+        )
+        params: dict[str, Any] = {
+            "swarm_id": swarm.swarm_id,
+            "reason": reason,
+            "old_budget": remaining,
+            "operations_count": swarm.operations_count,
+        }
+        if requested_by is not None:
+            params["requested_by"] = requested_by
+        self._witness("circuit_breaker_tripped", params, now, "HIGH", trace_id)
+
+    def reset_circuit_breaker(
+        self,
+        swarm_id: str,
+        new_budget: float,
+        *,
+        approved_by: str,
+        now: float,
+        event_id: str | None = None,
+        trace_id: str = "",
+    ) -> ResetReply:
+        """A named human closes a tripped breaker and allocates a new budget."""
+        swarm = self._get(swarm_id)
+        if event_id is not None and ("reset", event_id) in self._applied:
+            return ResetReply(swarm_id=swarm_id, remaining=to_usd(swarm.budget), duplicate=True, trace_id=trace_id)
+        if swarm.breaker is None:
+            raise NotTripped(f"swarm {swarm_id!r} is not tripped; nothing to reset")
+        _check_budget(new_budget, "new_budget")
+        if not approved_by.strip():
+            raise InvalidRequest("approved_by must name the human who approved the reset")
+        self._seen("reset", event_id)
+        previous = swarm.breaker
+        swarm.breaker = None
+        swarm.budget = to_micros(new_budget)
+        swarm.failures.clear()
+        self._events.append(
+            BreakerReset(
+                swarm_id=swarm_id, new_budget=new_budget, approved_by=approved_by, reset_at=now, trace_id=trace_id
+            )
+        )
+        self._witness(
+            "circuit_breaker_reset",
+            {
+                "swarm_id": swarm_id,
+                "new_budget": new_budget,
+                "approved_by": approved_by,
+                "previous_reason": previous.reason,
+                "tripped_at": previous.tripped_at,
+            },
+            now,
+            "MEDIUM",
+            trace_id,
+        )
+        return ResetReply(swarm_id=swarm_id, remaining=to_usd(swarm.budget), trace_id=trace_id)
+
+    # -- reports ------------------------------------------------------------------------------------------
+
+    def get_budget_report(self) -> dict[str, float]:
+        """Remaining budget (USD) of every swarm, in registration order."""
+        return {swarm_id: to_usd(s.budget) for swarm_id, s in self._swarms.items()}
+
+    def get_circuit_breaker_status(self) -> dict[str, BreakerState]:
+        """The tripped breakers: swarm id -> (reason, tripped_at)."""
+        return {swarm_id: s.breaker for swarm_id, s in self._swarms.items() if s.breaker is not None}
+
+    def get_assignment_history(self, limit: int | None = None) -> list[AssignmentRecord]:
+        """The most recent assignments, newest last."""
+        history = list(self._history)
+        return history if limit is None else history[-limit:] if limit > 0 else []
+
+    def get_swarm_profile(self, swarm_id: str, *, now: float | None = None) -> SwarmStatus:
+        """A swarm's profile with its live budget and breaker."""
+        return self._status_of(self._get(swarm_id), now)
+
+    def _status_of(self, swarm: _Swarm, now: float | None) -> SwarmStatus:
+        if now is None:
+            in_window = len(swarm.failures)
+        else:
+            horizon = now - self.policy.failure_window_s
+            in_window = sum(1 for t in swarm.failures if t > horizon)
+        remaining = to_usd(swarm.budget)
+        return SwarmStatus(
+            swarm_id=swarm.swarm_id,
+            capabilities=list(swarm.capabilities),
+            cost_per_hour=swarm.cost_per_hour,
+            reputation_score=swarm.reputation_score,
+            current_budget_remaining=remaining,
+            model=swarm.model,
+            budget_remaining=remaining,
+            breaker=swarm.breaker,
+            failures_in_window=in_window,
+            operations_count=swarm.operations_count,
+        )
+
+    def status(self, *, now: float, trace_id: str = "") -> StatusReply:
+        """Everything at once: swarms, budgets, breakers and the policy in force."""
+        return StatusReply(
+            swarms=[self._status_of(s, now) for s in self._swarms.values()],
+            budgets=self.get_budget_report(),
+            breakers=self.get_circuit_breaker_status(),
+            policy=self.policy,
+            trace_id=trace_id,
+        )
+
+    def cost_tracked(self) -> dict[str, float]:
+        """Total cost tracked per swarm since registration (USD), for metrics."""
+        return {swarm_id: to_usd(s.cost_tracked) for swarm_id, s in self._swarms.items()}
+
+    def __len__(self) -> int:
+        return len(self._swarms)
+
+    def __contains__(self, swarm_id: object) -> bool:
+        return swarm_id in self._swarms
+
+
+def _check_budget(value: float, field: str) -> None:
+    if not (0.0 < value <= MAX_USD):  # also refuses NaN and infinity
+        raise InvalidBudget(f"{field} must be a finite number > 0 (at most {MAX_USD:g}), got {value!r}")

@@ -1,0 +1,104 @@
+"""The governor's in-process errors. Each one becomes an error reply on the wire, in one place (`worker.bus`).
+
+    GovernorError                 code                  Nats-Service-Error-Code
+    ├── InvalidRequest            invalid_request       400
+    │   ├── UnknownCapability     unknown_capability    400
+    │   ├── InvalidCost           invalid_cost          400
+    │   └── InvalidBudget         invalid_budget        400
+    ├── UnknownSwarm              unknown_swarm         404
+    ├── Conflict                  (abstract)            409
+    │   ├── NotTripped            not_tripped           409
+    │   ├── AlreadyTripped        already_tripped       409
+    │   └── AlreadyRegistered     already_registered    409
+    ├── Overloaded                overloaded            503
+    └── Unavailable               unavailable           503
+
+    ConfigError                   a bad configuration file or environment; the CLI exits before connecting
+"""
+
+from __future__ import annotations
+
+
+class GovernorError(Exception):
+    """A request the governor refuses. Nothing changed in the state."""
+
+    code: str = "internal"
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(GovernorError):
+    """Not JSON, a wrong type, a missing or unknown field, or a value out of range."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class UnknownCapability(InvalidRequest):
+    """A capability that is neither built in nor declared in the config."""
+
+    code = "unknown_capability"
+
+
+class InvalidCost(InvalidRequest):
+    """A cost that is negative, not finite or over the maximum."""
+
+    code = "invalid_cost"
+
+
+class InvalidBudget(InvalidRequest):
+    """A budget that is not a finite number above zero."""
+
+    code = "invalid_budget"
+
+
+class UnknownSwarm(GovernorError):
+    """No swarm with that id is registered."""
+
+    code = "unknown_swarm"
+    status = 404
+
+
+class Conflict(GovernorError):
+    """The request does not fit the swarm's current state."""
+
+    status = 409
+
+
+class NotTripped(Conflict):
+    """A reset of a swarm whose breaker is closed."""
+
+    code = "not_tripped"
+
+
+class AlreadyTripped(Conflict):
+    """A manual trip of a swarm whose breaker is already open."""
+
+    code = "already_tripped"
+
+
+class AlreadyRegistered(Conflict):
+    """Registration of an id that exists: only a reset by a named approver restores budget."""
+
+    code = "already_registered"
+
+
+class Overloaded(GovernorError):
+    """The mailbox is full; the request was not queued. Retry later."""
+
+    code = "overloaded"
+    status = 503
+
+
+class Unavailable(GovernorError):
+    """The governor cannot serve this now (e.g. shutting down)."""
+
+    code = "unavailable"
+    status = 503
+
+
+class ConfigError(Exception):
+    """A bad configuration: names the file (or env var) and the field."""
