@@ -42,9 +42,7 @@ class WitnessSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class NatsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    servers: Annotated[list[str], Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["nats://127.0.0.1:4222"]
-    )
+    servers: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     name: str = "if-governor"
 
 

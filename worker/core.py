@@ -15,7 +15,17 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from schemas.events import BreakerReset, BreakerTripped, Escalation, EscalationContext, Event, WitnessRecord
+import msgspec
+
+from schemas.events import (
+    BreakerReset,
+    BreakerTripped,
+    Escalation,
+    EscalationContext,
+    Event,
+    Severity,
+    WitnessRecord,
+)
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import (
@@ -125,9 +135,9 @@ class Governor:
         events, self._events = self._events, []
         return events
 
-    def _witness(self, operation: str, params: dict[str, Any], now: float, severity: str, trace_id: str) -> None:
+    def _witness(self, operation: str, params: dict[str, Any], now: float, severity: Severity, trace_id: str) -> None:
         self._events.append(
-            WitnessRecord(operation=operation, params=params, timestamp=now, severity=severity, trace_id=trace_id)  # type: ignore[arg-type]
+            WitnessRecord(operation=operation, params=params, timestamp=now, severity=severity, trace_id=trace_id)
         )
 
     # -- registry -----------------------------------------------------------------------------------------
@@ -236,7 +246,7 @@ class Governor:
                 assignments=[],
                 reason="no_qualified_swarm",
                 trace_id=trace_id,
-                **({"rejected": rejected} if rejected is not None else {}),
+                rejected=rejected if rejected is not None else msgspec.UNSET,
             )
         assignments = [
             Assignment(swarm_id=swarm.swarm_id, capability_match=coverage, score=score)
@@ -274,7 +284,7 @@ class Governor:
             swarm_id=best.swarm_id,
             assignments=assignments,
             trace_id=trace_id,
-            **({"rejected": rejected} if rejected is not None else {}),
+            rejected=rejected if rejected is not None else msgspec.UNSET,
         )
 
     def _max_cost(self, max_cost: float | None) -> float:
@@ -384,7 +394,12 @@ class Governor:
         swarm.cost_tracked += micros
         swarm.operations_count += 1
         remaining = to_usd(swarm.budget)
-        params: dict[str, Any] = {"swarm_id": swarm_id, "operation": operation, "cost": cost, "remaining": remaining}
+        params: dict[str, Any] = {
+            "swarm_id": swarm_id,
+            "operation": operation,
+            "cost": cost,
+            "remaining": remaining,
+        }
         if task_id is not None:
             params["task_id"] = task_id
         if event_id is not None:
@@ -502,7 +517,11 @@ class Governor:
         swarm.failures.clear()
         self._events.append(
             BreakerReset(
-                swarm_id=swarm_id, new_budget=new_budget, approved_by=approved_by, reset_at=now, trace_id=trace_id
+                swarm_id=swarm_id,
+                new_budget=new_budget,
+                approved_by=approved_by,
+                reset_at=now,
+                trace_id=trace_id,
             )
         )
         self._witness(
@@ -569,9 +588,12 @@ class Governor:
             trace_id=trace_id,
         )
 
-    def cost_tracked(self) -> dict[str, float]:
-        """Total cost tracked per swarm since registration (USD), for metrics."""
-        return {swarm_id: to_usd(s.cost_tracked) for swarm_id, s in self._swarms.items()}
+    def swarm_gauges(self, swarm_id: str) -> tuple[float, float, bool] | None:
+        """(remaining USD, cost tracked USD, tripped) of a swarm, or None when it is not registered: for metrics."""
+        s = self._swarms.get(swarm_id)
+        if s is None:
+            return None
+        return to_usd(s.budget), to_usd(s.cost_tracked), s.breaker is not None
 
     def __len__(self) -> int:
         return len(self._swarms)

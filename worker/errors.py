@@ -1,19 +1,19 @@
 """The governor's in-process errors. Each one becomes an error reply on the wire, in one place (`worker.bus`).
 
-    GovernorError                 code                  Nats-Service-Error-Code
-    ├── InvalidRequest            invalid_request       400
-    │   ├── UnknownCapability     unknown_capability    400
-    │   ├── InvalidCost           invalid_cost          400
-    │   └── InvalidBudget         invalid_budget        400
-    ├── UnknownSwarm              unknown_swarm         404
-    ├── Conflict                  (abstract)            409
-    │   ├── NotTripped            not_tripped           409
-    │   ├── AlreadyTripped        already_tripped       409
-    │   └── AlreadyRegistered     already_registered    409
-    ├── Overloaded                overloaded            503
-    └── Unavailable               unavailable           503
+GovernorError                 code                  Nats-Service-Error-Code
+├── InvalidRequest            invalid_request       400
+│   ├── UnknownCapability     unknown_capability    400
+│   ├── InvalidCost           invalid_cost          400
+│   └── InvalidBudget         invalid_budget        400
+├── UnknownSwarm              unknown_swarm         404
+├── Conflict                  (abstract)            409
+│   ├── NotTripped            not_tripped           409
+│   ├── AlreadyTripped        already_tripped       409
+│   └── AlreadyRegistered     already_registered    409
+├── Overloaded                overloaded            503
+└── Unavailable               unavailable           503
 
-    ConfigError                   a bad configuration file or environment; the CLI exits before connecting
+ConfigError                   a bad configuration file or environment; the CLI exits before connecting
 """
 
 from __future__ import annotations

@@ -1,0 +1,231 @@
+"""The NATS side: a `nats.micro` service named `governor`, decoding, replies and event publishing.
+
+Handlers decode and validate a request, put it in the actor's mailbox with its reply subject, and return: they
+never wait for the actor (nats-py runs one handler call at a time per endpoint, so waiting would allow one
+request in flight per subject). The actor answers through this module's `reply`/`reply_error`; `reply_error` is
+the one place that turns an error into an error reply (body and `Nats-Service-Error*` headers), counts it and
+witnesses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from itertools import count
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+from nats.micro.request import Request as MicroRequest
+from nats.micro.service import Service
+
+from schemas.events import BreakerReset, BreakerTripped, Escalation, Event, WitnessRecord
+from schemas.replies import ErrorBody, ErrorReply
+from schemas.requests import (
+    AssignRequest,
+    CostRequest,
+    DeregisterRequest,
+    FailureRequest,
+    HistoryRequest,
+    RegisterRequest,
+    Request,
+    ResetRequest,
+    StatusRequest,
+    TripRequest,
+)
+from worker.actor import Command, Mailbox
+from worker.errors import GovernorError, InvalidBudget, InvalidCost, InvalidRequest, Overloaded
+from worker.metrics import Metrics
+
+log = logging.getLogger("if_governor.bus")
+
+VERSION = "0.1.0"
+TRACE_HEADER = "X-IF-Trace-ID"
+
+#: Endpoint name -> request type. The subject is `<prefix>.<name>`.
+ENDPOINTS: dict[str, type[Request]] = {
+    "assign": AssignRequest,
+    "cost": CostRequest,
+    "reset": ResetRequest,
+    "trip": TripRequest,
+    "failure": FailureRequest,
+    "register": RegisterRequest,
+    "deregister": DeregisterRequest,
+    "status": StatusRequest,
+    "history": HistoryRequest,
+}
+#: Requests whose every field is optional: an empty body means `{}`.
+EMPTY_BODY_OK = frozenset({"status", "history"})
+
+#: A decoding error at one of these fields gets a more precise code than `invalid_request`.
+_FIELD_ERRORS: dict[str, type[InvalidRequest]] = {
+    "cost": InvalidCost,
+    "new_budget": InvalidBudget,
+    "current_budget_remaining": InvalidBudget,
+}
+_AT_FIELD = re.compile(r"- at `\$\.([A-Za-z_]+)`$")
+
+
+def decode_error(exc: msgspec.MsgspecError) -> InvalidRequest:
+    """Translate a msgspec error into ours, keeping its message (which names the field's path)."""
+    message = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        match = _AT_FIELD.search(message)
+        if match is not None and match.group(1) in _FIELD_ERRORS:
+            return _FIELD_ERRORS[match.group(1)](message)
+    return InvalidRequest(message)
+
+
+class Bus:
+    """Subscriptions, decoding and effects on one NATS connection."""
+
+    def __init__(
+        self,
+        nc: Client,
+        mailbox: Mailbox,
+        metrics: Metrics,
+        *,
+        prefix: str = "governor",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nc = nc
+        self.mailbox = mailbox
+        self.metrics = metrics
+        self.prefix = prefix
+        self.clock = clock
+        self.service: Service | None = None
+        self._encode = msgspec.json.Encoder().encode
+        self._trace_prefix = os.urandom(6).hex()
+        self._trace_seq = count(1)
+        self._event_subjects: dict[type[Any], str] = {
+            BreakerTripped: f"{prefix}.events.breaker.tripped",
+            BreakerReset: f"{prefix}.events.breaker.reset",
+            Escalation: f"{prefix}.events.escalation",
+        }
+
+    # -- intake -----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register the `governor` service and its endpoints; from now on requests flow into the mailbox."""
+        self.service = await add_service(
+            self.nc,
+            name="governor",
+            version=VERSION,
+            description="IF.governor: capability-aware task assignment and budget governance",
+            metadata={"subject_prefix": self.prefix},
+        )
+        for name, request_type in ENDPOINTS.items():
+            await self.service.add_endpoint(
+                name=name, subject=f"{self.prefix}.{name}", handler=self._handler(name, request_type)
+            )
+        await self.nc.flush()
+
+    async def stop(self) -> None:
+        """Stop taking requests (unsubscribe); what is in the mailbox is still answered."""
+        if self.service is not None:
+            await self.service.stop()
+            self.service = None
+
+    def new_trace_id(self) -> str:
+        return f"{self._trace_prefix}{next(self._trace_seq):08x}"
+
+    def _handler(self, name: str, request_type: type[Request]) -> Callable[[MicroRequest], Any]:
+        decode = msgspec.json.Decoder(request_type).decode
+        empty_ok = name in EMPTY_BODY_OK
+        subject = f"{self.prefix}.{name}"
+        mailbox = self.mailbox
+        requests = self.metrics.requests.labels(name)
+        perf = time.perf_counter
+
+        async def handle(micro_request: MicroRequest) -> None:
+            received = perf()
+            # nats.micro's Request does not expose the reply subject; the Msg underneath has it.
+            msg: Msg = micro_request._msg
+            requests.inc()
+            headers = msg.headers
+            header_trace = headers.get(TRACE_HEADER) if headers else None
+            data = msg.data
+            try:
+                if not data:
+                    if not empty_ok:
+                        raise InvalidRequest("empty body: expected a JSON object")
+                    data = b"{}"
+                request = decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await self.reply_error(
+                    Command(_NO_REQUEST, msg.reply, header_trace or self.new_trace_id(), subject, received),
+                    decode_error(exc),
+                )
+                return
+            except InvalidRequest as error:
+                await self.reply_error(
+                    Command(_NO_REQUEST, msg.reply, header_trace or self.new_trace_id(), subject, received),
+                    error,
+                )
+                return
+            trace_id = header_trace or request.trace_id or self.new_trace_id()
+            command = Command(request, msg.reply, trace_id, subject, received)
+            if not mailbox.put(command):
+                await self.reply_error(command, Overloaded("the governor's mailbox is full; retry later"))
+
+        return handle
+
+    # -- effects ----------------------------------------------------------------------------------------------
+
+    async def reply(self, command: Command, reply: msgspec.Struct) -> None:
+        """Send an ok reply (a plain publish, with no reply subject, gets none)."""
+        if command.reply_to:
+            await self.nc.publish(command.reply_to, self._encode(reply))
+
+    async def reply_error(self, command: Command, error: GovernorError) -> None:
+        """The one place that turns an error into an error reply, counts it and witnesses it."""
+        self.metrics.rejected.labels(error.code).inc()
+        if command.reply_to:
+            body = ErrorReply(error=ErrorBody(code=error.code, message=error.message), trace_id=command.trace_id)
+            headers = {
+                ERROR_HEADER: _header_safe(error.message),
+                ERROR_CODE_HEADER: str(error.status),
+                TRACE_HEADER: command.trace_id,
+            }
+            await self.nc.publish(command.reply_to, self._encode(body), headers=headers)
+        record = WitnessRecord(
+            operation="request_rejected",
+            params={"subject": command.subject, "code": error.code, "message": error.message},
+            timestamp=self.clock(),
+            severity="INFO",
+            trace_id=command.trace_id,
+        )
+        await self.nc.publish(f"{self.prefix}.witness.request_rejected", self._encode(record))
+
+    async def publish(self, events: list[Event]) -> None:
+        """Publish the events a batch caused, in order."""
+        publish = self.nc.publish
+        encode = self._encode
+        subjects = self._event_subjects
+        witness = f"{self.prefix}.witness."
+        for event in events:
+            if isinstance(event, WitnessRecord):
+                await publish(witness + event.operation, encode(event))
+            else:
+                await publish(subjects[type(event)], encode(event))
+
+    async def flush(self) -> None:
+        await self.nc.flush()
+
+
+class _NoRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Stands for a request that could not be decoded."""
+
+
+_NO_REQUEST = _NoRequest()
+
+
+def _header_safe(text: str, limit: int = 512) -> str:
+    """A header value: one line, bounded."""
+    return " ".join(text.split())[:limit]

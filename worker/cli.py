@@ -1,0 +1,442 @@
+"""The `governor` command: run the worker, and operator commands against a running one.
+
+    governor run [--config F] [--nats-url URL]     serve (starts a bundled nats-server when no URL is given)
+    governor assign CAP... [--max-cost X]          ask for an assignment
+    governor cost SWARM OPERATION AMOUNT           report what an operation cost
+    governor failure SWARM [--task-id T]           report a failed task
+    governor trip SWARM --reason R --requested-by NAME
+    governor reset SWARM --budget X --approved-by NAME [--yes]
+    governor status | history | watch              inspect
+    governor check-config F                        validate a config file and exit
+    governor bench [--quick]                       measure against a bare NATS responder
+
+Errors print one line and exit non-zero (1 for a refused request or an unreachable server, 2 for usage/config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from worker import errors
+from worker.config import NATS_URL_ENV, load_config, profiles_of
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+BUNDLED_PORT = 4222
+
+log = logging.getLogger("if_governor")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 6),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+# -- run ------------------------------------------------------------------------------------------------------
+
+
+def _bundled_server_config(data_dir: Path) -> Path:
+    """A nats-server config for the bundled server: JetStream in `data_dir`, every write synced to disk."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "nats-server.conf"
+    conf.write_text(
+        "# Written by `governor run` for its bundled nats-server.\n"
+        f"jetstream {{\n  store_dir: {json.dumps(str(data_dir / 'jetstream'))}\n  sync_interval: always\n}}\n"
+    )
+    return conf
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from worker.app import Worker
+    from worker.natsserver import NatsServer
+
+    config = load_config(args.config)
+    setup_logging(args.log_level or config.witness.log_level, args.log_format)
+    servers = [args.nats_url] if args.nats_url else None
+    if servers is None and os.environ.get(NATS_URL_ENV):
+        servers = list(config.nats.servers)
+    bundled: NatsServer | None = None
+    if servers is None:
+        data_dir = Path(args.data_dir)  # made absolute in main()
+        bundled = NatsServer(
+            port=args.nats_port,
+            store_dir=data_dir,
+            jetstream=False,
+            config_file=_bundled_server_config(data_dir),
+            log_file=data_dir / "nats-server.log",
+        )
+        try:
+            bundled.start()
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"error: cannot start the bundled nats-server on port {bundled.port}: {exc}", file=sys.stderr)
+            return 1
+        servers = [bundled.url]
+        print(f"bundled nats-server listening on {bundled.url} (data in {data_dir})", flush=True)
+    try:
+        async with Worker(config, servers=servers) as worker:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, worker.stop)
+            metrics = f", metrics on http://{config.metrics.host}:{worker.http.port}/metrics" if worker.http else ""
+            print(
+                f"governor serving {config.governor.subject_prefix}.* on {', '.join(servers)} "
+                f"with {len(worker.core)} swarms{metrics}",
+                flush=True,
+            )
+            await worker.wait_stopped()
+            print("governor stopping: finishing in-flight requests", flush=True)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bundled is not None:
+            bundled.stop()
+    print("governor stopped", flush=True)
+    return 0
+
+
+# -- operator commands ----------------------------------------------------------------------------------------
+
+
+def _client_url(args: argparse.Namespace) -> str:
+    return str(args.nats_url or os.environ.get(NATS_URL_ENV) or DEFAULT_URL)
+
+
+async def _with_client(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
+    from worker.client import GovernorClient
+
+    url = _client_url(args)
+    try:
+        client = await GovernorClient.connect(url, prefix=args.prefix, timeout=args.timeout)
+    except Exception as exc:
+        print(f"error: cannot connect to {url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
+        return await action(client)
+    except errors.GovernorError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(
+            f"error: no reply from the governor on {url} within {args.timeout}s (is it running?)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as exc:  # nats-py's NoRespondersError and friends
+        name = type(exc).__name__
+        if "NoResponders" in name:
+            print(f"error: no governor is serving {args.prefix}.* on {url}", file=sys.stderr)
+        elif "Timeout" in name:
+            print(f"error: no reply from the governor on {url} within {args.timeout}s", file=sys.stderr)
+        else:
+            print(f"error: {name}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+
+
+def _print_json(value: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def _status_table(status: Any) -> str:
+    rows = [("SWARM", "MODEL", "$/HOUR", "REPUTATION", "BUDGET", "BREAKER", "CAPABILITIES")]
+    for s in status.swarms:
+        breaker = f"TRIPPED ({s.breaker.reason})" if s.breaker else "closed"
+        rows.append(
+            (
+                s.swarm_id,
+                s.model,
+                f"{s.cost_per_hour:.2f}",
+                f"{s.reputation_score:.2f}",
+                f"{s.budget_remaining:.2f}",
+                breaker,
+                ", ".join(s.capabilities),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    p = status.policy
+    lines.append(
+        f"\npolicy: min_capability_match={p.min_capability_match} max_cost_per_task={p.max_cost_per_task} "
+        f"max_swarms_per_task={p.max_swarms_per_task} failure_threshold={p.circuit_breaker_failure_threshold} "
+        f"failure_window_s={p.failure_window_s:g}"
+    )
+    return "\n".join(lines)
+
+
+async def _assign(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.assign(
+            args.capabilities,
+            task_id=args.task_id,
+            max_cost=args.max_cost,
+            max_swarms=args.max_swarms,
+            explain=args.explain,
+        )
+        if args.json:
+            _print_json(reply)
+        elif reply.swarm_id is None:
+            print(f"task {reply.task_id}: no qualified swarm")
+        else:
+            for a in reply.assignments:
+                print(f"task {reply.task_id} -> {a.swarm_id}  (match {a.capability_match:.2f}, score {a.score:.4f})")
+        if args.explain and not args.json and reply.rejected:
+            for swarm_id, reason in reply.rejected.items():
+                print(f"  rejected {swarm_id}: {reason}")
+        return 0 if reply.swarm_id is not None else 3
+
+    return await _with_client(args, action)
+
+
+async def _cost(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.cost(args.swarm, args.operation, args.amount, event_id=args.event_id, task_id=args.task_id)
+        if args.json:
+            _print_json(reply)
+        else:
+            state = "TRIPPED" if reply.tripped else "ok"
+            dup = " (duplicate: not applied again)" if reply.duplicate else ""
+            print(f"{reply.swarm_id}: remaining {reply.remaining:.2f} USD, breaker {state}{dup}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _failure(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.failure(args.swarm, task_id=args.task_id, error=args.error, event_id=args.event_id)
+        state = "TRIPPED" if reply.tripped else "ok"
+        print(f"{reply.swarm_id}: {reply.failures_in_window} failures in window, breaker {state}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _trip(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.trip(args.swarm, args.reason, requested_by=args.requested_by)
+        print(f"{reply.swarm_id}: breaker tripped ({args.reason})")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _reset(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: reset needs confirmation: pass --yes when not on a terminal", file=sys.stderr)
+            return 2
+        answer = await asyncio.to_thread(
+            input,
+            f"Reset {args.swarm} with a new budget of {args.budget:.2f} USD, approved by {args.approved_by}? [y/N] ",
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not reset")
+            return 1
+
+    async def action(client: Any) -> int:
+        reply = await client.reset(args.swarm, args.budget, approved_by=args.approved_by)
+        print(f"{reply.swarm_id}: breaker closed, budget {reply.remaining:.2f} USD (approved by {args.approved_by})")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        status = await client.status()
+        if args.json:
+            _print_json(status)
+        else:
+            print(_status_table(status))
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _history(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        history = await client.history(args.limit)
+        if args.json:
+            _print_json(history)
+        else:
+            for a in history.assignments:
+                stamp = time.strftime("%H:%M:%S", time.localtime(a.timestamp))
+                print(f"{stamp}  {a.task_id} -> {', '.join(a.swarm_ids)}  (match {a.capability_match:.2f})")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        print(f"watching {args.prefix}.events.>{' and witness records' if args.witness else ''} (Ctrl-C to stop)")
+        count = 0
+        async for subject, event in client.events(witness=args.witness):
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{stamp} {subject} {msgspec.json.encode(event).decode()}", flush=True)
+            count += 1
+            if args.count and count >= args.count:
+                break
+        return 0
+
+    return await _with_client(args, action)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    profiles = profiles_of(config)
+    g = config.governor
+    print(
+        f"{args.file}: ok: {len(profiles)} swarms, {len(config.capabilities)} extra capabilities, "
+        f"min_capability_match={g.min_capability_match}, max_cost_per_task={g.max_cost_per_task}, "
+        f"circuit_breaker_threshold={g.circuit_breaker_threshold}"
+    )
+    for p in profiles:
+        print(f"  {p.swarm_id}: {p.model}, {p.cost_per_hour:g} USD/h, budget {p.current_budget_remaining:g} USD")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="governor", description="IF.governor: swarm assignment and budget governance over NATS"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--nats-url", help=f"NATS server (default: ${NATS_URL_ENV} or {DEFAULT_URL})")
+        p.add_argument("--prefix", default="governor", help="subject prefix (default: governor)")
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+        return p
+
+    run = sub.add_parser("run", help="run the worker")
+    run.add_argument("--config", help="YAML config file (e.g. deploy/governor.yaml)")
+    run.add_argument("--nats-url", help="NATS server to use; without it a bundled nats-server is started on loopback")
+    run.add_argument("--nats-port", type=int, default=BUNDLED_PORT, help="port of the bundled nats-server")
+    run.add_argument("--data-dir", default="var/nats", help="data directory of the bundled nats-server")
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    p = client_command("assign", "ask which swarm gets a task")
+    p.add_argument("capabilities", nargs="+", metavar="CAP", help="required capabilities, e.g. integration:sip")
+    p.add_argument("--task-id")
+    p.add_argument("--max-cost", type=float, help="highest acceptable cost per hour")
+    p.add_argument("--max-swarms", type=int)
+    p.add_argument("--explain", action="store_true", help="say why each other swarm was rejected")
+    p.add_argument("--json", action="store_true")
+
+    p = client_command("cost", "report what an operation cost")
+    p.add_argument("swarm")
+    p.add_argument("operation")
+    p.add_argument("amount", type=float)
+    p.add_argument("--event-id", help="idempotency key: the same id is applied once")
+    p.add_argument("--task-id")
+    p.add_argument("--json", action="store_true")
+
+    p = client_command("failure", "report a failed task")
+    p.add_argument("swarm")
+    p.add_argument("--task-id")
+    p.add_argument("--error")
+    p.add_argument("--event-id")
+
+    p = client_command("trip", "trip a swarm's breaker by hand")
+    p.add_argument("swarm")
+    p.add_argument(
+        "--reason", required=True, choices=["repeated_failures", "performance_degradation", "manual_override"]
+    )
+    p.add_argument("--requested-by", required=True)
+
+    p = client_command("reset", "close a tripped breaker with a new budget (a human's decision)")
+    p.add_argument("swarm")
+    p.add_argument("--budget", type=float, required=True)
+    p.add_argument("--approved-by", required=True, help="the human who approved the reset")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    p = client_command("status", "swarms, budgets, breakers and policy")
+    p.add_argument("--json", action="store_true")
+
+    p = client_command("history", "recent assignments, newest last")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true")
+
+    p = client_command("watch", "print events as they arrive")
+    p.add_argument("--witness", action="store_true", help="also print witness records")
+    p.add_argument("--count", type=int, default=0, help="stop after this many events")
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("file")
+
+    p = sub.add_parser("bench", help="benchmark against a bare NATS responder")
+    p.add_argument("--quick", action="store_true", help="a shorter run (under a minute)")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "run": _run,
+    "assign": _assign,
+    "cost": _cost,
+    "failure": _failure,
+    "trip": _trip,
+    "reset": _reset,
+    "status": _status,
+    "history": _history,
+    "watch": _watch,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args)
+        if args.command == "bench":
+            from worker.bench import main as bench_main
+
+            return int(bench_main(quick=args.quick))
+        if args.command == "run":
+            args.data_dir = os.path.abspath(args.data_dir)
+        return asyncio.run(COMMANDS[args.command](args))
+    except errors.ConfigError as exc:
+        print(f"error: config: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""An async client for coordinators and operators: typed results, typed exceptions per error code.
+
+async with await GovernorClient.connect("nats://127.0.0.1:4222") as gov:
+    reply = await gov.assign(["integration:sip"], task_id="t-1")
+    await gov.cost(reply.swarm_id, "sip_integration", 2.5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas.events import BreakerReset, BreakerTripped, Escalation, Event, WitnessRecord
+from schemas.profiles import SwarmProfile
+from schemas.replies import (
+    AssignReply,
+    CostReply,
+    FailureReply,
+    HistoryReply,
+    Reply,
+    ResetReply,
+    StatusReply,
+    SwarmReply,
+    TripReply,
+)
+from worker import errors
+
+R = TypeVar("R", bound=Reply)
+
+
+def _error_classes() -> dict[str, type[errors.GovernorError]]:
+    found: dict[str, type[errors.GovernorError]] = {}
+    pending: list[type[errors.GovernorError]] = [errors.GovernorError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+ERRORS_BY_CODE = _error_classes()
+
+
+class GovernorClient:
+    """Request-reply calls to a running governor, and its event stream."""
+
+    def __init__(self, nc: Client, *, prefix: str = "governor", timeout: float = 5.0, owns_connection: bool = False):
+        self.nc = nc
+        self.prefix = prefix
+        self.timeout = timeout
+        self._owns = owns_connection
+
+    @classmethod
+    async def connect(
+        cls, servers: str | list[str], *, prefix: str = "governor", timeout: float = 5.0
+    ) -> GovernorClient:
+        nc = await nats.connect(
+            servers=servers, connect_timeout=timeout, max_reconnect_attempts=2, allow_reconnect=True
+        )
+        return cls(nc, prefix=prefix, timeout=timeout, owns_connection=True)
+
+    async def close(self) -> None:
+        if self._owns and not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def __aenter__(self) -> GovernorClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def call(self, name: str, body: dict[str, Any], reply_type: type[R], *, trace_id: str | None = None) -> R:
+        """Send one request; return its typed reply or raise the GovernorError subclass its code names."""
+        headers = {"X-IF-Trace-ID": trace_id} if trace_id else None
+        payload = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
+        msg = await self.nc.request(f"{self.prefix}.{name}", payload, timeout=self.timeout, headers=headers)
+        data = msgspec.json.decode(msg.data)
+        if not isinstance(data, dict) or data.get("ok") is not True:
+            error = data.get("error", {}) if isinstance(data, dict) else {}
+            cls = ERRORS_BY_CODE.get(str(error.get("code")), errors.GovernorError)
+            raise cls(str(error.get("message", msg.data[:200])))
+        return msgspec.convert(data, reply_type)
+
+    async def assign(
+        self,
+        required_capabilities: Sequence[str],
+        *,
+        task_id: str | None = None,
+        max_cost: float | None = None,
+        max_swarms: int | None = None,
+        explain: bool = False,
+        trace_id: str | None = None,
+    ) -> AssignReply:
+        body = {
+            "task_id": task_id or f"task-{uuid.uuid4().hex[:12]}",
+            "required_capabilities": list(required_capabilities),
+            "max_cost": max_cost,
+            "max_swarms": max_swarms,
+            "explain": explain or None,
+        }
+        return await self.call("assign", body, AssignReply, trace_id=trace_id)
+
+    async def cost(
+        self,
+        swarm_id: str,
+        operation: str,
+        cost: float,
+        *,
+        event_id: str | None = None,
+        task_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> CostReply:
+        body = {
+            "swarm_id": swarm_id,
+            "operation": operation,
+            "cost": cost,
+            "event_id": event_id,
+            "task_id": task_id,
+        }
+        return await self.call("cost", body, CostReply, trace_id=trace_id)
+
+    async def reset(
+        self, swarm_id: str, new_budget: float, *, approved_by: str, event_id: str | None = None
+    ) -> ResetReply:
+        body = {
+            "swarm_id": swarm_id,
+            "new_budget": new_budget,
+            "approved_by": approved_by,
+            "event_id": event_id,
+        }
+        return await self.call("reset", body, ResetReply)
+
+    async def trip(self, swarm_id: str, reason: str, *, requested_by: str) -> TripReply:
+        return await self.call(
+            "trip", {"swarm_id": swarm_id, "reason": reason, "requested_by": requested_by}, TripReply
+        )
+
+    async def failure(
+        self,
+        swarm_id: str,
+        *,
+        task_id: str | None = None,
+        error: str | None = None,
+        event_id: str | None = None,
+    ) -> FailureReply:
+        body = {"swarm_id": swarm_id, "task_id": task_id, "error": error, "event_id": event_id}
+        return await self.call("failure", body, FailureReply)
+
+    async def register(self, profile: SwarmProfile) -> SwarmReply:
+        return await self.call("register", msgspec.to_builtins(profile), SwarmReply)
+
+    async def deregister(self, swarm_id: str) -> SwarmReply:
+        return await self.call("deregister", {"swarm_id": swarm_id}, SwarmReply)
+
+    async def status(self) -> StatusReply:
+        return await self.call("status", {}, StatusReply)
+
+    async def history(self, limit: int | None = None) -> HistoryReply:
+        return await self.call("history", {"limit": limit}, HistoryReply)
+
+    async def events(self, *, witness: bool = False) -> AsyncIterator[tuple[str, Event]]:
+        """Breaker, reset and escalation events (and witness records with `witness`) as they arrive."""
+        types: dict[str, type[Any]] = {
+            f"{self.prefix}.events.breaker.tripped": BreakerTripped,
+            f"{self.prefix}.events.breaker.reset": BreakerReset,
+            f"{self.prefix}.events.escalation": Escalation,
+        }
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def enqueue(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        subs = [await self.nc.subscribe(f"{self.prefix}.events.>", cb=enqueue)]
+        if witness:
+            subs.append(await self.nc.subscribe(f"{self.prefix}.witness.>", cb=enqueue))
+        await self.nc.flush()
+        try:
+            while True:
+                msg = await queue.get()
+                event_type = types.get(msg.subject, WitnessRecord)
+                yield msg.subject, msgspec.json.decode(msg.data, type=event_type)
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()

@@ -1,0 +1,135 @@
+"""Loading the configuration: a YAML file merged with `IF_GOVERNOR_*` environment variables into typed Structs.
+
+Every error names where the bad value came from (the file and the field path, or the environment variable), and
+is raised before anything connects to anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from schemas.config import Config
+from schemas.policy import ResourcePolicy
+from schemas.profiles import SwarmProfile
+from worker.capabilities import Vocabulary
+from worker.errors import ConfigError
+
+#: Environment variable -> (section, key) it overrides.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "IF_GOVERNOR_DEFAULT_BUDGET": ("governor", "default_budget"),
+    "IF_GOVERNOR_MIN_CAPABILITY_MATCH": ("governor", "min_capability_match"),
+    "IF_GOVERNOR_CIRCUIT_BREAKER_THRESHOLD": ("governor", "circuit_breaker_threshold"),
+    "IF_GOVERNOR_MAX_COST_PER_TASK": ("governor", "max_cost_per_task"),
+    "IF_GOVERNOR_SUBJECT_PREFIX": ("governor", "subject_prefix"),
+    "IF_GOVERNOR_METRICS_PORT": ("metrics", "port"),
+    "IF_GOVERNOR_LOG_LEVEL": ("witness", "log_level"),
+}
+NATS_URL_ENV = "IF_GOVERNOR_NATS_URL"
+
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (optional), apply the environment, validate, and return the typed Config."""
+    env = os.environ if env is None else env
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded
+
+    from_env: dict[str, str] = {}  # field path -> env var, to name the variable in errors
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if var in env:
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{source}: `{section}` must be a mapping")
+            raw[section][key] = _scalar(env[var])
+            from_env[f"{section}.{key}"] = var
+    if env.get(NATS_URL_ENV):
+        raw.setdefault("nats", {})
+        raw["nats"]["servers"] = [u.strip() for u in env[NATS_URL_ENV].split(",") if u.strip()]
+        from_env["nats.servers"] = NATS_URL_ENV
+
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH.search(message)
+        field = match.group("path") if match else ""
+        detail = _PATH.sub("", message)
+        origin = next((var for p, var in from_env.items() if field == p or field.startswith(p + "[")), None)
+        if origin is not None:
+            raise ConfigError(f"{origin} (environment): {detail}") from None
+        raise ConfigError(f"{source}: {field or '(top level)'}: {detail}") from None
+    _check_swarms(config, source)
+    return config
+
+
+def _scalar(value: str) -> Any:
+    """An environment value as YAML reads a scalar: `25` is an int, `0.7` a float, `abc` a string."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _check_swarms(config: Config, source: str) -> None:
+    vocabulary = Vocabulary(config.capabilities)
+    seen: set[str] = set()
+    for i, swarm in enumerate(config.swarms):
+        if swarm.swarm_id in seen:
+            raise ConfigError(f"{source}: swarms[{i}].swarm_id: {swarm.swarm_id!r} is listed twice")
+        seen.add(swarm.swarm_id)
+        for j, cap in enumerate(swarm.capabilities):
+            if cap not in vocabulary:
+                raise ConfigError(f"{source}: swarms[{i}].capabilities[{j}]: {vocabulary.explain_unknown(cap)}")
+
+
+def policy_of(config: Config) -> ResourcePolicy:
+    """The resource policy the config describes."""
+    g = config.governor
+    return ResourcePolicy(
+        max_swarms_per_task=g.max_swarms_per_task,
+        max_cost_per_task=g.max_cost_per_task,
+        min_capability_match=g.min_capability_match,
+        circuit_breaker_failure_threshold=g.circuit_breaker_threshold,
+        failure_window_s=g.failure_window_s,
+    )
+
+
+def profiles_of(config: Config) -> list[SwarmProfile]:
+    """The swarms the config registers at start, `initial_budget` defaulting to `default_budget`."""
+    return [
+        SwarmProfile(
+            swarm_id=s.swarm_id,
+            capabilities=list(s.capabilities),
+            cost_per_hour=s.cost_per_hour,
+            reputation_score=s.reputation_score,
+            current_budget_remaining=s.initial_budget
+            if s.initial_budget is not None
+            else config.governor.default_budget,
+            model=s.model,
+        )
+        for s in config.swarms
+    ]
