@@ -24,6 +24,9 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     history_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
     subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "governor"
     mailbox_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    dedupe_horizon_s: Annotated[float, Meta(gt=0.0)] = 7 * 86400.0
+    """How long an applied `event_id` is remembered: a retry inside it is answered `duplicate`."""
+    dedupe_limit: Annotated[int, Meta(ge=1, le=10_000_000)] = 200_000
 
 
 class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,6 +55,18 @@ class MetricsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     """0 disables the HTTP endpoint."""
 
 
+class LedgerSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    """Durable mode: every change is acknowledged by JetStream before the reply. False: in memory only."""
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    """Stream replicas; use 3 in a cluster (R3) so an acknowledged cost survives the loss of a server."""
+    timeout_s: Annotated[float, Meta(gt=0.0, le=60.0)] = 5.0
+    snapshot_every: Annotated[int, Meta(ge=1)] = 10_000
+    """Ledger messages between snapshots (recovery replays at most about this many)."""
+    lease_ttl_s: Annotated[float, Meta(ge=1.0, le=60.0)] = 3.0
+    """A standby takes over at most about this long after the serving process died."""
+
+
 class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     governor: GovernorSection = GovernorSection()
     capabilities: list[CapabilityDef] = []
@@ -59,3 +74,4 @@ class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     witness: WitnessSection = WitnessSection()
     nats: NatsSection = NatsSection()
     metrics: MetricsSection = MetricsSection()
+    ledger: LedgerSection = LedgerSection()

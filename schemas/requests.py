@@ -15,6 +15,7 @@ from schemas.types import (
     Capabilities,
     Cost,
     CostPerHour,
+    Deadline,
     ErrorText,
     EventId,
     HistoryLimit,
@@ -30,9 +31,11 @@ ManualTripReason = Literal["repeated_failures", "performance_degradation", "manu
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every request: strict, immutable, with an optional trace id."""
+    """Base of every request: strict, immutable, with an optional trace id and deadline."""
 
     trace_id: TraceId | None = None
+    deadline: Deadline | None = None
+    """Unix time (seconds) after which the request must not be applied: a late delivery is dropped, not applied."""
 
 
 class AssignRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -50,3 +50,6 @@ ErrorText = Annotated[str, Meta(max_length=4096)]
 SwarmCount = Annotated[int, Meta(ge=1, le=64)]
 
 HistoryLimit = Annotated[int, Meta(ge=1, le=100_000)]
+
+Deadline = Annotated[float, Meta(ge=0.0, le=1e11)]
+"""Unix time in seconds."""

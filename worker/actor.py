@@ -17,38 +17,40 @@ from typing import Any, Protocol
 import msgspec
 
 from schemas.events import BreakerReset, BreakerTripped, Event
-from schemas.profiles import SwarmProfile
-from schemas.replies import AssignReply, HistoryReply
-from schemas.requests import (
-    AssignRequest,
-    CostRequest,
-    DeregisterRequest,
-    FailureRequest,
-    HistoryRequest,
-    RegisterRequest,
-    Request,
-    ResetRequest,
-    StatusRequest,
-    TripRequest,
-)
+from schemas.ledger import LedgerEntry
+from schemas.replies import AssignReply
+from schemas.requests import Request
 from worker.core import Governor
-from worker.errors import GovernorError, Unavailable
+from worker.dispatch import READ_ONLY, apply
+from worker.errors import DeadlineExceeded, GovernorError, Unavailable
+from worker.ledger import Ledger, LedgerAmbiguous, LedgerFenced, LedgerUnavailable
 from worker.metrics import Metrics
 
 log = logging.getLogger("if_governor.actor")
 
 
 class Command:
-    """A decoded request waiting for the actor, with what is needed to answer it."""
+    """A decoded request waiting for the actor, with what is needed to answer it and to write it to the ledger."""
 
-    __slots__ = ("received", "reply_to", "request", "subject", "trace_id")
+    __slots__ = ("kind", "raw", "received", "reply_to", "request", "subject", "trace_id")
 
-    def __init__(self, request: Request, reply_to: str, trace_id: str, subject: str, received: float) -> None:
+    def __init__(
+        self,
+        request: Request,
+        reply_to: str,
+        trace_id: str,
+        subject: str,
+        received: float,
+        kind: str = "",
+        raw: bytes = b"{}",
+    ) -> None:
         self.request = request
         self.reply_to = reply_to  # "" for a plain publish: apply, answer nobody
         self.trace_id = trace_id
         self.subject = subject
         self.received = received  # time.perf_counter() when the handler got it
+        self.kind = kind  # the endpoint name
+        self.raw = raw  # the body as received: what the ledger records
 
 
 class Outbox(Protocol):
@@ -112,7 +114,11 @@ class Mailbox:
 
 
 class Actor:
-    """Applies mailbox commands to the core, in order, in batches, and performs their effects."""
+    """Applies mailbox commands to the core, in order, in batches, and performs their effects.
+
+    With a ledger, each batch's changing commands are written and acknowledged first (group commit); a batch the
+    ledger did not take is answered `unavailable` and changes nothing.
+    """
 
     def __init__(
         self,
@@ -123,6 +129,8 @@ class Actor:
         *,
         clock: Callable[[], float] = time.time,
         max_batch: int = 256,
+        ledger: Ledger | None = None,
+        snapshot_every: int = 10_000,
     ) -> None:
         self.core = core
         self.mailbox = mailbox
@@ -130,17 +138,11 @@ class Actor:
         self.metrics = metrics
         self.clock = clock
         self.max_batch = max_batch
-        self._apply: dict[type[Request], Callable[[Any, float, str], msgspec.Struct]] = {
-            AssignRequest: self._assign,
-            CostRequest: self._cost,
-            ResetRequest: self._reset,
-            TripRequest: self._trip,
-            FailureRequest: self._failure,
-            RegisterRequest: self._register,
-            DeregisterRequest: self._deregister,
-            StatusRequest: self._status,
-            HistoryRequest: self._history,
-        }
+        self.ledger = ledger
+        self.snapshot_every = snapshot_every
+        self.fenced = False
+        """Set when this process is no longer the ledger's owner: everything is answered `unavailable`."""
+        self._snapshot_task: asyncio.Task[None] | None = None
         for swarm_id in core.get_budget_report():
             self._refresh(swarm_id)
 
@@ -149,42 +151,113 @@ class Actor:
         mailbox = self.mailbox
         while batch := await mailbox.take(self.max_batch):
             await self.process(batch)
+        if self._snapshot_task is not None:
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)
 
     async def process(self, batch: list[Command]) -> None:
         """Apply one batch and perform its effects."""
         now = self.clock()
-        results: list[msgspec.Struct | GovernorError] = []
+        results: list[msgspec.Struct | GovernorError | None] = [None] * len(batch)
+        for i, command in enumerate(batch):
+            deadline = command.request.deadline
+            if deadline is not None and now > deadline:
+                results[i] = DeadlineExceeded(f"deadline {deadline:.3f} passed before the request was applied")
+                self.metrics.expired.inc()
+            elif self.fenced:
+                results[i] = Unavailable("this governor is not serving (it lost its lease); retry")
+        if self.ledger is not None and not self.fenced:
+            await self._write_ahead(batch, results, now)
         touched: set[str] = set()
-        apply = self._apply
-        for command in batch:
+        core = self.core
+        for i, command in enumerate(batch):
+            if results[i] is not None:
+                continue
             request = command.request
             try:
-                results.append(apply[type(request)](request, now, command.trace_id))
+                results[i] = apply(core, request, now, command.trace_id)
             except GovernorError as error:
-                results.append(error)
+                results[i] = error
             except Exception as error:  # a bug: answer, log with context, keep serving the others
                 log.exception("internal error applying %s (trace %s)", type(request).__name__, command.trace_id)
-                results.append(Unavailable(f"internal error: {type(error).__name__}"))
+                results[i] = Unavailable(f"internal error: {type(error).__name__}")
             else:
                 swarm_id = getattr(request, "swarm_id", None)
                 if swarm_id is not None:
                     touched.add(swarm_id)
-        events = self.core.take_events()
+        events = core.take_events()
         self._observe(batch, results, events, touched)
         outbox = self.outbox
         for command, result in zip(batch, results, strict=True):
             if isinstance(result, GovernorError):
                 await outbox.reply_error(command, result)
-            elif command.reply_to:
+            elif command.reply_to and result is not None:
                 await outbox.reply(command, result)
         if events:
             await outbox.publish(events)
         self.metrics.mailbox_depth.set(len(self.mailbox))
+        if self.ledger is not None and self.ledger.entries_since_snapshot >= self.snapshot_every:
+            self._snapshot()
+
+    async def _write_ahead(self, batch: list[Command], results: list[Any], now: float) -> None:
+        """Write the batch's changing commands to the ledger; mark them `unavailable` when it did not take them."""
+        assert self.ledger is not None
+        pending = [i for i, c in enumerate(batch) if results[i] is None and c.kind not in READ_ONLY]
+        if not pending:
+            return
+        entries = [LedgerEntry(batch[i].kind, now, batch[i].trace_id, msgspec.Raw(batch[i].raw)) for i in pending]
+        try:
+            await self.ledger.append(entries)
+            return
+        except LedgerFenced as exc:
+            log.error("ledger fenced: %s; no longer serving", exc)
+            self.fenced = True
+            error = Unavailable("this governor is not serving (another process owns the ledger); retry")
+        except LedgerAmbiguous as exc:
+            log.error("ledger write not acknowledged (%s); re-reading the ledger before serving on", exc)
+            error = Unavailable(
+                f"the ledger did not acknowledge the write in time: {exc}; retry with the same event_id"
+            )
+            await self._resync()
+        except LedgerUnavailable as exc:
+            log.error("ledger write refused: %s", exc)
+            error = Unavailable(f"the ledger is unavailable: {exc}")
+        self.metrics.ledger_failures.labels(type(error).__name__).inc()
+        for i in pending:
+            results[i] = error
+
+    async def _resync(self) -> None:
+        """After an unacknowledged write: replay whatever the ledger holds beyond what we applied (retrying)."""
+        assert self.ledger is not None
+        delay = 0.1
+        while True:
+            try:
+                await self.ledger.catch_up(self.core)
+                self.core.take_events()
+                return
+            except Exception as exc:
+                log.warning("ledger not readable yet (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _snapshot(self) -> None:
+        """Take a snapshot now (synchronously: the state is consistent) and store it in the background."""
+        assert self.ledger is not None
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        data = self.ledger.snapshot_bytes(self.core)
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot(data))
+
+    async def _save_snapshot(self, data: bytes) -> None:
+        assert self.ledger is not None
+        try:
+            await self.ledger.save_snapshot(data)
+        except Exception as exc:
+            log.warning("snapshot not stored (%s): recovery replays a longer tail", exc)
 
     def _observe(
         self,
         batch: list[Command],
-        results: list[msgspec.Struct | GovernorError],
+        results: list[Any],
         events: list[Event],
         touched: set[str],
     ) -> None:
@@ -212,67 +285,3 @@ class Actor:
             self.metrics.forget_swarm(swarm_id)
         else:
             self.metrics.swarm(swarm_id, *gauges)
-
-    # -- one method per request type: the request's fields to the core's arguments ----------------------------
-
-    def _assign(self, r: AssignRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return self.core.assign(
-            r.task_id,
-            r.required_capabilities,
-            now=now,
-            max_cost=r.max_cost,
-            max_swarms=r.max_swarms,
-            explain=r.explain,
-            trace_id=trace_id,
-        )
-
-    def _cost(self, r: CostRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return self.core.track_cost(
-            r.swarm_id,
-            r.operation,
-            r.cost,
-            now=now,
-            event_id=r.event_id,
-            task_id=r.task_id,
-            trace_id=trace_id,
-        )
-
-    def _reset(self, r: ResetRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return self.core.reset_circuit_breaker(
-            r.swarm_id,
-            r.new_budget,
-            approved_by=r.approved_by,
-            now=now,
-            event_id=r.event_id,
-            trace_id=trace_id,
-        )
-
-    def _trip(self, r: TripRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return self.core.trip_circuit_breaker(
-            r.swarm_id, r.reason, now=now, requested_by=r.requested_by, trace_id=trace_id
-        )
-
-    def _failure(self, r: FailureRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return self.core.record_failure(
-            r.swarm_id, now=now, task_id=r.task_id, error=r.error, event_id=r.event_id, trace_id=trace_id
-        )
-
-    def _register(self, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
-        profile = SwarmProfile(
-            swarm_id=r.swarm_id,
-            capabilities=r.capabilities,
-            cost_per_hour=r.cost_per_hour,
-            reputation_score=r.reputation_score,
-            current_budget_remaining=r.current_budget_remaining,
-            model=r.model,
-        )
-        return self.core.register_swarm(profile, now=now, trace_id=trace_id)
-
-    def _deregister(self, r: DeregisterRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return self.core.deregister_swarm(r.swarm_id, now=now, trace_id=trace_id)
-
-    def _status(self, r: StatusRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return self.core.status(now=now, trace_id=trace_id)
-
-    def _history(self, r: HistoryRequest, now: float, trace_id: str) -> msgspec.Struct:
-        return HistoryReply(assignments=self.core.get_assignment_history(r.limit), trace_id=trace_id)

@@ -1,10 +1,16 @@
-"""The worker: core, actor, bus and metrics endpoint wired together, as an async context manager.
+"""The worker: core, actor, bus, ledger, lease and metrics endpoint wired together, as an async context manager.
 
     async with Worker(config) as worker:
         await worker.wait_stopped()       # until stop() (e.g. from a SIGTERM handler)
 
-On exit it stops taking requests, lets the actor answer everything already in the mailbox, flushes the
-connection and closes it. The actor runs in a TaskGroup owned by the worker: if it dies, the error propagates.
+Durable mode (the default) is a loop: wait for JetStream; recover the core from the latest snapshot plus the
+ledger's tail; as a standby, keep replaying the ledger while trying to take the lease; once the lease is held,
+read the ledger to its end, reconcile the config, and serve; when the lease is lost, stop serving and start over.
+In-memory mode builds the core from the config and serves.
+
+On exit it stops taking requests, lets the actor answer everything already in the mailbox, writes a snapshot,
+gives the lease up, flushes the connection and closes it. Tasks run in a TaskGroup owned by the worker: if one
+dies, the error propagates.
 """
 
 from __future__ import annotations
@@ -12,33 +18,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from types import TracebackType
 
+import msgspec
 import nats
 from nats.aio.client import Client
 
 from schemas.config import Config
+from schemas.ledger import Configure, LedgerEntry
+from schemas.requests import RegisterRequest
 from worker.actor import Actor, Mailbox
 from worker.bus import Bus
 from worker.config import policy_of, profiles_of
 from worker.core import Governor
+from worker.dispatch import replay
+from worker.lease import Lease
+from worker.ledger import Ledger, wait_for_jetstream
 from worker.metrics import HttpEndpoint, Metrics
 
 log = logging.getLogger("if_governor.worker")
 
 
 def build_core(config: Config, now: float) -> Governor:
-    """A core with the config's policy and capabilities, and its swarms registered."""
-    core = Governor(policy_of(config), capabilities=config.capabilities, history_limit=config.governor.history_limit)
+    """An in-memory core with the config's policy and capabilities, and its swarms registered."""
+    core = empty_core(config)
+    core.configure(policy_of(config), config.capabilities)
     for profile in profiles_of(config):
         core.register_swarm(profile, now=now, trace_id="config")
+    core.take_events()
     return core
 
 
+def empty_core(config: Config) -> Governor:
+    """The core a ledger replays into from its first entry (policy and capabilities come from the ledger)."""
+    g = config.governor
+    return Governor(history_limit=g.history_limit, dedupe_limit=g.dedupe_limit, dedupe_horizon_s=g.dedupe_horizon_s)
+
+
 class Worker:
-    """One governor process: connects, serves, drains on stop."""
+    """One governor process: connects, recovers, serves while it holds the lease, drains on stop."""
 
     def __init__(
         self,
@@ -48,70 +70,45 @@ class Worker:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         serve_metrics: bool = True,
+        durable: bool | None = None,
+        wait_until_serving: bool = True,
+        holder_id: str | None = None,
     ) -> None:
         self.config = config
-        self.servers = servers or list(config.nats.servers)
+        self.servers = servers or list(config.nats.servers or ["nats://127.0.0.1:4222"])
         self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
         self.serve_metrics = serve_metrics and config.metrics.port != 0
-        self.core = build_core(config, clock())
+        self.durable = config.ledger.enabled if durable is None else durable
+        self.wait_until_serving = wait_until_serving
+        self.holder_id = holder_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.core = build_core(config, clock()) if not self.durable else empty_core(config)
         self.mailbox = Mailbox(config.governor.mailbox_size)
         self.nc: Client | None = None
         self.bus: Bus | None = None
+        self.ledger: Ledger | None = None
+        self.lease: Lease | None = None
         self.http: HttpEndpoint | None = None
-        self.ready = False
+        self.state = "starting"
+        """starting, standby, serving or stopped."""
+        self._serving = asyncio.Event()
         self._stop = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True while this process serves requests."""
+        return self.state == "serving"
 
     async def __aenter__(self) -> Worker:
         try:
             await self._start()
         except BaseException:
+            self._stop.set()
             await self._stack.aclose()
             raise
         return self
-
-    async def _start(self) -> None:
-        stack = self._stack
-        if self.serve_metrics:
-            self.http = HttpEndpoint(
-                self.metrics, lambda: self.ready, self.config.metrics.host, self.config.metrics.port
-            )
-            await self.http.start()
-            stack.push_async_callback(self.http.close)
-        self.nc = await nats.connect(
-            servers=self.servers,
-            name=self.config.nats.name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
-        stack.push_async_callback(self._close_connection)
-        group = await stack.enter_async_context(asyncio.TaskGroup())
-        self.bus = Bus(
-            self.nc, self.mailbox, self.metrics, prefix=self.config.governor.subject_prefix, clock=self.clock
-        )
-        actor = Actor(self.core, self.mailbox, self.bus, self.metrics, clock=self.clock)
-        group.create_task(actor.run(), name="governor-actor")
-        # Unwinds before the TaskGroup waits for the actor: stop intake, then let the actor drain.
-        stack.push_async_callback(self._drain)
-        await self.bus.start()
-        self.ready = True
-        log.info("serving %s.* on %s", self.config.governor.subject_prefix, ", ".join(self.servers))
-
-    async def _drain(self) -> None:
-        self.ready = False
-        if self.bus is not None:
-            await self.bus.stop()
-        self.mailbox.close()
-
-    async def _close_connection(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)
-            await self.nc.close()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -125,12 +122,197 @@ class Worker:
     async def wait_stopped(self) -> None:
         await self._stop.wait()
 
+    async def wait_serving(self) -> None:
+        await self._serving.wait()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        stack = self._stack
+        if self.serve_metrics:
+            metrics = self.config.metrics
+            self.http = HttpEndpoint(self.metrics, lambda: self.ready, metrics.host, metrics.port)
+            await self.http.start()
+            stack.push_async_callback(self.http.close)
+        self.nc = await nats.connect(
+            servers=self.servers,
+            name=self.config.nats.name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        stack.push_async_callback(self._close_connection)
+        group = await stack.enter_async_context(asyncio.TaskGroup())
+        stack.push_async_callback(self._shutdown)  # unwinds before the TaskGroup waits for its tasks
+        supervise = self._supervise_durable if self.durable else self._supervise_memory
+        self._supervisor = group.create_task(supervise(), name="governor-supervisor")
+        if self.wait_until_serving:
+            waiter = asyncio.ensure_future(self._serving.wait())
+            await asyncio.wait([waiter, self._supervisor], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if self._supervisor.done():
+                self._supervisor.result()  # raises what killed it
+                raise RuntimeError("the governor stopped before it served")
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        if self._supervisor is not None:
+            await asyncio.wait([self._supervisor])
+
+    async def _close_connection(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=5)
+            await self.nc.close()
+        self.state = "stopped"
+
+    async def _serve(self, core: Governor) -> tuple[Actor, asyncio.Task[None]]:
+        """Start the actor on `core` and subscribe: from now on requests are answered."""
+        assert self.nc is not None
+        self.core = core
+        self.mailbox = Mailbox(self.config.governor.mailbox_size)
+        self.bus = Bus(
+            self.nc, self.mailbox, self.metrics, prefix=self.config.governor.subject_prefix, clock=self.clock
+        )
+        actor = Actor(
+            core,
+            self.mailbox,
+            self.bus,
+            self.metrics,
+            clock=self.clock,
+            ledger=self.ledger,
+            snapshot_every=self.config.ledger.snapshot_every,
+        )
+        task = asyncio.get_running_loop().create_task(actor.run(), name="governor-actor")
+        await self.bus.start()
+        self.state = "serving"
+        self._serving.set()
+        log.info("serving %s.* on %s", self.config.governor.subject_prefix, ", ".join(self.servers))
+        return actor, task
+
+    async def _unserve(self, actor: Actor, task: asyncio.Task[None], *, lost: bool) -> None:
+        """Stop taking requests; answer what is queued (`unavailable` when the lease was lost)."""
+        self.state = "standby"
+        if lost:
+            actor.fenced = True
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.stop()
+        self.mailbox.close()
+        await task
+
+    async def _supervise_memory(self) -> None:
+        actor, task = await self._serve(self.core)
+        await self._stop.wait()
+        await self._unserve(actor, task, lost=False)
+
+    async def _supervise_durable(self) -> None:
+        assert self.nc is not None
+        ledger_config = self.config.ledger
+        prefix = self.config.governor.subject_prefix
+        self.ledger = ledger = Ledger(
+            self.nc, prefix=prefix, replicas=ledger_config.replicas, timeout=ledger_config.timeout_s
+        )
+        self.lease = lease = Lease(
+            self.nc, self.holder_id, bucket=ledger.stream + "_LEASE", ttl=ledger_config.lease_ttl_s
+        )
+        while not self._stop.is_set():
+            try:
+                served = await self._one_term(ledger, lease)
+            except Exception:
+                log.exception("governor cycle failed; starting over as a standby")
+                served = False
+            if not served and not self._stop.is_set():
+                await self._sleep(0.5)
+
+    async def _one_term(self, ledger: Ledger, lease: Lease) -> bool:
+        """Recover, wait for the lease as a standby, serve while it is held. True when it served."""
+        self.state = "standby"
+        await wait_for_jetstream(ledger, self._stop)
+        if self._stop.is_set():
+            return False
+        await lease.setup()
+        core = await ledger.recover(lambda: empty_core(self.config))
+        poll = min(0.5, lease.ttl / 4)
+        while not await lease.try_acquire():
+            if await self._sleep(poll):
+                return False
+            with contextlib.suppress(Exception):
+                await ledger.catch_up(core)
+        try:
+            await ledger.catch_up(core)  # to the end: nobody else writes now
+            await self._reconcile(core, ledger)
+        except Exception:
+            await lease.release()
+            raise
+        actor, task = await self._serve(core)
+        lost = False
+        while not self._stop.is_set() and not actor.fenced:
+            if await self._sleep(lease.ttl / 4):
+                break
+            if not await lease.renew():
+                lost = True
+                log.error("lease lost: no longer serving")
+                break
+        await self._unserve(actor, task, lost=lost or actor.fenced)
+        if not lost and not actor.fenced:
+            await self._final_snapshot(ledger, core)
+            await lease.release()
+        return True
+
+    async def _reconcile(self, core: Governor, ledger: Ledger) -> None:
+        """Bring the config into the ledger: a changed policy or capability list, and swarms never seen before."""
+        now = self.clock()
+        encode = msgspec.json.encode
+        entries: list[LedgerEntry] = []
+        policy = policy_of(self.config)
+        probe = Governor(policy, capabilities=self.config.capabilities)
+        if core.policy != policy or core.vocabulary.extra != probe.vocabulary.extra:
+            body = Configure(policy=policy, capabilities=probe.vocabulary.extra)
+            entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
+        for p in profiles_of(self.config):
+            if not core.known(p.swarm_id):
+                request = RegisterRequest(
+                    swarm_id=p.swarm_id,
+                    capabilities=p.capabilities,
+                    cost_per_hour=p.cost_per_hour,
+                    reputation_score=p.reputation_score,
+                    current_budget_remaining=p.current_budget_remaining,
+                    model=p.model,
+                )
+                entries.append(LedgerEntry("register", now, "config", msgspec.Raw(encode(request))))
+        if not entries:
+            return
+        await ledger.append(entries)
+        for entry in entries:
+            replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
+        core.take_events()
+        log.info("config reconciled into the ledger: %d entries", len(entries))
+
+    async def _final_snapshot(self, ledger: Ledger, core: Governor) -> None:
+        if ledger.entries_since_snapshot == 0:
+            return
+        try:
+            await asyncio.wait_for(ledger.save_snapshot(ledger.snapshot_bytes(core)), timeout=10)
+        except Exception as exc:
+            log.warning("final snapshot not stored (%s): the next start replays the tail", exc)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or return early (True) when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        return self._stop.is_set()
+
     async def _on_error(self, exc: Exception) -> None:
         log.warning("nats error: %s", exc)
 
     async def _on_disconnected(self) -> None:
-        log.warning("disconnected from nats")
+        if not self._stop.is_set():
+            log.warning("disconnected from nats; reconnecting")
 
     async def _on_reconnected(self) -> None:
         assert self.nc is not None
-        log.info("reconnected to nats at %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
+        url = self.nc.connected_url
+        log.info("reconnected to nats at %s", url.netloc if url else "?")

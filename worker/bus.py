@@ -27,19 +27,9 @@ from nats.micro.service import Service
 
 from schemas.events import BreakerReset, BreakerTripped, Escalation, Event, WitnessRecord
 from schemas.replies import ErrorBody, ErrorReply
-from schemas.requests import (
-    AssignRequest,
-    CostRequest,
-    DeregisterRequest,
-    FailureRequest,
-    HistoryRequest,
-    RegisterRequest,
-    Request,
-    ResetRequest,
-    StatusRequest,
-    TripRequest,
-)
+from schemas.requests import Request
 from worker.actor import Command, Mailbox
+from worker.dispatch import DECODERS, REQUEST_TYPES
 from worker.errors import GovernorError, InvalidBudget, InvalidCost, InvalidRequest, Overloaded
 from worker.metrics import Metrics
 
@@ -47,19 +37,9 @@ log = logging.getLogger("if_governor.bus")
 
 VERSION = "0.1.0"
 TRACE_HEADER = "X-IF-Trace-ID"
+MAX_TRACE_ID = 128
 
-#: Endpoint name -> request type. The subject is `<prefix>.<name>`.
-ENDPOINTS: dict[str, type[Request]] = {
-    "assign": AssignRequest,
-    "cost": CostRequest,
-    "reset": ResetRequest,
-    "trip": TripRequest,
-    "failure": FailureRequest,
-    "register": RegisterRequest,
-    "deregister": DeregisterRequest,
-    "status": StatusRequest,
-    "history": HistoryRequest,
-}
+ENDPOINTS = REQUEST_TYPES
 #: Requests whose every field is optional: an empty body means `{}`.
 EMPTY_BODY_OK = frozenset({"status", "history"})
 
@@ -120,10 +100,8 @@ class Bus:
             description="IF.governor: capability-aware task assignment and budget governance",
             metadata={"subject_prefix": self.prefix},
         )
-        for name, request_type in ENDPOINTS.items():
-            await self.service.add_endpoint(
-                name=name, subject=f"{self.prefix}.{name}", handler=self._handler(name, request_type)
-            )
+        for name in ENDPOINTS:
+            await self.service.add_endpoint(name=name, subject=f"{self.prefix}.{name}", handler=self._handler(name))
         await self.nc.flush()
 
     async def stop(self) -> None:
@@ -135,8 +113,8 @@ class Bus:
     def new_trace_id(self) -> str:
         return f"{self._trace_prefix}{next(self._trace_seq):08x}"
 
-    def _handler(self, name: str, request_type: type[Request]) -> Callable[[MicroRequest], Any]:
-        decode = msgspec.json.Decoder(request_type).decode
+    def _handler(self, name: str) -> Callable[[MicroRequest], Any]:
+        decode = DECODERS[name].decode
         empty_ok = name in EMPTY_BODY_OK
         subject = f"{self.prefix}.{name}"
         mailbox = self.mailbox
@@ -152,25 +130,20 @@ class Bus:
             header_trace = headers.get(TRACE_HEADER) if headers else None
             data = msg.data
             try:
+                if header_trace is not None and not 0 < len(header_trace) <= MAX_TRACE_ID:
+                    raise InvalidRequest(f"header {TRACE_HEADER} must be 1 to {MAX_TRACE_ID} characters")
                 if not data:
                     if not empty_ok:
                         raise InvalidRequest("empty body: expected a JSON object")
                     data = b"{}"
                 request = decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await self.reply_error(
-                    Command(_NO_REQUEST, msg.reply, header_trace or self.new_trace_id(), subject, received),
-                    decode_error(exc),
-                )
-                return
-            except InvalidRequest as error:
-                await self.reply_error(
-                    Command(_NO_REQUEST, msg.reply, header_trace or self.new_trace_id(), subject, received),
-                    error,
-                )
+            except (msgspec.DecodeError, msgspec.ValidationError, InvalidRequest) as exc:
+                error = exc if isinstance(exc, InvalidRequest) else decode_error(exc)
+                trace = header_trace if header_trace and len(header_trace) <= MAX_TRACE_ID else self.new_trace_id()
+                await self.reply_error(Command(_NO_REQUEST, msg.reply, trace, subject, received, name), error)
                 return
             trace_id = header_trace or request.trace_id or self.new_trace_id()
-            command = Command(request, msg.reply, trace_id, subject, received)
+            command = Command(request, msg.reply, trace_id, subject, received, name, data)
             if not mailbox.put(command):
                 await self.reply_error(command, Overloaded("the governor's mailbox is full; retry later"))
 

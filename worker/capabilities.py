@@ -37,8 +37,9 @@ class Vocabulary:
     """The known capabilities; checks names and suggests the closest known ones for a typo."""
 
     def __init__(self, extra: Iterable[str] = ()) -> None:
+        self.extra: list[str] = [c for c in dict.fromkeys(extra) if c not in BUILTIN_CAPABILITIES]
         self._known: dict[str, None] = dict.fromkeys(BUILTIN_CAPABILITIES)
-        self._known.update(dict.fromkeys(extra))
+        self._known.update(dict.fromkeys(self.extra))
 
     def __contains__(self, name: object) -> bool:
         return name in self._known

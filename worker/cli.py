@@ -82,9 +82,8 @@ async def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.witness.log_level, args.log_format)
-    servers = [args.nats_url] if args.nats_url else None
-    if servers is None and os.environ.get(NATS_URL_ENV):
-        servers = list(config.nats.servers)
+    # A URL from the flag, else from IF_GOVERNOR_NATS_URL or the config's nats.servers; none: the bundled server.
+    servers = [args.nats_url] if args.nats_url else config.nats.servers
     bundled: NatsServer | None = None
     if servers is None:
         data_dir = Path(args.data_dir)  # made absolute in main()

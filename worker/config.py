@@ -30,6 +30,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IF_GOVERNOR_SUBJECT_PREFIX": ("governor", "subject_prefix"),
     "IF_GOVERNOR_METRICS_PORT": ("metrics", "port"),
     "IF_GOVERNOR_LOG_LEVEL": ("witness", "log_level"),
+    "IF_GOVERNOR_LEDGER_ENABLED": ("ledger", "enabled"),
 }
 NATS_URL_ENV = "IF_GOVERNOR_NATS_URL"
 

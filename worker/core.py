@@ -26,6 +26,7 @@ from schemas.events import (
     Severity,
     WitnessRecord,
 )
+from schemas.ledger import CoreState, SwarmState
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import (
@@ -114,7 +115,8 @@ class Governor:
         *,
         capabilities: Iterable[str] = (),
         history_limit: int = 1000,
-        dedupe_limit: int = 100_000,
+        dedupe_limit: int = 200_000,
+        dedupe_horizon_s: float = 7 * 86400.0,
     ) -> None:
         self.policy = policy if policy is not None else ResourcePolicy()
         self.vocabulary = Vocabulary(capabilities)
@@ -124,9 +126,22 @@ class Governor:
         self._next_ordinal = 0
         self._history: deque[AssignmentRecord] = deque(maxlen=history_limit)
         self._events: list[Event] = []
-        # (kind, event_id) of the costs, failures and resets already applied, oldest first.
-        self._applied: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # (kind, event_id) -> when applied, for the costs, failures and resets already applied, oldest first.
+        # Kept for `dedupe_horizon_s` (and at most `dedupe_limit` of them): a retry inside that horizon is a no-op.
+        self._applied: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._dedupe_limit = dedupe_limit
+        self._dedupe_horizon_s = dedupe_horizon_s
+        # Ids that were deregistered: the config's swarms seed the registry only with ids never seen before.
+        self._retired: set[str] = set()
+
+    def configure(self, policy: ResourcePolicy, capabilities: Iterable[str]) -> None:
+        """Change the policy and the declared capabilities from now on (a config change, recorded in the ledger)."""
+        self.policy = policy
+        self.vocabulary = Vocabulary(capabilities)
+
+    def known(self, swarm_id: str) -> bool:
+        """True when the id is registered or was registered once (and deregistered since)."""
+        return swarm_id in self._swarms or swarm_id in self._retired
 
     # -- events -------------------------------------------------------------------------------------------
 
@@ -177,6 +192,7 @@ class Governor:
         """Remove a swarm; it gets no more work and its budget is forgotten."""
         swarm = self._get(swarm_id)
         del self._swarms[swarm_id]
+        self._retired.add(swarm_id)
         for cap in swarm.capabilities:
             posting = self._postings[cap]
             del posting[swarm_id]
@@ -354,16 +370,18 @@ class Governor:
 
     # -- budgets and breakers -----------------------------------------------------------------------------
 
-    def _seen(self, kind: str, event_id: str | None) -> bool:
+    def _seen(self, kind: str, event_id: str | None, now: float) -> bool:
         """True when this event id was applied already; otherwise remember it (bounded, oldest forgotten)."""
         if event_id is None:
             return False
+        applied = self._applied
         key = (kind, event_id)
-        if key in self._applied:
+        if key in applied:
             return True
-        self._applied[key] = None
-        if len(self._applied) > self._dedupe_limit:
-            self._applied.popitem(last=False)
+        applied[key] = now
+        horizon = now - self._dedupe_horizon_s
+        while len(applied) > self._dedupe_limit or next(iter(applied.values())) < horizon:
+            applied.popitem(last=False)
         return False
 
     def track_cost(
@@ -381,7 +399,7 @@ class Governor:
         swarm = self._get(swarm_id)
         if not 0.0 <= cost <= MAX_USD:  # also refuses NaN
             raise InvalidCost(f"cost must be a finite number >= 0, got {cost!r}")
-        if self._seen("cost", event_id):
+        if self._seen("cost", event_id, now):
             return CostReply(
                 swarm_id=swarm_id,
                 remaining=to_usd(swarm.budget),
@@ -423,7 +441,7 @@ class Governor:
         swarm = self._get(swarm_id)
         failures = swarm.failures
         horizon = now - self.policy.failure_window_s
-        if self._seen("failure", event_id):
+        if self._seen("failure", event_id, now):
             return FailureReply(
                 swarm_id=swarm_id,
                 failures_in_window=sum(1 for t in failures if t > horizon),
@@ -510,7 +528,7 @@ class Governor:
         _check_budget(new_budget, "new_budget")
         if not approved_by.strip():
             raise InvalidRequest("approved_by must name the human who approved the reset")
-        self._seen("reset", event_id)
+        self._seen("reset", event_id, now)
         previous = swarm.breaker
         swarm.breaker = None
         swarm.budget = to_micros(new_budget)
@@ -594,6 +612,77 @@ class Governor:
         if s is None:
             return None
         return to_usd(s.budget), to_usd(s.cost_tracked), s.breaker is not None
+
+    # -- snapshots ----------------------------------------------------------------------------------------------
+
+    def export_state(self, seq: int = 0) -> CoreState:
+        """Everything the core holds, as one Struct (a snapshot covering ledger sequence `seq`)."""
+        return CoreState(
+            seq=seq,
+            policy=self.policy,
+            capabilities=list(self.vocabulary.extra),
+            swarms=[
+                SwarmState(
+                    s.swarm_id,
+                    s.capabilities,
+                    s.cost_per_hour,
+                    s.reputation_score,
+                    s.model,
+                    s.ordinal,
+                    s.budget,
+                    s.cost_tracked,
+                    s.operations_count,
+                    s.breaker,
+                    list(s.failures),
+                )
+                for s in self._swarms.values()
+            ],
+            next_ordinal=self._next_ordinal,
+            history=list(self._history),
+            applied=[(kind, event_id, at) for (kind, event_id), at in self._applied.items()],
+            retired=sorted(self._retired),
+        )
+
+    @classmethod
+    def from_state(
+        cls,
+        state: CoreState,
+        *,
+        history_limit: int = 1000,
+        dedupe_limit: int = 200_000,
+        dedupe_horizon_s: float = 7 * 86400.0,
+    ) -> Governor:
+        """A core holding exactly the exported state."""
+        core = cls(
+            state.policy,
+            capabilities=state.capabilities,
+            history_limit=history_limit,
+            dedupe_limit=dedupe_limit,
+            dedupe_horizon_s=dedupe_horizon_s,
+        )
+        for st in state.swarms:
+            profile = SwarmProfile(
+                swarm_id=st.swarm_id,
+                capabilities=st.capabilities,
+                cost_per_hour=st.cost_per_hour,
+                reputation_score=st.reputation_score,
+                current_budget_remaining=1.0,  # replaced below by the exact micro-dollar amount
+                model=st.model,
+            )
+            swarm = _Swarm(profile, list(st.capabilities), st.ordinal)
+            swarm.budget = st.budget_micros
+            swarm.cost_tracked = st.cost_tracked_micros
+            swarm.operations_count = st.operations_count
+            swarm.breaker = st.breaker
+            swarm.failures.extend(st.failures)
+            core._swarms[swarm.swarm_id] = swarm
+            for cap in swarm.capabilities:
+                core._postings.setdefault(cap, {})[swarm.swarm_id] = swarm
+        core._next_ordinal = state.next_ordinal
+        core._history.extend(state.history)
+        core._applied.update(((kind, event_id), at) for kind, event_id, at in state.applied)
+        core._retired.update(state.retired)
+        return core
 
     def __len__(self) -> int:
         return len(self._swarms)

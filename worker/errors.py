@@ -86,6 +86,13 @@ class AlreadyRegistered(Conflict):
     code = "already_registered"
 
 
+class DeadlineExceeded(GovernorError):
+    """The request's deadline passed before the actor reached it: dropped, not applied."""
+
+    code = "deadline_exceeded"
+    status = 408
+
+
 class Overloaded(GovernorError):
     """The mailbox is full; the request was not queued. Retry later."""
 
@@ -94,7 +101,7 @@ class Overloaded(GovernorError):
 
 
 class Unavailable(GovernorError):
-    """The governor cannot serve this now (e.g. shutting down)."""
+    """The governor cannot apply this now: the ledger did not acknowledge it, or this process is not the owner."""
 
     code = "unavailable"
     status = 503

@@ -72,6 +72,12 @@ class Metrics:
             "if_governor_requests_rejected", "Requests answered with an error, by code.", ["code"], registry=r
         )
         self.requests = Counter("if_governor_requests", "Requests received, by subject.", ["subject"], registry=r)
+        self.expired = Counter(
+            "if_governor_requests_expired", "Requests dropped because their deadline had passed.", registry=r
+        )
+        self.ledger_failures = Counter(
+            "if_governor_ledger_failures", "Ledger writes that were not acknowledged, by kind.", ["kind"], registry=r
+        )
         self.mailbox_depth = Gauge("if_governor_mailbox_depth", "Commands waiting for the actor.", registry=r)
         self.batch_size = Histogram(
             "if_governor_batch_size",

@@ -1,0 +1,63 @@
+"""What the durable ledger stores: the accepted commands, in order, and snapshots of the core's state.
+
+The ledger records commands (a request as received, with the time and trace id the actor applied it with), not
+their outcomes: the core is deterministic, so replaying the same commands from a snapshot rebuilds the same state.
+A `configure` entry records the policy and capabilities in force from that point, so that a later change of the
+config file never changes how earlier commands replay.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.policy import ResourcePolicy
+from schemas.replies import AssignmentRecord, BreakerState
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One applied command: `kind` is the endpoint name (`cost`, `register`, ...) or `configure`."""
+
+    kind: str
+    now: float
+    trace_id: str
+    body: msgspec.Raw
+
+
+class LedgerBatch(msgspec.Struct, frozen=True, array_like=True):
+    """One ledger message: the commands of one actor batch (group commit)."""
+
+    entries: list[LedgerEntry]
+
+
+class Configure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of a `configure` entry."""
+
+    policy: ResourcePolicy
+    capabilities: list[str]
+
+
+class SwarmState(msgspec.Struct, frozen=True, array_like=True):
+    swarm_id: str
+    capabilities: list[str]
+    cost_per_hour: float
+    reputation_score: float
+    model: str
+    ordinal: int
+    budget_micros: int
+    cost_tracked_micros: int
+    operations_count: int
+    breaker: BreakerState | None
+    failures: list[float]
+
+
+class CoreState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the core holds, for snapshots. `seq` is the last ledger sequence it includes."""
+
+    seq: int = 0
+    policy: ResourcePolicy
+    capabilities: list[str]
+    swarms: list[SwarmState]
+    next_ordinal: int
+    history: list[AssignmentRecord]
+    applied: list[tuple[str, str, float]]
+    retired: list[str]

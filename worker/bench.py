@@ -1,0 +1,805 @@
+"""`governor bench`: the governor against the bare NATS limit, and the decision core on its own.
+
+Processes, so that every responder gets the same treatment:
+
+    this process (load generator) ──┬── nats-server (loopback, its own port and temp dir)
+                                    ├── echo child      python -m worker.bench --echo URL      (bare nats-py)
+                                    ├── governor child  python -m worker.bench --serve URL --swarms N
+                                    └── core child      python -m worker.bench --core N        (no I/O at all)
+
+The load generator drives each responder with the same payloads at concurrency 1, 64 and 256 (that many asyncio
+tasks, each with one request outstanding, on one connection) for a fixed short time per cell. Throughput is
+shown as a ratio to the echo responder measured in the same run; each responder's CPU time per request comes
+from /proc/<pid>/stat, which stays meaningful on a busy 2-core machine where the load generator takes a core.
+When `uvloop` is importable, the echo and governor children are measured under it too (the load generator's
+loop stays the same for every row, so rows compare like with like).
+
+Child modes (used by `main`, not meant for people):
+    python -m worker.bench --echo URL [--uvloop]
+    python -m worker.bench --serve URL --swarms N [--uvloop]
+    python -m worker.bench --core N --samples S
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas.config import Config
+from schemas.policy import ResourcePolicy
+from schemas.profiles import SwarmProfile
+from worker.natsserver import NatsServer
+
+CAPABILITY_TYPES = 200
+CAPABILITIES: tuple[str, ...] = tuple(f"bench:cap-{i:03d}" for i in range(CAPABILITY_TYPES))
+#: Held only by the breaker-probe swarms, which tasks never ask for: they cannot change any assign row.
+PROBE_CAPABILITY = "bench:breaker-probe"
+PROBE_SWARMS = 200
+SWARM_BUDGET = 100_000_000.0  # far more than any run spends: no breaker trips during a cell
+ECHO_SUBJECT = "bench.echo"
+PREFIX = "governor"
+CORE_SIZES = (100, 1_000, 10_000, 100_000)
+SEED = 4
+READY_TIMEOUT_S = 180.0
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and how big: the full run or `--quick`."""
+
+    c1_s: float
+    cell_s: float
+    warmup_s: float
+    core_samples: int
+    core_budget_s: float  # per registry size; the 100,000-swarm core is slow enough to need a bound
+    probe_trips: int
+    big_network: bool  # run the assign rows with 100,000 swarms over NATS
+    uvloop_rows: bool
+
+
+FULL = Profile(
+    c1_s=3.0,
+    cell_s=4.0,
+    warmup_s=0.5,
+    core_samples=20_000,
+    core_budget_s=8.0,
+    probe_trips=PROBE_SWARMS,
+    big_network=True,
+    uvloop_rows=True,
+)
+QUICK = Profile(
+    c1_s=0.8,
+    cell_s=1.0,
+    warmup_s=0.2,
+    core_samples=5_000,
+    core_budget_s=1.5,
+    probe_trips=100,
+    big_network=True,
+    uvloop_rows=True,
+)
+CONCURRENCIES = (1, 64, 256)
+
+
+# -- the synthetic workload: the same for every process (seeded) ------------------------------------------------
+
+
+def swarm_id(i: int) -> str:
+    return f"swarm-{i:06d}"
+
+
+def synthetic_swarms(n: int, seed: int = SEED) -> Iterator[SwarmProfile]:
+    """`n` swarms with 3-8 of the 200 capabilities each, costs under the default task ceiling, huge budgets."""
+    rng = random.Random(seed)
+    for i in range(n):
+        yield SwarmProfile(
+            swarm_id=swarm_id(i),
+            capabilities=rng.sample(CAPABILITIES, rng.randint(3, 8)),
+            cost_per_hour=round(rng.uniform(0.5, 9.5), 2),
+            reputation_score=round(rng.uniform(0.5, 1.0), 3),
+            current_budget_remaining=SWARM_BUDGET,
+            model="bench",
+        )
+
+
+def probe_swarms() -> Iterator[SwarmProfile]:
+    """Swarms with a budget of 1 USD that a cost of 2 USD trips: for the breaker-event latency."""
+    for i in range(PROBE_SWARMS):
+        yield SwarmProfile(
+            swarm_id=f"probe-{i:04d}",
+            capabilities=[PROBE_CAPABILITY],
+            cost_per_hour=1.0,
+            reputation_score=1.0,
+            current_budget_remaining=1.0,
+            model="bench",
+        )
+
+
+def synthetic_tasks(count: int, seed: int = SEED + 1) -> list[list[str]]:
+    """`count` tasks needing 1-5 of the 200 capabilities."""
+    rng = random.Random(seed)
+    return [rng.sample(CAPABILITIES, rng.randint(1, 5)) for _ in range(count)]
+
+
+def assign_payloads(count: int) -> list[bytes]:
+    encode = msgspec.json.encode
+    return [
+        encode({"task_id": f"task-{i}", "required_capabilities": caps}) for i, caps in enumerate(synthetic_tasks(count))
+    ]
+
+
+def cost_payloads(count: int, swarms: int, seed: int = SEED + 2) -> list[bytes]:
+    """Small costs on random swarms: a whole run spends a tiny fraction of any budget."""
+    rng = random.Random(seed)
+    encode = msgspec.json.encode
+    return [
+        encode(
+            {"swarm_id": swarm_id(rng.randrange(swarms)), "operation": "bench", "cost": rng.randint(1, 100) / 10_000}
+        )
+        for _ in range(count)
+    ]
+
+
+# -- /proc ------------------------------------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime and stime: fields 14 and 15
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """Resident set size (VmRSS) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (0 for none)."""
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))]
+
+
+# -- child modes --------------------------------------------------------------------------------------------------
+
+
+def _run_child(main: Callable[[], Coroutine[Any, Any, None]], use_uvloop: bool) -> None:
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _ready(extra: str = "") -> None:
+    print(f"ready {os.getpid()} {rss_kib()} {extra}".rstrip(), flush=True)
+
+
+async def serve_echo(url: str) -> None:
+    """A bare nats-py responder: a queue subscription that answers with the request's own bytes."""
+    stop = _stop_on_signals()
+    nc = await nats.connect(url, name="bench-echo")
+    publish = nc.publish
+
+    async def handle(msg: Msg) -> None:
+        await publish(msg.reply, msg.data)
+
+    await nc.subscribe(ECHO_SUBJECT, queue="q", cb=handle)
+    await nc.flush()
+    _ready()
+    await stop.wait()
+    await nc.drain()
+
+
+def bench_config() -> Config:
+    """The governor's config for the benchmark: the synthetic capabilities, no metrics endpoint."""
+    return msgspec.convert(
+        {"capabilities": [*CAPABILITIES, PROBE_CAPABILITY], "metrics": {"port": 0}, "nats": {"name": "bench"}},
+        Config,
+    )
+
+
+async def serve_governor(url: str, swarms: int) -> None:
+    """The real worker (actor, bus, metrics) with `swarms` synthetic swarms registered before it serves."""
+    from worker.app import Worker
+
+    stop = _stop_on_signals()
+    worker = Worker(bench_config(), servers=[url])
+    now = time.time()
+    core = worker.core
+    for profile in synthetic_swarms(swarms):
+        core.register_swarm(profile, now=now)
+    for profile in probe_swarms():
+        core.register_swarm(profile, now=now)
+    core.take_events()  # the registrations' witness records: not part of the benchmark
+    async with worker:
+        _ready(str(len(core)))
+        await stop.wait()
+
+
+def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
+    """The decision core alone: resident memory per swarm and latency per `assign`, in this fresh process.
+
+    Times up to `samples` assigns, stopping early (after at least 200) once `budget_s` seconds are spent.
+    """
+    from worker.core import Governor
+
+    tasks = synthetic_tasks(samples)
+    ids = [f"task-{i}" for i in range(samples)]
+    gc.collect()
+    before = rss_kib()
+    core = Governor(ResourcePolicy(), capabilities=CAPABILITIES)
+    started = time.perf_counter()
+    for i, profile in enumerate(synthetic_swarms(swarms)):
+        core.register_swarm(profile, now=0.0)
+        if i % 1024 == 0:
+            core.take_events()
+    build_s = time.perf_counter() - started
+    core.take_events()
+    gc.collect()
+    after = rss_kib()
+    timings: list[int] = []
+    assigned = 0
+    clock = time.perf_counter_ns
+    assign = core.assign
+    take_events = core.take_events
+    deadline = time.perf_counter() + budget_s
+    gc.disable()  # a collection inside one timed call says nothing about the core
+    try:
+        for task_id, caps in zip(ids, tasks, strict=True):
+            if len(timings) >= 200 and time.perf_counter() > deadline:
+                break
+            t0 = clock()
+            reply = assign(task_id, caps, now=1.0)
+            timings.append(clock() - t0)
+            take_events()
+            if reply.swarm_id is not None:
+                assigned += 1
+    finally:
+        gc.enable()
+    timings.sort()
+    return {
+        "swarms": swarms,
+        "bytes_per_swarm": (after - before) * 1024 / swarms,
+        "p50_us": percentile(timings, 0.50) / 1000,
+        "p99_us": percentile(timings, 0.99) / 1000,
+        "max_us": timings[-1] / 1000,
+        "samples": len(timings),
+        "assigned": assigned / len(timings),
+        "build_s": build_s,
+    }
+
+
+# -- children, from the parent's side -----------------------------------------------------------------------------
+
+
+class Child:
+    """A child process that prints `ready PID RSS_KIB ...` once it serves; terminated (then killed) on close."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name.replace(' ', '-')}.log"
+        self._log: IO[bytes] = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker.bench", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
+        self.ready_rss_kib = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        assert self.process.stdout is not None
+        stdout = self.process.stdout
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} was not ready within {timeout:.0f}s; see {self.log_path}") from None
+        if not line.startswith(b"ready "):
+            self.process.wait(timeout=5)
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode} before serving:\n{tail}")
+        self.ready_rss_kib = int(line.split()[2])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+
+# -- the load generator -------------------------------------------------------------------------------------------
+
+
+class Requester:
+    """Requests over one connection with one wildcard reply subscription (as nats-py's `request` does, leaner)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.inbox = nc.new_inbox() + "."
+        self._cut = len(self.inbox)
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._seq = 0
+
+    async def start(self) -> None:
+        await self.nc.subscribe(self.inbox + "*", cb=self._on_reply)
+        await self.nc.flush()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._pending.pop(msg.subject[self._cut :], None)
+        if future is not None and not future.done():
+            future.set_result(msg.data)
+
+    async def request(self, subject: str, data: bytes) -> bytes:
+        self._seq += 1
+        token = str(self._seq)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[token] = future
+        await self.nc.publish(subject, data, reply=self.inbox + token)
+        return await future
+
+
+@dataclass
+class Cell:
+    """One responder at one concurrency."""
+
+    concurrency: int
+    seconds: float
+    completed: int  # within `seconds`
+    total: int  # including those in flight at the deadline (the CPU time covers them too)
+    errors: int
+    latencies_ns: list[int]
+    cpu_s: float
+
+    @property
+    def rps(self) -> float:
+        return self.completed / self.seconds
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_s / self.total * 1e6 if self.total else 0.0
+
+    def latency_ms(self, q: float) -> float:
+        return percentile(self.latencies_ns, q) / 1e6
+
+
+@dataclass
+class Row:
+    """A responder measured at every concurrency."""
+
+    name: str
+    swarms: int | None
+    loop: str
+    cells: dict[int, Cell] = field(default_factory=dict)
+    baseline: Row | None = None  # the echo row these ratios refer to
+
+    def ratio(self, concurrency: int) -> float | None:
+        if self.baseline is None or concurrency not in self.baseline.cells:
+            return None
+        base = self.baseline.cells[concurrency].rps
+        return self.cells[concurrency].rps / base if base else None
+
+
+Work = list[tuple[str, bytes]]
+
+
+async def measure(requester: Requester, work: Work, concurrency: int, seconds: float, pid: int) -> Cell:
+    """Keep `concurrency` requests outstanding for `seconds`; count replies and errors, time each request."""
+    stop = False
+    completed = 0
+    total = 0
+    errors = 0
+    latencies: list[int] = []
+    n = len(work)
+    clock = time.perf_counter_ns
+    request = requester.request
+
+    async def client(offset: int) -> None:
+        nonlocal completed, total, errors
+        i = offset
+        while not stop:
+            subject, data = work[i % n]
+            t0 = clock()
+            reply = await request(subject, data)
+            latencies.append(clock() - t0)
+            total += 1
+            if not stop:
+                completed += 1
+            if not reply.startswith(b'{"ok":true') and subject != ECHO_SUBJECT:
+                errors += 1
+            i += concurrency
+
+    cpu0 = cpu_seconds(pid)
+    started = time.perf_counter()
+    async with asyncio.timeout(seconds + 60), asyncio.TaskGroup() as group:
+        for k in range(concurrency):
+            group.create_task(client(k * (n // concurrency)))
+        await asyncio.sleep(seconds)
+        stop = True
+        elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu0
+    latencies.sort()
+    return Cell(concurrency, elapsed, completed, total, errors, latencies, cpu)
+
+
+async def measure_row(
+    requester: Requester, row: Row, work: Work, pid: int, profile: Profile, progress: Callable[[str], None]
+) -> Row:
+    await measure(requester, work, 64, profile.warmup_s, pid)
+    for concurrency in CONCURRENCIES:
+        progress(f"{row.name} ({_swarms(row.swarms)} swarms, {row.loop}) c{concurrency}")
+        seconds = profile.c1_s if concurrency == 1 else profile.cell_s
+        row.cells[concurrency] = await measure(requester, work, concurrency, seconds, pid)
+    return row
+
+
+async def breaker_latency(nc: Client, requester: Requester, trips: int) -> list[int]:
+    """Trip probe swarms one by one; for each, the time from the cost reply to the `breaker.tripped` event."""
+    events: dict[str, int] = {}
+    arrived = asyncio.Event()
+    clock = time.perf_counter_ns
+
+    async def on_event(msg: Msg) -> None:
+        events[msgspec.json.decode(msg.data)["swarm_id"]] = clock()
+        arrived.set()
+
+    sub = await nc.subscribe(f"{PREFIX}.events.breaker.tripped", cb=on_event)
+    await nc.flush()
+    delays: list[int] = []
+    try:
+        for i in range(trips):
+            probe = f"probe-{i:04d}"
+            reply = await requester.request(
+                f"{PREFIX}.cost", msgspec.json.encode({"swarm_id": probe, "operation": "probe", "cost": 2.0})
+            )
+            replied = clock()
+            if b'"tripped":true' not in reply:
+                raise RuntimeError(f"probe {probe} did not trip: {reply!r}")
+            async with asyncio.timeout(5):
+                while probe not in events:
+                    arrived.clear()
+                    await arrived.wait()
+            delays.append(max(0, events[probe] - replied))
+    finally:
+        await sub.unsubscribe()
+    delays.sort()
+    return delays
+
+
+# -- the report ---------------------------------------------------------------------------------------------------
+
+
+def _swarms(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Plain text, aligned: the first `left` columns to the left, the others to the right."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def network_table(rows: Sequence[Row]) -> str:
+    header = ["responder", "loop", "swarms", "conc", "req/s", "x echo", "p50 ms", "p99 ms", "cpu us/req", "errors"]
+    lines = []
+    for row in rows:
+        for concurrency, cell in row.cells.items():
+            ratio = row.ratio(concurrency)
+            lines.append(
+                [
+                    row.name,
+                    row.loop,
+                    _swarms(row.swarms),
+                    f"c{concurrency}",
+                    f"{cell.rps:,.0f}",
+                    "-" if ratio is None else f"{ratio:.2f}",
+                    f"{cell.latency_ms(0.50):.3f}",
+                    f"{cell.latency_ms(0.99):.3f}",
+                    f"{cell.cpu_us_per_request:.0f}",
+                    str(cell.errors),
+                ]
+            )
+    return _table(header, lines, left=2)
+
+
+def core_table(results: Sequence[dict[str, float]]) -> str:
+    header = ["core", "swarms", "assign p50 us", "assign p99 us", "max us", "assigned", "memory B/swarm", "build s"]
+    lines = [
+        [
+            "core",
+            f"{int(r['swarms']):,}",
+            f"{r['p50_us']:.1f}",
+            f"{r['p99_us']:.1f}",
+            f"{r['max_us']:.0f}",
+            f"{r['assigned']:.0%}",
+            f"{r['bytes_per_swarm']:,.0f}",
+            f"{r['build_s']:.2f}",
+        ]
+        for r in results
+    ]
+    return _table(header, lines)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else "met" if ok else "NOT MET"
+
+
+def targets(
+    rows: Sequence[Row],
+    core: Sequence[dict[str, float]],
+    governor_rss: dict[int, int],
+    trip_delays: list[int],
+) -> str:
+    """Issue 4's targets against this run's measurements, met or not."""
+
+    def find(name: str, swarms: int | None, loop: str = "asyncio") -> Row | None:
+        return next((r for r in rows if r.name == name and r.swarms == swarms and r.loop == loop), None)
+
+    def by_size(n: int) -> dict[str, float] | None:
+        return next((c for c in core if int(c["swarms"]) == n), None)
+
+    lines: list[list[str]] = []
+
+    def ratio_target(name: str, swarms: int, floor: float, note: str = "") -> None:
+        row = find(name, swarms)
+        ratio = row.ratio(64) if row is not None else None
+        lines.append(
+            [
+                f"{name} c64 >= {floor}x echo, {swarms:,} swarms{note}",
+                "-" if ratio is None else f"{ratio:.2f}x",
+                _verdict(None if ratio is None else ratio >= floor),
+            ]
+        )
+
+    ratio_target("assign", 1_000, 0.8)
+    ratio_target("assign", 100_000, 0.5)
+    assign, echo = find("assign", 1_000), find("echo", None)
+    if assign is not None and echo is not None and 1 in assign.cells and 1 in echo.cells:
+        a, e = assign.cells[1].latency_ms(0.99), echo.cells[1].latency_ms(0.99)
+        lines.append(["assign p99 c1 <= echo p99 + 0.3 ms, 1,000 swarms", f"{a:.3f} vs {e + 0.3:.3f} ms",
+                      _verdict(a <= e + 0.3)])  # fmt: skip
+    for n, limit_us in ((1_000, 50.0), (100_000, 1000.0)):
+        c = by_size(n)
+        lines.append(
+            [
+                f"core assign p99 <= {limit_us:,.0f} us, {n:,} swarms",
+                "-" if c is None else f"{c['p99_us']:.1f} us",
+                _verdict(None if c is None else c["p99_us"] <= limit_us),
+            ]
+        )
+    largest = max(core, key=lambda c: c["swarms"], default=None)
+    if largest is not None:
+        per = largest["bytes_per_swarm"]
+        lines.append([f"memory <= 2 KiB/swarm (core, {int(largest['swarms']):,} swarms)", f"{per:,.0f} B",
+                      _verdict(per <= 2048)])  # fmt: skip
+    if len(governor_rss) >= 2:
+        small, big = min(governor_rss), max(governor_rss)
+        per = (governor_rss[big] - governor_rss[small]) * 1024 / (big - small)
+        lines.append([f"memory <= 2 KiB/swarm (governor process, {small:,} -> {big:,} swarms)", f"{per:,.0f} B",
+                      _verdict(per <= 2048)])  # fmt: skip
+    ratio_target("cost", 1_000, 0.8, " (in-memory: no durable ledger yet)")
+    lines.append(["cost c64 >= 0.8x echo with the durable ledger", "-", "not measured (no ledger yet)"])
+    if trip_delays:
+        p99 = percentile(trip_delays, 0.99) / 1e6
+        lines.append([f"breaker trip event p99 <= 2 ms after the cost reply ({len(trip_delays)} trips)",
+                      f"{p99:.3f} ms", _verdict(p99 <= 2.0)])  # fmt: skip
+    return _table(["target (issue 4)", "measured", "verdict"], lines)
+
+
+# -- main ---------------------------------------------------------------------------------------------------------
+
+
+def _progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def run_core(sizes: Sequence[int], samples: int, budget_s: float) -> list[dict[str, float]]:
+    """Each size in a fresh process, so that memory freed by a smaller run cannot hide a larger one's."""
+    results = []
+    for n in sizes:
+        _progress(f"decision core with {n:,} swarms")
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "worker.bench",
+                "--core",
+                str(n),
+                "--samples",
+                str(samples),
+                "--budget-s",
+                str(budget_s),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"core probe with {n} swarms failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+        results.append(json.loads(done.stdout))
+    return results
+
+
+async def run_network(url: str, profile: Profile, log_dir: Path) -> tuple[list[Row], dict[int, int], list[int]]:
+    """Every network row, one responder process at a time."""
+    nc = await nats.connect(url, name="bench-load")
+    requester = Requester(nc)
+    await requester.start()
+    payloads = assign_payloads(4096)
+    costs = cost_payloads(4096, 1_000)
+    rng = random.Random(SEED + 3)
+    echo_work: Work = [(ECHO_SUBJECT, p) for p in payloads]
+    assign_work: Work = [(f"{PREFIX}.assign", p) for p in payloads]
+    cost_work: Work = [(f"{PREFIX}.cost", p) for p in costs]
+    mixed_work: Work = [assign_work[i] if rng.random() < 0.8 else cost_work[i] for i in range(len(payloads))]
+    loops = ["asyncio", "uvloop"] if HAS_UVLOOP and profile.uvloop_rows else ["asyncio"]
+    rows: list[Row] = []
+    governor_rss: dict[int, int] = {}
+    trip_delays: list[int] = []
+    try:
+        for loop in loops:
+            flag = ["--uvloop"] if loop == "uvloop" else []
+            echo = Child(f"echo {loop}", ["--echo", url, *flag], log_dir)
+            try:
+                await echo.wait_ready()
+                rows.append(
+                    await measure_row(requester, Row("echo", None, loop), echo_work, echo.pid, profile, _progress)
+                )
+            finally:
+                echo.close()
+            baseline = rows[-1]
+            baseline.baseline = baseline
+            sizes = [1_000, 100_000] if profile.big_network and loop == "asyncio" else [1_000]
+            for swarms in sizes:
+                _progress(f"starting the governor with {swarms:,} swarms ({loop})")
+                gov = Child(f"governor {swarms} {loop}", ["--serve", url, "--swarms", str(swarms), *flag], log_dir)
+                try:
+                    await gov.wait_ready()
+                    if loop == "asyncio":
+                        governor_rss[swarms] = gov.ready_rss_kib
+                    work = [("assign", assign_work)]
+                    if swarms == 1_000:
+                        work += [("cost", cost_work), ("mixed", mixed_work)]
+                    for name, items in work:
+                        row = Row(name, swarms, loop, baseline=baseline)
+                        rows.append(await measure_row(requester, row, items, gov.pid, profile, _progress))
+                    if swarms == 1_000 and loop == "asyncio":
+                        _progress("breaker trip event latency")
+                        trip_delays = await breaker_latency(nc, requester, profile.probe_trips)
+                finally:
+                    gov.close()
+    finally:
+        await nc.close()
+    return rows, governor_rss, trip_delays
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores ({model}), Python {sys.version.split()[0]}"
+
+
+def main(quick: bool = False) -> int:
+    """Run the benchmark and print the tables; 0 when every measurement ran (whatever the numbers)."""
+    profile = QUICK if quick else FULL
+    started = time.monotonic()
+    log_dir = Path(tempfile.mkdtemp(prefix="if-governor-bench-"))
+    try:
+        core = run_core(CORE_SIZES, profile.core_samples, profile.core_budget_s)
+        with NatsServer(store_dir=log_dir / "nats") as server:
+            rows, governor_rss, trip_delays = asyncio.run(run_network(server.url, profile, log_dir))
+    except Exception as exc:
+        print(f"error: bench failed: {exc}", file=sys.stderr)
+        print(f"(child logs kept in {log_dir})", file=sys.stderr)
+        return 1
+    for path in log_dir.glob("*.log"):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        log_dir.rmdir()
+    mode = "quick" if quick else "full"
+    print(f"governor bench ({mode}): {_machine()}; load generator: asyncio, one connection, this process")
+    print(
+        f"workload: {CAPABILITY_TYPES} capability types, swarms with 3-8, tasks needing 1-5; "
+        f"c1 {profile.c1_s:g} s, c64/c256 {profile.cell_s:g} s per cell"
+    )
+    print()
+    print(network_table(rows))
+    print()
+    print(core_table(core))
+    if governor_rss:
+        sizes = ", ".join(f"{n:,} swarms: {kib / 1024:,.1f} MiB" for n, kib in sorted(governor_rss.items()))
+        print(f"\ngovernor process RSS when ready: {sizes}")
+    if trip_delays:
+        print(
+            f"breaker trip: event after cost reply p50 {percentile(trip_delays, 0.5) / 1e6:.3f} ms, "
+            f"p99 {percentile(trip_delays, 0.99) / 1e6:.3f} ms ({len(trip_delays)} trips)"
+        )
+    print()
+    print(targets(rows, core, governor_rss, trip_delays))
+    print(f"\nfinished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def _child_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--echo", metavar="URL", help="serve a bare echo responder")
+    mode.add_argument("--serve", metavar="URL", help="serve the governor")
+    mode.add_argument("--core", metavar="N", type=int, help="measure the decision core with N swarms; print JSON")
+    mode.add_argument("--run", action="store_true", help="the whole benchmark (as `governor bench`)")
+    parser.add_argument("--swarms", type=int, default=1_000)
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--budget-s", type=float, default=5.0)
+    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    if args.echo:
+        _run_child(lambda: serve_echo(args.echo), args.uvloop)
+    elif args.serve:
+        _run_child(lambda: serve_governor(args.serve, args.swarms), args.uvloop)
+    elif args.core is not None:
+        print(json.dumps(core_probe(args.core, args.samples, args.budget_s)))
+    else:
+        return main(quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

@@ -1,0 +1,137 @@
+"""From a decoded request to the core call that applies it: shared by the actor (live) and the ledger (replay).
+
+Each endpoint name (`kind`) has one request type and one decoder, built once. `apply` is the only translation of
+request fields into core arguments, so a replayed command does exactly what the live one did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from schemas.ledger import Configure
+from schemas.profiles import SwarmProfile
+from schemas.replies import HistoryReply
+from schemas.requests import (
+    AssignRequest,
+    CostRequest,
+    DeregisterRequest,
+    FailureRequest,
+    HistoryRequest,
+    RegisterRequest,
+    Request,
+    ResetRequest,
+    StatusRequest,
+    TripRequest,
+)
+from worker.core import Governor
+from worker.errors import GovernorError
+
+#: Endpoint name -> request type. The subject is `<prefix>.<name>`.
+REQUEST_TYPES: dict[str, type[Request]] = {
+    "assign": AssignRequest,
+    "cost": CostRequest,
+    "reset": ResetRequest,
+    "trip": TripRequest,
+    "failure": FailureRequest,
+    "register": RegisterRequest,
+    "deregister": DeregisterRequest,
+    "status": StatusRequest,
+    "history": HistoryRequest,
+}
+KIND_OF: dict[type[Request], str] = {t: k for k, t in REQUEST_TYPES.items()}
+
+#: Kinds that change nothing: never written to the ledger.
+READ_ONLY = frozenset({"status", "history"})
+
+DECODERS: dict[str, msgspec.json.Decoder[Any]] = {k: msgspec.json.Decoder(t) for k, t in REQUEST_TYPES.items()}
+_CONFIGURE = msgspec.json.Decoder(Configure)
+
+
+def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.assign(
+        r.task_id,
+        r.required_capabilities,
+        now=now,
+        max_cost=r.max_cost,
+        max_swarms=r.max_swarms,
+        explain=r.explain,
+        trace_id=trace_id,
+    )
+
+
+def _cost(core: Governor, r: CostRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.track_cost(
+        r.swarm_id, r.operation, r.cost, now=now, event_id=r.event_id, task_id=r.task_id, trace_id=trace_id
+    )
+
+
+def _reset(core: Governor, r: ResetRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.reset_circuit_breaker(
+        r.swarm_id, r.new_budget, approved_by=r.approved_by, now=now, event_id=r.event_id, trace_id=trace_id
+    )
+
+
+def _trip(core: Governor, r: TripRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.trip_circuit_breaker(r.swarm_id, r.reason, now=now, requested_by=r.requested_by, trace_id=trace_id)
+
+
+def _failure(core: Governor, r: FailureRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.record_failure(
+        r.swarm_id, now=now, task_id=r.task_id, error=r.error, event_id=r.event_id, trace_id=trace_id
+    )
+
+
+def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
+    profile = SwarmProfile(
+        swarm_id=r.swarm_id,
+        capabilities=r.capabilities,
+        cost_per_hour=r.cost_per_hour,
+        reputation_score=r.reputation_score,
+        current_budget_remaining=r.current_budget_remaining,
+        model=r.model,
+    )
+    return core.register_swarm(profile, now=now, trace_id=trace_id)
+
+
+def _deregister(core: Governor, r: DeregisterRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.deregister_swarm(r.swarm_id, now=now, trace_id=trace_id)
+
+
+def _status(core: Governor, r: StatusRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.status(now=now, trace_id=trace_id)
+
+
+def _history(core: Governor, r: HistoryRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return HistoryReply(assignments=core.get_assignment_history(r.limit), trace_id=trace_id)
+
+
+_APPLY: dict[type[Request], Callable[[Governor, Any, float, str], msgspec.Struct]] = {
+    AssignRequest: _assign,
+    CostRequest: _cost,
+    ResetRequest: _reset,
+    TripRequest: _trip,
+    FailureRequest: _failure,
+    RegisterRequest: _register,
+    DeregisterRequest: _deregister,
+    StatusRequest: _status,
+    HistoryRequest: _history,
+}
+
+
+def apply(core: Governor, request: Request, now: float, trace_id: str) -> msgspec.Struct:
+    """Apply one request to the core; return its reply or raise its GovernorError."""
+    return _APPLY[type(request)](core, request, now, trace_id)
+
+
+def replay(core: Governor, kind: str, body: bytes, now: float, trace_id: str) -> None:
+    """Apply one ledger entry again. Refusals are part of history too: they changed nothing then, nor now."""
+    if kind == "configure":
+        config = _CONFIGURE.decode(body)
+        core.configure(config.policy, config.capabilities)
+        return
+    with contextlib.suppress(GovernorError):
+        apply(core, DECODERS[kind].decode(body), now, trace_id)

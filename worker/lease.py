@@ -1,0 +1,106 @@
+"""Single owner across replicas: a lease in a JetStream key-value bucket decides which process serves.
+
+The bucket's TTL makes the lease expire `ttl` seconds after its holder last renewed it; renewals are
+compare-and-set on the key's revision. The holder counts its lease as valid until `ttl - margin` after it *sent*
+its last successful renewal, so it stops serving before the key can expire and anyone else can take it. The
+ledger's expected-sequence check is the second fence: even a holder that missed its own expiry cannot write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import StorageType
+from nats.js.kv import KeyValue
+
+log = logging.getLogger("if_governor.lease")
+
+KEY = "holder"
+
+
+class Lease:
+    """Acquire, renew and give up the serving lease."""
+
+    def __init__(
+        self,
+        nc: Client,
+        holder_id: str,
+        *,
+        bucket: str = "GOVERNOR_LEASE",
+        ttl: float = 3.0,
+        margin: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.nc = nc
+        self.holder_id = holder_id
+        self.bucket = bucket
+        self.ttl = ttl
+        self.margin = margin
+        self.clock = clock
+        self._kv: KeyValue | None = None
+        self._revision: int | None = None
+        self._valid_until = 0.0
+
+    @property
+    def held(self) -> bool:
+        """True while this process may serve."""
+        return self._revision is not None and self.clock() < self._valid_until
+
+    async def setup(self) -> None:
+        js = self.nc.jetstream(timeout=self.ttl / 2)
+        try:
+            self._kv = await js.key_value(self.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            self._kv = await js.create_key_value(bucket=self.bucket, ttl=self.ttl, history=1, storage=StorageType.FILE)
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it. True on success."""
+        assert self._kv is not None
+        sent = self.clock()
+        try:
+            revision = await self._kv.create(KEY, self.holder_id.encode())
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
+            return False
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("lease acquire failed: %s", exc)
+            return False
+        self._revision = revision
+        self._valid_until = sent + self.ttl - self.margin
+        log.info("lease acquired by %s", self.holder_id)
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease (compare-and-set). False when it is lost or could not be renewed in time."""
+        if self._revision is None or self._kv is None:
+            return False
+        sent = self.clock()
+        try:
+            revision = await asyncio.wait_for(
+                self._kv.update(KEY, self.holder_id.encode(), last=self._revision), timeout=self.ttl / 3
+            )
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
+            log.warning("lease lost: another holder or the key expired")
+            self._revision = None
+            return False
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("lease renewal failed: %s", exc)
+            return self.held
+        self._revision = revision
+        self._valid_until = sent + self.ttl - self.margin
+        return True
+
+    async def release(self) -> None:
+        """Give the lease up at once (on a clean stop), so that a standby takes over without waiting."""
+        if self._revision is None or self._kv is None:
+            return
+        revision, self._revision = self._revision, None
+        try:
+            await self._kv.delete(KEY, last=revision)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.warning("lease release failed (it expires by itself): %s", exc)
