@@ -60,4 +60,4 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     next_ordinal: int
     history: list[AssignmentRecord]
     applied: list[tuple[str, str, float]]
-    retired: list[str]
+    retired: list[tuple[str, BreakerState | None]]

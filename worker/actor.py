@@ -212,15 +212,15 @@ class Actor:
             log.error("ledger fenced: %s; no longer serving", exc)
             self.fenced = True
             error = Unavailable("this governor is not serving (another process owns the ledger); retry")
-        except LedgerAmbiguous as exc:
-            log.error("ledger write not acknowledged (%s); re-reading the ledger before serving on", exc)
+        except LedgerUnavailable as exc:
+            log.error("ledger write refused: %s", exc)
+            error = Unavailable(f"the ledger is unavailable: {exc}")
+        except (LedgerAmbiguous, Exception) as exc:  # anything unexpected: as unsure as a timeout
+            log.error("ledger write not acknowledged (%r); re-reading the ledger before serving on", exc)
             error = Unavailable(
                 f"the ledger did not acknowledge the write in time: {exc}; retry with the same event_id"
             )
             await self._resync()
-        except LedgerUnavailable as exc:
-            log.error("ledger write refused: %s", exc)
-            error = Unavailable(f"the ledger is unavailable: {exc}")
         self.metrics.ledger_failures.labels(type(error).__name__).inc()
         for i in pending:
             results[i] = error

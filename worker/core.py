@@ -131,8 +131,9 @@ class Governor:
         self._applied: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._dedupe_limit = dedupe_limit
         self._dedupe_horizon_s = dedupe_horizon_s
-        # Ids that were deregistered: the config's swarms seed the registry only with ids never seen before.
-        self._retired: set[str] = set()
+        # Ids that were deregistered, with the breaker they had: the config's swarms seed the registry only with
+        # ids never seen before, and a swarm deregistered while tripped comes back tripped (only a reset closes it).
+        self._retired: dict[str, BreakerState | None] = {}
 
     def configure(self, policy: ResourcePolicy, capabilities: Iterable[str]) -> None:
         """Change the policy and the declared capabilities from now on (a config change, recorded in the ledger)."""
@@ -168,6 +169,7 @@ class Governor:
             raise InvalidRequest(f"reputation_score must be in [0, 1], got {profile.reputation_score!r}")
         capabilities = self.vocabulary.check(profile.capabilities)
         swarm = _Swarm(profile, capabilities, self._next_ordinal)
+        swarm.breaker = self._retired.pop(swarm.swarm_id, None)
         self._next_ordinal += 1
         self._swarms[swarm.swarm_id] = swarm
         for cap in capabilities:
@@ -181,6 +183,7 @@ class Governor:
                 "reputation_score": swarm.reputation_score,
                 "budget": to_usd(swarm.budget),
                 "model": swarm.model,
+                "tripped": swarm.breaker is not None,
             },
             now,
             "INFO",
@@ -192,7 +195,7 @@ class Governor:
         """Remove a swarm; it gets no more work and its budget is forgotten."""
         swarm = self._get(swarm_id)
         del self._swarms[swarm_id]
-        self._retired.add(swarm_id)
+        self._retired[swarm_id] = swarm.breaker
         for cap in swarm.capabilities:
             posting = self._postings[cap]
             del posting[swarm_id]
@@ -227,7 +230,7 @@ class Governor:
 
     def find_qualified_swarm(self, required_capabilities: Sequence[str], max_cost: float | None = None) -> str | None:
         """The seed's query: the best qualified swarm's id, or None. Records nothing."""
-        required = self.vocabulary.check(required_capabilities)
+        required = self._required(required_capabilities)
         ranked = self._rank(required, self._max_cost(max_cost), 1)
         return ranked[0][2].swarm_id if ranked else None
 
@@ -243,7 +246,7 @@ class Governor:
         trace_id: str = "",
     ) -> AssignReply:
         """Choose up to `max_swarms` (at most the policy's `max_swarms_per_task`) swarms for a task."""
-        required = self.vocabulary.check(required_capabilities)
+        required = self._required(required_capabilities)
         limit = max(1, min(max_swarms, self.policy.max_swarms_per_task))
         cost_ceiling = self._max_cost(max_cost)
         ranked = self._rank(required, cost_ceiling, limit)
@@ -302,6 +305,12 @@ class Governor:
             trace_id=trace_id,
             rejected=rejected if rejected is not None else msgspec.UNSET,
         )
+
+    def _required(self, required_capabilities: Sequence[str]) -> list[str]:
+        required = self.vocabulary.check(required_capabilities)
+        if not required:
+            raise InvalidRequest("required_capabilities must name at least one capability")
+        return required
 
     def _max_cost(self, max_cost: float | None) -> float:
         return self.policy.max_cost_per_task if max_cost is None else max_cost
@@ -640,7 +649,7 @@ class Governor:
             next_ordinal=self._next_ordinal,
             history=list(self._history),
             applied=[(kind, event_id, at) for (kind, event_id), at in self._applied.items()],
-            retired=sorted(self._retired),
+            retired=sorted(self._retired.items()),
         )
 
     @classmethod
@@ -692,5 +701,6 @@ class Governor:
 
 
 def _check_budget(value: float, field: str) -> None:
-    if not (0.0 < value <= MAX_USD):  # also refuses NaN and infinity
+    # Also refuses NaN, infinity, and amounts that round to zero micro-dollars.
+    if not (0.0 < value <= MAX_USD) or to_micros(value) <= 0:
         raise InvalidBudget(f"{field} must be a finite number > 0 (at most {MAX_USD:g}), got {value!r}")

@@ -33,7 +33,7 @@ from worker.dispatch import replay
 
 log = logging.getLogger("if_governor.ledger")
 
-WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 SNAPSHOT_NAME = "latest"
 
 
@@ -128,10 +128,10 @@ class Ledger:
         headers = {"Nats-Expected-Last-Sequence": str(self.seq)}
         try:
             ack = await self.js.publish(self.subject, data, timeout=self.timeout, stream=self.stream, headers=headers)
-        except nats.errors.NoRespondersError as exc:
-            raise LedgerUnavailable("JetStream did not answer (no responders)") from exc
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+            raise LedgerUnavailable("no JetStream stream answered for the ledger") from exc
         except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise LedgerFenced(f"the ledger moved past sequence {self.seq}: another writer") from exc
             raise LedgerUnavailable(f"JetStream refused the write: {exc.description}") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:

@@ -1,0 +1,321 @@
+"""Nothing lost, nothing counted twice: the durable ledger against killed workers and a killed nats-server.
+
+Each test runs real processes (`governor run` and nats-server) on loopback, drives at least 10,000 cost events
+from several concurrent clients that retry with the same `event_id` until they get an `ok`, kills something in
+the middle, and then checks every budget to the cent against the events the clients saw acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+import yaml
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from tests.conftest import SEED_SWARMS, make_config
+from worker.app import Worker
+from worker.client import GovernorClient
+from worker.errors import Unavailable
+from worker.ledger import stream_name
+from worker.natsserver import NatsServer
+
+ROOT = Path(__file__).resolve().parents[2]
+INITIAL = 1_000_000.0
+SWARMS = [f"swarm-{i}" for i in range(8)]
+EVENTS = 10_000
+CLIENTS = 8
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def write_config(path: Path, **ledger: Any) -> Path:
+    config = {
+        "swarms": [
+            {
+                "swarm_id": s,
+                "capabilities": ["code-analysis:python"],
+                "cost_per_hour": 2.0,
+                "reputation_score": 0.9,
+                "initial_budget": INITIAL,
+                "model": "haiku",
+            }
+            for s in SWARMS
+        ],
+        "metrics": {"port": 0},
+        "ledger": {"lease_ttl_s": 2.0, "timeout_s": 1.0, "snapshot_every": 300, **ledger},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class WorkerProcess:
+    """`governor run` as a child process against a given NATS URL."""
+
+    def __init__(self, url: str, config: Path, log: Path) -> None:
+        self.url = url
+        self.config = config
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, "IF_GOVERNOR_METRICS_PORT": "0"}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run", "--nats-url", self.url, "--config", str(self.config)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no snapshot, no lease release."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def terminate(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def processes() -> Iterator[list[WorkerProcess]]:
+    """Worker processes started by a test; killed at the end whatever happens."""
+    started: list[WorkerProcess] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+async def wait_serving(url: str, timeout: float = 30.0) -> float:
+    """Wait until some governor answers `status`; return how long it took."""
+    start = time.monotonic()
+    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    msg = await nc.request("governor.status", b"{}", timeout=0.5)
+                    if msgspec.json.decode(msg.data).get("ok"):
+                        return time.monotonic() - start
+                except Exception:
+                    await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
+class Load:
+    """Several clients sending cost events, each retried with the same event_id until acknowledged `ok`.
+
+    Every attempt gets its own reply inbox, and one wildcard subscription counts the replies per inbox: a
+    request answered by two governors would show up as an inbox with two replies.
+    """
+
+    def __init__(self, url: str, events: int = EVENTS, clients: int = CLIENTS, seed: int = 7) -> None:
+        rng = random.Random(seed)
+        self.url = url
+        self.events = [(f"ev-{i}", rng.choice(SWARMS), rng.randint(1, 500) / 100) for i in range(events)]
+        self.clients = clients
+        self.acked: dict[str, tuple[str, float]] = {}
+        self.duplicates = 0
+        self.retries = 0
+        self.replies: Counter[str] = Counter()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._progress = asyncio.Event()
+
+    async def run(self) -> None:
+        nc: Client = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        try:
+            await nc.subscribe("_INBOX.load.>", cb=self._on_reply)
+            queue: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
+            for event in self.events:
+                queue.put_nowait(event)
+            await asyncio.gather(*(self._client(nc, queue, i) for i in range(self.clients)))
+        finally:
+            await nc.close()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self.replies[msg.subject] += 1
+        future = self._waiting.pop(msg.subject, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def _client(self, nc: Client, queue: asyncio.Queue[tuple[str, str, float]], n: int) -> None:
+        attempt = 0
+        while not queue.empty():
+            event_id, swarm_id, amount = queue.get_nowait()
+            body = msgspec.json.encode(
+                {"swarm_id": swarm_id, "operation": "load", "cost": amount, "event_id": event_id}
+            )
+            while True:
+                attempt += 1
+                inbox = f"_INBOX.load.{n}.{attempt}"
+                future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+                self._waiting[inbox] = future
+                try:
+                    await nc.publish("governor.cost", body, reply=inbox)
+                    msg = await asyncio.wait_for(future, timeout=1.0)
+                except (TimeoutError, nats.errors.Error):
+                    self._waiting.pop(inbox, None)
+                    self.retries += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                reply = msgspec.json.decode(msg.data) if msg.data else {}  # empty: "no responders" status
+                if reply.get("ok"):
+                    self.acked[event_id] = (swarm_id, amount)
+                    self._progress.set()
+                    self.duplicates += bool(reply.get("duplicate"))
+                    break
+                self.retries += 1  # unavailable / overloaded: retry the same event
+                await asyncio.sleep(0.05)
+
+    def expected_budgets(self) -> dict[str, float]:
+        spent: dict[str, int] = dict.fromkeys(SWARMS, 0)
+        for swarm_id, amount in self.acked.values():
+            spent[swarm_id] += round(amount * 100)
+        return {s: round(INITIAL - cents / 100, 2) for s, cents in spent.items()}
+
+    async def wait_acked(self, count: int, task: asyncio.Task[None], timeout: float = 120.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.acked) < count and not task.done():
+                self._progress.clear()
+                await asyncio.wait([asyncio.ensure_future(self._progress.wait()), task], return_when="FIRST_COMPLETED")
+
+
+async def budgets(url: str) -> dict[str, float]:
+    async with await GovernorClient.connect(url) as client:
+        status = await client.status()
+    return {s: round(v, 6) for s, v in status.budgets.items()}
+
+
+class TestCrashRecovery:
+    async def test_worker_killed_mid_load_loses_and_duplicates_nothing(
+        self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
+    ) -> None:
+        """After kill -9 of the worker mid-load and a restart, every budget equals initial minus the acked events."""
+        config = write_config(tmp_path / "governor.yaml")
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        await wait_serving(nats_server.url)
+        load = Load(nats_server.url)
+        task = asyncio.create_task(load.run())
+        await load.wait_acked(EVENTS // 3, task)
+        processes[-1].kill()
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        await asyncio.wait_for(task, timeout=240)
+
+        assert len(load.acked) == EVENTS
+        assert await budgets(nats_server.url) == load.expected_budgets()
+        assert max(load.replies.values()) == 1
+        assert processes[-1].terminate() == 0
+
+    async def test_nats_server_killed_mid_load_loses_and_duplicates_nothing(
+        self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
+    ) -> None:
+        """After kill -9 of nats-server mid-load and a restart on its data dir, budgets are exact to the cent."""
+        config = write_config(tmp_path / "governor.yaml")
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        await wait_serving(nats_server.url)
+        load = Load(nats_server.url)
+        task = asyncio.create_task(load.run())
+        await load.wait_acked(EVENTS // 3, task)
+        nats_server.stop(kill=True)
+        await asyncio.sleep(0.3)
+        nats_server.start()
+        await asyncio.wait_for(task, timeout=240)
+
+        assert len(load.acked) == EVENTS
+        assert await budgets(nats_server.url) == load.expected_budgets()
+        assert max(load.replies.values()) == 1
+        assert processes[-1].process is not None and processes[-1].process.poll() is None  # it survived
+        assert processes[-1].terminate() == 0
+
+    async def test_clean_restart_recovers_from_snapshot_and_tail(
+        self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
+    ) -> None:
+        """A SIGTERM'd worker exits 0 and its successor serves the same budgets (snapshot plus ledger tail)."""
+        config = write_config(tmp_path / "governor.yaml")
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        await wait_serving(nats_server.url)
+        load = Load(nats_server.url, events=1000)
+        await load.run()
+        before = await budgets(nats_server.url)
+        assert before == load.expected_budgets()
+        assert processes[-1].terminate() == 0
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        await wait_serving(nats_server.url)
+        assert await budgets(nats_server.url) == before
+
+
+class TestHotStandby:
+    async def test_standby_takes_over_when_the_holder_dies(
+        self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
+    ) -> None:
+        """Kill -9 of the lease holder: the standby serves, no request is answered twice, budgets are exact."""
+        config = write_config(tmp_path / "governor.yaml")
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "a.log").start())
+        await wait_serving(nats_server.url)
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "b.log").start())
+        load = Load(nats_server.url)
+        task = asyncio.create_task(load.run())
+        await load.wait_acked(EVENTS // 3, task)
+        processes[0].kill()
+        killed_at = time.monotonic()
+        acked_at_kill = len(load.acked)
+        await load.wait_acked(acked_at_kill + 100, task, timeout=30)
+        takeover = time.monotonic() - killed_at
+        await asyncio.wait_for(task, timeout=240)
+
+        print(f"standby took over {takeover:.2f}s after the holder was killed (lease_ttl_s 2.0)")
+        assert len(load.acked) == EVENTS
+        assert await budgets(nats_server.url) == load.expected_budgets()
+        assert max(load.replies.values()) == 1
+        assert "lease acquired" in (tmp_path / "b.log").read_text()
+        assert processes[1].terminate() == 0
+
+
+class TestFailClosed:
+    async def test_cost_refused_while_jetstream_cannot_take_it(self, nats_server: NatsServer) -> None:
+        """With the ledger stream gone, a cost is answered `unavailable` and changes nothing."""
+        async with Worker(make_config(SEED_SWARMS), servers=[nats_server.url], serve_metrics=False) as worker:
+            nc = await nats.connect(nats_server.url)
+            try:
+                client = GovernorClient(nc)
+                before = msgspec.structs.replace(await client.status(), trace_id="")
+                js = nc.jetstream()
+                last_seq = (await js.stream_info(stream_name("governor"))).state.last_seq
+                await js.delete_stream(stream_name("governor"))
+                with pytest.raises(Unavailable):
+                    await client.cost("session-1-ndi", "op", 5.0, event_id="while-down")
+                after = msgspec.structs.replace(await client.status(), trace_id="")
+                assert after == before
+                assert after.budgets == {"session-4-sip": 25.0, "session-1-ndi": 25.0}
+                assert worker.ledger is not None and worker.ledger.seq == last_seq
+            finally:
+                with contextlib.suppress(Exception):
+                    await nc.close()
