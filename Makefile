@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Start the worker (a bundled nats-server on loopback when no URL is given). ARGS="--nats-url nats://..."
+## Start the worker with deploy/governor.yaml (a bundled nats-server on loopback when no URL is given).
+## ARGS="--nats-url nats://..." or ARGS="--config my.yaml" to change either.
 run: $(STAMP)
-	$(BIN)/governor run $(ARGS)
+	$(BIN)/governor run --config deploy/governor.yaml $(ARGS)
 
 ## Lint, type-check and run every test (unit, property, integration against a real nats-server).
 test: $(STAMP)

@@ -45,8 +45,11 @@ class WitnessSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class NatsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    servers: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    servers: Annotated[list[str], Meta(min_length=1)] | None = None
+    """NATS URLs tried in order. None: `governor run` starts a bundled nats-server on loopback."""
     name: str = "if-governor"
+    connect_timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 15.0
+    """How long `governor run` tries to reach NATS at start before it gives up (later, it reconnects forever)."""
 
 
 class MetricsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -49,7 +49,6 @@ def build_core(config: Config, now: float) -> Governor:
     core.configure(policy_of(config), config.capabilities)
     for profile in profiles_of(config):
         core.register_swarm(profile, now=now, trace_id="config")
-    core.take_events()
     return core
 
 
@@ -134,15 +133,22 @@ class Worker:
             self.http = HttpEndpoint(self.metrics, lambda: self.ready, metrics.host, metrics.port)
             await self.http.start()
             stack.push_async_callback(self.http.close)
-        self.nc = await nats.connect(
-            servers=self.servers,
-            name=self.config.nats.name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
+        timeout = self.config.nats.connect_timeout_s
+        try:
+            self.nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=self.servers,
+                    name=self.config.nats.name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                ),
+                timeout=timeout,
+            )
+        except TimeoutError:
+            raise ConnectionError(f"cannot reach NATS at {', '.join(self.servers)} within {timeout:g}s") from None
         stack.push_async_callback(self._close_connection)
         group = await stack.enter_async_context(asyncio.TaskGroup())
         stack.push_async_callback(self._shutdown)  # unwinds before the TaskGroup waits for its tasks
@@ -187,6 +193,9 @@ class Worker:
         )
         task = asyncio.get_running_loop().create_task(actor.run(), name="governor-actor")
         await self.bus.start()
+        startup_events = core.take_events()  # e.g. the config's swarms registered at start
+        if startup_events:
+            await self.bus.publish(startup_events)
         self.state = "serving"
         self._serving.set()
         log.info("serving %s.* on %s", self.config.governor.subject_prefix, ", ".join(self.servers))
@@ -286,9 +295,8 @@ class Worker:
         if not entries:
             return
         await ledger.append(entries)
-        for entry in entries:
+        for entry in entries:  # their events stay in the core: published once serving starts
             replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
-        core.take_events()
         log.info("config reconciled into the ledger: %d entries", len(entries))
 
     async def _final_snapshot(self, ledger: Ledger, core: Governor) -> None:

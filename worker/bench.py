@@ -30,11 +30,13 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,20 @@ PREFIX = "governor"
 CORE_SIZES = (100, 1_000, 10_000, 100_000)
 SEED = 4
 READY_TIMEOUT_S = 180.0
+REQUEST_TIMEOUT_S = 5.0
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+@dataclass(frozen=True)
+class Session:
+    """One responder process (on a fresh nats-server) and the workloads driven through it."""
+
+    responder: str  # "echo" or "governor"
+    mode: str  # "-" for echo; "durable" (the default: ledger on JetStream) or "memory" for the governor
+    loop: str  # the responder's event loop: "asyncio" or "uvloop"
+    swarms: int | None
+    workloads: tuple[str, ...]
+    probe: bool = False  # also measure the breaker-trip event latency
 
 
 @dataclass(frozen=True)
@@ -74,10 +89,20 @@ class Profile:
     core_samples: int
     core_budget_s: float  # per registry size; the 100,000-swarm core is slow enough to need a bound
     probe_trips: int
-    big_network: bool  # run the assign rows with 100,000 swarms over NATS
-    uvloop_rows: bool
+    sessions: tuple[Session, ...]
 
 
+ALL = ("assign", "cost", "mixed")
+BASE_SESSIONS = (
+    Session("echo", "-", "asyncio", None, ("echo",)),
+    Session("governor", "durable", "asyncio", 1_000, ALL, probe=True),
+    Session("governor", "memory", "asyncio", 1_000, ALL),
+    Session("governor", "durable", "asyncio", 100_000, ("assign",)),
+)
+UVLOOP_SESSIONS = (
+    Session("echo", "-", "uvloop", None, ("echo",)),
+    Session("governor", "durable", "uvloop", 1_000, ALL),
+)
 FULL = Profile(
     c1_s=3.0,
     cell_s=4.0,
@@ -85,18 +110,16 @@ FULL = Profile(
     core_samples=20_000,
     core_budget_s=8.0,
     probe_trips=PROBE_SWARMS,
-    big_network=True,
-    uvloop_rows=True,
+    sessions=BASE_SESSIONS + UVLOOP_SESSIONS,
 )
 QUICK = Profile(
-    c1_s=0.8,
-    cell_s=1.0,
+    c1_s=0.6,
+    cell_s=0.8,
     warmup_s=0.2,
     core_samples=5_000,
     core_budget_s=1.5,
     probe_trips=100,
-    big_network=True,
-    uvloop_rows=True,
+    sessions=BASE_SESSIONS + UVLOOP_SESSIONS,
 )
 CONCURRENCIES = (1, 64, 256)
 
@@ -227,29 +250,40 @@ async def serve_echo(url: str) -> None:
     await nc.drain()
 
 
-def bench_config() -> Config:
-    """The governor's config for the benchmark: the synthetic capabilities, no metrics endpoint."""
-    return msgspec.convert(
-        {"capabilities": [*CAPABILITIES, PROBE_CAPABILITY], "metrics": {"port": 0}, "nats": {"name": "bench"}},
-        Config,
-    )
+def bench_config(swarms: int, *, durable: bool) -> Config:
+    """The governor's config: the synthetic capabilities and swarms (plus the probes), no metrics endpoint.
+
+    Swarms come in through the config, as in production: in-memory mode registers them when the core is built;
+    durable mode writes them to the ledger before it serves.
+    """
+    profiles = [*synthetic_swarms(swarms), *probe_swarms()]
+    raw = {
+        "capabilities": [*CAPABILITIES, PROBE_CAPABILITY],
+        "swarms": [
+            {
+                "swarm_id": p.swarm_id,
+                "capabilities": p.capabilities,
+                "cost_per_hour": p.cost_per_hour,
+                "reputation_score": p.reputation_score,
+                "initial_budget": p.current_budget_remaining,
+                "model": p.model,
+            }
+            for p in profiles
+        ],
+        "metrics": {"port": 0},
+        "nats": {"name": "bench-governor"},
+        "ledger": {"enabled": durable},
+    }
+    return msgspec.convert(raw, Config)
 
 
-async def serve_governor(url: str, swarms: int) -> None:
-    """The real worker (actor, bus, metrics) with `swarms` synthetic swarms registered before it serves."""
+async def serve_governor(url: str, swarms: int, *, durable: bool) -> None:
+    """The real worker (bus, actor, ledger when durable, metrics) with `swarms` synthetic swarms."""
     from worker.app import Worker
 
     stop = _stop_on_signals()
-    worker = Worker(bench_config(), servers=[url])
-    now = time.time()
-    core = worker.core
-    for profile in synthetic_swarms(swarms):
-        core.register_swarm(profile, now=now)
-    for profile in probe_swarms():
-        core.register_swarm(profile, now=now)
-    core.take_events()  # the registrations' witness records: not part of the benchmark
-    async with worker:
-        _ready(str(len(core)))
+    async with Worker(bench_config(swarms, durable=durable), servers=[url]) as worker:
+        _ready(str(len(worker.core)))
         await stop.wait()
 
 
@@ -358,18 +392,42 @@ class Child:
 
 
 class Requester:
-    """Requests over one connection with one wildcard reply subscription (as nats-py's `request` does, leaner)."""
+    """Requests over one connection with one wildcard reply subscription (as nats-py's `request` does, leaner).
 
-    def __init__(self, nc: Client) -> None:
+    A request without a reply after `timeout` seconds fails with TimeoutError (one sweeper task checks, in the
+    order the requests were sent, so that no request pays for its own timer).
+    """
+
+    def __init__(self, nc: Client, timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.nc = nc
+        self.timeout = timeout
         self.inbox = nc.new_inbox() + "."
         self._cut = len(self.inbox)
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._sent: deque[tuple[float, str]] = deque()
         self._seq = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.nc.subscribe(self.inbox + "*", cb=self._on_reply)
         await self.nc.flush()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep(self) -> None:
+        sent, pending = self._sent, self._pending
+        while True:
+            await asyncio.sleep(min(0.5, self.timeout / 4))
+            now = time.monotonic()
+            while sent and sent[0][0] <= now:
+                future = pending.pop(sent.popleft()[1], None)
+                if future is not None and not future.done():
+                    future.set_exception(TimeoutError())
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._pending.pop(msg.subject[self._cut :], None)
@@ -377,10 +435,12 @@ class Requester:
             future.set_result(msg.data)
 
     async def request(self, subject: str, data: bytes) -> bytes:
+        """The reply's body (empty for NATS's own "no responders" status reply)."""
         self._seq += 1
         token = str(self._seq)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[token] = future
+        self._sent.append((time.monotonic() + self.timeout, token))
         await self.nc.publish(subject, data, reply=self.inbox + token)
         return await future
 
@@ -391,9 +451,9 @@ class Cell:
 
     concurrency: int
     seconds: float
-    completed: int  # within `seconds`
-    total: int  # including those in flight at the deadline (the CPU time covers them too)
-    errors: int
+    completed: int  # ok replies within `seconds`
+    total: int  # every reply, including those in flight at the deadline (the CPU time covers them too)
+    errors: int  # error replies (including NATS "no responders") and timeouts
     latencies_ns: list[int]
     cpu_s: float
 
@@ -414,8 +474,9 @@ class Row:
     """A responder measured at every concurrency."""
 
     name: str
-    swarms: int | None
+    mode: str
     loop: str
+    swarms: int | None
     cells: dict[int, Cell] = field(default_factory=dict)
     baseline: Row | None = None  # the echo row these ratios refer to
 
@@ -445,19 +506,25 @@ async def measure(requester: Requester, work: Work, concurrency: int, seconds: f
         i = offset
         while not stop:
             subject, data = work[i % n]
-            t0 = clock()
-            reply = await request(subject, data)
-            latencies.append(clock() - t0)
-            total += 1
-            if not stop:
-                completed += 1
-            if not reply.startswith(b'{"ok":true') and subject != ECHO_SUBJECT:
-                errors += 1
             i += concurrency
+            t0 = clock()
+            try:
+                reply = await request(subject, data)
+            except TimeoutError:
+                errors += 1
+                continue
+            elapsed = clock() - t0
+            total += 1
+            if reply.startswith(b'{"ok":true') or (subject == ECHO_SUBJECT and reply):
+                latencies.append(elapsed)
+                if not stop:
+                    completed += 1
+            else:
+                errors += 1
 
     cpu0 = cpu_seconds(pid)
     started = time.perf_counter()
-    async with asyncio.timeout(seconds + 60), asyncio.TaskGroup() as group:
+    async with asyncio.TaskGroup() as group:
         for k in range(concurrency):
             group.create_task(client(k * (n // concurrency)))
         await asyncio.sleep(seconds)
@@ -473,14 +540,17 @@ async def measure_row(
 ) -> Row:
     await measure(requester, work, 64, profile.warmup_s, pid)
     for concurrency in CONCURRENCIES:
-        progress(f"{row.name} ({_swarms(row.swarms)} swarms, {row.loop}) c{concurrency}")
+        progress(f"{row.name} ({row.mode}, {row.loop}, {_swarms(row.swarms)} swarms) c{concurrency}")
         seconds = profile.c1_s if concurrency == 1 else profile.cell_s
         row.cells[concurrency] = await measure(requester, work, concurrency, seconds, pid)
     return row
 
 
-async def breaker_latency(nc: Client, requester: Requester, trips: int) -> list[int]:
-    """Trip probe swarms one by one; for each, the time from the cost reply to the `breaker.tripped` event."""
+async def breaker_latency(nc: Client, requester: Requester, trips: int) -> tuple[list[int], int]:
+    """Trip probe swarms one by one; for each, the time from the cost reply to the `breaker.tripped` event.
+
+    Returns the delays (sorted) and how many probes failed (no trip in the reply, or no reply or event in time).
+    """
     events: dict[str, int] = {}
     arrived = asyncio.Event()
     clock = time.perf_counter_ns
@@ -492,24 +562,30 @@ async def breaker_latency(nc: Client, requester: Requester, trips: int) -> list[
     sub = await nc.subscribe(f"{PREFIX}.events.breaker.tripped", cb=on_event)
     await nc.flush()
     delays: list[int] = []
+    failed = 0
     try:
         for i in range(trips):
             probe = f"probe-{i:04d}"
-            reply = await requester.request(
-                f"{PREFIX}.cost", msgspec.json.encode({"swarm_id": probe, "operation": "probe", "cost": 2.0})
-            )
-            replied = clock()
-            if b'"tripped":true' not in reply:
-                raise RuntimeError(f"probe {probe} did not trip: {reply!r}")
-            async with asyncio.timeout(5):
-                while probe not in events:
-                    arrived.clear()
-                    await arrived.wait()
-            delays.append(max(0, events[probe] - replied))
+            try:
+                reply = await requester.request(
+                    f"{PREFIX}.cost", msgspec.json.encode({"swarm_id": probe, "operation": "probe", "cost": 2.0})
+                )
+                replied = clock()
+                if b'"tripped":true' not in reply:
+                    failed += 1
+                    continue
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    while probe not in events:
+                        arrived.clear()
+                        await arrived.wait()
+            except TimeoutError:
+                failed += 1
+                continue
+            delays.append(max(0, events[probe] - replied))  # an event that overtakes the reply counts as 0
     finally:
         await sub.unsubscribe()
     delays.sort()
-    return delays
+    return delays, failed
 
 
 # -- the report ---------------------------------------------------------------------------------------------------
@@ -532,14 +608,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
 
 
 def network_table(rows: Sequence[Row]) -> str:
-    header = ["responder", "loop", "swarms", "conc", "req/s", "x echo", "p50 ms", "p99 ms", "cpu us/req", "errors"]
+    header = ["responder", "mode", "loop", "swarms", "conc", "req/s", "x echo", "p50 ms", "p99 ms", "cpu us/req", "err"]
     lines = []
+    errors = 0
     for row in rows:
         for concurrency, cell in row.cells.items():
             ratio = row.ratio(concurrency)
+            errors += cell.errors
             lines.append(
                 [
                     row.name,
+                    row.mode,
                     row.loop,
                     _swarms(row.swarms),
                     f"c{concurrency}",
@@ -551,18 +630,25 @@ def network_table(rows: Sequence[Row]) -> str:
                     str(cell.errors),
                 ]
             )
-    return _table(header, lines, left=2)
+    table = _table(header, lines, left=3)
+    if errors:
+        table += (
+            f"\nWARNING: {errors:,} requests failed (err: error replies, no responders, or no reply within "
+            f"{REQUEST_TIMEOUT_S:g} s); req/s and latencies count only ok replies"
+        )
+    return table
 
 
 def core_table(results: Sequence[dict[str, float]]) -> str:
-    header = ["core", "swarms", "assign p50 us", "assign p99 us", "max us", "assigned", "memory B/swarm", "build s"]
+    header = ["core", "swarms", "p50 us", "p99 us", "max us", "samples", "assigned", "memory B/swarm", "build s"]
     lines = [
         [
             "core",
             f"{int(r['swarms']):,}",
             f"{r['p50_us']:.1f}",
             f"{r['p99_us']:.1f}",
-            f"{r['max_us']:.0f}",
+            f"{r['max_us']:,.0f}",
+            f"{int(r['samples']):,}",
             f"{r['assigned']:.0%}",
             f"{r['bytes_per_swarm']:,.0f}",
             f"{r['build_s']:.2f}",
@@ -576,28 +662,24 @@ def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else "met" if ok else "NOT MET"
 
 
-def targets(
-    rows: Sequence[Row],
-    core: Sequence[dict[str, float]],
-    governor_rss: dict[int, int],
-    trip_delays: list[int],
-) -> str:
-    """Issue 4's targets against this run's measurements, met or not."""
+def targets(results: Results, core: Sequence[dict[str, float]]) -> str:
+    """Issue 4's targets against this run's measurements (durable mode, asyncio), met or not."""
+    rows = results.rows
 
-    def find(name: str, swarms: int | None, loop: str = "asyncio") -> Row | None:
-        return next((r for r in rows if r.name == name and r.swarms == swarms and r.loop == loop), None)
+    def find(name: str, swarms: int | None, mode: str = "durable") -> Row | None:
+        return next((r for r in rows if (r.name, r.mode, r.loop, r.swarms) == (name, mode, "asyncio", swarms)), None)
 
     def by_size(n: int) -> dict[str, float] | None:
         return next((c for c in core if int(c["swarms"]) == n), None)
 
     lines: list[list[str]] = []
 
-    def ratio_target(name: str, swarms: int, floor: float, note: str = "") -> None:
-        row = find(name, swarms)
+    def ratio_target(name: str, swarms: int, floor: float, mode: str = "durable") -> None:
+        row = find(name, swarms, mode)
         ratio = row.ratio(64) if row is not None else None
         lines.append(
             [
-                f"{name} c64 >= {floor}x echo, {swarms:,} swarms{note}",
+                f"{name} c64 >= {floor}x echo, {swarms:,} swarms ({mode})",
                 "-" if ratio is None else f"{ratio:.2f}x",
                 _verdict(None if ratio is None else ratio >= floor),
             ]
@@ -605,36 +687,52 @@ def targets(
 
     ratio_target("assign", 1_000, 0.8)
     ratio_target("assign", 100_000, 0.5)
-    assign, echo = find("assign", 1_000), find("echo", None)
+    assign, echo = find("assign", 1_000), find("echo", None, "-")
     if assign is not None and echo is not None and 1 in assign.cells and 1 in echo.cells:
         a, e = assign.cells[1].latency_ms(0.99), echo.cells[1].latency_ms(0.99)
-        lines.append(["assign p99 c1 <= echo p99 + 0.3 ms, 1,000 swarms", f"{a:.3f} vs {e + 0.3:.3f} ms",
-                      _verdict(a <= e + 0.3)])  # fmt: skip
+        lines.append(
+            [
+                "assign p99 c1 <= echo p99 + 0.3 ms, 1,000 swarms (durable)",
+                f"{a:.3f} vs {e + 0.3:.3f} ms",
+                _verdict(a <= e + 0.3),
+            ]
+        )
     for n, limit_us in ((1_000, 50.0), (100_000, 1000.0)):
         c = by_size(n)
         lines.append(
             [
                 f"core assign p99 <= {limit_us:,.0f} us, {n:,} swarms",
-                "-" if c is None else f"{c['p99_us']:.1f} us",
+                "-" if c is None else f"{c['p99_us']:,.1f} us",
                 _verdict(None if c is None else c["p99_us"] <= limit_us),
             ]
         )
+    ratio_target("cost", 1_000, 0.8)
+    delays, failed = results.trip_delays_ns, results.trip_failures
+    p99 = percentile(delays, 0.99) / 1e6 if delays else None
+    lines.append(
+        [
+            f"breaker event p99 <= 2 ms after the cost reply ({len(delays)} trips, {failed} failed)",
+            "-" if p99 is None else f"{p99:.3f} ms",
+            _verdict(None if p99 is None else p99 <= 2.0 and not failed),
+        ]
+    )
     largest = max(core, key=lambda c: c["swarms"], default=None)
     if largest is not None:
         per = largest["bytes_per_swarm"]
-        lines.append([f"memory <= 2 KiB/swarm (core, {int(largest['swarms']):,} swarms)", f"{per:,.0f} B",
-                      _verdict(per <= 2048)])  # fmt: skip
-    if len(governor_rss) >= 2:
-        small, big = min(governor_rss), max(governor_rss)
-        per = (governor_rss[big] - governor_rss[small]) * 1024 / (big - small)
-        lines.append([f"memory <= 2 KiB/swarm (governor process, {small:,} -> {big:,} swarms)", f"{per:,.0f} B",
-                      _verdict(per <= 2048)])  # fmt: skip
-    ratio_target("cost", 1_000, 0.8, " (in-memory: no durable ledger yet)")
-    lines.append(["cost c64 >= 0.8x echo with the durable ledger", "-", "not measured (no ledger yet)"])
-    if trip_delays:
-        p99 = percentile(trip_delays, 0.99) / 1e6
-        lines.append([f"breaker trip event p99 <= 2 ms after the cost reply ({len(trip_delays)} trips)",
-                      f"{p99:.3f} ms", _verdict(p99 <= 2.0)])  # fmt: skip
+        lines.append(
+            [f"memory <= 2 KiB/swarm (core, {int(largest['swarms']):,} swarms)", f"{per:,.0f} B", _verdict(per <= 2048)]
+        )
+    rss = results.governor_rss_kib
+    if len(rss) >= 2:
+        small, big = min(rss), max(rss)
+        per = (rss[big] - rss[small]) * 1024 / (big - small)
+        lines.append(
+            [
+                f"memory <= 2 KiB/swarm (governor process RSS, {small:,} -> {big:,} swarms)",
+                f"{per:,.0f} B",
+                _verdict(per <= 2048),
+            ]
+        )
     return _table(["target (issue 4)", "measured", "verdict"], lines)
 
 
@@ -673,57 +771,84 @@ def run_core(sizes: Sequence[int], samples: int, budget_s: float) -> list[dict[s
     return results
 
 
-async def run_network(url: str, profile: Profile, log_dir: Path) -> tuple[list[Row], dict[int, int], list[int]]:
-    """Every network row, one responder process at a time."""
-    nc = await nats.connect(url, name="bench-load")
-    requester = Requester(nc)
-    await requester.start()
-    payloads = assign_payloads(4096)
-    costs = cost_payloads(4096, 1_000)
-    rng = random.Random(SEED + 3)
-    echo_work: Work = [(ECHO_SUBJECT, p) for p in payloads]
-    assign_work: Work = [(f"{PREFIX}.assign", p) for p in payloads]
-    cost_work: Work = [(f"{PREFIX}.cost", p) for p in costs]
-    mixed_work: Work = [assign_work[i] if rng.random() < 0.8 else cost_work[i] for i in range(len(payloads))]
-    loops = ["asyncio", "uvloop"] if HAS_UVLOOP and profile.uvloop_rows else ["asyncio"]
-    rows: list[Row] = []
-    governor_rss: dict[int, int] = {}
-    trip_delays: list[int] = []
+def _server_config(directory: Path) -> Path:
+    """A nats-server config like `governor run`'s bundled one: JetStream syncing every write before its ack."""
+    directory.mkdir(parents=True)
+    conf = directory / "nats-server.conf"
+    conf.write_text(f"jetstream {{\n  store_dir: {json.dumps(str(directory / 'js'))}\n  sync_interval: always\n}}\n")
+    return conf
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    governor_rss_kib: dict[int, int] = field(default_factory=dict)  # durable, asyncio: swarms -> RSS when ready
+    trip_delays_ns: list[int] = field(default_factory=list)
+    trip_failures: int = 0
+
+
+async def run_session(session: Session, profile: Profile, work: dict[str, Work], log_dir: Path, out: Results) -> None:
+    """A fresh nats-server, the session's responder, its rows; everything stopped before returning."""
+    name = f"{session.responder}-{session.mode}-{session.loop}-{session.swarms or 0}".replace("--", "-")
+    args = ["--echo"] if session.responder == "echo" else ["--serve"]
+    server = NatsServer(store_dir=log_dir / name, jetstream=False, config_file=_server_config(log_dir / name))
+    server.start()
+    child: Child | None = None
+    nc: Client | None = None
+    requesters: list[Requester] = []
     try:
-        for loop in loops:
-            flag = ["--uvloop"] if loop == "uvloop" else []
-            echo = Child(f"echo {loop}", ["--echo", url, *flag], log_dir)
-            try:
-                await echo.wait_ready()
-                rows.append(
-                    await measure_row(requester, Row("echo", None, loop), echo_work, echo.pid, profile, _progress)
-                )
-            finally:
-                echo.close()
-            baseline = rows[-1]
-            baseline.baseline = baseline
-            sizes = [1_000, 100_000] if profile.big_network and loop == "asyncio" else [1_000]
-            for swarms in sizes:
-                _progress(f"starting the governor with {swarms:,} swarms ({loop})")
-                gov = Child(f"governor {swarms} {loop}", ["--serve", url, "--swarms", str(swarms), *flag], log_dir)
-                try:
-                    await gov.wait_ready()
-                    if loop == "asyncio":
-                        governor_rss[swarms] = gov.ready_rss_kib
-                    work = [("assign", assign_work)]
-                    if swarms == 1_000:
-                        work += [("cost", cost_work), ("mixed", mixed_work)]
-                    for name, items in work:
-                        row = Row(name, swarms, loop, baseline=baseline)
-                        rows.append(await measure_row(requester, row, items, gov.pid, profile, _progress))
-                    if swarms == 1_000 and loop == "asyncio":
-                        _progress("breaker trip event latency")
-                        trip_delays = await breaker_latency(nc, requester, profile.probe_trips)
-                finally:
-                    gov.close()
+        args += [server.url]
+        if session.responder == "governor":
+            args += ["--swarms", str(session.swarms)] + (["--memory"] if session.mode == "memory" else [])
+        if session.loop == "uvloop":
+            args.append("--uvloop")
+        what = f"{session.responder} ({session.mode}, {session.loop}, {_swarms(session.swarms)} swarms)"
+        _progress(f"starting {what}")
+        child = Child(name, args, log_dir)
+        await child.wait_ready()
+        if session.responder == "governor" and session.mode == "durable" and session.loop == "asyncio":
+            out.governor_rss_kib[session.swarms or 0] = child.ready_rss_kib
+        nc = await nats.connect(server.url, name="bench-load")
+        requester = Requester(nc)
+        await requester.start()
+        requesters.append(requester)
+        baseline = next((r for r in out.rows if r.name == "echo" and r.loop == session.loop), None)
+        for workload in session.workloads:
+            row = Row(workload, session.mode, session.loop, session.swarms, baseline=baseline)
+            if workload == "echo":
+                row.baseline = row
+            out.rows.append(await measure_row(requester, row, work[workload], child.pid, profile, _progress))
+        if session.probe:
+            _progress("breaker trip event latency")
+            out.trip_delays_ns, out.trip_failures = await breaker_latency(nc, requester, profile.probe_trips)
     finally:
-        await nc.close()
-    return rows, governor_rss, trip_delays
+        for requester in requesters:
+            await requester.close()
+        if nc is not None:
+            await nc.close()
+        if child is not None:
+            child.close()
+        server.stop()
+
+
+async def run_network(profile: Profile, log_dir: Path) -> Results:
+    """Every session, one after the other, with the same payloads."""
+    payloads = assign_payloads(4096)
+    rng = random.Random(SEED + 3)
+    assign_work: Work = [(f"{PREFIX}.assign", p) for p in payloads]
+    cost_work: Work = [(f"{PREFIX}.cost", p) for p in cost_payloads(4096, 1_000)]
+    work: dict[str, Work] = {
+        "echo": [(ECHO_SUBJECT, p) for p in payloads],
+        "assign": assign_work,
+        "cost": cost_work,
+        "mixed": [assign_work[i] if rng.random() < 0.8 else cost_work[i] for i in range(len(payloads))],
+    }
+    out = Results()
+    for session in profile.sessions:
+        if session.loop == "uvloop" and not HAS_UVLOOP:
+            continue
+        await run_session(session, profile, work, log_dir, out)
+    return out
 
 
 def _machine() -> str:
@@ -737,42 +862,45 @@ def _machine() -> str:
 
 
 def main(quick: bool = False) -> int:
-    """Run the benchmark and print the tables; 0 when every measurement ran (whatever the numbers)."""
+    """Run the benchmark and print the tables; 0 when every measurement ran (whatever the numbers say)."""
     profile = QUICK if quick else FULL
     started = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="if-governor-bench-"))
     try:
         core = run_core(CORE_SIZES, profile.core_samples, profile.core_budget_s)
-        with NatsServer(store_dir=log_dir / "nats") as server:
-            rows, governor_rss, trip_delays = asyncio.run(run_network(server.url, profile, log_dir))
+        results = asyncio.run(run_network(profile, log_dir))
     except Exception as exc:
-        print(f"error: bench failed: {exc}", file=sys.stderr)
+        print(f"error: bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"(child logs kept in {log_dir})", file=sys.stderr)
         return 1
-    for path in log_dir.glob("*.log"):
-        path.unlink()
-    with contextlib.suppress(OSError):
-        log_dir.rmdir()
-    mode = "quick" if quick else "full"
-    print(f"governor bench ({mode}): {_machine()}; load generator: asyncio, one connection, this process")
+    shutil.rmtree(log_dir, ignore_errors=True)
+    print(f"governor bench ({'quick' if quick else 'full'}) on {_machine()}")
     print(
         f"workload: {CAPABILITY_TYPES} capability types, swarms with 3-8, tasks needing 1-5; "
-        f"c1 {profile.c1_s:g} s, c64/c256 {profile.cell_s:g} s per cell"
+        f"c1 {profile.c1_s:g} s, c64/c256 {profile.cell_s:g} s per cell; load generator: this process, "
+        "asyncio, one connection"
+    )
+    print(
+        "each responder runs in its own process on a fresh nats-server (JetStream, sync_interval: always); "
+        "durable = the default mode (ledger), memory = ledger disabled"
     )
     print()
-    print(network_table(rows))
+    print(network_table(results.rows))
     print()
     print(core_table(core))
-    if governor_rss:
-        sizes = ", ".join(f"{n:,} swarms: {kib / 1024:,.1f} MiB" for n, kib in sorted(governor_rss.items()))
-        print(f"\ngovernor process RSS when ready: {sizes}")
-    if trip_delays:
+    print()
+    rss = results.governor_rss_kib
+    if rss:
+        sizes = ", ".join(f"{n:,} swarms {kib / 1024:,.1f} MiB" for n, kib in sorted(rss.items()))
+        print(f"governor process RSS when serving (durable): {sizes}")
+    delays = results.trip_delays_ns
+    if delays:
         print(
-            f"breaker trip: event after cost reply p50 {percentile(trip_delays, 0.5) / 1e6:.3f} ms, "
-            f"p99 {percentile(trip_delays, 0.99) / 1e6:.3f} ms ({len(trip_delays)} trips)"
+            f"breaker trip: event arrives after the cost reply: p50 {percentile(delays, 0.5) / 1e6:.3f} ms, "
+            f"p99 {percentile(delays, 0.99) / 1e6:.3f} ms ({len(delays)} trips, {results.trip_failures} failed)"
         )
     print()
-    print(targets(rows, core, governor_rss, trip_delays))
+    print(targets(results, core))
     print(f"\nfinished in {time.monotonic() - started:.0f} s")
     return 0
 
@@ -781,19 +909,20 @@ def _child_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--echo", metavar="URL", help="serve a bare echo responder")
-    mode.add_argument("--serve", metavar="URL", help="serve the governor")
+    mode.add_argument("--serve", metavar="URL", help="serve the governor (durable unless --memory)")
     mode.add_argument("--core", metavar="N", type=int, help="measure the decision core with N swarms; print JSON")
     mode.add_argument("--run", action="store_true", help="the whole benchmark (as `governor bench`)")
     parser.add_argument("--swarms", type=int, default=1_000)
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--budget-s", type=float, default=5.0)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="the governor without its ledger")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.echo:
         _run_child(lambda: serve_echo(args.echo), args.uvloop)
     elif args.serve:
-        _run_child(lambda: serve_governor(args.serve, args.swarms), args.uvloop)
+        _run_child(lambda: serve_governor(args.serve, args.swarms, durable=not args.memory), args.uvloop)
     elif args.core is not None:
         print(json.dumps(core_probe(args.core, args.samples, args.budget_s)))
     else:

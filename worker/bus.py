@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from itertools import count
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from nats.aio.client import Client
@@ -55,7 +55,7 @@ _AT_FIELD = re.compile(r"- at `\$\.([A-Za-z_]+)`$")
 def decode_error(exc: msgspec.MsgspecError) -> InvalidRequest:
     """Translate a msgspec error into ours, keeping its message (which names the field's path)."""
     message = str(exc)
-    if isinstance(exc, msgspec.ValidationError):
+    if isinstance(exc, msgspec.ValidationError) and ", got `" not in message:  # a range error, not a type error
         match = _AT_FIELD.search(message)
         if match is not None and match.group(1) in _FIELD_ERRORS:
             return _FIELD_ERRORS[match.group(1)](message)
@@ -139,7 +139,8 @@ class Bus:
                 request = decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError, InvalidRequest) as exc:
                 error = exc if isinstance(exc, InvalidRequest) else decode_error(exc)
-                trace = header_trace if header_trace and len(header_trace) <= MAX_TRACE_ID else self.new_trace_id()
+                trace = header_trace if header_trace and len(header_trace) <= MAX_TRACE_ID else None
+                trace = trace or _body_trace_id(data) or self.new_trace_id()
                 await self.reply_error(Command(_NO_REQUEST, msg.reply, trace, subject, received, name), error)
                 return
             trace_id = header_trace or request.trace_id or self.new_trace_id()
@@ -197,6 +198,21 @@ class _NoRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True)
 
 
 _NO_REQUEST = _NoRequest()
+
+
+class _TraceOnly(msgspec.Struct):
+    trace_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TRACE_ID)] | None = None
+
+
+_decode_trace = msgspec.json.Decoder(_TraceOnly).decode
+
+
+def _body_trace_id(data: bytes) -> str | None:
+    """The body's `trace_id` of a request that failed validation elsewhere, when it has a usable one."""
+    try:
+        return _decode_trace(data).trace_id
+    except msgspec.MsgspecError:
+        return None
 
 
 def _header_safe(text: str, limit: int = 512) -> str:

@@ -62,8 +62,19 @@ class GovernorClient:
     async def connect(
         cls, servers: str | list[str], *, prefix: str = "governor", timeout: float = 5.0
     ) -> GovernorClient:
+        """Connect to NATS (a URL, comma-separated URLs, or a list); raise at once when nothing answers."""
+        urls = [u.strip() for u in servers.split(",")] if isinstance(servers, str) else servers
+
+        async def quiet(exc: Exception) -> None:  # the caller gets the exception; no log noise from nats-py
+            return None
+
         nc = await nats.connect(
-            servers=servers, connect_timeout=timeout, max_reconnect_attempts=2, allow_reconnect=True
+            servers=urls,
+            connect_timeout=min(timeout, 2.0),
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            error_cb=quiet,
         )
         return cls(nc, prefix=prefix, timeout=timeout, owns_connection=True)
 
