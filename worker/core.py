@@ -53,6 +53,7 @@ from worker.errors import (
     NotTripped,
     UnknownSwarm,
 )
+from worker.index import CapabilityIndex, ordinals
 
 MICROS = 1_000_000
 MANUAL_TRIP_REASONS = frozenset({"repeated_failures", "performance_degradation", "manual_override"})
@@ -80,7 +81,6 @@ class _Swarm:
         "breaker",
         "budget",
         "capabilities",
-        "caps",
         "cost_per_hour",
         "cost_tracked",
         "failures",
@@ -89,19 +89,20 @@ class _Swarm:
         "ordinal",
         "reputation_score",
         "swarm_id",
+        "value",
     )
 
     def __init__(self, profile: SwarmProfile, capabilities: list[str], ordinal: int) -> None:
         self.swarm_id = profile.swarm_id
         self.capabilities = capabilities
-        self.caps = frozenset(capabilities)
         self.cost_per_hour = profile.cost_per_hour
         self.reputation_score = profile.reputation_score
         self.model = profile.model
         self.ordinal = ordinal
         self.budget = to_micros(profile.current_budget_remaining)
+        self.value = profile.reputation_score / profile.cost_per_hour  # the score at full coverage
         self.breaker: BreakerState | None = None
-        self.failures: deque[float] = deque()
+        self.failures: deque[float] | None = None  # created at the first failure: most swarms never fail
         self.operations_count = 0
         self.cost_tracked = 0
 
@@ -121,8 +122,8 @@ class Governor:
         self.policy = policy if policy is not None else ResourcePolicy()
         self.vocabulary = Vocabulary(capabilities)
         self._swarms: dict[str, _Swarm] = {}
-        # capability -> swarms that have it, in registration order (the candidate index).
-        self._postings: dict[str, dict[str, _Swarm]] = {}
+        self._by_ordinal: dict[int, _Swarm] = {}
+        self._index = CapabilityIndex()
         self._next_ordinal = 0
         self._history: deque[AssignmentRecord] = deque(maxlen=history_limit)
         self._events: list[Event] = []
@@ -171,9 +172,7 @@ class Governor:
         swarm = _Swarm(profile, capabilities, self._next_ordinal)
         swarm.breaker = self._retired.pop(swarm.swarm_id, None)
         self._next_ordinal += 1
-        self._swarms[swarm.swarm_id] = swarm
-        for cap in capabilities:
-            self._postings.setdefault(cap, {})[swarm.swarm_id] = swarm
+        self._add(swarm)
         self._witness(
             "swarm_registered",
             {
@@ -195,12 +194,9 @@ class Governor:
         """Remove a swarm; it gets no more work and its budget is forgotten."""
         swarm = self._get(swarm_id)
         del self._swarms[swarm_id]
+        del self._by_ordinal[swarm.ordinal]
+        self._index.remove(swarm)
         self._retired[swarm_id] = swarm.breaker
-        for cap in swarm.capabilities:
-            posting = self._postings[cap]
-            del posting[swarm_id]
-            if not posting:
-                del self._postings[cap]
         self._witness(
             "swarm_deregistered",
             {"swarm_id": swarm_id, "remaining": to_usd(swarm.budget)},
@@ -209,6 +205,15 @@ class Governor:
             trace_id,
         )
         return SwarmReply(swarm_id=swarm_id, trace_id=trace_id)
+
+    def _add(self, swarm: _Swarm) -> None:
+        self._swarms[swarm.swarm_id] = swarm
+        self._by_ordinal[swarm.ordinal] = swarm
+        self._index.add(swarm, swarm.budget > 0 and swarm.breaker is None)
+
+    def _eligibility(self, swarm: _Swarm) -> None:
+        """Keep the index's eligible mask in step after a budget or breaker change."""
+        self._index.set_eligible(swarm.ordinal, swarm.budget > 0 and swarm.breaker is None)
 
     def _get(self, swarm_id: str) -> _Swarm:
         try:
@@ -315,51 +320,42 @@ class Governor:
     def _max_cost(self, max_cost: float | None) -> float:
         return self.policy.max_cost_per_task if max_cost is None else max_cost
 
-    def _candidates(self, required: list[str]) -> Iterator[tuple[_Swarm, int]]:
-        """Swarms whose overlap with `required` reaches the policy minimum, with that overlap."""
-        k = len(required)
-        min_match = self.policy.min_capability_match
-        need = next(c for c in range(k + 1) if c / k >= min_match)
-        if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
-            req = set(required)
-            for swarm in self._swarms.values():
-                yield swarm, len(swarm.caps & req)
-        elif k == 1:
-            for swarm in self._postings.get(required[0], {}).values():
-                yield swarm, 1
-        else:
-            counts: dict[_Swarm, int] = {}
-            get = counts.get
-            for cap in required:
-                for swarm in self._postings.get(cap, {}).values():
-                    counts[swarm] = get(swarm, 0) + 1
-            for swarm, overlap in counts.items():
-                if overlap >= need:
-                    yield swarm, overlap
-
     def _rank(self, required: list[str], max_cost: float, limit: int) -> list[tuple[float, int, _Swarm, float]]:
         """The best `limit` qualified swarms as (score, ordinal, swarm, coverage), best first.
 
         Higher score first; on equal scores the earlier registered swarm first.
         """
         k = len(required)
-        best: list[tuple[float, int, _Swarm, float]] = []
-        top_score = -1.0
-        top_ordinal = 0
-        for swarm, overlap in self._candidates(required):
-            if swarm.cost_per_hour > max_cost or swarm.budget <= 0 or swarm.breaker is not None:
+        min_match = self.policy.min_capability_match
+        need = next(c for c in range(k + 1) if c / k >= min_match)
+        by_ordinal = self._by_ordinal
+        if k == 1 and need == 1:
+            # Coverage is 1 for every candidate, so the value order is the score order: stop at `limit`.
+            best: list[tuple[float, int, _Swarm, float]] = []
+            for ordinal in self._index.ranked.get(required[0], ()):
+                swarm = by_ordinal[ordinal]
+                if swarm.cost_per_hour > max_cost or swarm.budget <= 0 or swarm.breaker is not None:
+                    continue
+                best.append(((1.0 * swarm.reputation_score) / swarm.cost_per_hour, ordinal, swarm, 1.0))
+                if len(best) == limit:
+                    break
+            return best
+        req = set(required)
+        if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
+            candidates: Iterator[_Swarm] = iter(
+                [s for s in self._swarms.values() if s.budget > 0 and s.breaker is None]
+            )
+        else:
+            candidates = (by_ordinal[o] for o in ordinals(self._index.at_least(required, need)))
+        scored: list[tuple[float, int, _Swarm, float]] = []
+        for swarm in candidates:
+            if swarm.cost_per_hour > max_cost:
                 continue
-            coverage = overlap / k
-            score = (coverage * swarm.reputation_score) / swarm.cost_per_hour
-            if limit == 1:
-                if score > top_score or (score == top_score and swarm.ordinal < top_ordinal):
-                    top_score, top_ordinal = score, swarm.ordinal
-                    best = [(score, swarm.ordinal, swarm, coverage)]
-            else:
-                best.append((score, swarm.ordinal, swarm, coverage))
-        if limit > 1:
-            best = heapq.nsmallest(limit, best, key=lambda item: (-item[0], item[1]))
-        return best
+            coverage = sum(1 for cap in swarm.capabilities if cap in req) / k
+            scored.append(((coverage * swarm.reputation_score) / swarm.cost_per_hour, swarm.ordinal, swarm, coverage))
+        if limit == 1:
+            return [min(scored, key=lambda item: (-item[0], item[1]))] if scored else []
+        return heapq.nsmallest(limit, scored, key=lambda item: (-item[0], item[1]))
 
     def _explain(self, required: list[str], max_cost: float) -> dict[str, str]:
         """For every registered swarm that does not qualify, the first filter (in the seed's order) it failed."""
@@ -367,7 +363,7 @@ class Governor:
         min_match = self.policy.min_capability_match
         rejected: dict[str, str] = {}
         for swarm in self._swarms.values():
-            if len(swarm.caps & req) / len(req) < min_match:
+            if sum(1 for cap in swarm.capabilities if cap in req) / len(req) < min_match:
                 rejected[swarm.swarm_id] = BELOW_THRESHOLD
             elif swarm.cost_per_hour > max_cost:
                 rejected[swarm.swarm_id] = COST_ABOVE_MAX
@@ -434,6 +430,8 @@ class Governor:
         self._witness("cost_tracked", params, now, "INFO", trace_id)
         if swarm.budget <= 0 and swarm.breaker is None:
             self._trip(swarm, BUDGET_EXHAUSTED, now, trace_id)
+        elif swarm.budget <= 0:
+            self._eligibility(swarm)
         return CostReply(swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, trace_id=trace_id)
 
     def record_failure(
@@ -448,6 +446,8 @@ class Governor:
     ) -> FailureReply:
         """Record a failed task; `circuit_breaker_failure_threshold` failures inside the window trip the breaker."""
         swarm = self._get(swarm_id)
+        if swarm.failures is None:
+            swarm.failures = deque()
         failures = swarm.failures
         horizon = now - self.policy.failure_window_s
         if self._seen("failure", event_id, now):
@@ -489,6 +489,7 @@ class Governor:
 
     def _trip(self, swarm: _Swarm, reason: str, now: float, trace_id: str, requested_by: str | None = None) -> None:
         swarm.breaker = BreakerState(reason=reason, tripped_at=now)
+        self._eligibility(swarm)
         remaining = to_usd(swarm.budget)
         self._events.append(
             BreakerTripped(
@@ -541,7 +542,8 @@ class Governor:
         previous = swarm.breaker
         swarm.breaker = None
         swarm.budget = to_micros(new_budget)
-        swarm.failures.clear()
+        swarm.failures = None
+        self._eligibility(swarm)
         self._events.append(
             BreakerReset(
                 swarm_id=swarm_id,
@@ -586,11 +588,12 @@ class Governor:
         return self._status_of(self._get(swarm_id), now)
 
     def _status_of(self, swarm: _Swarm, now: float | None) -> SwarmStatus:
+        failures = swarm.failures or ()
         if now is None:
-            in_window = len(swarm.failures)
+            in_window = len(failures)
         else:
             horizon = now - self.policy.failure_window_s
-            in_window = sum(1 for t in swarm.failures if t > horizon)
+            in_window = sum(1 for t in failures if t > horizon)
         remaining = to_usd(swarm.budget)
         return SwarmStatus(
             swarm_id=swarm.swarm_id,
@@ -642,7 +645,7 @@ class Governor:
                     s.cost_tracked,
                     s.operations_count,
                     s.breaker,
-                    list(s.failures),
+                    list(s.failures or ()),
                 )
                 for s in self._swarms.values()
             ],
@@ -683,10 +686,8 @@ class Governor:
             swarm.cost_tracked = st.cost_tracked_micros
             swarm.operations_count = st.operations_count
             swarm.breaker = st.breaker
-            swarm.failures.extend(st.failures)
-            core._swarms[swarm.swarm_id] = swarm
-            for cap in swarm.capabilities:
-                core._postings.setdefault(cap, {})[swarm.swarm_id] = swarm
+            swarm.failures = deque(st.failures) if st.failures else None
+            core._add(swarm)
         core._next_ordinal = state.next_ordinal
         core._history.extend(state.history)
         core._applied.update(((kind, event_id), at) for kind, event_id, at in state.applied)
