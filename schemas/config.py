@@ -50,6 +50,18 @@ class NatsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     name: str = "if-governor"
     connect_timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 15.0
     """How long `governor run` tries to reach NATS at start before it gives up (later, it reconnects forever)."""
+    # Authentication: whatever the NATS operator uses. Secrets are never logged or echoed in errors.
+    creds: str | None = None
+    """Path of a `.creds` file (JWT + nkey seed)."""
+    nkey_seed: str | None = None
+    """Path of an nkey seed file."""
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls_ca: str | None = None
+    """CA bundle to verify the server; with it (or a client certificate) the connection uses TLS."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class MetricsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

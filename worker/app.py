@@ -33,7 +33,7 @@ from schemas.ledger import Configure, LedgerEntry
 from schemas.requests import RegisterRequest
 from worker.actor import Actor, Mailbox
 from worker.bus import Bus
-from worker.config import policy_of, profiles_of
+from worker.config import connect_options, policy_of, profiles_of, redact
 from worker.core import Governor
 from worker.dispatch import replay
 from worker.lease import Lease
@@ -144,11 +144,13 @@ class Worker:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    **connect_options(self.config.nats),
                 ),
                 timeout=timeout,
             )
         except TimeoutError:
-            raise ConnectionError(f"cannot reach NATS at {', '.join(self.servers)} within {timeout:g}s") from None
+            where = ", ".join(redact(u) for u in self.servers)
+            raise ConnectionError(f"cannot reach NATS at {where} within {timeout:g}s") from None
         stack.push_async_callback(self._close_connection)
         group = await stack.enter_async_context(asyncio.TaskGroup())
         stack.push_async_callback(self._shutdown)  # unwinds before the TaskGroup waits for its tasks
@@ -198,7 +200,8 @@ class Worker:
             await self.bus.publish(startup_events)
         self.state = "serving"
         self._serving.set()
-        log.info("serving %s.* on %s", self.config.governor.subject_prefix, ", ".join(self.servers))
+        where = ", ".join(redact(u) for u in self.servers)
+        log.info("serving %s.* on %s", self.config.governor.subject_prefix, where)
         return actor, task
 
     async def _unserve(self, actor: Actor, task: asyncio.Task[None], *, lost: bool) -> None:

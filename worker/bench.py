@@ -103,6 +103,14 @@ UVLOOP_SESSIONS = (
     Session("echo", "-", "uvloop", None, ("echo",)),
     Session("governor", "durable", "uvloop", 1_000, ALL),
 )
+# Under a minute: no 100,000-swarm governor over NATS (its start alone takes many seconds), fewer in-memory rows.
+QUICK_SESSIONS = (
+    Session("echo", "-", "asyncio", None, ("echo",)),
+    Session("governor", "durable", "asyncio", 1_000, ALL, probe=True),
+    Session("governor", "memory", "asyncio", 1_000, ("cost",)),
+    Session("echo", "-", "uvloop", None, ("echo",)),
+    Session("governor", "durable", "uvloop", 1_000, ("assign", "cost")),
+)
 FULL = Profile(
     c1_s=3.0,
     cell_s=4.0,
@@ -119,7 +127,7 @@ QUICK = Profile(
     core_samples=5_000,
     core_budget_s=1.5,
     probe_trips=100,
-    sessions=BASE_SESSIONS + UVLOOP_SESSIONS,
+    sessions=QUICK_SESSIONS,
 )
 CONCURRENCIES = (1, 64, 256)
 
@@ -375,6 +383,11 @@ class Child:
             raise RuntimeError(f"{self.name} exited with {self.process.returncode} before serving:\n{tail}")
         self.ready_rss_kib = int(line.split()[2])
 
+    def logged(self, limit: int = 5) -> list[str]:
+        """The first distinct lines the child wrote to stderr (its warnings and errors)."""
+        lines = dict.fromkeys(line.strip() for line in self.log_path.read_text(errors="replace").splitlines())
+        return [line for line in lines if line][:limit]
+
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -445,6 +458,28 @@ class Requester:
         return await future
 
 
+@dataclass(frozen=True)
+class Pids:
+    """The processes whose CPU time a cell reads."""
+
+    responder: int
+    nats: int
+    generator: int
+
+    def cpu(self) -> CpuTimes:
+        return CpuTimes(cpu_seconds(self.responder), cpu_seconds(self.nats), cpu_seconds(self.generator))
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    responder: float
+    nats: float
+    generator: float
+
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.responder - other.responder, self.nats - other.nats, self.generator - other.generator)
+
+
 @dataclass
 class Cell:
     """One responder at one concurrency."""
@@ -455,15 +490,14 @@ class Cell:
     total: int  # every reply, including those in flight at the deadline (the CPU time covers them too)
     errors: int  # error replies (including NATS "no responders") and timeouts
     latencies_ns: list[int]
-    cpu_s: float
+    cpu_s: CpuTimes
 
     @property
     def rps(self) -> float:
         return self.completed / self.seconds
 
-    @property
-    def cpu_us_per_request(self) -> float:
-        return self.cpu_s / self.total * 1e6 if self.total else 0.0
+    def cpu_us_per_request(self, process: str) -> float:
+        return getattr(self.cpu_s, process) / self.total * 1e6 if self.total else 0.0
 
     def latency_ms(self, q: float) -> float:
         return percentile(self.latencies_ns, q) / 1e6
@@ -490,7 +524,7 @@ class Row:
 Work = list[tuple[str, bytes]]
 
 
-async def measure(requester: Requester, work: Work, concurrency: int, seconds: float, pid: int) -> Cell:
+async def measure(requester: Requester, work: Work, concurrency: int, seconds: float, pids: Pids) -> Cell:
     """Keep `concurrency` requests outstanding for `seconds`; count replies and errors, time each request."""
     stop = False
     completed = 0
@@ -522,7 +556,7 @@ async def measure(requester: Requester, work: Work, concurrency: int, seconds: f
             else:
                 errors += 1
 
-    cpu0 = cpu_seconds(pid)
+    cpu0 = pids.cpu()
     started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for k in range(concurrency):
@@ -530,24 +564,25 @@ async def measure(requester: Requester, work: Work, concurrency: int, seconds: f
         await asyncio.sleep(seconds)
         stop = True
         elapsed = time.perf_counter() - started
-    cpu = cpu_seconds(pid) - cpu0
+    cpu = pids.cpu() - cpu0
     latencies.sort()
     return Cell(concurrency, elapsed, completed, total, errors, latencies, cpu)
 
 
 async def measure_row(
-    requester: Requester, row: Row, work: Work, pid: int, profile: Profile, progress: Callable[[str], None]
+    requester: Requester, row: Row, work: Work, pids: Pids, profile: Profile, progress: Callable[[str], None]
 ) -> Row:
-    await measure(requester, work, 64, profile.warmup_s, pid)
+    await measure(requester, work, 64, profile.warmup_s, pids)
     for concurrency in CONCURRENCIES:
         progress(f"{row.name} ({row.mode}, {row.loop}, {_swarms(row.swarms)} swarms) c{concurrency}")
         seconds = profile.c1_s if concurrency == 1 else profile.cell_s
-        row.cells[concurrency] = await measure(requester, work, concurrency, seconds, pid)
+        row.cells[concurrency] = await measure(requester, work, concurrency, seconds, pids)
     return row
 
 
-async def breaker_latency(nc: Client, requester: Requester, trips: int) -> tuple[list[int], int]:
-    """Trip probe swarms one by one; for each, the time from the cost reply to the `breaker.tripped` event.
+async def breaker_latency(watcher: Client, requester: Requester, trips: int) -> tuple[list[int], int]:
+    """Trip probe swarms one by one; for each, the time from the cost reply to the `breaker.tripped` event
+    reaching `watcher` (its own connection), in ns; negative when the event arrived first.
 
     Returns the delays (sorted) and how many probes failed (no trip in the reply, or no reply or event in time).
     """
@@ -559,8 +594,8 @@ async def breaker_latency(nc: Client, requester: Requester, trips: int) -> tuple
         events[msgspec.json.decode(msg.data)["swarm_id"]] = clock()
         arrived.set()
 
-    sub = await nc.subscribe(f"{PREFIX}.events.breaker.tripped", cb=on_event)
-    await nc.flush()
+    sub = await watcher.subscribe(f"{PREFIX}.events.breaker.tripped", cb=on_event)
+    await watcher.flush()
     delays: list[int] = []
     failed = 0
     try:
@@ -581,7 +616,7 @@ async def breaker_latency(nc: Client, requester: Requester, trips: int) -> tuple
             except TimeoutError:
                 failed += 1
                 continue
-            delays.append(max(0, events[probe] - replied))  # an event that overtakes the reply counts as 0
+            delays.append(events[probe] - replied)  # negative: the event overtook the reply
     finally:
         await sub.unsubscribe()
     delays.sort()
@@ -608,7 +643,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
 
 
 def network_table(rows: Sequence[Row]) -> str:
-    header = ["responder", "mode", "loop", "swarms", "conc", "req/s", "x echo", "p50 ms", "p99 ms", "cpu us/req", "err"]
+    header = ["responder", "mode", "loop", "swarms", "conc", "req/s", "x echo", "p50 ms", "p99 ms"]
+    header += ["cpu us/req", "nats us/req", "gen us/req", "err"]
     lines = []
     errors = 0
     for row in rows:
@@ -626,7 +662,9 @@ def network_table(rows: Sequence[Row]) -> str:
                     "-" if ratio is None else f"{ratio:.2f}",
                     f"{cell.latency_ms(0.50):.3f}",
                     f"{cell.latency_ms(0.99):.3f}",
-                    f"{cell.cpu_us_per_request:.0f}",
+                    f"{cell.cpu_us_per_request('responder'):.0f}",
+                    f"{cell.cpu_us_per_request('nats'):.0f}",
+                    f"{cell.cpu_us_per_request('generator'):.0f}",
                     str(cell.errors),
                 ]
             )
@@ -785,49 +823,62 @@ class Results:
     governor_rss_kib: dict[int, int] = field(default_factory=dict)  # durable, asyncio: swarms -> RSS when ready
     trip_delays_ns: list[int] = field(default_factory=list)
     trip_failures: int = 0
+    notes: list[str] = field(default_factory=list)  # what the responders logged (warnings, errors)
+
+
+def _child_args(session: Session, url: str) -> list[str]:
+    if session.responder == "echo":
+        args = ["--echo", url]
+    else:
+        args = ["--serve", url, "--swarms", str(session.swarms)]
+        if session.mode == "memory":
+            args.append("--memory")
+    if session.loop == "uvloop":
+        args.append("--uvloop")
+    return args
 
 
 async def run_session(session: Session, profile: Profile, work: dict[str, Work], log_dir: Path, out: Results) -> None:
     """A fresh nats-server, the session's responder, its rows; everything stopped before returning."""
     name = f"{session.responder}-{session.mode}-{session.loop}-{session.swarms or 0}".replace("--", "-")
-    args = ["--echo"] if session.responder == "echo" else ["--serve"]
+    what = f"{session.responder} ({session.mode}, {session.loop}, {_swarms(session.swarms)} swarms)"
     server = NatsServer(store_dir=log_dir / name, jetstream=False, config_file=_server_config(log_dir / name))
     server.start()
     child: Child | None = None
     nc: Client | None = None
-    requesters: list[Requester] = []
+    requester: Requester | None = None
     try:
-        args += [server.url]
-        if session.responder == "governor":
-            args += ["--swarms", str(session.swarms)] + (["--memory"] if session.mode == "memory" else [])
-        if session.loop == "uvloop":
-            args.append("--uvloop")
-        what = f"{session.responder} ({session.mode}, {session.loop}, {_swarms(session.swarms)} swarms)"
         _progress(f"starting {what}")
-        child = Child(name, args, log_dir)
+        child = Child(name, _child_args(session, server.url), log_dir)
         await child.wait_ready()
         if session.responder == "governor" and session.mode == "durable" and session.loop == "asyncio":
             out.governor_rss_kib[session.swarms or 0] = child.ready_rss_kib
+        assert server.process is not None
+        pids = Pids(child.pid, server.process.pid, os.getpid())
         nc = await nats.connect(server.url, name="bench-load")
         requester = Requester(nc)
         await requester.start()
-        requesters.append(requester)
         baseline = next((r for r in out.rows if r.name == "echo" and r.loop == session.loop), None)
         for workload in session.workloads:
             row = Row(workload, session.mode, session.loop, session.swarms, baseline=baseline)
             if workload == "echo":
                 row.baseline = row
-            out.rows.append(await measure_row(requester, row, work[workload], child.pid, profile, _progress))
+            out.rows.append(await measure_row(requester, row, work[workload], pids, profile, _progress))
         if session.probe:
             _progress("breaker trip event latency")
-            out.trip_delays_ns, out.trip_failures = await breaker_latency(nc, requester, profile.probe_trips)
+            watcher = await nats.connect(server.url, name="bench-watcher")  # a subscriber of its own, as in real life
+            try:
+                out.trip_delays_ns, out.trip_failures = await breaker_latency(watcher, requester, profile.probe_trips)
+            finally:
+                await watcher.close()
     finally:
-        for requester in requesters:
+        if requester is not None:
             await requester.close()
         if nc is not None:
             await nc.close()
         if child is not None:
             child.close()
+            out.notes += [f"{what}: {line}" for line in child.logged()]
         server.stop()
 
 
@@ -896,9 +947,13 @@ def main(quick: bool = False) -> int:
     delays = results.trip_delays_ns
     if delays:
         print(
-            f"breaker trip: event arrives after the cost reply: p50 {percentile(delays, 0.5) / 1e6:.3f} ms, "
+            f"breaker trip: event arrival minus cost reply arrival: p50 {percentile(delays, 0.5) / 1e6:.3f} ms, "
             f"p99 {percentile(delays, 0.99) / 1e6:.3f} ms ({len(delays)} trips, {results.trip_failures} failed)"
         )
+    if results.notes:
+        print("responders logged:")
+        for note in results.notes:
+            print(f"  {note}")
     print()
     print(targets(results, core))
     print(f"\nfinished in {time.monotonic() - started:.0f} s")

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from worker import errors
-from worker.config import NATS_URL_ENV, load_config, profiles_of
+from worker.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 BUNDLED_PORT = 4222
@@ -101,6 +101,7 @@ async def _run(args: argparse.Namespace) -> int:
             return 1
         servers = [bundled.url]
         print(f"bundled nats-server listening on {bundled.url} (data in {data_dir})", flush=True)
+    shown = ", ".join(redact(u) for u in servers)
     try:
         async with Worker(config, servers=servers) as worker:
             loop = asyncio.get_running_loop()
@@ -108,7 +109,7 @@ async def _run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, worker.stop)
             metrics = f", metrics on http://{config.metrics.host}:{worker.http.port}/metrics" if worker.http else ""
             print(
-                f"governor serving {config.governor.subject_prefix}.* on {', '.join(servers)} "
+                f"governor serving {config.governor.subject_prefix}.* on {shown} "
                 f"with {len(worker.core)} swarms{metrics}",
                 flush=True,
             )
@@ -135,11 +136,13 @@ async def _with_client(args: argparse.Namespace, action: Callable[[Any], Awaitab
     from worker.client import GovernorClient
 
     url = _client_url(args)
+    options = connect_options(load_config(None).nats)  # credentials from IF_GOVERNOR_NATS_* variables
     try:
-        client = await GovernorClient.connect(url, prefix=args.prefix, timeout=args.timeout)
+        client = await GovernorClient.connect(url, prefix=args.prefix, timeout=args.timeout, **options)
     except Exception as exc:
-        print(f"error: cannot connect to {url}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"error: cannot connect to {redact(url)}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
+    url = redact(url)
     try:
         return await action(client)
     except errors.GovernorError as exc:

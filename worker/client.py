@@ -60,9 +60,13 @@ class GovernorClient:
 
     @classmethod
     async def connect(
-        cls, servers: str | list[str], *, prefix: str = "governor", timeout: float = 5.0
+        cls, servers: str | list[str], *, prefix: str = "governor", timeout: float = 5.0, **options: Any
     ) -> GovernorClient:
-        """Connect to NATS (a URL, comma-separated URLs, or a list); raise at once when nothing answers."""
+        """Connect to NATS (a URL, comma-separated URLs, or a list); raise at once when nothing answers.
+
+        `options` go to `nats.connect` (e.g. `user_credentials`, `nkeys_seed`, `token`, `tls`): see
+        `worker.config.connect_options`.
+        """
         urls = [u.strip() for u in servers.split(",")] if isinstance(servers, str) else servers
 
         async def quiet(exc: Exception) -> None:  # the caller gets the exception; no log noise from nats-py
@@ -75,6 +79,7 @@ class GovernorClient:
             reconnect_time_wait=0.25,
             allow_reconnect=True,
             error_cb=quiet,
+            **options,
         )
         return cls(nc, prefix=prefix, timeout=timeout, owns_connection=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas.config import Config
+from schemas.config import Config, NatsSection
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
 from worker.capabilities import Vocabulary
@@ -31,6 +32,14 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IF_GOVERNOR_METRICS_PORT": ("metrics", "port"),
     "IF_GOVERNOR_LOG_LEVEL": ("witness", "log_level"),
     "IF_GOVERNOR_LEDGER_ENABLED": ("ledger", "enabled"),
+    "IF_GOVERNOR_NATS_CREDS": ("nats", "creds"),
+    "IF_GOVERNOR_NATS_NKEY": ("nats", "nkey_seed"),
+    "IF_GOVERNOR_NATS_USER": ("nats", "user"),
+    "IF_GOVERNOR_NATS_PASSWORD": ("nats", "password"),
+    "IF_GOVERNOR_NATS_TOKEN": ("nats", "token"),
+    "IF_GOVERNOR_NATS_TLS_CA": ("nats", "tls_ca"),
+    "IF_GOVERNOR_NATS_TLS_CERT": ("nats", "tls_cert"),
+    "IF_GOVERNOR_NATS_TLS_KEY": ("nats", "tls_key"),
 }
 NATS_URL_ENV = "IF_GOVERNOR_NATS_URL"
 
@@ -65,7 +74,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raw.setdefault(section, {})
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"{source}: `{section}` must be a mapping")
-            raw[section][key] = _scalar(env[var])
+            raw[section][key] = env[var] if section == "nats" else _scalar(env[var])
             from_env[f"{section}.{key}"] = var
     if env.get(NATS_URL_ENV):
         raw.setdefault("nats", {})
@@ -134,3 +143,32 @@ def profiles_of(config: Config) -> list[SwarmProfile]:
         )
         for s in config.swarms
     ]
+
+
+def connect_options(nats_config: NatsSection) -> dict[str, Any]:
+    """Keyword arguments for `nats.connect` that authenticate as the config says (files are read by nats-py)."""
+    n = nats_config
+    options: dict[str, Any] = {}
+    if n.creds:
+        options["user_credentials"] = n.creds
+    if n.nkey_seed:
+        options["nkeys_seed"] = n.nkey_seed
+    if n.user is not None:
+        options["user"] = n.user
+        options["password"] = n.password or ""
+    if n.token:
+        options["token"] = n.token
+    if n.tls_ca or n.tls_cert:
+        context = ssl.create_default_context(cafile=n.tls_ca)
+        if n.tls_cert:
+            context.load_cert_chain(n.tls_cert, n.tls_key)
+        options["tls"] = context
+    return options
+
+
+def redact(url: str) -> str:
+    """A NATS URL without its user-info (user, password or token), for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
