@@ -27,6 +27,11 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     dedupe_horizon_s: Annotated[float, Meta(gt=0.0)] = 7 * 86400.0
     """How long an applied `event_id` is remembered: a retry inside it is answered `duplicate`."""
     dedupe_limit: Annotated[int, Meta(ge=1, le=10_000_000)] = 200_000
+    reservation_ttl_s: Annotated[float, Meta(gt=0.0)] = 900.0
+    breaker_cooldown_s: Annotated[float, Meta(gt=0.0)] = 300.0
+    breaker_max_cooldown_s: Annotated[float, Meta(gt=0.0)] = 3600.0
+    half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1
+    soft_budget_ratio: Ratio = 0.2
 
 
 class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

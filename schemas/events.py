@@ -33,6 +33,25 @@ class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
     trace_id: str
 
 
+class BreakerHalfOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.breaker.half_open`: the cool-down passed, probes are admitted."""
+
+    swarm_id: str
+    reason: str
+    probes: int
+    at: float
+    trace_id: str
+
+
+class BreakerClosed(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.breaker.closed`: a probe succeeded and the breaker closed by itself."""
+
+    swarm_id: str
+    reason: str
+    closed_at: float
+    trace_id: str
+
+
 class EscalationContext(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     reason: str
@@ -61,4 +80,4 @@ class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
     trace_id: str
 
 
-Event = BreakerTripped | BreakerReset | Escalation | WitnessRecord
+Event = BreakerTripped | BreakerReset | BreakerHalfOpen | BreakerClosed | Escalation | WitnessRecord

@@ -48,6 +48,8 @@ class SwarmState(msgspec.Struct, frozen=True, array_like=True):
     operations_count: int
     breaker: BreakerState | None
     failures: list[float]
+    allocated_micros: int = 0
+    soft_warned: bool = False
 
 
 class CoreState(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,3 +63,5 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     history: list[AssignmentRecord]
     applied: list[tuple[str, str, float]]
     retired: list[tuple[str, BreakerState | None]]
+    holds: list[tuple[str, str, int, float]] = []
+    """(task_id, swarm_id, micro-dollars, expires_at) of the open reservations."""

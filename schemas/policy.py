@@ -18,6 +18,15 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     min_capability_match: Ratio = 0.7
     circuit_breaker_failure_threshold: Annotated[int, Meta(ge=1, le=1_000_000)] = 3
     failure_window_s: Annotated[float, Meta(gt=0.0, le=365 * 86400.0)] = 3600.0
+    reservation_ttl_s: Annotated[float, Meta(gt=0.0, le=7 * 86400.0)] = 900.0
+    """A hold made by an assign with `estimated_cost` is released if no cost settles it within this time."""
+    breaker_cooldown_s: Annotated[float, Meta(gt=0.0, le=7 * 86400.0)] = 300.0
+    """After a `repeated_failures` or `performance_degradation` trip, probes are admitted after this long."""
+    breaker_max_cooldown_s: Annotated[float, Meta(gt=0.0, le=30 * 86400.0)] = 3600.0
+    """A failed probe doubles the cool-down, up to this."""
+    half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1
+    soft_budget_ratio: Ratio = 0.2
+    """Below this fraction of its allocation, a swarm's budget raises a MEDIUM escalation (once per allocation)."""
 
 
 PresetName = Literal["strict", "permissive", "production"]

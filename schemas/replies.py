@@ -33,6 +33,17 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
     swarm_id: str
     capability_match: float
     score: float
+    reserved: float = 0.0
+    """USD held on this swarm for the task (its `estimated_cost`)."""
+
+
+class SwarmExplanation(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a swarm was or was not chosen: its coverage, its score, and the first filter that rejected it."""
+
+    swarm_id: str
+    capability_match: float
+    score: float
+    rejected_by: str | None
 
 
 class AssignReply(Reply, frozen=True, kw_only=True):
@@ -42,6 +53,8 @@ class AssignReply(Reply, frozen=True, kw_only=True):
     reason: Literal["no_qualified_swarm"] | None = None
     rejected: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
     """Only with `explain`: the first filter that rejected each swarm."""
+    explanation: list[SwarmExplanation] | msgspec.UnsetType = msgspec.UNSET
+    """Only with `explain`: every registered swarm, in registration order."""
 
 
 class CostReply(Reply, frozen=True, kw_only=True):
@@ -68,6 +81,13 @@ class FailureReply(Reply, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
+class SuccessReply(Reply, frozen=True, kw_only=True):
+    swarm_id: str
+    closed: bool
+    """True when this success closed a half-open breaker."""
+    duplicate: bool = False
+
+
 class SwarmReply(Reply, frozen=True, kw_only=True):
     """Reply to register and deregister."""
 
@@ -77,6 +97,12 @@ class SwarmReply(Reply, frozen=True, kw_only=True):
 class BreakerState(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     tripped_at: float
+    state: str = "open"
+    """`open`, or `half_open` while probes are admitted (only for failure and degradation trips)."""
+    next_probe_at: float | None = None
+    """When probes will be admitted (failure and degradation trips; budget trips need a human)."""
+    cooldown_s: float = 0.0
+    probes_left: int = 0
 
 
 class SwarmStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +118,15 @@ class SwarmStatus(msgspec.Struct, frozen=True, kw_only=True):
     breaker: BreakerState | None
     failures_in_window: int = 0
     operations_count: int = 0
+    held: float = 0.0
+    """USD held by open reservations: available = budget_remaining - held."""
+
+
+class HoldStatus(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    swarm_id: str
+    amount: float
+    expires_at: float
 
 
 class StatusReply(Reply, frozen=True, kw_only=True):
@@ -99,6 +134,7 @@ class StatusReply(Reply, frozen=True, kw_only=True):
     budgets: dict[str, float]
     breakers: dict[str, BreakerState]
     policy: ResourcePolicy
+    holds: list[HoldStatus] = []
 
 
 class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -46,6 +46,8 @@ class AssignRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_cost: Cost | None = None
     max_swarms: SwarmCount = 1
     explain: bool = False
+    estimated_cost: Cost | None = None
+    """Reserve this much of the chosen swarm's budget until a cost with this task_id settles it."""
 
 
 class CostRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,6 +83,14 @@ class FailureRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=T
     swarm_id: SwarmId
     task_id: Name | None = None
     error: ErrorText | None = None
+    event_id: EventId | None = None
+
+
+class SuccessRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A task succeeded on a swarm: closes a half-open breaker whose probe it was."""
+
+    swarm_id: SwarmId
+    task_id: Name | None = None
     event_id: EventId | None = None
 
 

@@ -25,7 +25,15 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service
 
-from schemas.events import BreakerReset, BreakerTripped, Escalation, Event, WitnessRecord
+from schemas.events import (
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerReset,
+    BreakerTripped,
+    Escalation,
+    Event,
+    WitnessRecord,
+)
 from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from worker.actor import Command, Mailbox
@@ -86,6 +94,8 @@ class Bus:
         self._event_subjects: dict[type[Any], str] = {
             BreakerTripped: f"{prefix}.events.breaker.tripped",
             BreakerReset: f"{prefix}.events.breaker.reset",
+            BreakerHalfOpen: f"{prefix}.events.breaker.half_open",
+            BreakerClosed: f"{prefix}.events.breaker.closed",
             Escalation: f"{prefix}.events.escalation",
         }
 

@@ -8,6 +8,7 @@
     governor reset SWARM --budget X --approved-by NAME [--yes]
     governor status | history | watch              inspect
     governor check-config F                        validate a config file and exit
+    governor schema [--out DIR]                    write the JSON Schemas and the AsyncAPI document
     governor bench [--quick]                       measure against a bare NATS responder
 
 Errors print one line and exit non-zero (1 for a refused request or an unreachable server, 2 for usage/config).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.config import Config
 from worker import errors
 from worker.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
 
@@ -77,36 +80,51 @@ def _bundled_server_config(data_dir: Path) -> Path:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from worker.app import Worker
     from worker.natsserver import NatsServer
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.witness.log_level, args.log_format)
     # A URL from the flag, else from IF_GOVERNOR_NATS_URL or the config's nats.servers; none: the bundled server.
     servers = [args.nats_url] if args.nats_url else config.nats.servers
+    # Signals are ours from the start: a SIGTERM while starting still stops the bundled server.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     bundled: NatsServer | None = None
-    if servers is None:
-        data_dir = Path(args.data_dir)  # made absolute in main()
-        bundled = NatsServer(
-            port=args.nats_port,
-            store_dir=data_dir,
-            jetstream=False,
-            config_file=_bundled_server_config(data_dir),
-            log_file=data_dir / "nats-server.log",
-        )
-        try:
-            bundled.start()
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"error: cannot start the bundled nats-server on port {bundled.port}: {exc}", file=sys.stderr)
-            return 1
-        servers = [bundled.url]
-        print(f"bundled nats-server listening on {bundled.url} (data in {data_dir})", flush=True)
-    shown = ", ".join(redact(u) for u in servers)
     try:
+        if servers is None:
+            data_dir = Path(args.data_dir)  # made absolute in main()
+            bundled = NatsServer(
+                port=args.nats_port,
+                store_dir=data_dir,
+                jetstream=False,
+                config_file=_bundled_server_config(data_dir),
+                log_file=data_dir / "nats-server.log",
+            )
+            try:
+                bundled.start()
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"error: cannot start the bundled nats-server on port {bundled.port}: {exc}", file=sys.stderr)
+                return 1
+            servers = [bundled.url]
+            print(f"bundled nats-server listening on {bundled.url} (data in {data_dir})", flush=True)
+        return await _serve(config, servers, stop)
+    finally:
+        if bundled is not None:
+            bundled.stop()
+
+
+async def _serve(config: Config, servers: list[str], stop: asyncio.Event) -> int:
+    """Run the worker until `stop` is set; a stop while it is still starting cancels the start."""
+    from worker.app import Worker
+
+    shown = ", ".join(redact(u) for u in servers)
+    serving: list[Worker] = []
+
+    async def serve() -> None:
         async with Worker(config, servers=servers) as worker:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, worker.stop)
+            serving.append(worker)
             metrics = f", metrics on http://{config.metrics.host}:{worker.http.port}/metrics" if worker.http else ""
             print(
                 f"governor serving {config.governor.subject_prefix}.* on {shown} "
@@ -115,12 +133,25 @@ async def _run(args: argparse.Namespace) -> int:
             )
             await worker.wait_stopped()
             print("governor stopping: finishing in-flight requests", flush=True)
+
+    task = asyncio.create_task(serve())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            if serving:
+                serving[0].stop()  # drain: answer what was taken, snapshot, give the lease up
+            else:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
+            task.result()
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        if bundled is not None:
-            bundled.stop()
+        stopper.cancel()
     print("governor stopped", flush=True)
     return 0
 
@@ -330,6 +361,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from worker.schema import write
+
+    written = write(args.out)
+    print(f"wrote {len(written)} files under {args.out}/ (schemas/*.json and asyncapi.yaml)")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------------------
 
 
@@ -403,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("file")
 
+    p = sub.add_parser("schema", help="write JSON Schemas and the AsyncAPI document (the contract for other languages)")
+    p.add_argument("--out", default="deploy", help="output directory (default: deploy)")
+
     p = sub.add_parser("bench", help="benchmark against a bare NATS responder")
     p.add_argument("--quick", action="store_true", help="a shorter run (under a minute)")
     return parser
@@ -426,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "schema":
+            return _schema(args)
         if args.command == "bench":
             from worker.bench import main as bench_main
 

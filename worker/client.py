@@ -18,7 +18,15 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.events import BreakerReset, BreakerTripped, Escalation, Event, WitnessRecord
+from schemas.events import (
+    BreakerClosed,
+    BreakerHalfOpen,
+    BreakerReset,
+    BreakerTripped,
+    Escalation,
+    Event,
+    WitnessRecord,
+)
 from schemas.profiles import SwarmProfile
 from schemas.replies import (
     AssignReply,
@@ -28,6 +36,7 @@ from schemas.replies import (
     Reply,
     ResetReply,
     StatusReply,
+    SuccessReply,
     SwarmReply,
     TripReply,
 )
@@ -115,6 +124,7 @@ class GovernorClient:
         max_cost: float | None = None,
         max_swarms: int | None = None,
         explain: bool = False,
+        estimated_cost: float | None = None,
         trace_id: str | None = None,
     ) -> AssignReply:
         body = {
@@ -123,6 +133,7 @@ class GovernorClient:
             "max_cost": max_cost,
             "max_swarms": max_swarms,
             "explain": explain or None,
+            "estimated_cost": estimated_cost,
         }
         return await self.call("assign", body, AssignReply, trace_id=trace_id)
 
@@ -172,6 +183,12 @@ class GovernorClient:
         body = {"swarm_id": swarm_id, "task_id": task_id, "error": error, "event_id": event_id}
         return await self.call("failure", body, FailureReply)
 
+    async def success(self, swarm_id: str, *, task_id: str | None = None, event_id: str | None = None) -> SuccessReply:
+        """Report a task that succeeded (closes a half-open breaker)."""
+        return await self.call(
+            "success", {"swarm_id": swarm_id, "task_id": task_id, "event_id": event_id}, SuccessReply
+        )
+
     async def register(self, profile: SwarmProfile) -> SwarmReply:
         return await self.call("register", msgspec.to_builtins(profile), SwarmReply)
 
@@ -189,6 +206,8 @@ class GovernorClient:
         types: dict[str, type[Any]] = {
             f"{self.prefix}.events.breaker.tripped": BreakerTripped,
             f"{self.prefix}.events.breaker.reset": BreakerReset,
+            f"{self.prefix}.events.breaker.half_open": BreakerHalfOpen,
+            f"{self.prefix}.events.breaker.closed": BreakerClosed,
             f"{self.prefix}.events.escalation": Escalation,
         }
         queue: asyncio.Queue[Msg] = asyncio.Queue()

@@ -125,6 +125,11 @@ def policy_of(config: Config) -> ResourcePolicy:
         min_capability_match=g.min_capability_match,
         circuit_breaker_failure_threshold=g.circuit_breaker_threshold,
         failure_window_s=g.failure_window_s,
+        reservation_ttl_s=g.reservation_ttl_s,
+        breaker_cooldown_s=g.breaker_cooldown_s,
+        breaker_max_cooldown_s=g.breaker_max_cooldown_s,
+        half_open_probes=g.half_open_probes,
+        soft_budget_ratio=g.soft_budget_ratio,
     )
 
 

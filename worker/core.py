@@ -18,6 +18,8 @@ from typing import Any
 import msgspec
 
 from schemas.events import (
+    BreakerClosed,
+    BreakerHalfOpen,
     BreakerReset,
     BreakerTripped,
     Escalation,
@@ -36,8 +38,11 @@ from schemas.replies import (
     BreakerState,
     CostReply,
     FailureReply,
+    HoldStatus,
     ResetReply,
     StatusReply,
+    SuccessReply,
+    SwarmExplanation,
     SwarmReply,
     SwarmStatus,
     TripReply,
@@ -57,12 +62,15 @@ from worker.index import CapabilityIndex, ordinals
 
 MICROS = 1_000_000
 MANUAL_TRIP_REASONS = frozenset({"repeated_failures", "performance_degradation", "manual_override"})
+#: Trips that recover by themselves through half-open probes; the others need a human's reset.
+RECOVERABLE = frozenset({"repeated_failures", "performance_degradation"})
 
 # Reason codes of the filters, in the seed's order.
 BELOW_THRESHOLD = "capability_match_below_threshold"
 COST_ABOVE_MAX = "cost_above_max"
 BUDGET_EXHAUSTED = "budget_exhausted"
 BREAKER_TRIPPED = "breaker_tripped"
+BELOW_ESTIMATE = "available_budget_below_estimate"
 
 
 def to_micros(usd: float) -> int:
@@ -78,16 +86,20 @@ class _Swarm:
     """The mutable state of one registered swarm; private to the core."""
 
     __slots__ = (
+        "admits",
+        "allocated",
         "breaker",
         "budget",
         "capabilities",
         "cost_per_hour",
         "cost_tracked",
         "failures",
+        "held",
         "model",
         "operations_count",
         "ordinal",
         "reputation_score",
+        "soft_warned",
         "swarm_id",
         "value",
     )
@@ -105,6 +117,10 @@ class _Swarm:
         self.failures: deque[float] | None = None  # created at the first failure: most swarms never fail
         self.operations_count = 0
         self.cost_tracked = 0
+        self.admits = True  # budget > 0 and breaker closed (or half-open with probes left)
+        self.allocated = self.budget  # the allocation the soft-budget warning is measured against
+        self.held = 0  # micro-dollars held by open reservations
+        self.soft_warned = False
 
 
 class Governor:
@@ -124,6 +140,11 @@ class Governor:
         self._swarms: dict[str, _Swarm] = {}
         self._by_ordinal: dict[int, _Swarm] = {}
         self._index = CapabilityIndex()
+        # (task_id, swarm_id) -> (micro-dollars, expires_at): budget reserved by assigns with an estimated cost.
+        self._holds: dict[tuple[str, str], tuple[int, float]] = {}
+        self._hold_expiry: list[tuple[float, str, str]] = []  # heap of (expires_at, task_id, swarm_id)
+        # Swarms whose breaker may recover by itself (failure or degradation trips), by id.
+        self._recovering: dict[str, _Swarm] = {}
         self._next_ordinal = 0
         self._history: deque[AssignmentRecord] = deque(maxlen=history_limit)
         self._events: list[Event] = []
@@ -196,6 +217,9 @@ class Governor:
         del self._swarms[swarm_id]
         del self._by_ordinal[swarm.ordinal]
         self._index.remove(swarm)
+        self._recovering.pop(swarm_id, None)
+        for key in [k for k in self._holds if k[1] == swarm_id]:
+            del self._holds[key]
         self._retired[swarm_id] = swarm.breaker
         self._witness(
             "swarm_deregistered",
@@ -209,11 +233,17 @@ class Governor:
     def _add(self, swarm: _Swarm) -> None:
         self._swarms[swarm.swarm_id] = swarm
         self._by_ordinal[swarm.ordinal] = swarm
-        self._index.add(swarm, swarm.budget > 0 and swarm.breaker is None)
+        swarm.admits = _admits(swarm)
+        self._index.add(swarm, swarm.admits)
+        if swarm.breaker is not None and swarm.breaker.reason in RECOVERABLE:
+            self._recovering[swarm.swarm_id] = swarm
 
     def _eligibility(self, swarm: _Swarm) -> None:
         """Keep the index's eligible mask in step after a budget or breaker change."""
-        self._index.set_eligible(swarm.ordinal, swarm.budget > 0 and swarm.breaker is None)
+        admits = _admits(swarm)
+        if admits != swarm.admits:
+            swarm.admits = admits
+            self._index.set_eligible(swarm.ordinal, admits)
 
     def _get(self, swarm_id: str) -> _Swarm:
         try:
@@ -236,7 +266,7 @@ class Governor:
     def find_qualified_swarm(self, required_capabilities: Sequence[str], max_cost: float | None = None) -> str | None:
         """The seed's query: the best qualified swarm's id, or None. Records nothing."""
         required = self._required(required_capabilities)
-        ranked = self._rank(required, self._max_cost(max_cost), 1)
+        ranked = self._rank(required, self._max_cost(max_cost), 1, 0)
         return ranked[0][2].swarm_id if ranked else None
 
     def assign(
@@ -248,14 +278,30 @@ class Governor:
         max_cost: float | None = None,
         max_swarms: int = 1,
         explain: bool = False,
+        estimated_cost: float | None = None,
         trace_id: str = "",
     ) -> AssignReply:
-        """Choose up to `max_swarms` (at most the policy's `max_swarms_per_task`) swarms for a task."""
+        """Choose up to `max_swarms` (at most the policy's `max_swarms_per_task`) swarms for a task.
+
+        With `estimated_cost`, a swarm qualifies only if its available budget (remaining minus open holds) covers
+        the estimate, and the estimate is held on each chosen swarm until a cost with this `task_id` settles it
+        or `policy.reservation_ttl_s` passes.
+        """
         required = self._required(required_capabilities)
+        if estimated_cost is not None and not 0.0 <= estimated_cost <= MAX_USD:
+            raise InvalidCost(f"estimated_cost must be a finite number >= 0, got {estimated_cost!r}")
+        estimate = to_micros(estimated_cost) if estimated_cost else 0
         limit = max(1, min(max_swarms, self.policy.max_swarms_per_task))
         cost_ceiling = self._max_cost(max_cost)
-        ranked = self._rank(required, cost_ceiling, limit)
-        rejected = self._explain(required, cost_ceiling) if explain else None
+        self._expire_holds(now, trace_id)
+        self._advance_breakers(now, trace_id)
+        ranked = self._rank(required, cost_ceiling, limit, estimate)
+        explanation = self._explain(required, cost_ceiling, estimate) if explain else None
+        rejected = (
+            {e.swarm_id: e.rejected_by for e in explanation if e.rejected_by is not None}
+            if explanation is not None
+            else None
+        )
         if not ranked:
             self._witness(
                 "no_qualified_swarm",
@@ -271,11 +317,18 @@ class Governor:
                 reason="no_qualified_swarm",
                 trace_id=trace_id,
                 rejected=rejected if rejected is not None else msgspec.UNSET,
+                explanation=explanation if explanation is not None else msgspec.UNSET,
             )
+        reserved = to_usd(estimate)
         assignments = [
-            Assignment(swarm_id=swarm.swarm_id, capability_match=coverage, score=score)
+            Assignment(swarm_id=swarm.swarm_id, capability_match=coverage, score=score, reserved=reserved)
             for score, _, swarm, coverage in ranked
         ]
+        for _, _, swarm, _ in ranked:
+            if swarm.breaker is not None:  # half-open: this task is one of its probes
+                self._take_probe(swarm)
+            if estimate:
+                self._hold(task_id, swarm, estimate, now)
         best = assignments[0]
         self._history.append(
             AssignmentRecord(
@@ -289,26 +342,24 @@ class Governor:
                 trace_id=trace_id,
             )
         )
-        self._witness(
-            "task_assigned",
-            {
-                "task_id": task_id,
-                "swarm_id": best.swarm_id,
-                "swarm_ids": [a.swarm_id for a in assignments],
-                "required_capabilities": required,
-                "capability_match": best.capability_match,
-                "score": best.score,
-            },
-            now,
-            "INFO",
-            trace_id,
-        )
+        params: dict[str, Any] = {
+            "task_id": task_id,
+            "swarm_id": best.swarm_id,
+            "swarm_ids": [a.swarm_id for a in assignments],
+            "required_capabilities": required,
+            "capability_match": best.capability_match,
+            "score": best.score,
+        }
+        if estimate:
+            params["reserved"] = reserved
+        self._witness("task_assigned", params, now, "INFO", trace_id)
         return AssignReply(
             task_id=task_id,
             swarm_id=best.swarm_id,
             assignments=assignments,
             trace_id=trace_id,
             rejected=rejected if rejected is not None else msgspec.UNSET,
+            explanation=explanation if explanation is not None else msgspec.UNSET,
         )
 
     def _required(self, required_capabilities: Sequence[str]) -> list[str]:
@@ -320,7 +371,9 @@ class Governor:
     def _max_cost(self, max_cost: float | None) -> float:
         return self.policy.max_cost_per_task if max_cost is None else max_cost
 
-    def _rank(self, required: list[str], max_cost: float, limit: int) -> list[tuple[float, int, _Swarm, float]]:
+    def _rank(
+        self, required: list[str], max_cost: float, limit: int, estimate: int
+    ) -> list[tuple[float, int, _Swarm, float]]:
         """The best `limit` qualified swarms as (score, ordinal, swarm, coverage), best first.
 
         Higher score first; on equal scores the earlier registered swarm first.
@@ -334,7 +387,9 @@ class Governor:
             best: list[tuple[float, int, _Swarm, float]] = []
             for ordinal in self._index.ranked.get(required[0], ()):
                 swarm = by_ordinal[ordinal]
-                if swarm.cost_per_hour > max_cost or swarm.budget <= 0 or swarm.breaker is not None:
+                if swarm.cost_per_hour > max_cost or not swarm.admits:
+                    continue
+                if estimate and swarm.budget - swarm.held < estimate:
                     continue
                 best.append(((1.0 * swarm.reputation_score) / swarm.cost_per_hour, ordinal, swarm, 1.0))
                 if len(best) == limit:
@@ -342,14 +397,14 @@ class Governor:
             return best
         req = set(required)
         if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
-            candidates: Iterator[_Swarm] = iter(
-                [s for s in self._swarms.values() if s.budget > 0 and s.breaker is None]
-            )
+            candidates: Iterator[_Swarm] = iter([s for s in self._swarms.values() if s.admits])
         else:
             candidates = (by_ordinal[o] for o in ordinals(self._index.at_least(required, need)))
         scored: list[tuple[float, int, _Swarm, float]] = []
         for swarm in candidates:
             if swarm.cost_per_hour > max_cost:
+                continue
+            if estimate and swarm.budget - swarm.held < estimate:
                 continue
             coverage = sum(1 for cap in swarm.capabilities if cap in req) / k
             scored.append(((coverage * swarm.reputation_score) / swarm.cost_per_hour, swarm.ordinal, swarm, coverage))
@@ -357,21 +412,110 @@ class Governor:
             return [min(scored, key=lambda item: (-item[0], item[1]))] if scored else []
         return heapq.nsmallest(limit, scored, key=lambda item: (-item[0], item[1]))
 
-    def _explain(self, required: list[str], max_cost: float) -> dict[str, str]:
-        """For every registered swarm that does not qualify, the first filter (in the seed's order) it failed."""
+    def _explain(self, required: list[str], max_cost: float, estimate: int) -> list[SwarmExplanation]:
+        """Every registered swarm with its coverage, score and the first filter (in the seed's order) it failed."""
         req = set(required)
+        k = len(req)
         min_match = self.policy.min_capability_match
-        rejected: dict[str, str] = {}
+        explained: list[SwarmExplanation] = []
         for swarm in self._swarms.values():
-            if sum(1 for cap in swarm.capabilities if cap in req) / len(req) < min_match:
-                rejected[swarm.swarm_id] = BELOW_THRESHOLD
+            coverage = sum(1 for cap in swarm.capabilities if cap in req) / k
+            rejected_by: str | None = None
+            if coverage < min_match:
+                rejected_by = BELOW_THRESHOLD
             elif swarm.cost_per_hour > max_cost:
-                rejected[swarm.swarm_id] = COST_ABOVE_MAX
+                rejected_by = COST_ABOVE_MAX
             elif swarm.budget <= 0:
-                rejected[swarm.swarm_id] = BUDGET_EXHAUSTED
-            elif swarm.breaker is not None:
-                rejected[swarm.swarm_id] = BREAKER_TRIPPED
-        return rejected
+                rejected_by = BUDGET_EXHAUSTED
+            elif estimate and swarm.budget - swarm.held < estimate:
+                rejected_by = BELOW_ESTIMATE
+            elif not swarm.admits:
+                rejected_by = BREAKER_TRIPPED
+            score = (coverage * swarm.reputation_score) / swarm.cost_per_hour
+            explained.append(
+                SwarmExplanation(
+                    swarm_id=swarm.swarm_id, capability_match=coverage, score=score, rejected_by=rejected_by
+                )
+            )
+        return explained
+
+    # -- reservations ---------------------------------------------------------------------------------------------
+
+    def _hold(self, task_id: str, swarm: _Swarm, micros: int, now: float) -> None:
+        key = (task_id, swarm.swarm_id)
+        previous = self._holds.pop(key, None)
+        if previous is not None:
+            swarm.held -= previous[0]
+        expires_at = now + self.policy.reservation_ttl_s
+        self._holds[key] = (micros, expires_at)
+        swarm.held += micros
+        heapq.heappush(self._hold_expiry, (expires_at, task_id, swarm.swarm_id))
+
+    def _release(
+        self, task_id: str, swarm_id: str, now: float, why: str, trace_id: str, actual: float | None = None
+    ) -> None:
+        micros, _ = self._holds.pop((task_id, swarm_id))
+        swarm = self._swarms[swarm_id]
+        swarm.held -= micros
+        params: dict[str, Any] = {"task_id": task_id, "swarm_id": swarm_id, "held": to_usd(micros), "why": why}
+        if actual is not None:
+            params["actual"] = actual
+        self._witness("reservation_released", params, now, "INFO", trace_id)
+
+    def _expire_holds(self, now: float, trace_id: str) -> None:
+        """Release every hold whose time is up (a hold never outlives `reservation_ttl_s`)."""
+        heap = self._hold_expiry
+        while heap and heap[0][0] <= now:
+            expires_at, task_id, swarm_id = heapq.heappop(heap)
+            hold = self._holds.get((task_id, swarm_id))
+            if hold is not None and hold[1] == expires_at:
+                self._release(task_id, swarm_id, now, "expired", trace_id)
+
+    def _held_at(self, swarm: _Swarm, now: float | None) -> int:
+        """Micro-dollars held on a swarm by holds still open at `now` (swept or not)."""
+        if not swarm.held or now is None:
+            return swarm.held
+        sid = swarm.swarm_id
+        return sum(m for (_, s), (m, exp) in self._holds.items() if s == sid and exp > now)
+
+    def holds(self, now: float) -> list[HoldStatus]:
+        """The open reservations at `now` (expired ones excluded, whether or not swept yet)."""
+        return [
+            HoldStatus(task_id=task_id, swarm_id=swarm_id, amount=to_usd(micros), expires_at=expires_at)
+            for (task_id, swarm_id), (micros, expires_at) in self._holds.items()
+            if expires_at > now
+        ]
+
+    # -- half-open recovery ----------------------------------------------------------------------------------
+
+    def _advance_breakers(self, now: float, trace_id: str) -> None:
+        """Open breakers of recoverable trips whose cool-down has passed become half-open and admit probes."""
+        for swarm in list(self._recovering.values()):
+            breaker = swarm.breaker
+            if breaker is None or breaker.state != "open" or breaker.next_probe_at is None:
+                continue
+            if now < breaker.next_probe_at:
+                continue
+            probes = self.policy.half_open_probes
+            swarm.breaker = msgspec.structs.replace(breaker, state="half_open", probes_left=probes)
+            self._eligibility(swarm)
+            self._events.append(
+                BreakerHalfOpen(
+                    swarm_id=swarm.swarm_id, reason=breaker.reason, probes=probes, at=now, trace_id=trace_id
+                )
+            )
+            self._witness(
+                "circuit_breaker_half_open",
+                {"swarm_id": swarm.swarm_id, "reason": breaker.reason, "probes": probes},
+                now,
+                "MEDIUM",
+                trace_id,
+            )
+
+    def _take_probe(self, swarm: _Swarm) -> None:
+        assert swarm.breaker is not None
+        swarm.breaker = msgspec.structs.replace(swarm.breaker, probes_left=swarm.breaker.probes_left - 1)
+        self._eligibility(swarm)
 
     # -- budgets and breakers -----------------------------------------------------------------------------
 
@@ -412,6 +556,7 @@ class Governor:
                 duplicate=True,
                 trace_id=trace_id,
             )
+        self._expire_holds(now, trace_id)
         micros = to_micros(cost)
         swarm.budget -= micros
         swarm.cost_tracked += micros
@@ -428,8 +573,11 @@ class Governor:
         if event_id is not None:
             params["event_id"] = event_id
         self._witness("cost_tracked", params, now, "INFO", trace_id)
-        if swarm.budget <= 0 and swarm.breaker is None:
-            self._trip(swarm, BUDGET_EXHAUSTED, now, trace_id)
+        if task_id is not None and (task_id, swarm_id) in self._holds:
+            self._release(task_id, swarm_id, now, "settled", trace_id, actual=cost)
+        self._soft_budget(swarm, now, trace_id)
+        if swarm.budget <= 0 and (swarm.breaker is None or swarm.breaker.reason in RECOVERABLE):
+            self._trip(swarm, BUDGET_EXHAUSTED, now, trace_id)  # money always needs a human
         elif swarm.budget <= 0:
             self._eligibility(swarm)
         return CostReply(swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, trace_id=trace_id)
@@ -469,7 +617,9 @@ class Governor:
             "INFO",
             trace_id,
         )
-        if count >= self.policy.circuit_breaker_failure_threshold and swarm.breaker is None:
+        if swarm.breaker is not None and swarm.breaker.state == "half_open":
+            self._reopen(swarm, now, trace_id)
+        elif count >= self.policy.circuit_breaker_failure_threshold and swarm.breaker is None:
             self._trip(swarm, "repeated_failures", now, trace_id)
         return FailureReply(
             swarm_id=swarm_id, failures_in_window=count, tripped=swarm.breaker is not None, trace_id=trace_id
@@ -488,7 +638,15 @@ class Governor:
         return TripReply(swarm_id=swarm_id, trace_id=trace_id)
 
     def _trip(self, swarm: _Swarm, reason: str, now: float, trace_id: str, requested_by: str | None = None) -> None:
-        swarm.breaker = BreakerState(reason=reason, tripped_at=now)
+        if reason in RECOVERABLE:
+            cooldown = self.policy.breaker_cooldown_s
+            swarm.breaker = BreakerState(
+                reason=reason, tripped_at=now, next_probe_at=now + cooldown, cooldown_s=cooldown
+            )
+            self._recovering[swarm.swarm_id] = swarm
+        else:
+            swarm.breaker = BreakerState(reason=reason, tripped_at=now)
+            self._recovering.pop(swarm.swarm_id, None)
         self._eligibility(swarm)
         remaining = to_usd(swarm.budget)
         self._events.append(
@@ -519,6 +677,87 @@ class Governor:
             params["requested_by"] = requested_by
         self._witness("circuit_breaker_tripped", params, now, "HIGH", trace_id)
 
+    def _reopen(self, swarm: _Swarm, now: float, trace_id: str) -> None:
+        """A probe failed: open again, with the cool-down doubled (capped)."""
+        assert swarm.breaker is not None
+        cooldown = min(swarm.breaker.cooldown_s * 2, self.policy.breaker_max_cooldown_s)
+        swarm.breaker = msgspec.structs.replace(
+            swarm.breaker, state="open", next_probe_at=now + cooldown, cooldown_s=cooldown, probes_left=0
+        )
+        self._eligibility(swarm)
+        self._events.append(
+            BreakerTripped(
+                swarm_id=swarm.swarm_id,
+                reason=swarm.breaker.reason,
+                remaining=to_usd(swarm.budget),
+                operations_count=swarm.operations_count,
+                tripped_at=now,
+                trace_id=trace_id,
+            )
+        )
+        self._witness(
+            "circuit_breaker_reopened",
+            {"swarm_id": swarm.swarm_id, "reason": swarm.breaker.reason, "cooldown_s": cooldown},
+            now,
+            "HIGH",
+            trace_id,
+        )
+
+    def record_success(
+        self,
+        swarm_id: str,
+        *,
+        now: float,
+        task_id: str | None = None,
+        event_id: str | None = None,
+        trace_id: str = "",
+    ) -> SuccessReply:
+        """A task succeeded: a half-open breaker closes by itself (a budget trip still needs a human)."""
+        swarm = self._get(swarm_id)
+        if self._seen("success", event_id, now):
+            return SuccessReply(swarm_id=swarm_id, closed=False, duplicate=True, trace_id=trace_id)
+        breaker = swarm.breaker
+        if breaker is None or breaker.state != "half_open":
+            return SuccessReply(swarm_id=swarm_id, closed=False, trace_id=trace_id)
+        swarm.breaker = None
+        swarm.failures = None
+        self._recovering.pop(swarm_id, None)
+        self._eligibility(swarm)
+        self._events.append(BreakerClosed(swarm_id=swarm_id, reason=breaker.reason, closed_at=now, trace_id=trace_id))
+        self._witness(
+            "circuit_breaker_closed",
+            {"swarm_id": swarm_id, "reason": breaker.reason, "task_id": task_id},
+            now,
+            "MEDIUM",
+            trace_id,
+        )
+        return SuccessReply(swarm_id=swarm_id, closed=True, trace_id=trace_id)
+
+    def _soft_budget(self, swarm: _Swarm, now: float, trace_id: str) -> None:
+        """The first time a budget falls below `soft_budget_ratio` of its allocation: a MEDIUM escalation."""
+        if swarm.soft_warned or swarm.budget >= swarm.allocated * self.policy.soft_budget_ratio:
+            return
+        swarm.soft_warned = True
+        if swarm.budget <= 0:  # exhausted at once: the trip's HIGH escalation says it
+            return
+        remaining, allocated = to_usd(swarm.budget), to_usd(swarm.allocated)
+        self._events.append(
+            Escalation(
+                swarm_id=swarm.swarm_id,
+                reason=f"Budget running low - {remaining:.2f} of {allocated:.2f} USD left",
+                context=EscalationContext(type="soft_budget", reason="budget_low", timestamp=now),
+                trace_id=trace_id,
+                severity="MEDIUM",
+            )
+        )
+        self._witness(
+            "budget_low",
+            {"swarm_id": swarm.swarm_id, "remaining": remaining, "allocated": allocated},
+            now,
+            "MEDIUM",
+            trace_id,
+        )
+
     def reset_circuit_breaker(
         self,
         swarm_id: str,
@@ -541,8 +780,10 @@ class Governor:
         self._seen("reset", event_id, now)
         previous = swarm.breaker
         swarm.breaker = None
-        swarm.budget = to_micros(new_budget)
+        swarm.budget = swarm.allocated = to_micros(new_budget)
+        swarm.soft_warned = False
         swarm.failures = None
+        self._recovering.pop(swarm_id, None)
         self._eligibility(swarm)
         self._events.append(
             BreakerReset(
@@ -606,6 +847,7 @@ class Governor:
             breaker=swarm.breaker,
             failures_in_window=in_window,
             operations_count=swarm.operations_count,
+            held=to_usd(self._held_at(swarm, now)),
         )
 
     def status(self, *, now: float, trace_id: str = "") -> StatusReply:
@@ -615,6 +857,7 @@ class Governor:
             budgets=self.get_budget_report(),
             breakers=self.get_circuit_breaker_status(),
             policy=self.policy,
+            holds=self.holds(now),
             trace_id=trace_id,
         )
 
@@ -646,6 +889,8 @@ class Governor:
                     s.operations_count,
                     s.breaker,
                     list(s.failures or ()),
+                    s.allocated,
+                    s.soft_warned,
                 )
                 for s in self._swarms.values()
             ],
@@ -653,6 +898,7 @@ class Governor:
             history=list(self._history),
             applied=[(kind, event_id, at) for (kind, event_id), at in self._applied.items()],
             retired=sorted(self._retired.items()),
+            holds=[(task_id, swarm_id, m, exp) for (task_id, swarm_id), (m, exp) in self._holds.items()],
         )
 
     @classmethod
@@ -687,11 +933,17 @@ class Governor:
             swarm.operations_count = st.operations_count
             swarm.breaker = st.breaker
             swarm.failures = deque(st.failures) if st.failures else None
+            swarm.allocated = st.allocated_micros or st.budget_micros
+            swarm.soft_warned = st.soft_warned
             core._add(swarm)
         core._next_ordinal = state.next_ordinal
         core._history.extend(state.history)
         core._applied.update(((kind, event_id), at) for kind, event_id, at in state.applied)
         core._retired.update(state.retired)
+        for task_id, swarm_id, micros, expires_at in state.holds:
+            core._holds[(task_id, swarm_id)] = (micros, expires_at)
+            core._swarms[swarm_id].held += micros
+            heapq.heappush(core._hold_expiry, (expires_at, task_id, swarm_id))
         return core
 
     def __len__(self) -> int:
@@ -699,6 +951,12 @@ class Governor:
 
     def __contains__(self, swarm_id: object) -> bool:
         return swarm_id in self._swarms
+
+
+def _admits(swarm: _Swarm) -> bool:
+    """Budget above zero and breaker closed, or half-open with probes left."""
+    breaker = swarm.breaker
+    return swarm.budget > 0 and (breaker is None or (breaker.state == "half_open" and breaker.probes_left > 0))
 
 
 def _check_budget(value: float, field: str) -> None:

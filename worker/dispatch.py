@@ -25,6 +25,7 @@ from schemas.requests import (
     Request,
     ResetRequest,
     StatusRequest,
+    SuccessRequest,
     TripRequest,
 )
 from worker.core import Governor
@@ -37,6 +38,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "reset": ResetRequest,
     "trip": TripRequest,
     "failure": FailureRequest,
+    "success": SuccessRequest,
     "register": RegisterRequest,
     "deregister": DeregisterRequest,
     "status": StatusRequest,
@@ -59,6 +61,7 @@ def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgs
         max_cost=r.max_cost,
         max_swarms=r.max_swarms,
         explain=r.explain,
+        estimated_cost=r.estimated_cost,
         trace_id=trace_id,
     )
 
@@ -83,6 +86,10 @@ def _failure(core: Governor, r: FailureRequest, now: float, trace_id: str) -> ms
     return core.record_failure(
         r.swarm_id, now=now, task_id=r.task_id, error=r.error, event_id=r.event_id, trace_id=trace_id
     )
+
+
+def _success(core: Governor, r: SuccessRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.record_success(r.swarm_id, now=now, task_id=r.task_id, event_id=r.event_id, trace_id=trace_id)
 
 
 def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
@@ -115,6 +122,7 @@ _APPLY: dict[type[Request], Callable[[Governor, Any, float, str], msgspec.Struct
     ResetRequest: _reset,
     TripRequest: _trip,
     FailureRequest: _failure,
+    SuccessRequest: _success,
     RegisterRequest: _register,
     DeregisterRequest: _deregister,
     StatusRequest: _status,

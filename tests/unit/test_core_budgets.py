@@ -229,7 +229,9 @@ class TestRepeatedFailures:
             FailureReply(swarm_id="a", failures_in_window=3, tripped=True),
         ]
         assert governor.get_circuit_breaker_status() == {
-            "a": BreakerState(reason="repeated_failures", tripped_at=NOW + 2)
+            "a": BreakerState(
+                reason="repeated_failures", tripped_at=NOW + 2, next_probe_at=NOW + 2 + 300.0, cooldown_s=300.0
+            )
         }
 
     def test_failure_trip_events(self) -> None:
@@ -323,7 +325,15 @@ class TestManualTrip:
         governor = governed(profile("a", budget=7.5))
         reply = governor.trip_circuit_breaker("a", reason, now=NOW, requested_by="ops", trace_id="tr")
         assert reply == TripReply(swarm_id="a", trace_id="tr")
-        assert governor.get_circuit_breaker_status() == {"a": BreakerState(reason=reason, tripped_at=NOW)}
+        recovers = reason != "manual_override"  # failure and degradation trips get half-open probes
+        assert governor.get_circuit_breaker_status() == {
+            "a": BreakerState(
+                reason=reason,
+                tripped_at=NOW,
+                next_probe_at=NOW + 300.0 if recovers else None,
+                cooldown_s=300.0 if recovers else 0.0,
+            )
+        }
         text = reason.replace("_", " ")
         assert governor.take_events() == [
             BreakerTripped(
@@ -763,8 +773,16 @@ class TestPresets:
         assert Governor().policy == PRESETS["production"]
 
     def test_exact_field_values(self) -> None:
-        """Each preset's fields, as builtins, are exactly the seed's numbers, with the default 3600 s window."""
-        assert {name: msgspec.to_builtins(p) for name, p in PRESETS.items()} == {
+        """Each preset's seed fields, as builtins, are exactly the seed's numbers, with the default 3600 s window."""
+        seed_fields = (
+            "max_swarms_per_task",
+            "max_cost_per_task",
+            "min_capability_match",
+            "circuit_breaker_failure_threshold",
+            "failure_window_s",
+        )
+        presets = {name: msgspec.to_builtins(p) for name, p in PRESETS.items()}
+        assert {name: {f: p[f] for f in seed_fields} for name, p in presets.items()} == {
             "strict": {
                 "max_swarms_per_task": 1,
                 "max_cost_per_task": 5.0,

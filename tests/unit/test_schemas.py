@@ -253,5 +253,12 @@ class TestReplyEncoding:
             policy=ResourcePolicy(),
         )
         assert msgspec.json.decode(msgspec.json.encode(reply))["breakers"] == {
-            "a": {"reason": "budget_exhausted", "tripped_at": 1699824000.0}
+            "a": {
+                "reason": "budget_exhausted",
+                "tripped_at": 1699824000.0,
+                "state": "open",
+                "next_probe_at": None,
+                "cooldown_s": 0.0,
+                "probes_left": 0,
+            }
         }
