@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.policy import PolicyRule, ResourcePolicy
 from schemas.types import Budget, CapabilityDef, CapabilityName, Cost, CostPerHour, ModelName, Ratio, SwarmId
 
 
@@ -95,3 +96,7 @@ class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats: NatsSection = NatsSection()
     metrics: MetricsSection = MetricsSection()
     ledger: LedgerSection = LedgerSection()
+    policies: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]*$", max_length=64)], ResourcePolicy] = {}
+    """Named policies for `rules:` (the presets strict, permissive and production are always there)."""
+    rules: list[PolicyRule] = []
+    """Per-task policy by capability pattern, first match wins; no match: the `governor:` policy."""

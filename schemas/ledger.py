@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.policy import ResourcePolicy
+from schemas.policy import PolicyRule, ResourcePolicy
 from schemas.replies import AssignmentRecord, BreakerState
+from schemas.requests import RegisterRequest, Request
 
 
 class LedgerEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -34,6 +35,15 @@ class Configure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     policy: ResourcePolicy
     capabilities: list[str]
+    policies: dict[str, ResourcePolicy] = {}
+    rules: list[PolicyRule] = []
+
+
+class Reload(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of a `reload` entry: the config as re-read, applied at once (swarms only if never seen before)."""
+
+    configure: Configure
+    swarms: list[RegisterRequest]
 
 
 class SwarmState(msgspec.Struct, frozen=True, array_like=True):
@@ -64,4 +74,6 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     applied: list[tuple[str, str, float]]
     retired: list[tuple[str, BreakerState | None]]
     holds: list[tuple[str, str, int, float]] = []
+    policies: dict[str, ResourcePolicy] = {}
+    rules: list[PolicyRule] = []
     """(task_id, swarm_id, micro-dollars, expires_at) of the open reservations."""

@@ -29,6 +29,17 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Below this fraction of its allocation, a swarm's budget raises a MEDIUM escalation (once per allocation)."""
 
 
+class PolicyRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which policy governs a task, chosen by its capabilities: the first rule whose pattern matches wins."""
+
+    match: Annotated[str, Meta(min_length=1, max_length=128)]
+    """A shell-style pattern over required capabilities, e.g. `architecture:*`."""
+    policy: Annotated[str, Meta(min_length=1, max_length=64)] = "default"
+    """A preset (`strict`, `permissive`, `production`), a policy named under `policies:`, or `default`."""
+    models: list[Annotated[str, Meta(min_length=1, max_length=64)]] | None = None
+    """Only swarms of these models may take such a task (none: any model)."""
+
+
 PresetName = Literal["strict", "permissive", "production"]
 
 PRESETS: dict[str, ResourcePolicy] = {

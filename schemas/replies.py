@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.policy import ResourcePolicy
+from schemas.policy import PolicyRule, ResourcePolicy
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,6 +88,13 @@ class SuccessReply(Reply, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
+class ReloadReply(Reply, frozen=True, kw_only=True):
+    changed: bool
+    """True when the policy, capabilities or rules changed."""
+    registered: list[str]
+    """Swarms of the config that were new, and are registered now."""
+
+
 class SwarmReply(Reply, frozen=True, kw_only=True):
     """Reply to register and deregister."""
 
@@ -135,6 +142,9 @@ class StatusReply(Reply, frozen=True, kw_only=True):
     breakers: dict[str, BreakerState]
     policy: ResourcePolicy
     holds: list[HoldStatus] = []
+    rules: list[PolicyRule] = []
+    recent_assignments: list[AssignmentRecord] = []
+    """The last assignments (up to 10), each with the rule that applied."""
 
 
 class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +158,8 @@ class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):
     score: float
     timestamp: float
     trace_id: str
+    rule: str | None = None
+    """The policy rule that governed the task (`pattern -> policy`), none for the default policy."""
 
 
 class HistoryReply(Reply, frozen=True, kw_only=True):

@@ -111,6 +111,10 @@ class DeregisterRequest(Request, frozen=True, kw_only=True, forbid_unknown_field
     swarm_id: SwarmId
 
 
+class ReloadRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Re-read the config file: policy, capabilities, rules and new swarms (operators only)."""
+
+
 class StatusRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything an operator needs to see: swarms, budgets, breakers, policy."""
 

@@ -29,13 +29,15 @@ import nats
 from nats.aio.client import Client
 
 from schemas.config import Config
-from schemas.ledger import Configure, LedgerEntry
-from schemas.requests import RegisterRequest
-from worker.actor import Actor, Mailbox
+from schemas.ledger import Configure, LedgerEntry, Reload
+from schemas.policy import PRESETS
+from schemas.requests import RegisterRequest, ReloadRequest, Request
+from worker.actor import Actor, Command, Mailbox
 from worker.bus import Bus
-from worker.config import connect_options, policy_of, profiles_of, redact
+from worker.config import connect_options, load_config, policy_of, profiles_of, redact
 from worker.core import Governor
 from worker.dispatch import replay
+from worker.errors import ConfigError, GovernorError, InvalidRequest
 from worker.lease import Lease
 from worker.ledger import Ledger, wait_for_jetstream
 from worker.metrics import HttpEndpoint, Metrics
@@ -46,10 +48,21 @@ log = logging.getLogger("if_governor.worker")
 def build_core(config: Config, now: float) -> Governor:
     """An in-memory core with the config's policy and capabilities, and its swarms registered."""
     core = empty_core(config)
-    core.configure(policy_of(config), config.capabilities)
+    core.configure(policy_of(config), config.capabilities, config.policies, config.rules)
     for profile in profiles_of(config):
         core.register_swarm(profile, now=now, trace_id="config")
     return core
+
+
+def configure_body(config: Config) -> Configure:
+    """The `configure` ledger entry that the config describes."""
+    probe = Governor(capabilities=config.capabilities)
+    return Configure(
+        policy=policy_of(config),
+        capabilities=probe.vocabulary.extra,
+        policies={k: v for k, v in config.policies.items() if PRESETS.get(k) != v},
+        rules=list(config.rules),
+    )
 
 
 def empty_core(config: Config) -> Governor:
@@ -72,8 +85,10 @@ class Worker:
         durable: bool | None = None,
         wait_until_serving: bool = True,
         holder_id: str | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.servers = servers or list(config.nats.servers or ["nats://127.0.0.1:4222"])
         self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
@@ -182,7 +197,12 @@ class Worker:
         self.core = core
         self.mailbox = Mailbox(self.config.governor.mailbox_size)
         self.bus = Bus(
-            self.nc, self.mailbox, self.metrics, prefix=self.config.governor.subject_prefix, clock=self.clock
+            self.nc,
+            self.mailbox,
+            self.metrics,
+            prefix=self.config.governor.subject_prefix,
+            clock=self.clock,
+            prepare={"reload": self._prepare_reload},
         )
         actor = Actor(
             core,
@@ -279,10 +299,13 @@ class Worker:
         now = self.clock()
         encode = msgspec.json.encode
         entries: list[LedgerEntry] = []
-        policy = policy_of(self.config)
-        probe = Governor(policy, capabilities=self.config.capabilities)
-        if core.policy != policy or core.vocabulary.extra != probe.vocabulary.extra:
-            body = Configure(policy=policy, capabilities=probe.vocabulary.extra)
+        body = configure_body(self.config)
+        if (
+            core.policy != body.policy
+            or core.vocabulary.extra != body.capabilities
+            or core.rules != body.rules
+            or {k: v for k, v in core.policies.items() if PRESETS.get(k) != v} != body.policies
+        ):
             entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
         for p in profiles_of(self.config):
             if not core.known(p.swarm_id):
@@ -309,6 +332,49 @@ class Worker:
             await asyncio.wait_for(ledger.save_snapshot(ledger.snapshot_bytes(core)), timeout=10)
         except Exception as exc:
             log.warning("final snapshot not stored (%s): the next start replays the tail", exc)
+
+    def _prepare_reload(self, request: Request) -> tuple[Request, bytes]:
+        """Re-read the config file into a `reload` command (what the ledger records is the config as read)."""
+        if self.config_path is None:
+            raise InvalidRequest("this governor was started without a config file: nothing to reload")
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            raise InvalidRequest(f"config not reloaded: {exc}") from None
+        reload = Reload(
+            configure=configure_body(config),
+            swarms=[
+                RegisterRequest(
+                    swarm_id=p.swarm_id,
+                    capabilities=p.capabilities,
+                    cost_per_hour=p.cost_per_hour,
+                    reputation_score=p.reputation_score,
+                    current_budget_remaining=p.current_budget_remaining,
+                    model=p.model,
+                )
+                for p in profiles_of(config)
+            ],
+            trace_id=request.trace_id,
+        )
+        self.config = config  # later reconciliations (e.g. after a lease change) use the file as now read
+        return reload, msgspec.json.encode(reload)
+
+    def reload(self) -> bool:
+        """Queue a reload of the config file (SIGHUP). False when not serving or the file is bad (logged)."""
+        if not self.ready or self.bus is None:
+            log.warning("reload ignored: not serving")
+            return False
+        try:
+            request, raw = self._prepare_reload(ReloadRequest())
+        except GovernorError as exc:
+            log.error("%s", exc.message)
+            return False
+        command = Command(request, "", self.bus.new_trace_id(), "signal.SIGHUP", time.perf_counter(), "reload", raw)
+        if not self.mailbox.put(command):
+            log.error("reload not queued: the mailbox is full")
+            return False
+        log.info("config reload queued from %s", self.config_path)
+        return True
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return early (True) when stopping."""

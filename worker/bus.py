@@ -81,6 +81,7 @@ class Bus:
         *,
         prefix: str = "governor",
         clock: Callable[[], float] = time.time,
+        prepare: dict[str, Callable[[Request], tuple[Request, bytes]]] | None = None,
     ) -> None:
         self.nc = nc
         self.mailbox = mailbox
@@ -88,6 +89,8 @@ class Bus:
         self.prefix = prefix
         self.clock = clock
         self.service: Service | None = None
+        # Per endpoint, turns a decoded request into the command the ledger records (e.g. reload reads the config).
+        self.prepare = prepare or {}
         self._encode = msgspec.json.Encoder().encode
         self._trace_prefix = os.urandom(6).hex()
         self._trace_seq = count(1)
@@ -129,6 +132,7 @@ class Bus:
         subject = f"{self.prefix}.{name}"
         mailbox = self.mailbox
         requests = self.metrics.requests.labels(name)
+        prepare = self.prepare.get(name)
         perf = time.perf_counter
 
         async def handle(micro_request: MicroRequest) -> None:
@@ -154,6 +158,12 @@ class Bus:
                 await self.reply_error(Command(_NO_REQUEST, msg.reply, trace, subject, received, name), error)
                 return
             trace_id = header_trace or request.trace_id or self.new_trace_id()
+            if prepare is not None:
+                try:
+                    request, data = prepare(request)
+                except GovernorError as error:
+                    await self.reply_error(Command(request, msg.reply, trace_id, subject, received, name), error)
+                    return
             command = Command(request, msg.reply, trace_id, subject, received, name, data)
             if not mailbox.put(command):
                 await self.reply_error(command, Overloaded("the governor's mailbox is full; retry later"))

@@ -33,7 +33,9 @@ import msgspec
 
 from schemas.config import Config
 from worker import errors
+from worker.capabilities import BUILTIN_CAPABILITIES
 from worker.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
+from worker.core import rule_conflicts
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 BUNDLED_PORT = 4222
@@ -109,13 +111,13 @@ async def _run(args: argparse.Namespace) -> int:
                 return 1
             servers = [bundled.url]
             print(f"bundled nats-server listening on {bundled.url} (data in {data_dir})", flush=True)
-        return await _serve(config, servers, stop)
+        return await _serve(config, servers, stop, args.config)
     finally:
         if bundled is not None:
             bundled.stop()
 
 
-async def _serve(config: Config, servers: list[str], stop: asyncio.Event) -> int:
+async def _serve(config: Config, servers: list[str], stop: asyncio.Event, config_path: str | None) -> int:
     """Run the worker until `stop` is set; a stop while it is still starting cancels the start."""
     from worker.app import Worker
 
@@ -123,8 +125,9 @@ async def _serve(config: Config, servers: list[str], stop: asyncio.Event) -> int
     serving: list[Worker] = []
 
     async def serve() -> None:
-        async with Worker(config, servers=servers) as worker:
+        async with Worker(config, servers=servers, config_path=config_path) as worker:
             serving.append(worker)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, worker.reload)
             metrics = f", metrics on http://{config.metrics.host}:{worker.http.port}/metrics" if worker.http else ""
             print(
                 f"governor serving {config.governor.subject_prefix}.* on {shown} "
@@ -358,6 +361,12 @@ def _check_config(args: argparse.Namespace) -> int:
     )
     for p in profiles:
         print(f"  {p.swarm_id}: {p.model}, {p.cost_per_hour:g} USD/h, budget {p.current_budget_remaining:g} USD")
+    for i, rule in enumerate(config.rules):
+        models = f", models {', '.join(rule.models)}" if rule.models else ""
+        print(f"  rules[{i}]: {rule.match} -> {rule.policy}{models}")
+    known = list(BUILTIN_CAPABILITIES) + list(config.capabilities)
+    for note in rule_conflicts(config.rules, known):
+        print(f"  note: {note}")
     return 0
 
 

@@ -17,7 +17,7 @@ import msgspec
 import yaml
 
 from schemas.config import Config, NatsSection
-from schemas.policy import ResourcePolicy
+from schemas.policy import PRESETS, ResourcePolicy
 from schemas.profiles import SwarmProfile
 from worker.capabilities import Vocabulary
 from worker.errors import ConfigError
@@ -93,6 +93,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"{origin} (environment): {detail}") from None
         raise ConfigError(f"{source}: {field or '(top level)'}: {detail}") from None
     _check_swarms(config, source)
+    _check_rules(config, source)
     return config
 
 
@@ -102,6 +103,13 @@ def _scalar(value: str) -> Any:
         return yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+
+
+def _check_rules(config: Config, source: str) -> None:
+    known = {"default", *PRESETS, *config.policies}
+    for i, rule in enumerate(config.rules):
+        if rule.policy not in known:
+            raise ConfigError(f"{source}: rules[{i}].policy: unknown policy {rule.policy!r}; known: {sorted(known)}")
 
 
 def _check_swarms(config: Config, source: str) -> None:

@@ -9,6 +9,7 @@ Money is kept in integer micro-dollars, so that sums are exact however many cost
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import math
 from collections import OrderedDict, deque
@@ -28,8 +29,8 @@ from schemas.events import (
     Severity,
     WitnessRecord,
 )
-from schemas.ledger import CoreState, SwarmState
-from schemas.policy import ResourcePolicy
+from schemas.ledger import Configure, CoreState, SwarmState
+from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import (
     Assignment,
@@ -39,6 +40,7 @@ from schemas.replies import (
     CostReply,
     FailureReply,
     HoldStatus,
+    ReloadReply,
     ResetReply,
     StatusReply,
     SuccessReply,
@@ -71,6 +73,7 @@ COST_ABOVE_MAX = "cost_above_max"
 BUDGET_EXHAUSTED = "budget_exhausted"
 BREAKER_TRIPPED = "breaker_tripped"
 BELOW_ESTIMATE = "available_budget_below_estimate"
+MODEL_NOT_ALLOWED = "model_not_allowed"
 
 
 def to_micros(usd: float) -> int:
@@ -136,6 +139,8 @@ class Governor:
         dedupe_horizon_s: float = 7 * 86400.0,
     ) -> None:
         self.policy = policy if policy is not None else ResourcePolicy()
+        self.policies: dict[str, ResourcePolicy] = dict(PRESETS)
+        self.rules: list[PolicyRule] = []
         self.vocabulary = Vocabulary(capabilities)
         self._swarms: dict[str, _Swarm] = {}
         self._by_ordinal: dict[int, _Swarm] = {}
@@ -157,10 +162,55 @@ class Governor:
         # ids never seen before, and a swarm deregistered while tripped comes back tripped (only a reset closes it).
         self._retired: dict[str, BreakerState | None] = {}
 
-    def configure(self, policy: ResourcePolicy, capabilities: Iterable[str]) -> None:
-        """Change the policy and the declared capabilities from now on (a config change, recorded in the ledger)."""
+    def configure(
+        self,
+        policy: ResourcePolicy,
+        capabilities: Iterable[str],
+        policies: dict[str, ResourcePolicy] | None = None,
+        rules: Sequence[PolicyRule] = (),
+    ) -> None:
+        """Change the policy, capabilities, named policies and rules from now on (recorded in the ledger)."""
+        check_rules(rules, policies or {})
         self.policy = policy
         self.vocabulary = Vocabulary(capabilities)
+        self.policies = {**PRESETS, **(policies or {})}
+        self.rules = list(rules)
+
+    def reload(
+        self,
+        configure: Configure,
+        profiles: Sequence[SwarmProfile],
+        *,
+        now: float,
+        trace_id: str = "",
+    ) -> ReloadReply:
+        """Apply a re-read config without losing budgets, holds or breakers: new swarms only are registered."""
+        check_rules(configure.rules, configure.policies)
+        current = (
+            self.policy,
+            self.vocabulary.extra,
+            self.rules,
+            {k: v for k, v in self.policies.items() if PRESETS.get(k) != v},
+        )
+        wanted = (configure.policy, configure.capabilities, configure.rules, configure.policies)
+        changed = current != wanted
+        if changed:
+            self.configure(configure.policy, configure.capabilities, configure.policies, configure.rules)
+        registered: list[str] = []
+        for profile in profiles:
+            if not self.known(profile.swarm_id):
+                self.register_swarm(profile, now=now, trace_id=trace_id)
+                registered.append(profile.swarm_id)
+        self._witness("config_reloaded", {"changed": changed, "registered": registered}, now, "MEDIUM", trace_id)
+        return ReloadReply(changed=changed, registered=registered, trace_id=trace_id)
+
+    def _governing(self, required: list[str]) -> tuple[ResourcePolicy, PolicyRule | None]:
+        """The policy for a task: the first rule whose pattern matches one of its capabilities, else the default."""
+        for rule in self.rules:
+            if any(fnmatch.fnmatchcase(cap, rule.match) for cap in required):
+                policy = self.policy if rule.policy == "default" else self.policies[rule.policy]
+                return policy, rule
+        return self.policy, None
 
     def known(self, swarm_id: str) -> bool:
         """True when the id is registered or was registered once (and deregistered since)."""
@@ -266,7 +316,8 @@ class Governor:
     def find_qualified_swarm(self, required_capabilities: Sequence[str], max_cost: float | None = None) -> str | None:
         """The seed's query: the best qualified swarm's id, or None. Records nothing."""
         required = self._required(required_capabilities)
-        ranked = self._rank(required, self._max_cost(max_cost), 1, 0)
+        policy, rule = self._governing(required)
+        ranked = self._rank(required, self._max_cost(max_cost, policy), 1, 0, policy, rule)
         return ranked[0][2].swarm_id if ranked else None
 
     def assign(
@@ -291,12 +342,13 @@ class Governor:
         if estimated_cost is not None and not 0.0 <= estimated_cost <= MAX_USD:
             raise InvalidCost(f"estimated_cost must be a finite number >= 0, got {estimated_cost!r}")
         estimate = to_micros(estimated_cost) if estimated_cost else 0
-        limit = max(1, min(max_swarms, self.policy.max_swarms_per_task))
-        cost_ceiling = self._max_cost(max_cost)
+        policy, rule = self._governing(required)
+        limit = max(1, min(max_swarms, policy.max_swarms_per_task))
+        cost_ceiling = self._max_cost(max_cost, policy)
         self._expire_holds(now, trace_id)
         self._advance_breakers(now, trace_id)
-        ranked = self._rank(required, cost_ceiling, limit, estimate)
-        explanation = self._explain(required, cost_ceiling, estimate) if explain else None
+        ranked = self._rank(required, cost_ceiling, limit, estimate, policy, rule)
+        explanation = self._explain(required, cost_ceiling, estimate, policy, rule) if explain else None
         rejected = (
             {e.swarm_id: e.rejected_by for e in explanation if e.rejected_by is not None}
             if explanation is not None
@@ -340,6 +392,7 @@ class Governor:
                 score=best.score,
                 timestamp=now,
                 trace_id=trace_id,
+                rule=_rule_name(rule),
             )
         )
         params: dict[str, Any] = {
@@ -352,6 +405,8 @@ class Governor:
         }
         if estimate:
             params["reserved"] = reserved
+        if rule is not None:
+            params["rule"] = _rule_name(rule)
         self._witness("task_assigned", params, now, "INFO", trace_id)
         return AssignReply(
             task_id=task_id,
@@ -368,20 +423,27 @@ class Governor:
             raise InvalidRequest("required_capabilities must name at least one capability")
         return required
 
-    def _max_cost(self, max_cost: float | None) -> float:
-        return self.policy.max_cost_per_task if max_cost is None else max_cost
+    def _max_cost(self, max_cost: float | None, policy: ResourcePolicy) -> float:
+        return policy.max_cost_per_task if max_cost is None else max_cost
 
     def _rank(
-        self, required: list[str], max_cost: float, limit: int, estimate: int
+        self,
+        required: list[str],
+        max_cost: float,
+        limit: int,
+        estimate: int,
+        policy: ResourcePolicy,
+        rule: PolicyRule | None,
     ) -> list[tuple[float, int, _Swarm, float]]:
         """The best `limit` qualified swarms as (score, ordinal, swarm, coverage), best first.
 
         Higher score first; on equal scores the earlier registered swarm first.
         """
         k = len(required)
-        min_match = self.policy.min_capability_match
+        min_match = policy.min_capability_match
         need = next(c for c in range(k + 1) if c / k >= min_match)
         by_ordinal = self._by_ordinal
+        models = set(rule.models) if rule is not None and rule.models is not None else None
         if k == 1 and need == 1:
             # Coverage is 1 for every candidate, so the value order is the score order: stop at `limit`.
             best: list[tuple[float, int, _Swarm, float]] = []
@@ -390,6 +452,8 @@ class Governor:
                 if swarm.cost_per_hour > max_cost or not swarm.admits:
                     continue
                 if estimate and swarm.budget - swarm.held < estimate:
+                    continue
+                if models is not None and swarm.model not in models:
                     continue
                 best.append(((1.0 * swarm.reputation_score) / swarm.cost_per_hour, ordinal, swarm, 1.0))
                 if len(best) == limit:
@@ -406,23 +470,30 @@ class Governor:
                 continue
             if estimate and swarm.budget - swarm.held < estimate:
                 continue
+            if models is not None and swarm.model not in models:
+                continue
             coverage = sum(1 for cap in swarm.capabilities if cap in req) / k
             scored.append(((coverage * swarm.reputation_score) / swarm.cost_per_hour, swarm.ordinal, swarm, coverage))
         if limit == 1:
             return [min(scored, key=lambda item: (-item[0], item[1]))] if scored else []
         return heapq.nsmallest(limit, scored, key=lambda item: (-item[0], item[1]))
 
-    def _explain(self, required: list[str], max_cost: float, estimate: int) -> list[SwarmExplanation]:
+    def _explain(
+        self, required: list[str], max_cost: float, estimate: int, policy: ResourcePolicy, rule: PolicyRule | None
+    ) -> list[SwarmExplanation]:
         """Every registered swarm with its coverage, score and the first filter (in the seed's order) it failed."""
         req = set(required)
         k = len(req)
-        min_match = self.policy.min_capability_match
+        min_match = policy.min_capability_match
+        models = set(rule.models) if rule is not None and rule.models is not None else None
         explained: list[SwarmExplanation] = []
         for swarm in self._swarms.values():
             coverage = sum(1 for cap in swarm.capabilities if cap in req) / k
             rejected_by: str | None = None
             if coverage < min_match:
                 rejected_by = BELOW_THRESHOLD
+            elif models is not None and swarm.model not in models:
+                rejected_by = MODEL_NOT_ALLOWED
             elif swarm.cost_per_hour > max_cost:
                 rejected_by = COST_ABOVE_MAX
             elif swarm.budget <= 0:
@@ -858,6 +929,8 @@ class Governor:
             breakers=self.get_circuit_breaker_status(),
             policy=self.policy,
             holds=self.holds(now),
+            rules=list(self.rules),
+            recent_assignments=self.get_assignment_history(10),
             trace_id=trace_id,
         )
 
@@ -899,6 +972,8 @@ class Governor:
             applied=[(kind, event_id, at) for (kind, event_id), at in self._applied.items()],
             retired=sorted(self._retired.items()),
             holds=[(task_id, swarm_id, m, exp) for (task_id, swarm_id), (m, exp) in self._holds.items()],
+            policies={k: v for k, v in self.policies.items() if PRESETS.get(k) != v},
+            rules=list(self.rules),
         )
 
     @classmethod
@@ -940,6 +1015,8 @@ class Governor:
         core._history.extend(state.history)
         core._applied.update(((kind, event_id), at) for kind, event_id, at in state.applied)
         core._retired.update(state.retired)
+        core.policies = {**PRESETS, **state.policies}
+        core.rules = list(state.rules)
         for task_id, swarm_id, micros, expires_at in state.holds:
             core._holds[(task_id, swarm_id)] = (micros, expires_at)
             core._swarms[swarm_id].held += micros
@@ -951,6 +1028,38 @@ class Governor:
 
     def __contains__(self, swarm_id: object) -> bool:
         return swarm_id in self._swarms
+
+
+def _rule_name(rule: PolicyRule | None) -> str | None:
+    return None if rule is None else f"{rule.match} -> {rule.policy}"
+
+
+def check_rules(rules: Sequence[PolicyRule], policies: dict[str, ResourcePolicy]) -> None:
+    """Every rule names a known policy (raises InvalidRequest naming the rule)."""
+    known = {"default", *PRESETS, *policies}
+    for i, rule in enumerate(rules):
+        if rule.policy not in known:
+            raise InvalidRequest(f"rules[{i}].policy: unknown policy {rule.policy!r}; known: {sorted(known)}")
+
+
+def rule_conflicts(rules: Sequence[PolicyRule], capabilities: Iterable[str]) -> list[str]:
+    """Human-readable notes on rules that another rule shadows for some capability, or that match nothing."""
+    caps = list(capabilities)
+    notes: list[str] = []
+    for i, rule in enumerate(rules):
+        matched = [c for c in caps if fnmatch.fnmatchcase(c, rule.match)]
+        if not matched:
+            notes.append(f"rules[{i}] ({rule.match} -> {rule.policy}) matches no known capability")
+            continue
+        for cap in matched:
+            first = next(j for j, r in enumerate(rules) if fnmatch.fnmatchcase(cap, r.match))
+            if first != i and (rules[first].policy != rule.policy or rules[first].models != rule.models):
+                other = rules[first]
+                notes.append(
+                    f"rules[{i}] ({rule.match} -> {rule.policy}) is shadowed for {cap} by rules[{first}] "
+                    f"({other.match} -> {other.policy}): the first match wins"
+                )
+    return notes
 
 
 def _admits(swarm: _Swarm) -> bool:

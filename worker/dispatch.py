@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.ledger import Configure
+from schemas.ledger import Configure, Reload
 from schemas.profiles import SwarmProfile
 from schemas.replies import HistoryReply
 from schemas.requests import (
@@ -22,6 +22,7 @@ from schemas.requests import (
     FailureRequest,
     HistoryRequest,
     RegisterRequest,
+    ReloadRequest,
     Request,
     ResetRequest,
     StatusRequest,
@@ -41,6 +42,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     "success": SuccessRequest,
     "register": RegisterRequest,
     "deregister": DeregisterRequest,
+    "reload": ReloadRequest,
     "status": StatusRequest,
     "history": HistoryRequest,
 }
@@ -51,6 +53,7 @@ READ_ONLY = frozenset({"status", "history"})
 
 DECODERS: dict[str, msgspec.json.Decoder[Any]] = {k: msgspec.json.Decoder(t) for k, t in REQUEST_TYPES.items()}
 _CONFIGURE = msgspec.json.Decoder(Configure)
+_RELOAD = msgspec.json.Decoder(Reload)
 
 
 def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgspec.Struct:
@@ -92,8 +95,12 @@ def _success(core: Governor, r: SuccessRequest, now: float, trace_id: str) -> ms
     return core.record_success(r.swarm_id, now=now, task_id=r.task_id, event_id=r.event_id, trace_id=trace_id)
 
 
-def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
-    profile = SwarmProfile(
+def _reload(core: Governor, r: Reload, now: float, trace_id: str) -> msgspec.Struct:
+    return core.reload(r.configure, [profile_of(s) for s in r.swarms], now=now, trace_id=trace_id)
+
+
+def profile_of(r: RegisterRequest) -> SwarmProfile:
+    return SwarmProfile(
         swarm_id=r.swarm_id,
         capabilities=r.capabilities,
         cost_per_hour=r.cost_per_hour,
@@ -101,7 +108,10 @@ def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> 
         current_budget_remaining=r.current_budget_remaining,
         model=r.model,
     )
-    return core.register_swarm(profile, now=now, trace_id=trace_id)
+
+
+def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
+    return core.register_swarm(profile_of(r), now=now, trace_id=trace_id)
 
 
 def _deregister(core: Governor, r: DeregisterRequest, now: float, trace_id: str) -> msgspec.Struct:
@@ -116,13 +126,14 @@ def _history(core: Governor, r: HistoryRequest, now: float, trace_id: str) -> ms
     return HistoryReply(assignments=core.get_assignment_history(r.limit), trace_id=trace_id)
 
 
-_APPLY: dict[type[Request], Callable[[Governor, Any, float, str], msgspec.Struct]] = {
+_APPLY: dict[type[Any], Callable[[Governor, Any, float, str], msgspec.Struct]] = {
     AssignRequest: _assign,
     CostRequest: _cost,
     ResetRequest: _reset,
     TripRequest: _trip,
     FailureRequest: _failure,
     SuccessRequest: _success,
+    Reload: _reload,
     RegisterRequest: _register,
     DeregisterRequest: _deregister,
     StatusRequest: _status,
@@ -137,9 +148,13 @@ def apply(core: Governor, request: Request, now: float, trace_id: str) -> msgspe
 
 def replay(core: Governor, kind: str, body: bytes, now: float, trace_id: str) -> None:
     """Apply one ledger entry again. Refusals are part of history too: they changed nothing then, nor now."""
+    if kind == "reload":
+        with contextlib.suppress(GovernorError):
+            apply(core, _RELOAD.decode(body), now, trace_id)
+        return
     if kind == "configure":
         config = _CONFIGURE.decode(body)
-        core.configure(config.policy, config.capabilities)
+        core.configure(config.policy, config.capabilities, config.policies, config.rules)
         return
     with contextlib.suppress(GovernorError):
         apply(core, DECODERS[kind].decode(body), now, trace_id)
