@@ -48,6 +48,15 @@ TRACE_HEADER = "X-IF-Trace-ID"
 MAX_TRACE_ID = 128
 
 ENDPOINTS = REQUEST_TYPES
+#: Event type -> its subject under the prefix (witness records go to `<prefix>.witness.<operation>`).
+EVENT_SUBJECTS: dict[type[Any], str] = {
+    BreakerTripped: "events.breaker.tripped",
+    BreakerReset: "events.breaker.reset",
+    BreakerHalfOpen: "events.breaker.half_open",
+    BreakerClosed: "events.breaker.closed",
+    Escalation: "events.escalation",
+}
+
 #: Requests whose every field is optional: an empty body means `{}`.
 EMPTY_BODY_OK = frozenset({"status", "history"})
 
@@ -94,13 +103,7 @@ class Bus:
         self._encode = msgspec.json.Encoder().encode
         self._trace_prefix = os.urandom(6).hex()
         self._trace_seq = count(1)
-        self._event_subjects: dict[type[Any], str] = {
-            BreakerTripped: f"{prefix}.events.breaker.tripped",
-            BreakerReset: f"{prefix}.events.breaker.reset",
-            BreakerHalfOpen: f"{prefix}.events.breaker.half_open",
-            BreakerClosed: f"{prefix}.events.breaker.closed",
-            Escalation: f"{prefix}.events.escalation",
-        }
+        self._event_subjects = {t: f"{prefix}.{suffix}" for t, suffix in EVENT_SUBJECTS.items()}
 
     # -- intake -----------------------------------------------------------------------------------------------
 

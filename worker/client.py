@@ -34,6 +34,7 @@ from schemas.replies import (
     FailureReply,
     HistoryReply,
     Reply,
+    ReloadReply,
     ResetReply,
     StatusReply,
     SuccessReply,
@@ -188,6 +189,10 @@ class GovernorClient:
         return await self.call(
             "success", {"swarm_id": swarm_id, "task_id": task_id, "event_id": event_id}, SuccessReply
         )
+
+    async def reload(self) -> ReloadReply:
+        """Ask the governor to re-read its config file (operators only)."""
+        return await self.call("reload", {}, ReloadReply)
 
     async def register(self, profile: SwarmProfile) -> SwarmReply:
         return await self.call("register", msgspec.to_builtins(profile), SwarmReply)
