@@ -62,8 +62,13 @@ WorkerFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_worker(nats_server: NatsServer) -> AsyncIterator[WorkerFactory]:
-    """Start a Worker against the test's nats-server: `await start_worker(config)`; stopped after the test."""
+async def start_worker(nats_server: NatsServer, nc: Client) -> AsyncIterator[WorkerFactory]:
+    """Start a Worker against the test's nats-server: `await start_worker(config)`; stopped after the test.
+
+    It returns once the worker answers on the test's connection `nc` (see `answering` for why).
+    """
+    from tests.integration.helpers import answering
+
     started: list[Worker] = []
 
     async def start(config: Config | None = None, **kwargs: Any) -> Worker:
@@ -75,6 +80,9 @@ async def start_worker(nats_server: NatsServer) -> AsyncIterator[WorkerFactory]:
         )
         await worker.__aenter__()
         started.append(worker)
+        if worker.ready:
+            prefix = worker.config.governor.subject_prefix
+            await answering(nc, prefix)
         return worker
 
     yield start
