@@ -2,22 +2,29 @@
 
 Processes, so that every responder gets the same treatment:
 
-    this process (load generator) ──┬── nats-server (loopback, its own port and temp dir)
+    this process (load generator) ──┬── nats-server, a fresh one per responder (loopback, JetStream synced)
                                     ├── echo child      python -m worker.bench --echo URL      (bare nats-py)
                                     ├── governor child  python -m worker.bench --serve URL --swarms N
                                     └── core child      python -m worker.bench --core N        (no I/O at all)
 
-The load generator drives each responder with the same payloads at concurrency 1, 64 and 256 (that many asyncio
-tasks, each with one request outstanding, on one connection) for a fixed short time per cell. Throughput is
-shown as a ratio to the echo responder measured in the same run; each responder's CPU time per request comes
-from /proc/<pid>/stat, which stays meaningful on a busy 2-core machine where the load generator takes a core.
-When `uvloop` is importable, the echo and governor children are measured under it too (the load generator's
-loop stays the same for every row, so rows compare like with like).
+The load generator drives each responder with the same payloads (echo: the assign requests, bounced back;
+`assign`: tasks needing 1-5 of 200 capabilities; `cost`: small costs on random swarms; mixed: 80% assign, 20%
+cost) at concurrency 1, 64 and 256 (that many asyncio tasks, each with one request outstanding, on one
+connection) for a fixed short time per cell. Throughput is shown as a ratio to the echo responder measured in
+the same run under the same event loop. CPU time per request of the responder, of nats-server and of the load
+generator comes from /proc/<pid>/stat: steadier than throughput on a busy 2-core machine. The governor runs in
+its default durable mode (ledger on JetStream) and in memory; with `uvloop` importable, echo and the durable
+governor are measured under uvloop too (the load generator's loop stays asyncio for every row).
+
+The decision core is measured in a fresh process per registry size (100 to 100,000 swarms): latency per
+`core.assign` (time.perf_counter_ns around the call) and resident memory per swarm (VmRSS before and after
+registering). A last section compares the run with issue 4's targets, met or not.
 
 Child modes (used by `main`, not meant for people):
     python -m worker.bench --echo URL [--uvloop]
-    python -m worker.bench --serve URL --swarms N [--uvloop]
-    python -m worker.bench --core N --samples S
+    python -m worker.bench --serve URL --swarms N [--memory] [--uvloop]
+    python -m worker.bench --core N [--samples S] [--budget-s SECONDS]
+    python -m worker.bench --run [--quick]           (the same as `governor bench`)
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 import gc
 import importlib.util
 import json
+import math
 import os
 import random
 import shutil
@@ -62,7 +70,7 @@ ECHO_SUBJECT = "bench.echo"
 PREFIX = "governor"
 CORE_SIZES = (100, 1_000, 10_000, 100_000)
 SEED = 4
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 5.0
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -89,6 +97,7 @@ class Profile:
     core_samples: int
     core_budget_s: float  # per registry size; the 100,000-swarm core is slow enough to need a bound
     probe_trips: int
+    settle_s: float  # a governor must answer every request this long before it is measured
     sessions: tuple[Session, ...]
 
 
@@ -115,18 +124,20 @@ FULL = Profile(
     c1_s=3.0,
     cell_s=4.0,
     warmup_s=0.5,
-    core_samples=20_000,
-    core_budget_s=8.0,
+    core_samples=200_000,
+    core_budget_s=5.0,
     probe_trips=PROBE_SWARMS,
+    settle_s=4.0,  # longer than the lease's TTL (3 s): a lease lost right after the start shows
     sessions=BASE_SESSIONS + UVLOOP_SESSIONS,
 )
 QUICK = Profile(
     c1_s=0.6,
     cell_s=0.8,
     warmup_s=0.2,
-    core_samples=5_000,
-    core_budget_s=1.5,
+    core_samples=50_000,
+    core_budget_s=1.0,
     probe_trips=100,
+    settle_s=1.0,
     sessions=QUICK_SESSIONS,
 )
 CONCURRENCIES = (1, 64, 256)
@@ -215,7 +226,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (0 for none)."""
     if not sorted_values:
         return 0.0
-    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))]
+    rank = math.ceil(q * len(sorted_values))
+    return sorted_values[min(len(sorted_values), max(rank, 1)) - 1]
 
 
 # -- child modes --------------------------------------------------------------------------------------------------
@@ -231,11 +243,25 @@ def _run_child(main: Callable[[], Coroutine[Any, Any, None]], use_uvloop: bool) 
 
 
 def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT, SIGTERM, or the death of the parent (a killed bench leaves no child behind)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+
+    async def watch_parent() -> None:
+        while True:  # no event tells of a parent's death: poll
+            await asyncio.sleep(0.5)
+            if os.getppid() != parent:
+                stop.set()
+                return
+
+    _background.add(loop.create_task(watch_parent()))
     return stop
+
+
+_background: set[asyncio.Task[None]] = set()  # keeps the watcher task referenced
 
 
 def _ready(extra: str = "") -> None:
@@ -298,12 +324,12 @@ async def serve_governor(url: str, swarms: int, *, durable: bool) -> None:
 def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
     """The decision core alone: resident memory per swarm and latency per `assign`, in this fresh process.
 
-    Times up to `samples` assigns, stopping early (after at least 200) once `budget_s` seconds are spent.
+    Times up to `samples` assigns (cycling through 5,000 tasks), stopping early (after at least 200) once
+    `budget_s` seconds are spent. The garbage collector stays on, as in the service.
     """
     from worker.core import Governor
 
-    tasks = synthetic_tasks(samples)
-    ids = [f"task-{i}" for i in range(samples)]
+    tasks = synthetic_tasks(5_000)
     gc.collect()
     before = rss_kib()
     core = Governor(ResourcePolicy(), capabilities=CAPABILITIES)
@@ -322,19 +348,16 @@ def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
     assign = core.assign
     take_events = core.take_events
     deadline = time.perf_counter() + budget_s
-    gc.disable()  # a collection inside one timed call says nothing about the core
-    try:
-        for task_id, caps in zip(ids, tasks, strict=True):
-            if len(timings) >= 200 and time.perf_counter() > deadline:
-                break
-            t0 = clock()
-            reply = assign(task_id, caps, now=1.0)
-            timings.append(clock() - t0)
-            take_events()
-            if reply.swarm_id is not None:
-                assigned += 1
-    finally:
-        gc.enable()
+    for i in range(samples):
+        if i >= 200 and i % 64 == 0 and time.perf_counter() > deadline:
+            break
+        task_id, caps = f"task-{i}", tasks[i % len(tasks)]
+        t0 = clock()
+        reply = assign(task_id, caps, now=1.0)
+        timings.append(clock() - t0)
+        take_events()
+        if reply.swarm_id is not None:
+            assigned += 1
     timings.sort()
     return {
         "swarms": swarms,
@@ -580,6 +603,41 @@ async def measure_row(
     return row
 
 
+async def settle(
+    requester: Requester, work: Work, *, steady_s: float = 4.0, limit_s: float = 90.0
+) -> tuple[float, int]:
+    """Wait until the responder has answered every request for `steady_s` (longer than the lease's TTL).
+
+    A governor that says it is ready and then drops its lease would otherwise fail the first cells. Returns the
+    seconds waited and how many times answering stopped; raises TimeoutError after `limit_s`.
+    """
+    started = time.monotonic()
+    streak_since: float | None = None
+    gaps = 0
+    i = 0
+    while True:
+        now = time.monotonic()
+        if streak_since is not None and now - streak_since >= steady_s:
+            return now - started - steady_s, gaps
+        if now - started > limit_s:
+            raise TimeoutError(f"the governor did not answer steadily within {limit_s:.0f} s")
+        subject, data = work[i % len(work)]
+        i += 1
+        try:
+            ok = (await asyncio.wait_for(requester.request(subject, data), 2.0)).startswith(b'{"ok":true')
+        except TimeoutError:
+            ok = False
+        if ok and streak_since is None:
+            streak_since = time.monotonic()
+        elif not ok:
+            if streak_since is not None:
+                gaps += 1
+            streak_since = None
+            await asyncio.sleep(0.2)
+        else:
+            await asyncio.sleep(0.05)
+
+
 async def breaker_latency(watcher: Client, requester: Requester, trips: int) -> tuple[list[int], int]:
     """Trip probe swarms one by one; for each, the time from the cost reply to the `breaker.tripped` event
     reaching `watcher` (its own connection), in ns; negative when the event arrived first.
@@ -718,7 +776,7 @@ def targets(results: Results, core: Sequence[dict[str, float]]) -> str:
         lines.append(
             [
                 f"{name} c64 >= {floor}x echo, {swarms:,} swarms ({mode})",
-                "-" if ratio is None else f"{ratio:.2f}x",
+                "not run" if ratio is None else f"{ratio:.2f}x",
                 _verdict(None if ratio is None else ratio >= floor),
             ]
         )
@@ -824,6 +882,7 @@ class Results:
     trip_delays_ns: list[int] = field(default_factory=list)
     trip_failures: int = 0
     notes: list[str] = field(default_factory=list)  # what the responders logged (warnings, errors)
+    startup: list[str] = field(default_factory=list)  # how long each governor took to serve steadily
 
 
 def _child_args(session: Session, url: str) -> list[str]:
@@ -849,8 +908,10 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
     requester: Requester | None = None
     try:
         _progress(f"starting {what}")
+        started = time.monotonic()
         child = Child(name, _child_args(session, server.url), log_dir)
         await child.wait_ready()
+        ready = time.monotonic() - started
         if session.responder == "governor" and session.mode == "durable" and session.loop == "asyncio":
             out.governor_rss_kib[session.swarms or 0] = child.ready_rss_kib
         assert server.process is not None
@@ -858,6 +919,12 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
         nc = await nats.connect(server.url, name="bench-load")
         requester = Requester(nc)
         await requester.start()
+        if session.responder == "governor":
+            steady, gaps = await settle(requester, work["assign"], steady_s=profile.settle_s)
+            out.startup.append(
+                f"{what}: ready after {ready:.1f} s, answering steadily after {ready + steady:.1f} s"
+                + (f" (stopped answering {gaps} time(s) after it said ready)" if gaps else "")
+            )
         baseline = next((r for r in out.rows if r.name == "echo" and r.loop == session.loop), None)
         for workload in session.workloads:
             row = Row(workload, session.mode, session.loop, session.swarms, baseline=baseline)
@@ -917,14 +984,21 @@ def main(quick: bool = False) -> int:
     profile = QUICK if quick else FULL
     started = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="if-governor-bench-"))
+    # SIGTERM unwinds like Ctrl-C, so that the `finally` blocks stop nats-server and the children.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    keep_logs = False
     try:
         core = run_core(CORE_SIZES, profile.core_samples, profile.core_budget_s)
         results = asyncio.run(run_network(profile, log_dir))
     except Exception as exc:
+        keep_logs = True
         print(f"error: bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"(child logs kept in {log_dir})", file=sys.stderr)
         return 1
-    shutil.rmtree(log_dir, ignore_errors=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if not keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)
     print(f"governor bench ({'quick' if quick else 'full'}) on {_machine()}")
     print(
         f"workload: {CAPABILITY_TYPES} capability types, swarms with 3-8, tasks needing 1-5; "
@@ -950,6 +1024,8 @@ def main(quick: bool = False) -> int:
             f"breaker trip: event arrival minus cost reply arrival: p50 {percentile(delays, 0.5) / 1e6:.3f} ms, "
             f"p99 {percentile(delays, 0.99) / 1e6:.3f} ms ({len(delays)} trips, {results.trip_failures} failed)"
         )
+    for line in results.startup:
+        print(f"startup: {line}")
     if results.notes:
         print("responders logged:")
         for note in results.notes:

@@ -1,0 +1,97 @@
+"""`governor bench --quick` runs end to end and prints every row; no test asserts a timing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = (
+    "assign c64 >= 0.8x echo",
+    "assign c64 >= 0.5x echo",
+    "assign p99 c1",
+    "core assign p99",
+    "cost c64 >= 0.8x echo",
+    "breaker event p99",
+    "memory <= 2 KiB/swarm",
+)
+
+
+@pytest.fixture(scope="module")
+def bench_output() -> str:
+    """The standard output of one `python -m worker bench --quick` run (it must exit 0 within 180 s)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "bench", "--quick"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: nothing of it outlives the test
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _stop(process)
+        pytest.fail(f"bench did not finish within 180 s:\n{stdout}\n{stderr}")
+    finally:
+        if process.poll() is None:
+            _stop(process)
+    assert process.returncode == 0, f"bench exited {process.returncode}:\n{stdout}\n{stderr}"
+    return stdout
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM (the bench then stops its nats-server and children), SIGKILL to the group if that is not enough."""
+    process.terminate()
+    try:
+        return process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()
+
+
+def _network_rows(output: str) -> set[tuple[str, str, str]]:
+    """(responder, mode, concurrency) of every row of the network table."""
+    found = set()
+    for line in output.splitlines():
+        match = re.match(r"^(echo|assign|cost|mixed)\s+(-|durable|memory)\s+\S+\s+\S+\s+(c\d+)\s", line)
+        if match:
+            found.add((match.group(1), match.group(2), match.group(3)))
+    return found
+
+
+@pytest.mark.timeout(200)
+class TestBenchQuick:
+    def test_prints_every_responder_at_every_concurrency(self, bench_output: str) -> None:
+        """Echo and the durable governor's assign, cost and mixed rows appear at c1, c64 and c256."""
+        rows = _network_rows(bench_output)
+        for name, mode in [("echo", "-"), ("assign", "durable"), ("cost", "durable"), ("mixed", "durable")]:
+            for concurrency in ("c1", "c64", "c256"):
+                assert (name, mode, concurrency) in rows, f"missing row {name} {mode} {concurrency}"
+
+    def test_prints_the_in_memory_cost_rows(self, bench_output: str) -> None:
+        """The cost rows are measured without the ledger too."""
+        rows = _network_rows(bench_output)
+        assert {("cost", "memory", c) for c in ("c1", "c64", "c256")} <= rows
+
+    def test_prints_a_core_row_per_registry_size(self, bench_output: str) -> None:
+        """The decision core is measured with 100, 1,000, 10,000 and 100,000 swarms."""
+        sizes = re.findall(r"^core\s+([\d,]+)\s", bench_output, flags=re.MULTILINE)
+        assert sizes == ["100", "1,000", "10,000", "100,000"]
+
+    def test_prints_a_verdict_for_every_target(self, bench_output: str) -> None:
+        """The targets section names each of issue 4's targets with met, NOT MET or not measured."""
+        section = bench_output.split("target (issue 4)", 1)[1]
+        verdicts = re.findall(r"(NOT MET|not measured|met)\s*$", section, flags=re.MULTILINE)
+        for target in TARGETS:
+            assert target in section, f"no line for target {target!r}"
+        assert len(verdicts) >= 8
