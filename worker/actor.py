@@ -143,8 +143,7 @@ class Actor:
         self.fenced = False
         """Set when this process is no longer the ledger's owner: everything is answered `unavailable`."""
         self._snapshot_task: asyncio.Task[None] | None = None
-        for swarm_id in core.get_budget_report():
-            self._refresh(swarm_id)
+        metrics.per_swarm_from(lambda: self.core.gauges())
 
     async def run(self) -> None:
         """Serve until the mailbox is closed and drained."""
@@ -167,7 +166,6 @@ class Actor:
                 results[i] = Unavailable("this governor is not serving (it lost its lease); retry")
         if self.ledger is not None and not self.fenced:
             await self._write_ahead(batch, results, now)
-        touched: set[str] = set()
         core = self.core
         for i, command in enumerate(batch):
             if results[i] is not None:
@@ -180,12 +178,8 @@ class Actor:
             except Exception as error:  # a bug: answer, log with context, keep serving the others
                 log.exception("internal error applying %s (trace %s)", type(request).__name__, command.trace_id)
                 results[i] = Unavailable(f"internal error: {type(error).__name__}")
-            else:
-                swarm_id = getattr(request, "swarm_id", None)
-                if swarm_id is not None:
-                    touched.add(swarm_id)
         events = core.take_events()
-        self._observe(batch, results, events, touched)
+        self._observe(batch, results, events)
         outbox = self.outbox
         for command, result in zip(batch, results, strict=True):
             if isinstance(result, GovernorError):
@@ -195,7 +189,10 @@ class Actor:
         if events:
             await outbox.publish(events)
         self.metrics.mailbox_depth.set(len(self.mailbox))
-        if self.ledger is not None and self.ledger.entries_since_snapshot >= self.snapshot_every:
+        # A snapshot costs time in proportion to the registry: take one at most every 2 entries per swarm.
+        if self.ledger is not None and self.ledger.entries_since_snapshot >= max(
+            self.snapshot_every, 2 * len(self.core)
+        ):
             self._snapshot()
 
     async def _write_ahead(self, batch: list[Command], results: list[Any], now: float) -> None:
@@ -205,23 +202,27 @@ class Actor:
         if not pending:
             return
         entries = [LedgerEntry(batch[i].kind, now, batch[i].trace_id, msgspec.Raw(batch[i].raw)) for i in pending]
+        failure: Exception
         try:
             await self.ledger.append(entries)
             return
         except LedgerFenced as exc:
+            failure = exc
             log.error("ledger fenced: %s; no longer serving", exc)
             self.fenced = True
             error = Unavailable("this governor is not serving (another process owns the ledger); retry")
         except LedgerUnavailable as exc:
+            failure = exc
             log.error("ledger write refused: %s", exc)
             error = Unavailable(f"the ledger is unavailable: {exc}")
         except (LedgerAmbiguous, Exception) as exc:  # anything unexpected: as unsure as a timeout
+            failure = exc
             log.error("ledger write not acknowledged (%r); re-reading the ledger before serving on", exc)
             error = Unavailable(
                 f"the ledger did not acknowledge the write in time: {exc}; retry with the same event_id"
             )
             await self._resync()
-        self.metrics.ledger_failures.labels(type(error).__name__).inc()
+        self.metrics.ledger_failures.labels(type(failure).__name__).inc()
         for i in pending:
             results[i] = error
 
@@ -231,9 +232,8 @@ class Actor:
         delay = 0.1
         while True:
             try:
-                await self.ledger.catch_up(self.core)
-                self.core.take_events()
-                return
+                await self.ledger.catch_up(self.core, keep_events=True)
+                return  # events of a batch that landed after all are published with this batch's
             except Exception as exc:
                 log.warning("ledger not readable yet (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -259,7 +259,6 @@ class Actor:
         batch: list[Command],
         results: list[Any],
         events: list[Event],
-        touched: set[str],
     ) -> None:
         metrics = self.metrics
         metrics.batch_size.observe(len(batch))
@@ -276,12 +275,3 @@ class Actor:
                 metrics.trips.labels(event.reason).inc()
             elif isinstance(event, BreakerReset):
                 metrics.resets.inc()
-        for swarm_id in touched:
-            self._refresh(swarm_id)
-
-    def _refresh(self, swarm_id: str) -> None:
-        gauges = self.core.swarm_gauges(swarm_id)
-        if gauges is None:
-            self.metrics.forget_swarm(swarm_id)
-        else:
-            self.metrics.swarm(swarm_id, *gauges)

@@ -248,7 +248,11 @@ class Worker:
             self.nc, prefix=prefix, replicas=ledger_config.replicas, timeout=ledger_config.timeout_s
         )
         self.lease = lease = Lease(
-            self.nc, self.holder_id, bucket=ledger.stream + "_LEASE", ttl=ledger_config.lease_ttl_s
+            self.nc,
+            self.holder_id,
+            bucket=ledger.stream + "_LEASE",
+            ttl=ledger_config.lease_ttl_s,
+            replicas=ledger_config.replicas,
         )
         while not self._stop.is_set():
             try:
@@ -266,33 +270,58 @@ class Worker:
         if self._stop.is_set():
             return False
         await lease.setup()
-        core = await ledger.recover(lambda: empty_core(self.config))
+        g = self.config.governor
+        core = await ledger.recover(
+            lambda: empty_core(self.config),
+            lambda state: Governor.from_state(
+                state,
+                history_limit=g.history_limit,
+                dedupe_limit=g.dedupe_limit,
+                dedupe_horizon_s=g.dedupe_horizon_s,
+            ),
+        )
         poll = min(0.5, lease.ttl / 4)
         while not await lease.try_acquire():
             if await self._sleep(poll):
                 return False
             with contextlib.suppress(Exception):
                 await ledger.catch_up(core)
+        # The lease is renewed by its own task from now on, also while the ledger is read and the config reconciled.
+        lost_lease = asyncio.Event()
+        renewer = asyncio.get_running_loop().create_task(self._hold(lease, lost_lease), name="governor-lease")
         try:
-            await ledger.catch_up(core)  # to the end: nobody else writes now
-            await self._reconcile(core, ledger)
-        except Exception:
-            await lease.release()
-            raise
-        actor, task = await self._serve(core)
-        lost = False
-        while not self._stop.is_set() and not actor.fenced:
-            if await self._sleep(lease.ttl / 4):
-                break
-            if not await lease.renew():
-                lost = True
+            try:
+                await ledger.catch_up(core)  # to the end: nobody else writes now
+                await self._reconcile(core, ledger)
+            except Exception:
+                renewer.cancel()
+                await lease.release()
+                raise
+            if lost_lease.is_set():
+                return True
+            actor, task = await self._serve(core)
+            while not self._stop.is_set() and not lost_lease.is_set() and not actor.fenced:
+                await self._sleep(lease.ttl / 4, lost_lease)
+            lost = lost_lease.is_set() or actor.fenced
+            if lost:
                 log.error("lease lost: no longer serving")
-                break
-        await self._unserve(actor, task, lost=lost or actor.fenced)
-        if not lost and not actor.fenced:
+            await self._unserve(actor, task, lost=lost)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if not lost:
             await self._final_snapshot(ledger, core)
             await lease.release()
         return True
+
+    async def _hold(self, lease: Lease, lost: asyncio.Event) -> None:
+        """Renew the lease every ttl/4 until it cannot be renewed in time; then set `lost`."""
+        while True:
+            await asyncio.sleep(lease.ttl / 4)
+            if not await lease.renew():
+                lost.set()
+                return
 
     async def _reconcile(self, core: Governor, ledger: Ledger) -> None:
         """Bring the config into the ledger: a changed policy or capability list, and swarms never seen before."""
@@ -321,8 +350,10 @@ class Worker:
         if not entries:
             return
         await ledger.append(entries)
-        for entry in entries:  # their events stay in the core: published once serving starts
+        for i, entry in enumerate(entries):  # their events stay in the core: published once serving starts
             replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # let the lease be renewed during a long first registration
         log.info("config reconciled into the ledger: %d entries", len(entries))
 
     async def _final_snapshot(self, ledger: Ledger, core: Governor) -> None:
@@ -376,10 +407,16 @@ class Worker:
         log.info("config reload queued from %s", self.config_path)
         return True
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep, or return early (True) when stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+    async def _sleep(self, seconds: float, also: asyncio.Event | None = None) -> bool:
+        """Sleep, or return early when stopping (True) or when `also` is set."""
+        waiters = [asyncio.ensure_future(self._stop.wait())]
+        if also is not None:
+            waiters.append(asyncio.ensure_future(also.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
         return self._stop.is_set()
 
     async def _on_error(self, exc: Exception) -> None:

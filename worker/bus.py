@@ -69,8 +69,12 @@ _FIELD_ERRORS: dict[str, type[InvalidRequest]] = {
 _AT_FIELD = re.compile(r"- at `\$\.([A-Za-z_]+)`$")
 
 
-def decode_error(exc: msgspec.MsgspecError) -> InvalidRequest:
-    """Translate a msgspec error into ours, keeping its message (which names the field's path)."""
+def decode_error(exc: msgspec.MsgspecError | UnicodeDecodeError | RecursionError) -> InvalidRequest:
+    """Translate a decoding error into ours, keeping msgspec's message (which names the field's path)."""
+    if isinstance(exc, UnicodeDecodeError):  # msgspec raises it for a string that is not UTF-8
+        return InvalidRequest(f"body is not valid UTF-8 (byte {exc.start})")
+    if isinstance(exc, RecursionError):
+        return InvalidRequest("body is nested too deeply")
     message = str(exc)
     if isinstance(exc, msgspec.ValidationError) and ", got `" not in message:  # a range error, not a type error
         match = _AT_FIELD.search(message)
@@ -154,7 +158,13 @@ class Bus:
                         raise InvalidRequest("empty body: expected a JSON object")
                     data = b"{}"
                 request = decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError, InvalidRequest) as exc:
+            except (
+                msgspec.DecodeError,
+                msgspec.ValidationError,
+                UnicodeDecodeError,
+                RecursionError,
+                InvalidRequest,
+            ) as exc:
                 error = exc if isinstance(exc, InvalidRequest) else decode_error(exc)
                 trace = header_trace if header_trace and len(header_trace) <= MAX_TRACE_ID else None
                 trace = trace or _body_trace_id(data) or self.new_trace_id()
@@ -234,7 +244,7 @@ def _body_trace_id(data: bytes) -> str | None:
     """The body's `trace_id` of a request that failed validation elsewhere, when it has a usable one."""
     try:
         return _decode_trace(data).trace_id
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
 
 

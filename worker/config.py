@@ -94,6 +94,13 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"{source}: {field or '(top level)'}: {detail}") from None
     _check_swarms(config, source)
     _check_rules(config, source)
+    try:  # the policy is written to the ledger and read back: it must pass its own limits
+        msgspec.convert(msgspec.to_builtins(policy_of(config)), ResourcePolicy)
+    except msgspec.ValidationError as exc:
+        match = _PATH.search(str(exc))
+        field = match.group("path") if match else ""
+        field = {"circuit_breaker_failure_threshold": "circuit_breaker_threshold"}.get(field, field)
+        raise ConfigError(f"{source}: governor.{field}: {_PATH.sub('', str(exc))}") from None
     return config
 
 

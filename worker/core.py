@@ -447,7 +447,7 @@ class Governor:
         if k == 1 and need == 1:
             # Coverage is 1 for every candidate, so the value order is the score order: stop at `limit`.
             best: list[tuple[float, int, _Swarm, float]] = []
-            for ordinal in self._index.ranked.get(required[0], ()):
+            for ordinal in self._index.ranked_for(required[0]):
                 swarm = by_ordinal[ordinal]
                 if swarm.cost_per_hour > max_cost or not swarm.admits:
                     continue
@@ -933,6 +933,11 @@ class Governor:
             recent_assignments=self.get_assignment_history(10),
             trace_id=trace_id,
         )
+
+    def gauges(self) -> Iterator[tuple[str, float, float, bool]]:
+        """(swarm id, remaining USD, cost tracked USD, tripped) of every swarm: for metrics, read-only."""
+        for s in list(self._swarms.values()):
+            yield s.swarm_id, to_usd(s.budget), to_usd(s.cost_tracked), s.breaker is not None
 
     def swarm_gauges(self, swarm_id: str) -> tuple[float, float, bool] | None:
         """(remaining USD, cost tracked USD, tripped) of a swarm, or None when it is not registered: for metrics."""

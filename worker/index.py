@@ -14,7 +14,6 @@ Pure and synchronous, like the rest of the core.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -36,15 +35,15 @@ class CapabilityIndex:
         self.ranked: dict[str, list[int]] = {}
         self.eligible = 0
         self._values: dict[int, float] = {}
+        self._unsorted: set[str] = set()  # lists appended to since they were last sorted
 
     def add(self, swarm: Indexed, eligible: bool) -> None:
         bit = 1 << swarm.ordinal
         self._values[swarm.ordinal] = swarm.value
-        values = self._values
         for cap in swarm.capabilities:
             self.masks[cap] = self.masks.get(cap, 0) | bit
-            ranked = self.ranked.setdefault(cap, [])
-            bisect.insort(ranked, swarm.ordinal, key=lambda o: (-values[o], o))
+            self.ranked.setdefault(cap, []).append(swarm.ordinal)
+            self._unsorted.add(cap)
         if eligible:
             self.eligible |= bit
 
@@ -60,8 +59,20 @@ class CapabilityIndex:
             ranked.remove(swarm.ordinal)
             if not ranked:
                 del self.ranked[cap]
+                self._unsorted.discard(cap)
         self.eligible &= ~bit
         del self._values[swarm.ordinal]
+
+    def ranked_for(self, cap: str) -> list[int]:
+        """The ordinals having `cap`, best value first (sorted lazily: a bulk registration sorts once)."""
+        ranked = self.ranked.get(cap)
+        if ranked is None:
+            return []
+        if cap in self._unsorted:
+            values = self._values
+            ranked.sort(key=lambda o: (-values[o], o))
+            self._unsorted.discard(cap)
+        return ranked
 
     def set_eligible(self, ordinal: int, eligible: bool) -> None:
         if eligible:

@@ -34,14 +34,16 @@ class Lease:
         *,
         bucket: str = "GOVERNOR_LEASE",
         ttl: float = 3.0,
-        margin: float = 1.0,
+        margin: float | None = None,
+        replicas: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.nc = nc
         self.holder_id = holder_id
         self.bucket = bucket
         self.ttl = ttl
-        self.margin = margin
+        self.margin = min(1.0, ttl / 3) if margin is None else margin
+        self.replicas = replicas
         self.clock = clock
         self._kv: KeyValue | None = None
         self._revision: int | None = None
@@ -57,7 +59,9 @@ class Lease:
         try:
             self._kv = await js.key_value(self.bucket)
         except nats.js.errors.BucketNotFoundError:
-            self._kv = await js.create_key_value(bucket=self.bucket, ttl=self.ttl, history=1, storage=StorageType.FILE)
+            self._kv = await js.create_key_value(
+                bucket=self.bucket, ttl=self.ttl, history=1, storage=StorageType.FILE, replicas=self.replicas
+            )
 
     async def try_acquire(self) -> bool:
         """Take the lease if nobody holds it. True on success."""

@@ -150,10 +150,11 @@ class Ledger:
         info = await self.js.stream_info(self.stream)
         return int(info.state.last_seq)
 
-    async def catch_up(self, core: Governor, *, until: int | None = None) -> int:
+    async def catch_up(self, core: Governor, *, until: int | None = None, keep_events: bool = False) -> int:
         """Replay every ledger message after `self.seq` (up to `until`, default: the stream's end) into `core`.
 
-        Returns how many messages were replayed.
+        Returns how many messages were replayed. Their events are dropped (history published them), unless
+        `keep_events`: after a write that was not acknowledged but landed, they were never published.
         """
         target = await self.last_sequence() if until is None else until
         if target <= self.seq:
@@ -173,7 +174,8 @@ class Ledger:
                     continue
                 for entry in self._decode_batch(msg.data).entries:
                     replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
-                core.take_events()  # history already published them
+                if not keep_events:
+                    core.take_events()  # history already published them
                 self.seq = seq
                 self.entries_since_snapshot += 1
                 replayed += 1
@@ -181,12 +183,14 @@ class Ledger:
             await sub.unsubscribe()
         return replayed
 
-    async def recover(self, empty_core: Callable[[], Governor], *, history_limit: int = 1000) -> Governor:
+    async def recover(
+        self, empty_core: Callable[[], Governor], from_state: Callable[[CoreState], Governor] = Governor.from_state
+    ) -> Governor:
         """The state as of the ledger's end: the latest snapshot plus the tail after it."""
         core: Governor | None = None
         state = await self.load_snapshot()
         if state is not None:
-            core = Governor.from_state(state, history_limit=history_limit)
+            core = from_state(state)
             self.seq = state.seq
             log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
         else:

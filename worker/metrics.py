@@ -1,7 +1,7 @@
 """Prometheus metrics, with the seed's names, and the small HTTP endpoint that serves them.
 
 `Metrics` takes its `CollectorRegistry`, so every test gets a fresh one. Only the actor and the bus update it,
-after the core decided; the per-swarm series are refreshed for the swarms a batch touched.
+after the core decided; the per-swarm series are read from the core when Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("if_governor.metrics")
@@ -20,21 +20,32 @@ log = logging.getLogger("if_governor.metrics")
 LATENCY_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0)
 
 
-class _CostTracked(Collector):
-    """`if_governor_cost_tracked_usd{swarm_id}`: total USD tracked per swarm.
+class _PerSwarm(Collector):
+    """The per-swarm series, read from the core when Prometheus scrapes (not updated on the hot path).
 
-    Exported under the seed's exact name; prometheus-client's Counter would append `_total`, so this series is
-    written by hand (as untyped: it only ever grows until the swarm is deregistered).
+    `if_governor_cost_tracked_usd` keeps the seed's exact name: prometheus-client's Counter would append `_total`,
+    so it is written by hand, as untyped (it only grows until the swarm is deregistered).
+    The scrape runs on the event loop's thread, between the actor's batches, so it reads a consistent core.
     """
 
     def __init__(self) -> None:
-        self.values: dict[str, float] = {}
+        self.source: Callable[[], Iterable[tuple[str, float, float, bool]]] | None = None
 
     def collect(self) -> Iterable[Metric]:
-        metric = Metric("if_governor_cost_tracked_usd", "Total cost tracked per swarm (USD).", "unknown")
-        for swarm_id, value in dict(self.values).items():
-            metric.add_sample("if_governor_cost_tracked_usd", {"swarm_id": swarm_id}, value)
-        yield metric
+        budget = GaugeMetricFamily(
+            "if_governor_budget_remaining_usd", "Remaining budget per swarm (USD).", labels=["swarm_id"]
+        )
+        cost = Metric("if_governor_cost_tracked_usd", "Total cost tracked per swarm (USD).", "unknown")
+        status = GaugeMetricFamily(
+            "if_governor_circuit_breaker_status", "Breaker per swarm: 0 closed, 1 tripped.", labels=["swarm_id"]
+        )
+        for swarm_id, remaining, tracked, tripped in self.source() if self.source is not None else ():
+            budget.add_metric([swarm_id], remaining)
+            cost.add_sample("if_governor_cost_tracked_usd", {"swarm_id": swarm_id}, tracked)
+            status.add_metric([swarm_id], 1.0 if tripped else 0.0)
+        yield budget
+        yield cost
+        yield status
 
 
 class Metrics:
@@ -53,21 +64,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS_MS,
             registry=r,
         )
-        self.budget_remaining = Gauge(
-            "if_governor_budget_remaining_usd", "Remaining budget per swarm (USD).", ["swarm_id"], registry=r
-        )
-        self._cost_tracked = _CostTracked()
-        r.register(self._cost_tracked)
+        self._per_swarm = _PerSwarm()
+        r.register(self._per_swarm)
         self.trips = Counter(
             "if_governor_circuit_breaker_trips", "Circuit breaker trips, by reason.", ["reason"], registry=r
         )
         self.resets = Counter("if_governor_circuit_breaker_resets", "Circuit breaker resets by a human.", registry=r)
-        self.breaker_status = Gauge(
-            "if_governor_circuit_breaker_status",
-            "Breaker per swarm: 0 closed, 1 tripped.",
-            ["swarm_id"],
-            registry=r,
-        )
         self.rejected = Counter(
             "if_governor_requests_rejected", "Requests answered with an error, by code.", ["code"], registry=r
         )
@@ -86,18 +88,9 @@ class Metrics:
             registry=r,
         )
 
-    def swarm(self, swarm_id: str, remaining: float, cost_tracked: float, tripped: bool) -> None:
-        """Refresh one swarm's series."""
-        self.budget_remaining.labels(swarm_id).set(remaining)
-        self.breaker_status.labels(swarm_id).set(1 if tripped else 0)
-        self._cost_tracked.values[swarm_id] = cost_tracked
-
-    def forget_swarm(self, swarm_id: str) -> None:
-        """Drop a deregistered swarm's series."""
-        for gauge in (self.budget_remaining, self.breaker_status):
-            with contextlib.suppress(KeyError):
-                gauge.remove(swarm_id)
-        self._cost_tracked.values.pop(swarm_id, None)
+    def per_swarm_from(self, source: Callable[[], Iterable[tuple[str, float, float, bool]]]) -> None:
+        """Where the per-swarm series come from: (swarm_id, remaining, cost tracked, tripped) at scrape time."""
+        self._per_swarm.source = source
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

