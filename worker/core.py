@@ -447,7 +447,7 @@ class Governor:
         if k == 1 and need == 1:
             # Coverage is 1 for every candidate, so the value order is the score order: stop at `limit`.
             best: list[tuple[float, int, _Swarm, float]] = []
-            for ordinal in self._index.ranked_for(required[0]):
+            for _, ordinal in self._index.ranked_for(required[0]):
                 swarm = by_ordinal[ordinal]
                 if swarm.cost_per_hour > max_cost or not swarm.admits:
                     continue

@@ -14,6 +14,7 @@ Pure and synchronous, like the rest of the core.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -32,23 +33,25 @@ class CapabilityIndex:
 
     def __init__(self) -> None:
         self.masks: dict[str, int] = {}
-        self.ranked: dict[str, list[int]] = {}
+        # capability -> [(-value, ordinal)] sorted: best value first, then registration order. Tuples compare in C,
+        # so registering is a bisect, not a sort; the swarm's -value float object is shared by all its entries.
+        self.ranked: dict[str, list[tuple[float, int]]] = {}
         self.eligible = 0
-        self._values: dict[int, float] = {}
-        self._unsorted: set[str] = set()  # lists appended to since they were last sorted
+        self._keys: dict[int, tuple[float, int]] = {}
 
     def add(self, swarm: Indexed, eligible: bool) -> None:
         bit = 1 << swarm.ordinal
-        self._values[swarm.ordinal] = swarm.value
+        key = (-swarm.value, swarm.ordinal)
+        self._keys[swarm.ordinal] = key
         for cap in swarm.capabilities:
             self.masks[cap] = self.masks.get(cap, 0) | bit
-            self.ranked.setdefault(cap, []).append(swarm.ordinal)
-            self._unsorted.add(cap)
+            bisect.insort(self.ranked.setdefault(cap, []), key)
         if eligible:
             self.eligible |= bit
 
     def remove(self, swarm: Indexed) -> None:
         bit = 1 << swarm.ordinal
+        key = self._keys.pop(swarm.ordinal)
         for cap in swarm.capabilities:
             mask = self.masks[cap] & ~bit
             if mask:
@@ -56,23 +59,14 @@ class CapabilityIndex:
             else:
                 del self.masks[cap]
             ranked = self.ranked[cap]
-            ranked.remove(swarm.ordinal)
+            del ranked[bisect.bisect_left(ranked, key)]
             if not ranked:
                 del self.ranked[cap]
-                self._unsorted.discard(cap)
         self.eligible &= ~bit
-        del self._values[swarm.ordinal]
 
-    def ranked_for(self, cap: str) -> list[int]:
-        """The ordinals having `cap`, best value first (sorted lazily: a bulk registration sorts once)."""
-        ranked = self.ranked.get(cap)
-        if ranked is None:
-            return []
-        if cap in self._unsorted:
-            values = self._values
-            ranked.sort(key=lambda o: (-values[o], o))
-            self._unsorted.discard(cap)
-        return ranked
+    def ranked_for(self, cap: str) -> list[tuple[float, int]]:
+        """(-value, ordinal) of the swarms having `cap`, best value first."""
+        return self.ranked.get(cap, [])
 
     def set_eligible(self, ordinal: int, eligible: bool) -> None:
         if eligible:
