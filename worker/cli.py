@@ -4,6 +4,8 @@
     governor assign CAP... [--max-cost X]          ask for an assignment
     governor cost SWARM OPERATION AMOUNT           report what an operation cost
     governor failure SWARM [--task-id T]           report a failed task
+    governor success SWARM [--task-id T]           report a task that succeeded (closes a half-open breaker)
+    governor reload                                make the governor re-read its config file
     governor trip SWARM --reason R --requested-by NAME
     governor reset SWARM --budget X --approved-by NAME [--yes]
     governor status | history | watch              inspect
@@ -11,7 +13,8 @@
     governor schema [--out DIR]                    write the JSON Schemas and the AsyncAPI document
     governor bench [--quick]                       measure against a bare NATS responder
 
-Errors print one line and exit non-zero (1 for a refused request or an unreachable server, 2 for usage/config).
+Errors print one line and exit non-zero (1 for a refused request or an unreachable server, 2 for usage/config,
+3 for an assign that found no qualified swarm).
 """
 
 from __future__ import annotations
@@ -205,10 +208,30 @@ def _print_json(value: Any) -> None:
     print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
 
 
+def _explain_table(explanation: Any, chosen: set[str]) -> str:
+    """Every swarm with its coverage, score and the first filter that rejected it (or that it was chosen)."""
+    rows = [("SWARM", "MATCH", "SCORE", "RESULT")]
+    for e in explanation:
+        result = "chosen" if e.swarm_id in chosen else (e.rejected_by or "qualified, not chosen")
+        rows.append((e.swarm_id, f"{e.capability_match:.2f}", f"{e.score:.4f}", result))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows
+    )
+
+
+def _breaker_text(breaker: Any) -> str:
+    if breaker is None:
+        return "closed"
+    if breaker.state == "half_open":
+        return f"HALF-OPEN ({breaker.reason}, {breaker.probes_left} probes)"
+    return f"TRIPPED ({breaker.reason})"
+
+
 def _status_table(status: Any) -> str:
     rows = [("SWARM", "MODEL", "$/HOUR", "REPUTATION", "BUDGET", "BREAKER", "CAPABILITIES")]
     for s in status.swarms:
-        breaker = f"TRIPPED ({s.breaker.reason})" if s.breaker else "closed"
+        breaker = _breaker_text(s.breaker)
         rows.append(
             (
                 s.swarm_id,
@@ -239,6 +262,7 @@ async def _assign(args: argparse.Namespace) -> int:
             max_cost=args.max_cost,
             max_swarms=args.max_swarms,
             explain=args.explain,
+            estimated_cost=args.estimated_cost,
         )
         if args.json:
             _print_json(reply)
@@ -247,9 +271,8 @@ async def _assign(args: argparse.Namespace) -> int:
         else:
             for a in reply.assignments:
                 print(f"task {reply.task_id} -> {a.swarm_id}  (match {a.capability_match:.2f}, score {a.score:.4f})")
-        if args.explain and not args.json and reply.rejected:
-            for swarm_id, reason in reply.rejected.items():
-                print(f"  rejected {swarm_id}: {reason}")
+        if args.explain and not args.json and reply.explanation:
+            print(_explain_table(reply.explanation, {a.swarm_id for a in reply.assignments}))
         return 0 if reply.swarm_id is not None else 3
 
     return await _with_client(args, action)
@@ -274,6 +297,26 @@ async def _failure(args: argparse.Namespace) -> int:
         reply = await client.failure(args.swarm, task_id=args.task_id, error=args.error, event_id=args.event_id)
         state = "TRIPPED" if reply.tripped else "ok"
         print(f"{reply.swarm_id}: {reply.failures_in_window} failures in window, breaker {state}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _success(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.success(args.swarm, task_id=args.task_id, event_id=args.event_id)
+        closed = "breaker closed (probe succeeded)" if reply.closed else "recorded"
+        print(f"{reply.swarm_id}: {closed}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _reload(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.reload()
+        registered = ", ".join(reply.registered) or "none"
+        print(f"config reloaded: policy/rules {'changed' if reply.changed else 'unchanged'}; new swarms: {registered}")
         return 0
 
     return await _with_client(args, action)
@@ -407,7 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-id")
     p.add_argument("--max-cost", type=float, help="highest acceptable cost per hour")
     p.add_argument("--max-swarms", type=int)
-    p.add_argument("--explain", action="store_true", help="say why each other swarm was rejected")
+    p.add_argument(
+        "--explain", action="store_true", help="a table: every swarm's match, score and first failing filter"
+    )
+    p.add_argument("--estimated-cost", type=float, help="hold this much (USD) of the chosen swarm's budget")
     p.add_argument("--json", action="store_true")
 
     p = client_command("cost", "report what an operation cost")
@@ -423,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-id")
     p.add_argument("--error")
     p.add_argument("--event-id")
+
+    p = client_command("success", "report a task that succeeded (closes a half-open breaker)")
+    p.add_argument("swarm")
+    p.add_argument("--task-id")
+    p.add_argument("--event-id")
+
+    client_command("reload", "make the governor re-read its config file (operators)")
 
     p = client_command("trip", "trip a swarm's breaker by hand")
     p.add_argument("swarm")
@@ -465,6 +518,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "cost": _cost,
     "failure": _failure,
     "trip": _trip,
+    "success": _success,
+    "reload": _reload,
     "reset": _reset,
     "status": _status,
     "history": _history,
