@@ -33,6 +33,8 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     breaker_max_cooldown_s: Annotated[float, Meta(gt=0.0)] = 3600.0
     half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1
     soft_budget_ratio: Ratio = 0.2
+    max_amount_usd: Annotated[float, Meta(gt=0.0)] = 1_000_000.0
+    """The largest cost, estimated cost or budget a request may carry (USD)."""
 
 
 class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.types import Cost, Ratio
+from schemas.types import MAX_USD, Cost, Ratio
 
 
 class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -26,6 +26,8 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """A failed probe doubles the cool-down, up to this."""
     half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1
     soft_budget_ratio: Ratio = 0.2
+    max_amount_usd: Annotated[float, Meta(gt=0.0, le=MAX_USD)] = 1_000_000.0
+    """The largest cost, estimate or budget a request may carry (USD); anything above is refused."""
     """Below this fraction of its allocation, a swarm's budget raises a MEDIUM escalation (once per allocation)."""
 
 

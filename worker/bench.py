@@ -304,6 +304,7 @@ def bench_config(swarms: int, *, durable: bool) -> Config:
             }
             for p in profiles
         ],
+        "governor": {"max_amount_usd": 1e9},  # budgets large enough never to trip during a run
         "metrics": {"port": 0},
         "nats": {"name": "bench-governor"},
         "ledger": {"enabled": durable},

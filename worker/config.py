@@ -122,7 +122,12 @@ def _check_rules(config: Config, source: str) -> None:
 def _check_swarms(config: Config, source: str) -> None:
     vocabulary = Vocabulary(config.capabilities)
     seen: set[str] = set()
+    limit = config.governor.max_amount_usd
+    if config.governor.default_budget > limit:
+        raise ConfigError(f"{source}: governor.default_budget: above governor.max_amount_usd ({limit:g})")
     for i, swarm in enumerate(config.swarms):
+        if swarm.initial_budget is not None and swarm.initial_budget > limit:
+            raise ConfigError(f"{source}: swarms[{i}].initial_budget: above governor.max_amount_usd ({limit:g})")
         if swarm.swarm_id in seen:
             raise ConfigError(f"{source}: swarms[{i}].swarm_id: {swarm.swarm_id!r} is listed twice")
         seen.add(swarm.swarm_id)
@@ -145,6 +150,7 @@ def policy_of(config: Config) -> ResourcePolicy:
         breaker_max_cooldown_s=g.breaker_max_cooldown_s,
         half_open_probes=g.half_open_probes,
         soft_budget_ratio=g.soft_budget_ratio,
+        max_amount_usd=g.max_amount_usd,
     )
 
 

@@ -234,7 +234,7 @@ class Governor:
         """Register a new swarm. An existing id is refused: registration never restores budget or a breaker."""
         if profile.swarm_id in self._swarms:
             raise AlreadyRegistered(f"swarm {profile.swarm_id!r} is already registered")
-        _check_budget(profile.current_budget_remaining, "current_budget_remaining")
+        _check_budget(profile.current_budget_remaining, "current_budget_remaining", self.policy.max_amount_usd)
         if not (profile.cost_per_hour > 0 and math.isfinite(profile.cost_per_hour)):
             raise InvalidRequest(f"cost_per_hour must be a finite number > 0, got {profile.cost_per_hour!r}")
         if not 0.0 <= profile.reputation_score <= 1.0:
@@ -339,8 +339,9 @@ class Governor:
         or `policy.reservation_ttl_s` passes.
         """
         required = self._required(required_capabilities)
-        if estimated_cost is not None and not 0.0 <= estimated_cost <= MAX_USD:
-            raise InvalidCost(f"estimated_cost must be a finite number >= 0, got {estimated_cost!r}")
+        limit = self.policy.max_amount_usd
+        if estimated_cost is not None and not 0.0 <= estimated_cost <= limit:
+            raise InvalidCost(f"estimated_cost must be a finite number from 0 to {limit:g}, got {estimated_cost!r}")
         estimate = to_micros(estimated_cost) if estimated_cost else 0
         policy, rule = self._governing(required)
         limit = max(1, min(max_swarms, policy.max_swarms_per_task))
@@ -617,8 +618,8 @@ class Governor:
     ) -> CostReply:
         """Deduct a cost at once. Reaching ≤ 0 trips the breaker (once; later costs are still recorded)."""
         swarm = self._get(swarm_id)
-        if not 0.0 <= cost <= MAX_USD:  # also refuses NaN
-            raise InvalidCost(f"cost must be a finite number >= 0, got {cost!r}")
+        if not 0.0 <= cost <= self.policy.max_amount_usd:  # also refuses NaN
+            raise InvalidCost(f"cost must be a finite number from 0 to {self.policy.max_amount_usd:g}, got {cost!r}")
         if self._seen("cost", event_id, now):
             return CostReply(
                 swarm_id=swarm_id,
@@ -845,7 +846,7 @@ class Governor:
             return ResetReply(swarm_id=swarm_id, remaining=to_usd(swarm.budget), duplicate=True, trace_id=trace_id)
         if swarm.breaker is None:
             raise NotTripped(f"swarm {swarm_id!r} is not tripped; nothing to reset")
-        _check_budget(new_budget, "new_budget")
+        _check_budget(new_budget, "new_budget", self.policy.max_amount_usd)
         if not approved_by.strip():
             raise InvalidRequest("approved_by must name the human who approved the reset")
         self._seen("reset", event_id, now)
@@ -1073,7 +1074,7 @@ def _admits(swarm: _Swarm) -> bool:
     return swarm.budget > 0 and (breaker is None or (breaker.state == "half_open" and breaker.probes_left > 0))
 
 
-def _check_budget(value: float, field: str) -> None:
+def _check_budget(value: float, field: str, limit: float = MAX_USD) -> None:
     # Also refuses NaN, infinity, and amounts that round to zero micro-dollars.
-    if not (0.0 < value <= MAX_USD) or to_micros(value) <= 0:
-        raise InvalidBudget(f"{field} must be a finite number > 0 (at most {MAX_USD:g}), got {value!r}")
+    if not (0.0 < value <= limit) or to_micros(value) <= 0:
+        raise InvalidBudget(f"{field} must be a finite number > 0 (at most {limit:g}), got {value!r}")

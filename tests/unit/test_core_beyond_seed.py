@@ -202,3 +202,29 @@ class TestSnapshots:
         assert copy.export_state(seq=42) == state
         assert msgspec.json.encode(copy.status(now=NOW + 6)) == msgspec.json.encode(governor.status(now=NOW + 6))
         assert copy.track_cost("a", "op", 1.0, now=NOW + 7, event_id="e1").duplicate is True
+
+
+class TestConfiguredMaximum:
+    def test_amounts_above_the_configured_maximum_are_refused(self) -> None:
+        """Costs, estimates and budgets above `max_amount_usd` are refused and change nothing."""
+        from worker.errors import InvalidBudget, InvalidCost
+
+        governor = governed(profile("a", budget=50.0), max_amount_usd=100.0)
+        for call in (
+            lambda: governor.track_cost("a", "op", 100.01, now=NOW),
+            lambda: governor.assign("t", [SIP], now=NOW, estimated_cost=100.5),
+        ):
+            try:
+                call()
+            except InvalidCost as exc:
+                assert "from 0 to 100" in exc.message
+            else:
+                raise AssertionError("not refused")
+        governor.trip_circuit_breaker("a", "manual_override", now=NOW, requested_by="ops")
+        try:
+            governor.reset_circuit_breaker("a", 100.5, approved_by="alice", now=NOW)
+        except InvalidBudget as exc:
+            assert "at most 100" in exc.message
+        else:
+            raise AssertionError("not refused")
+        assert governor.get_budget_report() == {"a": 50.0}
