@@ -193,6 +193,10 @@ class Bus:
     async def reply_error(self, command: Command, error: GovernorError) -> None:
         """The one place that turns an error into an error reply, counts it and witnesses it."""
         self.metrics.rejected.labels(error.code).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "refused %s: %s: %s", command.subject, error.code, error.message, extra={"trace_id": command.trace_id}
+            )
         if command.reply_to:
             body = ErrorReply(error=ErrorBody(code=error.code, message=error.message), trace_id=command.trace_id)
             headers = {
@@ -216,11 +220,19 @@ class Bus:
         encode = self._encode
         subjects = self._event_subjects
         witness = f"{self.prefix}.witness."
+        debug = log.isEnabledFor(logging.DEBUG)
         for event in events:
             if isinstance(event, WitnessRecord):
-                await publish(witness + event.operation, encode(event))
+                data = encode(event)
+                await publish(witness + event.operation, data)
+                if debug:  # every witness record, one line each, at DEBUG (one per request: too many for INFO)
+                    log.debug("%s %s", event.operation, data.decode(), extra={"trace_id": event.trace_id})
             else:
-                await publish(subjects[type(event)], encode(event))
+                data = encode(event)
+                await publish(subjects[type(event)], data)
+                # Breaker transitions and escalations: one line each at INFO (WARNING for a trip).
+                level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
+                log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})
 
     async def flush(self) -> None:
         await self.nc.flush()

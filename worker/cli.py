@@ -46,12 +46,22 @@ BUNDLED_PORT = 4222
 log = logging.getLogger("if_governor")
 
 
+class _TraceId(logging.Filter):
+    """Every line carries a trace id: the request's (passed as `extra={"trace_id": ...}`), else `-`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "trace_id"):
+            record.trace_id = "-"
+        return True
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": round(record.created, 6),
             "level": record.levelname,
             "logger": record.name,
+            "trace_id": getattr(record, "trace_id", "-"),
             "msg": record.getMessage(),
         }
         if record.exc_info:
@@ -64,7 +74,8 @@ def setup_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s] %(message)s"))
+    handler.addFilter(_TraceId())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
