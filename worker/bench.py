@@ -65,7 +65,7 @@ CAPABILITIES: tuple[str, ...] = tuple(f"bench:cap-{i:03d}" for i in range(CAPABI
 #: Held only by the breaker-probe swarms, which tasks never ask for: they cannot change any assign row.
 PROBE_CAPABILITY = "bench:breaker-probe"
 PROBE_SWARMS = 200
-SWARM_BUDGET = 100_000_000.0  # far more than any run spends: no breaker trips during a cell
+SWARM_BUDGET = 1_000_000.0  # far more than any run spends (costs are at most 0.01): no breaker trips
 ECHO_SUBJECT = "bench.echo"
 PREFIX = "governor"
 CORE_SIZES = (100, 1_000, 10_000, 100_000)
@@ -304,7 +304,6 @@ def bench_config(swarms: int, *, durable: bool) -> Config:
             }
             for p in profiles
         ],
-        "governor": {"max_amount_usd": 1e9},  # budgets large enough never to trip during a run
         "metrics": {"port": 0},
         "nats": {"name": "bench-governor"},
         "ledger": {"enabled": durable},
