@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.policy import PolicyRule, ResourcePolicy
-from schemas.replies import AssignmentRecord, BreakerState
+from schemas.replies import AssignmentRecord, BreakerState, ResetRecord
 from schemas.requests import RegisterRequest, Request
 
 
@@ -74,6 +74,8 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     applied: list[tuple[str, str, float]]
     retired: list[tuple[str, BreakerState | None]]
     holds: list[tuple[str, str, int, float]] = []
+    """(task_id, swarm_id, micro-dollars, expires_at) of the open reservations."""
     policies: dict[str, ResourcePolicy] = {}
     rules: list[PolicyRule] = []
+    resets: list[ResetRecord] = []
     """(task_id, swarm_id, micro-dollars, expires_at) of the open reservations."""

@@ -162,5 +162,19 @@ class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The policy rule that governed the task (`pattern -> policy`), none for the default policy."""
 
 
+class ResetRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One breaker reset: who approved giving the swarm new money, and why it had been tripped."""
+
+    swarm_id: str
+    new_budget: float
+    approved_by: str
+    previous_reason: str
+    tripped_at: float
+    reset_at: float
+    trace_id: str
+
+
 class HistoryReply(Reply, frozen=True, kw_only=True):
     assignments: list[AssignmentRecord]
+    resets: list[ResetRecord] = []
+    """The most recent resets by a human, newest last (bounded like the assignments)."""

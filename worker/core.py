@@ -41,6 +41,7 @@ from schemas.replies import (
     FailureReply,
     HoldStatus,
     ReloadReply,
+    ResetRecord,
     ResetReply,
     StatusReply,
     SuccessReply,
@@ -152,6 +153,7 @@ class Governor:
         self._recovering: dict[str, _Swarm] = {}
         self._next_ordinal = 0
         self._history: deque[AssignmentRecord] = deque(maxlen=history_limit)
+        self._resets: deque[ResetRecord] = deque(maxlen=history_limit)
         self._events: list[Event] = []
         # (kind, event_id) -> when applied, for the costs, failures and resets already applied, oldest first.
         # Kept for `dedupe_horizon_s` (and at most `dedupe_limit` of them): a retry inside that horizon is a no-op.
@@ -857,6 +859,17 @@ class Governor:
         swarm.failures = None
         self._recovering.pop(swarm_id, None)
         self._eligibility(swarm)
+        self._resets.append(
+            ResetRecord(
+                swarm_id=swarm_id,
+                new_budget=new_budget,
+                approved_by=approved_by,
+                previous_reason=previous.reason,
+                tripped_at=previous.tripped_at,
+                reset_at=now,
+                trace_id=trace_id,
+            )
+        )
         self._events.append(
             BreakerReset(
                 swarm_id=swarm_id,
@@ -890,6 +903,11 @@ class Governor:
     def get_circuit_breaker_status(self) -> dict[str, BreakerState]:
         """The tripped breakers: swarm id -> (reason, tripped_at)."""
         return {swarm_id: s.breaker for swarm_id, s in self._swarms.items() if s.breaker is not None}
+
+    def get_reset_history(self, limit: int | None = None) -> list[ResetRecord]:
+        """The most recent resets, each with its approver, newest last."""
+        resets = list(self._resets)
+        return resets if limit is None else resets[-limit:] if limit > 0 else []
 
     def get_assignment_history(self, limit: int | None = None) -> list[AssignmentRecord]:
         """The most recent assignments, newest last."""
@@ -975,6 +993,7 @@ class Governor:
             ],
             next_ordinal=self._next_ordinal,
             history=list(self._history),
+            resets=list(self._resets),
             applied=[(kind, event_id, at) for (kind, event_id), at in self._applied.items()],
             retired=sorted(self._retired.items()),
             holds=[(task_id, swarm_id, m, exp) for (task_id, swarm_id), (m, exp) in self._holds.items()],
@@ -1019,6 +1038,7 @@ class Governor:
             core._add(swarm)
         core._next_ordinal = state.next_ordinal
         core._history.extend(state.history)
+        core._resets.extend(state.resets)
         core._applied.update(((kind, event_id), at) for kind, event_id, at in state.applied)
         core._retired.update(state.retired)
         core.policies = {**PRESETS, **state.policies}

@@ -123,7 +123,9 @@ def _status(core: Governor, r: StatusRequest, now: float, trace_id: str) -> msgs
 
 
 def _history(core: Governor, r: HistoryRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return HistoryReply(assignments=core.get_assignment_history(r.limit), trace_id=trace_id)
+    return HistoryReply(
+        assignments=core.get_assignment_history(r.limit), resets=core.get_reset_history(r.limit), trace_id=trace_id
+    )
 
 
 _APPLY: dict[type[Any], Callable[[Governor, Any, float, str], msgspec.Struct]] = {

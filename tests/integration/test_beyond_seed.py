@@ -55,3 +55,15 @@ class TestOverNats:
         [closed] = await recorder.wait_for("governor.events.breaker.closed")
         assert closed["reason"] == "repeated_failures"
         assert (await client.status()).breakers == {}
+
+    async def test_history_lists_resets_with_approver(
+        self, start_worker: WorkerFactory, client: GovernorClient
+    ) -> None:
+        """`governor.history` returns the resets with the human who approved each."""
+        await start_worker()
+        await client.cost("session-1-ndi", "op", 30.0)
+        await client.reset("session-1-ndi", 10.0, approved_by="alice")
+        history = await client.history()
+        assert [(r.swarm_id, r.approved_by, r.new_budget, r.previous_reason) for r in history.resets] == [
+            ("session-1-ndi", "alice", 10.0, "budget_exhausted")
+        ]

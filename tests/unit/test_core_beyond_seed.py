@@ -228,3 +228,26 @@ class TestConfiguredMaximum:
         else:
             raise AssertionError("not refused")
         assert governor.get_budget_report() == {"a": 50.0}
+
+
+class TestResetHistory:
+    def test_every_reset_names_its_approver_in_the_history(self) -> None:
+        """A reset is kept in the reset history with its approver, the previous reason and the times."""
+        from schemas.replies import ResetRecord
+
+        governor = governed(profile("a", budget=1.0))
+        governor.track_cost("a", "op", 2.0, now=NOW)
+        governor.reset_circuit_breaker("a", 30.0, approved_by="alice", now=NOW + 5, trace_id="r1")
+        assert governor.get_reset_history() == [
+            ResetRecord(
+                swarm_id="a",
+                new_budget=30.0,
+                approved_by="alice",
+                previous_reason="budget_exhausted",
+                tripped_at=NOW,
+                reset_at=NOW + 5,
+                trace_id="r1",
+            )
+        ]
+        copy = Governor.from_state(governor.export_state())
+        assert copy.get_reset_history() == governor.get_reset_history()
