@@ -32,12 +32,12 @@ from nats.aio.client import Client
 from schemas.config import Config
 from schemas.ledger import Configure, LedgerEntry, Reload
 from schemas.policy import PRESETS
-from schemas.requests import RegisterRequest, ReloadRequest, Request
+from schemas.requests import ReloadRequest, Request
 from worker.actor import Actor, Command, Mailbox
 from worker.bus import Bus
 from worker.config import connect_options, load_config, policy_of, profiles_of, redact
 from worker.core import Governor
-from worker.dispatch import replay
+from worker.dispatch import register_request, replay
 from worker.errors import ConfigError, GovernorError, InvalidRequest
 from worker.lease import Lease
 from worker.ledger import Ledger, wait_for_jetstream
@@ -344,15 +344,7 @@ class Worker:
             entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
         for p in profiles_of(self.config):
             if not core.known(p.swarm_id):
-                request = RegisterRequest(
-                    swarm_id=p.swarm_id,
-                    capabilities=p.capabilities,
-                    cost_per_hour=p.cost_per_hour,
-                    reputation_score=p.reputation_score,
-                    current_budget_remaining=p.current_budget_remaining,
-                    model=p.model,
-                )
-                entries.append(LedgerEntry("register", now, "config", msgspec.Raw(encode(request))))
+                entries.append(LedgerEntry("register", now, "config", msgspec.Raw(encode(register_request(p)))))
         if not entries:
             return
         await ledger.append(entries)
@@ -380,17 +372,7 @@ class Worker:
             raise InvalidRequest(f"config not reloaded: {exc}") from None
         reload = Reload(
             configure=configure_body(config),
-            swarms=[
-                RegisterRequest(
-                    swarm_id=p.swarm_id,
-                    capabilities=p.capabilities,
-                    cost_per_hour=p.cost_per_hour,
-                    reputation_score=p.reputation_score,
-                    current_budget_remaining=p.current_budget_remaining,
-                    model=p.model,
-                )
-                for p in profiles_of(config)
-            ],
+            swarms=[register_request(p) for p in profiles_of(config)],
             trace_id=request.trace_id,
         )
         self.config = config  # later reconciliations (e.g. after a lease change) use the file as now read

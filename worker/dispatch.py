@@ -99,6 +99,18 @@ def _reload(core: Governor, r: Reload, now: float, trace_id: str) -> msgspec.Str
     return core.reload(r.configure, [profile_of(s) for s in r.swarms], now=now, trace_id=trace_id)
 
 
+def register_request(p: SwarmProfile) -> RegisterRequest:
+    """The `register` command that registers this profile (the ledger records commands)."""
+    return RegisterRequest(
+        swarm_id=p.swarm_id,
+        capabilities=p.capabilities,
+        cost_per_hour=p.cost_per_hour,
+        reputation_score=p.reputation_score,
+        current_budget_remaining=p.current_budget_remaining,
+        model=p.model,
+    )
+
+
 def profile_of(r: RegisterRequest) -> SwarmProfile:
     return SwarmProfile(
         swarm_id=r.swarm_id,
