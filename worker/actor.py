@@ -23,7 +23,7 @@ from schemas.requests import Request
 from worker.core import Governor
 from worker.dispatch import READ_ONLY, apply
 from worker.errors import DeadlineExceeded, GovernorError, Unavailable
-from worker.ledger import Ledger, LedgerAmbiguous, LedgerFenced, LedgerUnavailable
+from worker.ledger import Ledger, LedgerFenced, LedgerUnavailable
 from worker.metrics import Metrics
 
 log = logging.getLogger("if_governor.actor")
@@ -202,25 +202,27 @@ class Actor:
         if not pending:
             return
         entries = [LedgerEntry(batch[i].kind, now, batch[i].trace_id, msgspec.Raw(batch[i].raw)) for i in pending]
-        failure: Exception
+        applied_seq = self.ledger.seq
         try:
             await self.ledger.append(entries)
             return
-        except LedgerFenced as exc:
+        except Exception as exc:
             failure = exc
-            log.error("ledger fenced: %s; no longer serving", exc)
+        # Nothing of this batch is applied here. A batch too large for one message may be partly written, and an
+        # unacknowledged write may have landed: then re-read the ledger from what was applied, so the state follows it.
+        partial = self.ledger.seq != applied_seq
+        self.ledger.seq = applied_seq
+        if isinstance(failure, LedgerFenced):
+            log.error("ledger fenced: %s; no longer serving", failure)
             self.fenced = True
             error = Unavailable("this governor is not serving (another process owns the ledger); retry")
-        except LedgerUnavailable as exc:
-            failure = exc
-            log.error("ledger write refused: %s", exc)
-            error = Unavailable(f"the ledger is unavailable: {exc}")
-        except (LedgerAmbiguous, Exception) as exc:  # anything unexpected: as unsure as a timeout
-            failure = exc
-            log.error("ledger write not acknowledged (%r); re-reading the ledger before serving on", exc)
-            error = Unavailable(
-                f"the ledger did not acknowledge the write in time: {exc}; retry with the same event_id"
-            )
+        elif isinstance(failure, LedgerUnavailable):
+            log.error("ledger write refused: %s", failure)
+            error = Unavailable(f"the ledger is unavailable: {failure}")
+        else:  # LedgerAmbiguous, or anything unexpected: as unsure as a timeout
+            log.error("ledger write not acknowledged (%r); re-reading the ledger before serving on", failure)
+            error = Unavailable(f"the ledger did not acknowledge in time ({failure}); retry with the same event_id")
+        if not self.fenced and (partial or not isinstance(failure, LedgerUnavailable)):
             await self._resync()
         self.metrics.ledger_failures.labels(type(failure).__name__).inc()
         for i in pending:

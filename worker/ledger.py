@@ -109,40 +109,47 @@ class Ledger:
 
     # -- writing --------------------------------------------------------------------------------------------------
 
-    async def append(self, entries: list[LedgerEntry]) -> None:
-        """Write entries (in as few messages as fit) and wait for each acknowledgement."""
+    def messages(self, entries: list[LedgerEntry]) -> list[tuple[bytes, int]]:
+        """The ledger messages for these entries, each up to `max_message` bytes: (data, number of entries)."""
+        out: list[tuple[bytes, int]] = []
         chunk: list[LedgerEntry] = []
         size = 0
         for entry in entries:
             entry_size = len(entry.body) + len(entry.trace_id) + len(entry.kind) + 32
             if chunk and size + entry_size > self.max_message:
-                await self._publish(chunk)
+                out.append((self._encode(LedgerBatch(chunk)), len(chunk)))
                 chunk, size = [], 0
             chunk.append(entry)
             size += entry_size
         if chunk:
-            await self._publish(chunk)
+            out.append((self._encode(LedgerBatch(chunk)), len(chunk)))
+        return out
 
-    async def _publish(self, entries: list[LedgerEntry]) -> None:
-        data = self._encode(LedgerBatch(entries))
-        headers = {"Nats-Expected-Last-Sequence": str(self.seq)}
+    async def append(self, entries: list[LedgerEntry]) -> None:
+        """Write entries and wait for each acknowledgement; `seq` follows what was acknowledged."""
+        for data, count in self.messages(entries):
+            self.seq = await self.write(data, self.seq)
+            self.entries_since_snapshot += count
+
+    async def write(self, data: bytes, expected: int) -> int:
+        """Append one message that must follow sequence `expected`; return its sequence once acknowledged."""
+        headers = {"Nats-Expected-Last-Sequence": str(expected)}
         try:
             ack = await self.js.publish(self.subject, data, timeout=self.timeout, stream=self.stream, headers=headers)
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
             raise LedgerUnavailable("no JetStream stream answered for the ledger") from exc
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
-                raise LedgerFenced(f"the ledger moved past sequence {self.seq}: another writer") from exc
+                raise LedgerFenced(f"the ledger is not at sequence {expected}: another writer") from exc
             raise LedgerUnavailable(f"JetStream refused the write: {exc.description}") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise LedgerAmbiguous(f"no acknowledgement within {self.timeout}s") from exc
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
             raise LedgerUnavailable(f"not connected: {type(exc).__name__}") from exc
-        if ack.duplicate or ack.seq != self.seq + 1:
+        if ack.duplicate or ack.seq != expected + 1:
             # Cannot happen with the expected-sequence header; refuse to guess if it ever does.
-            raise LedgerAmbiguous(f"unexpected acknowledgement {ack.seq} (duplicate={ack.duplicate}) after {self.seq}")
-        self.seq = ack.seq
-        self.entries_since_snapshot += len(entries)
+            raise LedgerAmbiguous(f"unexpected acknowledgement {ack.seq} (duplicate={ack.duplicate}) after {expected}")
+        return int(ack.seq)
 
     # -- reading --------------------------------------------------------------------------------------------------
 
