@@ -100,26 +100,13 @@ def _reload(core: Governor, r: Reload, now: float, trace_id: str) -> msgspec.Str
 
 
 def register_request(p: SwarmProfile) -> RegisterRequest:
-    """The `register` command that registers this profile (the ledger records commands)."""
-    return RegisterRequest(
-        swarm_id=p.swarm_id,
-        capabilities=p.capabilities,
-        cost_per_hour=p.cost_per_hour,
-        reputation_score=p.reputation_score,
-        current_budget_remaining=p.current_budget_remaining,
-        model=p.model,
-    )
+    """The `register` command that registers this profile (the ledger records commands): the same fields."""
+    return RegisterRequest(**msgspec.structs.asdict(p))
 
 
 def profile_of(r: RegisterRequest) -> SwarmProfile:
-    return SwarmProfile(
-        swarm_id=r.swarm_id,
-        capabilities=r.capabilities,
-        cost_per_hour=r.cost_per_hour,
-        reputation_score=r.reputation_score,
-        current_budget_remaining=r.current_budget_remaining,
-        model=r.model,
-    )
+    """The profile a `register` command carries (the request has a trace id and deadline besides)."""
+    return SwarmProfile(**{name: getattr(r, name) for name in SwarmProfile.__struct_fields__})
 
 
 def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
