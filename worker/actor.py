@@ -268,9 +268,9 @@ class Actor:
         for command, result in zip(batch, results, strict=True):
             if isinstance(result, AssignReply):
                 if result.swarm_id is None:
-                    metrics.assignments_failed.inc()
+                    metrics.assign_failed += 1
                 else:
-                    metrics.assignments.inc()
+                    metrics.assigned += 1
                 metrics.assignment_latency.observe((done - command.received) * 1000.0)
         for event in events:
             if isinstance(event, BreakerTripped):

@@ -160,6 +160,8 @@ class Worker:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    # Every subject it publishes to is its own (validated in the config) or a reply inbox.
+                    skip_subject_validation=True,
                     **connect_options(self.config.nats),
                 ),
                 timeout=timeout,

@@ -138,7 +138,8 @@ class Bus:
         empty_ok = name in EMPTY_BODY_OK
         subject = f"{self.prefix}.{name}"
         mailbox = self.mailbox
-        requests = self.metrics.requests.labels(name)
+        counts = self.metrics.received
+        counts[name] = 0
         prepare = self.prepare.get(name)
         perf = time.perf_counter
 
@@ -146,7 +147,7 @@ class Bus:
             received = perf()
             # nats.micro's Request does not expose the reply subject; the Msg underneath has it.
             msg: Msg = micro_request._msg
-            requests.inc()
+            counts[name] += 1
             headers = msg.headers
             header_trace = headers.get(TRACE_HEADER) if headers else None
             data = msg.data
