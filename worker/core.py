@@ -958,15 +958,6 @@ class Governor:
         for s in list(self._swarms.values()):
             yield s.swarm_id, to_usd(s.budget), to_usd(s.cost_tracked), s.breaker is not None
 
-    def swarm_gauges(self, swarm_id: str) -> tuple[float, float, bool] | None:
-        """(remaining USD, cost tracked USD, tripped) of a swarm, or None when it is not registered: for metrics."""
-        s = self._swarms.get(swarm_id)
-        if s is None:
-            return None
-        return to_usd(s.budget), to_usd(s.cost_tracked), s.breaker is not None
-
-    # -- snapshots ----------------------------------------------------------------------------------------------
-
     def export_state(self, seq: int = 0) -> CoreState:
         """Everything the core holds, as one Struct (a snapshot covering ledger sequence `seq`)."""
         return CoreState(

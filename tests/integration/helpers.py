@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from typing import Any
 
 from nats.aio.client import Client
@@ -23,6 +24,17 @@ async def answering(nc: Client, prefix: str = "governor", timeout: float = 5.0) 
                 return
             except NoRespondersError:
                 continue
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a worker drains), then SIGKILL after 10 s; always reaped."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def project(actual: Any, expected: Any) -> Any:

@@ -26,6 +26,7 @@ import yaml
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
 
+from tests.integration.helpers import stop_process
 from worker.natsserver import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,17 +119,6 @@ def start_worker_process(tmp_path: Path, nats_url: str) -> WorkerProcess:
             start_new_session=True,
         )
     return WorkerProcess(process, metrics_port, log_file)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the worker drains), then SIGKILL after 10 s; always reaped."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from schemas.config import Config
 from schemas.profiles import SwarmProfile
 from schemas.replies import StatusReply
+from tests.integration.helpers import stop_process
 from worker.app import Worker
 from worker.bus import ENDPOINTS
 from worker.client import GovernorClient
@@ -149,17 +150,6 @@ def start_shipped_server(tmp_path: Path) -> ShippedServer:
         time.sleep(0.02)
     stop_process(server.process)
     raise TimeoutError(f"nats-server did not listen on port {port} within 10s")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s; always reaped."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture

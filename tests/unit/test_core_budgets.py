@@ -62,7 +62,7 @@ def tripped_events(events: Sequence[object]) -> list[BreakerTripped]:
 
 def snapshot(governor: Governor) -> bytes:
     """Everything observable about the state, as bytes: status, history and the metrics gauges."""
-    gauges = {swarm_id: governor.swarm_gauges(swarm_id) for swarm_id in governor.get_budget_report()}
+    gauges = list(governor.gauges())
     return msgspec.json.encode([governor.status(now=NOW + 100), governor.get_assignment_history(), gauges])
 
 
@@ -93,7 +93,7 @@ class TestTrackCost:
         assert governor.get_circuit_breaker_status() == {
             "a": BreakerState(reason="budget_exhausted", tripped_at=NOW + 1)
         }
-        assert governor.swarm_gauges("a") == (0.0, 100.0, True)
+        assert list(governor.gauges()) == [("a", 0.0, 100.0, True)]
 
     def test_trips_on_reaching_exactly_zero(self) -> None:
         """A cost equal to the remaining budget trips the breaker (≤ 0, not < 0)."""
