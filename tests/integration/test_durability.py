@@ -287,7 +287,11 @@ class TestHotStandby:
         processes[0].kill()
         killed_at = time.monotonic()
         acked_at_kill = len(load.acked)
-        await load.wait_acked(acked_at_kill + 100, task, timeout=30)
+        try:
+            await load.wait_acked(acked_at_kill + 100, task, timeout=30)
+        except TimeoutError:  # say why: the standby's own log
+            tail = (tmp_path / "b.log").read_text()[-3000:]
+            raise AssertionError(f"the standby did not serve within 30 s; its log ends:\n{tail}") from None
         takeover = time.monotonic() - killed_at
         await asyncio.wait_for(task, timeout=240)
 
