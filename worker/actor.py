@@ -23,7 +23,7 @@ from schemas.requests import Request
 from worker.core import Governor
 from worker.dispatch import READ_ONLY, apply
 from worker.errors import DeadlineExceeded, GovernorError, Unavailable
-from worker.ledger import Ledger, LedgerFenced, LedgerUnavailable
+from worker.ledger import Ledger, LedgerError, LedgerFenced, LedgerUnavailable, Write
 from worker.metrics import Metrics
 
 log = logging.getLogger("if_governor.actor")
@@ -98,6 +98,23 @@ class Mailbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def ready(self) -> asyncio.Future[None]:
+        """A future done once there is a command (or the mailbox is closed); `unready` forgets it."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self._items or self._closed:
+            waiter.set_result(None)
+        else:
+            self._waiter = waiter
+        return waiter
+
+    def unready(self) -> None:
+        self._waiter = None
+
+    def take_now(self, limit: int) -> list[Command]:
+        """Up to `limit` waiting commands, without waiting."""
+        items = self._items
+        return [items.popleft() for _ in range(min(limit, len(items)))]
+
     async def take(self, limit: int) -> list[Command]:
         """Wait for at least one command and return up to `limit`; an empty list once closed and drained."""
         while not self._items:
@@ -113,11 +130,28 @@ class Mailbox:
         return [items.popleft() for _ in range(n)]
 
 
+class _Flight:
+    """A batch taken from the mailbox whose changing commands are being written to the ledger."""
+
+    __slots__ = ("batch", "now", "pending", "results", "write")
+
+    def __init__(
+        self, batch: list[Command], results: list[Any], now: float, pending: list[int], write: Write | None
+    ) -> None:
+        self.batch = batch
+        self.results = results  # None: still to apply; else the refusal decided before (deadline, fenced, ledger)
+        self.now = now  # the one clock reading for the batch: recorded in its ledger entries, used to apply them
+        self.pending = pending  # indexes of the commands written to the ledger
+        self.write = write
+
+
 class Actor:
     """Applies mailbox commands to the core, in order, in batches, and performs their effects.
 
-    With a ledger, each batch's changing commands are written and acknowledged first (group commit); a batch the
-    ledger did not take is answered `unavailable` and changes nothing.
+    With a ledger, each batch's changing commands are written first and applied only once acknowledged (group
+    commit). Writes are pipelined: while up to `max_inflight` batches wait for their acks, the actor takes and
+    writes the next ones, and applies each batch as soon as its ack arrives, always in ledger order. A write the
+    ledger did not take is answered `unavailable` with every batch behind it, and changes nothing.
     """
 
     def __init__(
@@ -129,6 +163,7 @@ class Actor:
         *,
         clock: Callable[[], float] = time.time,
         max_batch: int = 256,
+        max_inflight: int = 4,
         ledger: Ledger | None = None,
         snapshot_every: int = 10_000,
     ) -> None:
@@ -138,23 +173,48 @@ class Actor:
         self.metrics = metrics
         self.clock = clock
         self.max_batch = max_batch
+        self.max_inflight = max_inflight
         self.ledger = ledger
         self.snapshot_every = snapshot_every
         self.fenced = False
         """Set when this process is no longer the ledger's owner: everything is answered `unavailable`."""
+        self._flights: deque[_Flight] = deque()
         self._snapshot_task: asyncio.Task[None] | None = None
         metrics.per_swarm_from(lambda: self.core.gauges())
 
     async def run(self) -> None:
-        """Serve until the mailbox is closed and drained."""
+        """Serve until the mailbox is closed and drained and every write is settled."""
         mailbox = self.mailbox
-        while batch := await mailbox.take(self.max_batch):
-            await self.process(batch)
+        flights = self._flights
+        loop = asyncio.get_running_loop()
+        while True:
+            if not flights:
+                batch = await mailbox.take(self.max_batch)
+                if not batch:
+                    break
+                await self.launch(batch)
+                continue
+            head = flights[0]
+            write = head.write
+            if write is None or write.future.done():
+                await self.land(flights.popleft())
+            elif len(mailbox) and len(flights) < self.max_inflight:
+                await self.launch(mailbox.take_now(self.max_batch))
+            else:
+                timeout = write.deadline - loop.time()
+                if timeout <= 0:
+                    await self.land(flights.popleft())  # no ack in time: in doubt
+                    continue
+                waiters: list[asyncio.Future[Any]] = [write.future]
+                if len(flights) < self.max_inflight:
+                    waiters.append(mailbox.ready())
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                mailbox.unready()
         if self._snapshot_task is not None:
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
 
-    async def process(self, batch: list[Command]) -> None:
-        """Apply one batch and perform its effects."""
+    async def launch(self, batch: list[Command]) -> None:
+        """Take a batch: refuse what cannot be served, start writing its changing commands (or apply it now)."""
         now = self.clock()
         results: list[msgspec.Struct | GovernorError | None] = [None] * len(batch)
         for i, command in enumerate(batch):
@@ -164,8 +224,49 @@ class Actor:
                 self.metrics.expired.inc()
             elif self.fenced:
                 results[i] = Unavailable("this governor is not serving (it lost its lease); retry")
-        if self.ledger is not None and not self.fenced:
-            await self._write_ahead(batch, results, now)
+        ledger = self.ledger
+        pending: list[int] = []
+        write: Write | None = None
+        if ledger is not None and not self.fenced:
+            pending = [i for i, c in enumerate(batch) if results[i] is None and c.kind not in READ_ONLY]
+            if pending:
+                entries = [
+                    LedgerEntry(batch[i].kind, now, batch[i].trace_id, msgspec.Raw(batch[i].raw)) for i in pending
+                ]
+                write = await ledger.start(entries)
+        flight = _Flight(batch, results, now, pending, write)
+        if write is None and not self._flights:
+            await self.apply(flight)  # nothing to wait for, nothing before it
+        else:
+            self._flights.append(flight)
+
+    async def process(self, batch: list[Command]) -> None:
+        """Take one batch and see it through (its write acknowledged or failed), with nothing else in flight."""
+        await self.launch(batch)
+        loop = asyncio.get_running_loop()
+        while self._flights:
+            write = self._flights[0].write
+            if write is not None and not write.future.done():
+                await asyncio.wait([write.future], timeout=max(0.0, write.deadline - loop.time()))
+            await self.land(self._flights.popleft())
+
+    async def land(self, flight: _Flight) -> None:
+        """The oldest flight's write completed (or ran out of time): apply and answer it, or fail it and all behind."""
+        write = flight.write
+        if write is not None:
+            assert self.ledger is not None
+            self.ledger.forget(write)
+            error = write.error()
+            if error is not None:
+                await self._failed(flight, error)
+                return
+            self.ledger.seq = write.last
+            self.ledger.entries_since_snapshot += write.entries
+        await self.apply(flight)
+
+    async def apply(self, flight: _Flight) -> None:
+        """Apply a batch's commands to the core in order and perform their effects."""
+        batch, results, now = flight.batch, flight.results, flight.now
         core = self.core
         for i, command in enumerate(batch):
             if results[i] is not None:
@@ -195,38 +296,44 @@ class Actor:
         ):
             self._snapshot()
 
-    async def _write_ahead(self, batch: list[Command], results: list[Any], now: float) -> None:
-        """Write the batch's changing commands to the ledger; mark them `unavailable` when it did not take them."""
+    async def _failed(self, head: _Flight, failure: LedgerError) -> None:
+        """A write was not acknowledged: it and every flight behind it change nothing here and are refused.
+
+        Waits until every write in flight is settled (acknowledged, refused or out of time), so that nothing lands
+        later unseen; then, when any of them may have landed, re-reads the ledger so that the state follows it.
+        """
         assert self.ledger is not None
-        pending = [i for i, c in enumerate(batch) if results[i] is None and c.kind not in READ_ONLY]
-        if not pending:
-            return
-        entries = [LedgerEntry(batch[i].kind, now, batch[i].trace_id, msgspec.Raw(batch[i].raw)) for i in pending]
-        applied_seq = self.ledger.seq
-        try:
-            await self.ledger.append(entries)
-            return
-        except Exception as exc:
-            failure = exc
-        # Nothing of this batch is applied here. A batch too large for one message may be partly written, and an
-        # unacknowledged write may have landed: then re-read the ledger from what was applied, so the state follows it.
-        partial = self.ledger.seq != applied_seq
-        self.ledger.seq = applied_seq
+        ledger = self.ledger
+        failed = [head, *self._flights]
+        self._flights.clear()
+        loop = asyncio.get_running_loop()
+        for flight in failed[1:]:
+            write = flight.write
+            if write is not None and not write.future.done():
+                await asyncio.wait([write.future], timeout=max(0.0, write.deadline - loop.time()))
+        landed = any(f.write is not None and f.write.may_have_landed for f in failed)
+        for flight in failed:
+            if flight.write is not None:
+                ledger.forget(flight.write)
+        ledger.tail = ledger.seq
         if isinstance(failure, LedgerFenced):
             log.error("ledger fenced: %s; no longer serving", failure)
             self.fenced = True
-            error = Unavailable("this governor is not serving (another process owns the ledger); retry")
+            error: GovernorError = Unavailable("this governor is not serving (another process owns the ledger); retry")
         elif isinstance(failure, LedgerUnavailable):
             log.error("ledger write refused: %s", failure)
             error = Unavailable(f"the ledger is unavailable: {failure}")
         else:  # LedgerAmbiguous, or anything unexpected: as unsure as a timeout
             log.error("ledger write not acknowledged (%r); re-reading the ledger before serving on", failure)
             error = Unavailable(f"the ledger did not acknowledge in time ({failure}); retry with the same event_id")
-        if not self.fenced and (partial or not isinstance(failure, LedgerUnavailable)):
+        if not self.fenced and landed:
             await self._resync()
         self.metrics.ledger_failures.labels(type(failure).__name__).inc()
-        for i in pending:
-            results[i] = error
+        behind = Unavailable("an earlier ledger write was not acknowledged; retry with the same event_id")
+        for flight in failed:
+            for i in flight.pending:
+                flight.results[i] = error if flight is head else behind
+            await self.apply(flight)  # answers the refusals; reads (status, history) see the state the ledger has
 
     async def _resync(self) -> None:
         """After an unacknowledged write: replay whatever the ledger holds beyond what we applied (retrying)."""

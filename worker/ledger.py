@@ -1,8 +1,10 @@
 """The durable ledger: a JetStream stream of accepted commands, snapshots of the core, and recovery.
 
 Write-ahead: the actor appends a batch of commands and waits for JetStream's acknowledgement *before* it applies
-them and replies. Every append names the sequence it expects to follow (`Nats-Expected-Last-Sequence`), so only
+them and replies. Every message names the sequence it expects to follow (`Nats-Expected-Last-Sequence`), so only
 one writer can ever extend the ledger: a second writer's append is refused (`LedgerFenced`), never interleaved.
+Writes are pipelined (`start`): the next batch is published while earlier ones wait for their acks; the core still
+applies nothing that is not acknowledged, in ledger order.
 
     LedgerError
     ├── LedgerUnavailable   the batch was certainly not written (no JetStream, stream missing, refused)
@@ -15,6 +17,7 @@ The state is the snapshot (a JetStream object store) plus the stream's tail afte
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import zlib
 from collections.abc import Callable
@@ -23,6 +26,8 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.object_store import ObjectStore
@@ -53,6 +58,59 @@ class LedgerFenced(LedgerError):
     """Another writer extended the ledger."""
 
 
+class _AckError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    """JetStream's reply to a publish into a stream."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _AckError | None = None
+
+
+class Write:
+    """One batch's ledger messages in flight: `future` gives the last sequence once every message is acknowledged,
+    or raises the `LedgerError` of the first that was not. The actor gives up on it at `deadline` (loop time)."""
+
+    __slots__ = ("acked", "count", "deadline", "entries", "first", "future", "published", "tokens")
+
+    def __init__(self, first: int, count: int, entries: int, future: asyncio.Future[int], deadline: float) -> None:
+        self.first = first  # the sequence its first message must get
+        self.count = count  # messages
+        self.entries = entries
+        self.future = future
+        self.deadline = deadline
+        self.published = 0
+        self.acked = 0
+        self.tokens: list[str] = []
+
+    @property
+    def last(self) -> int:
+        return self.first + self.count - 1
+
+    def fail(self, error: LedgerError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+            self.future.exception()  # retrieved: the actor reads it from here, asyncio need not log it
+
+    def error(self) -> LedgerError | None:
+        """Why it failed; `LedgerAmbiguous` when it is still not acknowledged (the caller ran out of time)."""
+        if not self.future.done():
+            return LedgerAmbiguous("no acknowledgement in time")
+        exc = self.future.exception()
+        return exc if isinstance(exc, LedgerError) or exc is None else LedgerAmbiguous(repr(exc))
+
+    @property
+    def may_have_landed(self) -> bool:
+        """Whether any of its messages may be in the stream."""
+        return self.acked > 0 or isinstance(self.error(), LedgerAmbiguous)
+
+
 def stream_name(prefix: str) -> str:
     """The stream's name for a subject prefix (`governor` -> `GOVERNOR_LEDGER`)."""
     return prefix.replace(".", "_").replace("-", "_").upper() + "_LEDGER"
@@ -80,12 +138,24 @@ class Ledger:
         self.seq = 0
         """The last ledger sequence applied to the core this ledger serves."""
         self.entries_since_snapshot = 0
+        self.tail = 0
+        """The last ledger sequence written or in flight: the next message must follow it."""
         self._encode = msgspec.json.Encoder().encode
+        self._decode_ack = msgspec.json.Decoder(_PubAck).decode
+        self._waiting: dict[str, tuple[Write, int]] = {}  # reply token -> (its write, the sequence it must get)
+        self._tokens = itertools.count(1)
+        self._inbox = ""
+        self._cut = 0
+        self._ack_sub: Subscription | None = None
         self._decode_batch = msgspec.json.Decoder(LedgerBatch).decode
         self._snapshots: ObjectStore | None = None
 
     async def setup(self) -> None:
-        """Create the stream and the snapshot store when they do not exist yet."""
+        """Create the stream and the snapshot store when they do not exist yet; listen for write acks."""
+        if self._ack_sub is None:
+            self._inbox = self.nc.new_inbox() + "."
+            self._cut = len(self._inbox)
+            self._ack_sub = await self.nc.subscribe(self._inbox + "*", cb=self._on_ack)
         try:
             await self.js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
@@ -125,31 +195,83 @@ class Ledger:
             out.append((self._encode(LedgerBatch(chunk)), len(chunk)))
         return out
 
-    async def append(self, entries: list[LedgerEntry]) -> None:
-        """Write entries and wait for each acknowledgement; `seq` follows what was acknowledged."""
-        for data, count in self.messages(entries):
-            self.seq = await self.write(data, self.seq)
-            self.entries_since_snapshot += count
+    async def start(self, entries: list[LedgerEntry]) -> Write:
+        """Publish entries as the next ledger messages, without waiting: the returned `Write` completes on their acks.
 
-    async def write(self, data: bytes, expected: int) -> int:
-        """Append one message that must follow sequence `expected`; return its sequence once acknowledged."""
-        headers = {"Nats-Expected-Last-Sequence": str(expected)}
+        Writes are pipelined: each message names the sequence it must follow (`tail`), and `tail` moves on at once,
+        so the next batch can be published before this one is acknowledged. Messages leave in the order of `start`
+        calls on the one connection, so JetStream sees them in that order.
+        """
+        loop = asyncio.get_running_loop()
+        messages = self.messages(entries)
+        write = Write(self.tail + 1, len(messages), len(entries), loop.create_future(), loop.time() + self.timeout)
+        publish = self.nc.publish
+        for data, _ in messages:
+            expected = self.tail
+            token = str(next(self._tokens))
+            self._waiting[token] = (write, expected + 1)
+            write.tokens.append(token)
+            headers = {"Nats-Expected-Last-Sequence": str(expected), "Nats-Expected-Stream": self.stream}
+            try:
+                await publish(self.subject, data, reply=self._inbox + token, headers=headers)
+            except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
+                # What was buffered before may still go out: then the write is in doubt, not refused.
+                error = LedgerAmbiguous if write.published else LedgerUnavailable
+                write.fail(error(f"not connected: {type(exc).__name__}"))
+                break
+            write.published += 1
+            self.tail = expected + 1
+        return write
+
+    def forget(self, write: Write) -> None:
+        """Stop waiting for this write's acks (it completed, failed or ran out of time)."""
+        for token in write.tokens:
+            self._waiting.pop(token, None)
+
+    async def append(self, entries: list[LedgerEntry]) -> None:
+        """Write entries and wait for their acknowledgement; `seq` and `tail` follow what was acknowledged.
+
+        Only when nothing else is in flight (before serving): the actor pipelines with `start` instead.
+        """
+        write = await self.start(entries)
         try:
-            ack = await self.js.publish(self.subject, data, timeout=self.timeout, stream=self.stream, headers=headers)
-        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
-            raise LedgerUnavailable("no JetStream stream answered for the ledger") from exc
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in WRONG_LAST_SEQUENCE:
-                raise LedgerFenced(f"the ledger is not at sequence {expected}: another writer") from exc
-            raise LedgerUnavailable(f"JetStream refused the write: {exc.description}") from exc
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise LedgerAmbiguous(f"no acknowledgement within {self.timeout}s") from exc
-        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
-            raise LedgerUnavailable(f"not connected: {type(exc).__name__}") from exc
-        if ack.duplicate or ack.seq != expected + 1:
+            self.seq = await asyncio.wait_for(asyncio.shield(write.future), self.timeout)
+            self.entries_since_snapshot += write.entries
+        except TimeoutError:
+            raise LedgerAmbiguous(f"no acknowledgement within {self.timeout}s") from None
+        finally:
+            self.forget(write)
+            self.tail = self.seq
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """JetStream's answer to one ledger message."""
+        waiting = self._waiting.pop(msg.subject[self._cut :], None)
+        if waiting is None:
+            return
+        write, seq = waiting
+        if write.future.done():
+            return
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":
+            write.fail(LedgerUnavailable("no JetStream stream answered for the ledger"))
+            return
+        try:
+            ack = self._decode_ack(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            write.fail(LedgerAmbiguous(f"unreadable acknowledgement: {exc}"))
+            return
+        if ack.error is not None:
+            if ack.error.err_code in WRONG_LAST_SEQUENCE:
+                write.fail(LedgerFenced(f"the ledger is not at sequence {seq - 1}: another writer"))
+            else:
+                write.fail(LedgerUnavailable(f"JetStream refused the write: {ack.error.description}"))
+        elif ack.duplicate or ack.seq != seq:
             # Cannot happen with the expected-sequence header; refuse to guess if it ever does.
-            raise LedgerAmbiguous(f"unexpected acknowledgement {ack.seq} (duplicate={ack.duplicate}) after {expected}")
-        return int(ack.seq)
+            write.fail(LedgerAmbiguous(f"unexpected acknowledgement {ack.seq} (duplicate={ack.duplicate}) for {seq}"))
+        else:
+            write.acked += 1
+            if write.acked == write.count:
+                write.future.set_result(seq)
 
     # -- reading --------------------------------------------------------------------------------------------------
 
@@ -165,6 +287,7 @@ class Ledger:
         """
         target = await self.last_sequence() if until is None else until
         if target <= self.seq:
+            self.tail = self.seq
             return 0
         sub = await self.js.subscribe(
             self.subject,
@@ -187,6 +310,7 @@ class Ledger:
                 self.entries_since_snapshot += 1
                 replayed += 1
         finally:
+            self.tail = self.seq
             await sub.unsubscribe()
         return replayed
 

@@ -1,8 +1,9 @@
-"""The actor's write-ahead rule with a fake ledger: nothing is applied unless the ledger acknowledged it."""
+"""The actor's write-ahead rule with fake ledgers: nothing is applied unless the ledger acknowledged it, in order."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -10,12 +11,12 @@ from prometheus_client import CollectorRegistry
 
 from schemas.ledger import LedgerEntry
 from schemas.profiles import SwarmProfile
-from schemas.requests import CostRequest
+from schemas.requests import CostRequest, StatusRequest
 from worker.actor import Actor, Command, Mailbox
 from worker.core import Governor
 from worker.dispatch import replay
 from worker.errors import GovernorError
-from worker.ledger import LedgerAmbiguous, LedgerUnavailable
+from worker.ledger import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, Write
 from worker.metrics import Metrics
 
 
@@ -24,17 +25,27 @@ class FakeLedger:
 
     def __init__(self, fail_after: int | None, failure: Exception) -> None:
         self.seq = 0
+        self.tail = 0
         self.entries_since_snapshot = 0
         self.stream: list[list[LedgerEntry]] = []
         self.fail_after = fail_after
         self.failure = failure
 
-    async def append(self, entries: list[LedgerEntry]) -> None:
+    async def start(self, entries: list[LedgerEntry]) -> Write:
+        loop = asyncio.get_running_loop()
+        write = Write(self.tail + 1, len(entries), len(entries), loop.create_future(), loop.time() + 5.0)
         for entry in entries:  # one message per entry, to make a partial write possible
             if self.fail_after is not None and len(self.stream) >= self.fail_after:
-                raise self.failure
+                write.fail(self.failure)  # type: ignore[arg-type]
+                return write
             self.stream.append([entry])
-            self.seq = len(self.stream)
+            self.tail = len(self.stream)
+            write.acked += 1
+        write.future.set_result(self.tail)
+        return write
+
+    def forget(self, write: Write) -> None:
+        return None
 
     async def catch_up(self, core: Governor, *, keep_events: bool = False) -> int:
         replayed = 0
@@ -42,7 +53,7 @@ class FakeLedger:
             for entry in message:
                 replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
             replayed += 1
-        self.seq = len(self.stream)
+        self.seq = self.tail = len(self.stream)
         if not keep_events:
             core.take_events()
         return replayed
@@ -113,3 +124,181 @@ class TestWriteAhead:
         assert outbox.replies == ["unavailable"] * 3
         assert core.get_budget_report() == {"a": 97.0}
         assert core.track_cost("a", "op", 1.0, now=2.0, event_id="e2").duplicate is True
+
+
+class ManualLedger:
+    """A ledger whose acknowledgements the test gives, one write at a time, in any order."""
+
+    def __init__(self, deadline_s: float = 5.0) -> None:
+        self.seq = 0
+        self.tail = 0
+        self.entries_since_snapshot = 0
+        self.deadline_s = deadline_s
+        self.writes: list[tuple[Write, list[LedgerEntry]]] = []
+        self.stream: list[list[LedgerEntry]] = []  # what landed, in sequence order
+        self.started = asyncio.Event()
+
+    async def start(self, entries: list[LedgerEntry]) -> Write:
+        loop = asyncio.get_running_loop()
+        write = Write(self.tail + 1, 1, len(entries), loop.create_future(), loop.time() + self.deadline_s)
+        write.published = 1
+        self.tail += 1
+        self.writes.append((write, entries))
+        self.started.set()
+        return write
+
+    def forget(self, write: Write) -> None:
+        return None
+
+    def ack(self, i: int, *, land: bool = True) -> None:
+        """Write i lands (at its sequence) and, unless `land` is False, is acknowledged."""
+        write, entries = self.writes[i]
+        assert len(self.stream) == write.first - 1, "writes land in sequence order"
+        self.stream.append(entries)
+        if land:
+            write.acked = 1
+            write.future.set_result(write.first)
+
+    def fail(self, i: int, error: Exception) -> None:
+        self.writes[i][0].fail(error)  # type: ignore[arg-type]
+
+    async def catch_up(self, core: Governor, *, keep_events: bool = False) -> int:
+        for message in self.stream[self.seq :]:
+            for entry in message:
+                replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
+        replayed = len(self.stream) - self.seq
+        self.seq = self.tail = len(self.stream)
+        if not keep_events:
+            core.take_events()
+        return replayed
+
+
+def status() -> Command:
+    request = StatusRequest()
+    return Command(request, "inbox", "s", "governor.status", 0.0, "status", b"{}")
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+class Pipeline:
+    """An actor serving a mailbox with a manual ledger: commands go in one batch at a time."""
+
+    def __init__(self, ledger: ManualLedger) -> None:
+        self.core = Governor()
+        self.core.register_swarm(
+            SwarmProfile(
+                swarm_id="a", capabilities=["integration:sip"], cost_per_hour=1.0, reputation_score=1.0,
+                current_budget_remaining=100.0, model="m",
+            ),
+            now=0.0,
+        )  # fmt: skip
+        self.ledger = ledger
+        self.outbox = Outbox()
+        self.mailbox = Mailbox(100)
+        self.actor = Actor(
+            self.core, self.mailbox, self.outbox, Metrics(CollectorRegistry()), clock=lambda: 1.0,
+            ledger=ledger, max_inflight=4,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.task = asyncio.get_running_loop().create_task(self.actor.run())
+
+    async def send(self, *commands: Command) -> None:
+        """Queue commands and wait until the actor has taken them (as one more batch)."""
+        writes = len(self.ledger.writes)
+        for command in commands:
+            assert self.mailbox.put(command)
+        if any(c.kind != "status" for c in commands):
+            await until(lambda: len(self.ledger.writes) > writes)
+        else:
+            await until(lambda: len(self.mailbox) == 0)
+
+    async def close(self) -> None:
+        self.mailbox.close()
+        await asyncio.wait_for(self.task, 5)
+
+
+class TestPipelinedWrites:
+    def test_later_batches_are_written_before_earlier_acks_and_applied_in_order(self) -> None:
+        async def scenario() -> None:
+            p = Pipeline(ManualLedger())
+            await p.send(cost("e1", 1.0))
+            await p.send(cost("e2", 2.0))
+            await p.send(cost("e3", 3.0))
+            assert [w.first for w, _ in p.ledger.writes] == [1, 2, 3]  # three writes in flight at once
+            assert p.outbox.replies == [] and p.core.get_budget_report() == {"a": 100.0}
+            p.ledger.ack(0)
+            p.ledger.ack(1)
+            await until(lambda: len(p.outbox.replies) == 2)
+            assert p.core.get_budget_report() == {"a": 97.0}  # nothing unacknowledged is applied
+            p.ledger.ack(2)
+            await p.close()
+            assert [r.remaining for r in p.outbox.replies] == [99.0, 97.0, 94.0]
+            assert p.ledger.seq == 3
+
+        asyncio.run(scenario())
+
+    def test_a_read_waits_for_the_writes_before_it(self) -> None:
+        async def scenario() -> None:
+            p = Pipeline(ManualLedger())
+            await p.send(cost("e1", 1.0))
+            await p.send(status())
+            await asyncio.sleep(0.01)
+            assert p.outbox.replies == []  # the status would otherwise show a state the ledger may not keep
+            p.ledger.ack(0)
+            await p.close()
+            assert p.outbox.replies[1].budgets == {"a": 99.0}
+
+        asyncio.run(scenario())
+
+    def test_a_refused_write_refuses_every_batch_behind_it_and_changes_nothing(self) -> None:
+        async def scenario() -> None:
+            p = Pipeline(ManualLedger())
+            await p.send(cost("e1", 1.0))
+            await p.send(cost("e2", 2.0))
+            await p.send(cost("e3", 3.0), status())
+            p.ledger.ack(0)
+            p.ledger.fail(1, LedgerUnavailable("stream gone"))
+            p.ledger.fail(2, LedgerFenced("wrong last sequence"))  # a consequence of write 1, not another writer
+            await p.close()
+            replies = p.outbox.replies
+            assert replies[0].remaining == 99.0
+            assert replies[1:3] == ["unavailable", "unavailable"]
+            assert replies[3].budgets == {"a": 99.0}  # the read in a refused batch sees what the ledger holds
+            assert p.core.get_budget_report() == {"a": 99.0}
+            assert not p.actor.fenced
+            assert p.ledger.seq == p.ledger.tail == 1  # the next write follows what was acknowledged
+
+        asyncio.run(scenario())
+
+    def test_a_write_in_doubt_is_reread_with_what_landed_behind_it(self) -> None:
+        async def scenario() -> None:
+            p = Pipeline(ManualLedger(deadline_s=0.05))
+            await p.send(cost("e1", 1.0))
+            await p.send(cost("e2", 2.0))
+            p.ledger.ack(0, land=False)  # landed, its ack lost
+            p.ledger.ack(1)
+            await p.close()
+            assert p.outbox.replies == ["unavailable", "unavailable"]
+            assert p.core.get_budget_report() == {"a": 97.0}  # both landed: the state follows the ledger
+            assert p.ledger.seq == p.ledger.tail == 2
+            assert p.core.track_cost("a", "op", 1.0, now=2.0, event_id="e1").duplicate is True
+
+        asyncio.run(scenario())
+
+    def test_a_fenced_head_stops_serving(self) -> None:
+        async def scenario() -> None:
+            p = Pipeline(ManualLedger())
+            await p.send(cost("e1", 1.0))
+            p.ledger.fail(0, LedgerFenced("another writer"))
+            await until(lambda: p.actor.fenced)
+            assert p.mailbox.put(cost("e2", 2.0))
+            await p.close()
+            assert p.outbox.replies == ["unavailable", "unavailable"]
+            assert p.core.get_budget_report() == {"a": 100.0}
+
+        asyncio.run(scenario())
