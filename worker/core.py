@@ -64,6 +64,10 @@ from worker.errors import (
 from worker.index import CapabilityIndex, ordinals
 
 MICROS = 1_000_000
+#: A task needing all of its capabilities walks the rarest one's value-sorted list when the first match is expected
+#: within WALK_EXPECTED entries, and gives up after WALK_LIMIT; otherwise the masks name the candidates.
+WALK_EXPECTED = 64
+WALK_LIMIT = 256
 MANUAL_TRIP_REASONS = frozenset({"repeated_failures", "performance_degradation", "manual_override"})
 #: Trips that recover by themselves through half-open probes; the others need a human's reset.
 RECOVERABLE = frozenset({"repeated_failures", "performance_degradation"})
@@ -446,27 +450,36 @@ class Governor:
         min_match = policy.min_capability_match
         need = next(c for c in range(k + 1) if c / k >= min_match)
         by_ordinal = self._by_ordinal
+        index = self._index
         models = set(rule.models) if rule is not None and rule.models is not None else None
-        if k == 1 and need == 1:
-            # Coverage is 1 for every candidate, so the value order is the score order: stop at `limit`.
-            best: list[tuple[float, int, _Swarm, float]] = []
-            for _, ordinal in self._index.ranked_for(required[0]):
-                swarm = by_ordinal[ordinal]
-                if swarm.cost_per_hour > max_cost or not swarm.admits:
-                    continue
-                if estimate and swarm.budget - swarm.held < estimate:
-                    continue
-                if models is not None and swarm.model not in models:
-                    continue
-                best.append(((1.0 * swarm.reputation_score) / swarm.cost_per_hour, ordinal, swarm, 1.0))
-                if len(best) == limit:
-                    break
-            return best
-        req = set(required)
+        mask = 0
+        if need == k:
+            # Coverage is 1 for every candidate, so the value order is the score order: walk the value-sorted list
+            # of the rarest capability and stop at the first `limit` that qualify. When the walk would be long
+            # (few of its swarms hold the other capabilities too), the masks name the candidates at once instead.
+            lists = [index.ranked_for(cap) for cap in required]
+            rarest = min(range(k), key=lambda i: len(lists[i]))
+            if not lists[rarest]:
+                return []
+            if k == 1:
+                return self._walk(lists[0], [], max_cost, limit, estimate, models, None) or []
+            mask = index.all_of(required)
+            if not mask:
+                return []
+            expected_steps = 1.0  # to the first swarm holding every other capability, if they were independent
+            for i in range(k):
+                if i != rarest:
+                    expected_steps *= len(self._swarms) / len(lists[i])
+            if expected_steps * limit <= WALK_EXPECTED:
+                others = [cap for i, cap in enumerate(required) if i != rarest]
+                walked = self._walk(lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
+                if walked is not None:
+                    return walked
         if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
-            candidates: Iterator[_Swarm] = iter([s for s in self._swarms.values() if s.admits])
+            candidates = [s for s in self._swarms.values() if s.admits]
         else:
-            candidates = (by_ordinal[o] for o in ordinals(self._index.at_least(required, need)))
+            candidates = [by_ordinal[o] for o in ordinals(mask or index.at_least(required, need))]
+        req = set(required)
         scored: list[tuple[float, int, _Swarm, float]] = []
         for swarm in candidates:
             if swarm.cost_per_hour > max_cost:
@@ -475,11 +488,48 @@ class Governor:
                 continue
             if models is not None and swarm.model not in models:
                 continue
-            coverage = sum(1 for cap in swarm.capabilities if cap in req) / k
+            coverage = 1.0 if need == k else sum(1 for cap in swarm.capabilities if cap in req) / k
             scored.append(((coverage * swarm.reputation_score) / swarm.cost_per_hour, swarm.ordinal, swarm, coverage))
         if limit == 1:
             return [min(scored, key=lambda item: (-item[0], item[1]))] if scored else []
         return heapq.nsmallest(limit, scored, key=lambda item: (-item[0], item[1]))
+
+    def _walk(
+        self,
+        ranked: list[tuple[float, int]],
+        others: list[str],
+        max_cost: float,
+        limit: int,
+        estimate: int,
+        models: set[str] | None,
+        steps: int | None,
+    ) -> list[tuple[float, int, _Swarm, float]] | None:
+        """The first `limit` qualified swarms of a value-sorted list that also hold `others`, best first.
+
+        None when `steps` entries were looked at before `limit` were found (the caller then uses the masks).
+        """
+        best: list[tuple[float, int, _Swarm, float]] = []
+        by_ordinal = self._by_ordinal
+        first = others[0] if others else None
+        rest = others[1:]
+        for step, (_, ordinal) in enumerate(ranked):
+            if step == steps:
+                return None
+            swarm = by_ordinal[ordinal]
+            if first is not None:
+                capabilities = swarm.capabilities
+                if first not in capabilities or (rest and not all(cap in capabilities for cap in rest)):
+                    continue
+            if swarm.cost_per_hour > max_cost or not swarm.admits:
+                continue
+            if estimate and swarm.budget - swarm.held < estimate:
+                continue
+            if models is not None and swarm.model not in models:
+                continue
+            best.append(((1.0 * swarm.reputation_score) / swarm.cost_per_hour, ordinal, swarm, 1.0))
+            if len(best) == limit:
+                break
+        return best
 
     def _explain(
         self, required: list[str], max_cost: float, estimate: int, policy: ResourcePolicy, rule: PolicyRule | None

@@ -588,3 +588,26 @@ class TestSeedScenarios:
             ("opus-swarm", 1.0 / 75.0),
         ]
         assert [round(a.score, 4) for a in reply.assignments] == [0.6, 0.0633, 0.0133]
+
+
+class TestValueOrderWalk:
+    """Tasks needing all their capabilities walk the rarest one's value-sorted list (see `Governor._rank`)."""
+
+    def test_a_better_swarm_missing_one_capability_is_passed_over(self) -> None:
+        """Of [SIP, NDI, WEBRTC], the cheap swarm has SIP (the rarest) and NDI but not WEBRTC: the next one wins."""
+        governor = governed(
+            profile("cheap", [SIP, NDI], cost_per_hour=0.5),
+            profile("cheap-webrtc", [SIP, WEBRTC], cost_per_hour=0.6),
+            profile("full", [SIP, NDI, WEBRTC], cost_per_hour=3.0),
+            *(profile(f"n{i}", [NDI, WEBRTC, PYTHON]) for i in range(5)),  # NDI and WEBRTC are common, SIP rare
+        )
+        reply = governor.assign("t", [NDI, WEBRTC, SIP], now=NOW, max_swarms=2)
+        assert [a.swarm_id for a in reply.assignments] == ["full"]
+
+    def test_the_walk_stops_at_max_swarms_in_value_order(self) -> None:
+        """Ten swarms hold both capabilities; the three best values come back, best first, ties by registration."""
+        governor = governed(
+            *(profile(f"s{i}", [SIP, NDI], cost_per_hour=float(10 - i % 4)) for i in range(10)),
+        )
+        reply = governor.assign("t", [SIP, NDI], now=NOW, max_swarms=3)
+        assert [a.swarm_id for a in reply.assignments] == ["s3", "s7", "s2"]

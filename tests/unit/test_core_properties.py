@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from schemas.events import BreakerTripped
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
+from worker import core
 from worker.core import Governor
 
 NOW = 1_700_000_000.0
@@ -156,6 +158,33 @@ class TestAssignProperties:
         assert reply.reason == (None if expected else "no_qualified_swarm")
         assert reply.rejected == expected_rejected
         assert governor.find_qualified_swarm(required, max_cost) == reply.swarm_id
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        specs=registries(),
+        policy=policies,
+        required=st.lists(st.sampled_from(POOL), min_size=1, max_size=5),
+        max_cost=st.none() | costs,
+        max_swarms=st.integers(1, 8),
+        walk=st.sampled_from([(0, 256), (10**9, 1), (10**9, 2), (10**9, 3), (10**9, 10**9)]),
+    )
+    def test_walk_and_masks_agree(
+        self,
+        specs: list[Spec],
+        policy: ResourcePolicy,
+        required: list[str],
+        max_cost: float | None,
+        max_swarms: int,
+        walk: tuple[int, int],
+    ) -> None:
+        """Walked in value order (whole, or cut short after a few entries) or not at all: the brute-force ranking."""
+        governor, order = build(specs, policy)
+        ceiling = policy.max_cost_per_task if max_cost is None else max_cost
+        expected, _ = reference(order, required, ceiling, max_swarms, policy)
+        expected_steps, limit = walk
+        with mock.patch.object(core, "WALK_EXPECTED", expected_steps), mock.patch.object(core, "WALK_LIMIT", limit):
+            reply = governor.assign("task", required, now=NOW, max_cost=max_cost, max_swarms=max_swarms)
+        assert [(a.swarm_id, a.capability_match, a.score) for a in reply.assignments] == expected
 
 
 cost_sequences = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 2000)), max_size=80)
