@@ -156,7 +156,7 @@ def _header_schemas() -> dict[str, dict[str, Any]]:
         },
         "ErrorHeaders": {
             "title": "ErrorHeaders",
-            "description": "The nats.micro error headers, sent with every error reply.",
+            "description": "The NATS micro protocol error headers, sent with every error reply.",
             "type": "object",
             "properties": {
                 ERROR_HEADER: {
@@ -287,7 +287,7 @@ def asyncapi() -> dict[str, Any]:
             "version": VERSION,
             "description": (
                 "Capability-aware task assignment and budget governance for agent swarms: a NATS request-reply "
-                "service (nats.micro, service name `governor`, discovery on `$SRV.PING|INFO|STATS`).\n\n"
+                "service (the NATS micro protocol, service name `governor`, discovery on `$SRV.PING|INFO|STATS`).\n\n"
                 f"Subjects are shown with the default prefix `{PREFIX}` (config `governor.subject_prefix`). "
                 "Requests refuse unknown fields; replies and events only gain fields, each with a default. "
                 "Every ok reply has `ok: true`; every error reply is an ErrorReply with the "

@@ -884,6 +884,35 @@ class TestDiscovery:
             "history": 1,
         }
 
+    async def test_stats_count_errors_and_time_to_reply(self, api: Api, nc: Client) -> None:
+        """Errors answered by the decoder and by the actor both count, with the last one; replies add their time."""
+
+        async def cost_stats() -> dict[str, Any]:
+            reply = json.loads((await nc.request("$SRV.STATS.governor", b"", timeout=5.0)).data)
+            return next(e for e in reply["endpoints"] if e["name"] == "cost")
+
+        before = await cost_stats()
+        await api.reject("cost", b"not json", "invalid_request", 400)
+        await api.reject("cost", {"swarm_id": "nobody", "operation": "op", "cost": 1.0}, "unknown_swarm", 404)
+        await api.ok("cost", {"swarm_id": SIP, "operation": "op", "cost": 1.0})
+        after = await cost_stats()
+        assert after["num_requests"] - before["num_requests"] == 3
+        assert after["num_errors"] - before["num_errors"] == 2
+        assert after["last_error"].startswith("unknown_swarm: ")
+        assert after["processing_time"] > before["processing_time"]
+        assert 0 < after["average_processing_time"] <= after["processing_time"]
+
+    async def test_every_discovery_subject_answers(self, api: Api, nc: Client) -> None:
+        """PING, INFO and STATS answer on `$SRV.<VERB>`, `.governor` and `.governor.<id>`, with the same id."""
+        ping = json.loads((await nc.request("$SRV.PING", b"", timeout=5.0)).data)
+        service_id = ping["id"]
+        for verb, kind in (("PING", "ping"), ("INFO", "info"), ("STATS", "stats")):
+            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.governor", f"$SRV.{verb}.governor.{service_id}"):
+                reply = json.loads((await nc.request(subject, b"", timeout=5.0)).data)
+                assert (reply["type"], reply["id"]) == (f"io.nats.micro.v1.{kind}_response", service_id), subject
+        stats = json.loads((await nc.request("$SRV.STATS.governor", b"", timeout=5.0)).data)
+        assert stats["started"].endswith("Z") and stats["metadata"] == {"subject_prefix": "governor"}
+
     async def test_subject_prefix(self, start: Start, nc: Client) -> None:
         """With `subject_prefix: fleet`, the endpoints and events live under `fleet.`."""
         await start(make_config(SEED_SWARMS, subject_prefix="fleet"))
