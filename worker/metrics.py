@@ -7,12 +7,14 @@ after the core decided; the per-swarm series are read from the core when Prometh
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("if_governor.metrics")
@@ -66,6 +68,30 @@ class _HotCounters(Collector):
         yield received
 
 
+class LeanHistogram(Collector):
+    """A histogram observed from plain numbers and exported at scrape time (prometheus-client's takes a lock and
+    updates every bucket: about 2 µs per observation, on the hot path once per assign)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # one per bound (value <= bound, not cumulative), then +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterable[Metric]:
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, math.inf), list(self.counts), strict=True):
+            total += count
+            cumulative.append(("+Inf" if bound == math.inf else repr(bound), float(total)))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+
+
 class Metrics:
     """Every metric the governor exports."""
 
@@ -77,12 +103,12 @@ class Metrics:
         self.assigned = 0
         self.assign_failed = 0
         self.received: dict[str, int] = {}
-        self.assignment_latency = Histogram(
+        self.assignment_latency = LeanHistogram(
             "if_governor_assignment_latency_ms",
             "Time from receiving an assign request to sending its reply (ms).",
-            buckets=LATENCY_BUCKETS_MS,
-            registry=r,
+            LATENCY_BUCKETS_MS,
         )
+        r.register(self.assignment_latency)
         self._per_swarm = _PerSwarm()
         r.register(self._per_swarm)
         r.register(_HotCounters(self))
@@ -100,12 +126,10 @@ class Metrics:
             "if_governor_ledger_failures", "Ledger writes that were not acknowledged, by kind.", ["kind"], registry=r
         )
         self.mailbox_depth = Gauge("if_governor_mailbox_depth", "Commands waiting for the actor.", registry=r)
-        self.batch_size = Histogram(
-            "if_governor_batch_size",
-            "Commands the actor applied per batch.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-            registry=r,
+        self.batch_size = LeanHistogram(
+            "if_governor_batch_size", "Commands the actor applied per batch.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )
+        r.register(self.batch_size)
 
     def per_swarm_from(self, source: Callable[[], Iterable[tuple[str, float, float, bool]]]) -> None:
         """Where the per-swarm series come from: (swarm_id, remaining, cost tracked, tripped) at scrape time."""
