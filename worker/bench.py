@@ -54,6 +54,7 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import StorageType
 
 from schemas.config import Config
 from schemas.policy import ResourcePolicy
@@ -638,6 +639,26 @@ async def settle(
             await asyncio.sleep(0.05)
 
 
+async def ledger_floor(nc: Client, work: Work, seconds: float) -> list[int]:
+    """The durable path's floor: one JetStream publish at a time into a file stream on this nats-server (synced
+    before its ack, as the ledger's), each a ledger-sized message; the time to each acknowledgement, in ns, sorted."""
+    js = nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+    await js.add_stream(name="BENCH_FLOOR", subjects=["bench.floor"], storage=StorageType.FILE)
+    clock = time.perf_counter_ns
+    times: list[int] = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        data = work[i % len(work)][1]
+        i += 1
+        t0 = clock()
+        await js.publish("bench.floor", data, stream="BENCH_FLOOR")
+        times.append(clock() - t0)
+    await js.delete_stream("BENCH_FLOOR")
+    times.sort()
+    return times
+
+
 async def breaker_latency(watcher: Client, requester: Requester, trips: int) -> tuple[list[int], int]:
     """Trip probe swarms one by one; for each, the time from the cost reply to the `breaker.tripped` event
     reaching `watcher` (its own connection), in ns; negative when the event arrived first.
@@ -881,6 +902,7 @@ class Results:
     governor_rss_kib: dict[int, int] = field(default_factory=dict)  # durable, asyncio: swarms -> RSS when ready
     trip_delays_ns: list[int] = field(default_factory=list)
     trip_failures: int = 0
+    floor_ns: list[int] = field(default_factory=list)  # one synced JetStream publish, acknowledged, at c1
     notes: list[str] = field(default_factory=list)  # what the responders logged (warnings, errors)
     startup: list[str] = field(default_factory=list)  # how long each governor took to serve steadily
 
@@ -926,6 +948,9 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
                 + (f" (stopped answering {gaps} time(s) after it said ready)" if gaps else "")
             )
         baseline = next((r for r in out.rows if r.name == "echo" and r.loop == session.loop), None)
+        if session.responder == "echo" and session.loop == "asyncio":
+            _progress("ledger floor: synced JetStream publishes at c1")
+            out.floor_ns = await ledger_floor(nc, work["assign"], profile.c1_s)
         for workload in session.workloads:
             row = Row(workload, session.mode, session.loop, session.swarms, baseline=baseline)
             if workload == "echo":
@@ -1023,6 +1048,13 @@ def main(quick: bool = False) -> int:
         print(
             f"breaker trip: event arrival minus cost reply arrival: p50 {percentile(delays, 0.5) / 1e6:.3f} ms, "
             f"p99 {percentile(delays, 0.99) / 1e6:.3f} ms ({len(delays)} trips, {results.trip_failures} failed)"
+        )
+    floor = results.floor_ns
+    if floor:
+        print(
+            f"ledger floor: one JetStream publish synced to disk and acknowledged (file stream, sync_interval: always,"
+            f" c1, {len(floor):,} publishes): p50 {percentile(floor, 0.5) / 1e6:.3f} ms, "
+            f"p99 {percentile(floor, 0.99) / 1e6:.3f} ms; a durable request waits for one such write"
         )
     for line in results.startup:
         print(f"startup: {line}")

@@ -88,6 +88,12 @@ class TestBenchQuick:
         sizes = re.findall(r"^core\s+([\d,]+)\s", bench_output, flags=re.MULTILINE)
         assert sizes == ["100", "1,000", "10,000", "100,000"]
 
+    def test_prints_the_ledger_floor(self, bench_output: str) -> None:
+        """The latency of one synced JetStream publish, the floor under every durable request, is measured."""
+        match = re.search(r"^ledger floor: .* p50 ([\d.]+) ms, p99 ([\d.]+) ms", bench_output, flags=re.MULTILINE)
+        assert match is not None
+        assert 0 < float(match.group(1)) <= float(match.group(2))
+
     def test_prints_a_verdict_for_every_target(self, bench_output: str) -> None:
         """The targets section names each of issue 4's targets with met, NOT MET or not measured."""
         section = bench_output.split("target (issue 4)", 1)[1]
