@@ -462,7 +462,7 @@ class Governor:
             if not lists[rarest]:
                 return []
             if k == 1:
-                return self._walk(lists[0], [], max_cost, limit, estimate, models, None) or []
+                return self._walk(lists[0], None, max_cost, limit, estimate, models, None) or []
             mask = index.all_of(required)
             if not mask:
                 return []
@@ -471,8 +471,10 @@ class Governor:
                 if i != rarest:
                     expected_steps *= len(self._swarms) / len(lists[i])
             if expected_steps * limit <= WALK_EXPECTED:
-                others = [cap for i, cap in enumerate(required) if i != rarest]
-                walked = self._walk(lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
+                # The mask's bytes say in O(1) whether an entry holds them all (and is eligible), without touching
+                # the swarm: with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
+                members = mask.to_bytes((mask.bit_length() + 7) // 8, "little")
+                walked = self._walk(lists[rarest], members, max_cost, limit, estimate, models, WALK_LIMIT)
                 if walked is not None:
                     return walked
         if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
@@ -497,29 +499,29 @@ class Governor:
     def _walk(
         self,
         ranked: list[tuple[float, int]],
-        others: list[str],
+        members: bytes | None,
         max_cost: float,
         limit: int,
         estimate: int,
         models: set[str] | None,
         steps: int | None,
     ) -> list[tuple[float, int, _Swarm, float]] | None:
-        """The first `limit` qualified swarms of a value-sorted list that also hold `others`, best first.
+        """The first `limit` qualified swarms of a value-sorted list, best first; with `members` (a bitmask's bytes,
+        lowest ordinal first) only those whose bit is set.
 
         None when `steps` entries were looked at before `limit` were found (the caller then uses the masks).
         """
         best: list[tuple[float, int, _Swarm, float]] = []
         by_ordinal = self._by_ordinal
-        first = others[0] if others else None
-        rest = others[1:]
+        size = len(members) if members is not None else 0
         for step, (_, ordinal) in enumerate(ranked):
             if step == steps:
                 return None
-            swarm = by_ordinal[ordinal]
-            if first is not None:
-                capabilities = swarm.capabilities
-                if first not in capabilities or (rest and not all(cap in capabilities for cap in rest)):
+            if members is not None:
+                byte = ordinal >> 3
+                if byte >= size or not members[byte] >> (ordinal & 7) & 1:
                     continue
+            swarm = by_ordinal[ordinal]
             if swarm.cost_per_hour > max_cost or not swarm.admits:
                 continue
             if estimate and swarm.budget - swarm.held < estimate:
