@@ -40,6 +40,7 @@ log = logging.getLogger("if_governor.ledger")
 
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 SNAPSHOT_NAME = "latest"
+SNAPSHOT_READ_ATTEMPTS = 3
 
 
 class LedgerError(Exception):
@@ -140,6 +141,8 @@ class Ledger:
         self.entries_since_snapshot = 0
         self.tail = 0
         """The last ledger sequence written or in flight: the next message must follow it."""
+        self.snapshot_timeout = max(timeout, 10.0)
+        """How long one attempt to read the snapshot may take."""
         self._encode = msgspec.json.Encoder().encode
         self._decode_ack = msgspec.json.Decoder(_PubAck).decode
         self._waiting: dict[str, tuple[Write, int]] = {}  # reply token -> (its write, the sequence it must get)
@@ -344,11 +347,24 @@ class Ledger:
         await self._snapshots.put(SNAPSHOT_NAME, data)
 
     async def load_snapshot(self) -> CoreState | None:
+        """The latest snapshot, or None. A snapshot replaced while it is read loses its chunks under the reader (the
+        object store's `get` would then wait forever): each attempt is bounded, and the next one reads the new one."""
         assert self._snapshots is not None
-        try:
-            result = await self._snapshots.get(SNAPSHOT_NAME)
-        except nats.js.errors.ObjectNotFoundError:
-            return None
+        for attempt in range(1, SNAPSHOT_READ_ATTEMPTS + 1):
+            try:
+                result = await asyncio.wait_for(self._snapshots.get(SNAPSHOT_NAME), self.snapshot_timeout)
+                break
+            except nats.js.errors.ObjectNotFoundError:
+                return None
+            except TimeoutError:
+                log.warning(
+                    "snapshot not read within %.1fs (attempt %d of %d): replaced while being read?",
+                    self.snapshot_timeout,
+                    attempt,
+                    SNAPSHOT_READ_ATTEMPTS,
+                )
+        else:
+            raise LedgerUnavailable(f"the snapshot could not be read in {SNAPSHOT_READ_ATTEMPTS} attempts")
         if not result.data:
             return None
         return msgspec.msgpack.decode(zlib.decompress(result.data), type=CoreState)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +31,9 @@ from nats.aio.msg import Msg
 from tests.conftest import SEED_SWARMS, make_config
 from worker.app import Worker
 from worker.client import GovernorClient
+from worker.core import Governor
 from worker.errors import Unavailable
-from worker.ledger import stream_name
+from worker.ledger import SNAPSHOT_NAME, Ledger, stream_name
 from worker.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -323,3 +325,35 @@ class TestFailClosed:
             finally:
                 with contextlib.suppress(Exception):
                     await nc.close()
+
+
+class TestSnapshotReplaced:
+    async def test_a_snapshot_replaced_while_read_is_read_again(self, nats_server: NatsServer) -> None:
+        """The reader saw the old snapshot's description, then its chunks were purged by the next snapshot: the
+        read gives up on it in time and reads the new one (the object store alone would wait forever)."""
+        nc = await nats.connect(nats_server.url)
+        try:
+            ledger = Ledger(nc, prefix="snaptest", timeout=2.0)
+            ledger.snapshot_timeout = 0.5
+            await ledger.setup()
+            store = ledger._snapshots
+            assert store is not None
+            old_state = Governor().export_state(7)
+            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(old_state)))
+            stale = await store.get_info(SNAPSHOT_NAME)
+            new_state = Governor().export_state(9)
+            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(new_state)))  # purges the old chunks
+            get_info = store.get_info
+            calls = 0
+
+            async def stale_once(name: str, show_deleted: bool | None = False) -> Any:
+                nonlocal calls
+                calls += 1
+                return stale if calls == 1 else await get_info(name, show_deleted)
+
+            store.get_info = stale_once  # type: ignore[method-assign]
+            state = await asyncio.wait_for(ledger.load_snapshot(), timeout=10)
+            assert state is not None and state.seq == 9
+            assert calls == 2
+        finally:
+            await nc.close()
