@@ -95,11 +95,29 @@ def _bundled_server_config(data_dir: Path) -> Path:
     return conf
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `governor run` uses: uvloop's when chosen (or `auto` and installed), else asyncio's (None)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise errors.ConfigError(
+                "governor.event_loop is uvloop, but uvloop is not installed (pip install 'if-governor[fast]')"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 async def _run(args: argparse.Namespace) -> int:
     from worker.natsserver import NatsServer
 
     config = load_config(args.config)
     setup_logging(args.log_level or config.witness.log_level, args.log_format)
+    running_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "uvloop" or "asyncio"
+    log.info("event loop: %s (governor.event_loop: %s)", running_loop, config.governor.event_loop)
     # A URL from the flag, else from IF_GOVERNOR_NATS_URL or the config's nats.servers; none: the bundled server.
     servers = [args.nats_url] if args.nats_url else config.nats.servers
     # Signals are ours from the start: a SIGTERM while starting still stops the bundled server.
@@ -551,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(bench_main(quick=args.quick))
         if args.command == "run":
             args.data_dir = os.path.abspath(args.data_dir)
+            factory = loop_factory(load_config(args.config).governor.event_loop)
+            with asyncio.Runner(loop_factory=factory) as runner:
+                return runner.run(_run(args))
         return asyncio.run(COMMANDS[args.command](args))
     except errors.ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)

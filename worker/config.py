@@ -29,6 +29,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IF_GOVERNOR_CIRCUIT_BREAKER_THRESHOLD": ("governor", "circuit_breaker_threshold"),
     "IF_GOVERNOR_MAX_COST_PER_TASK": ("governor", "max_cost_per_task"),
     "IF_GOVERNOR_SUBJECT_PREFIX": ("governor", "subject_prefix"),
+    "IF_GOVERNOR_EVENT_LOOP": ("governor", "event_loop"),
     "IF_GOVERNOR_METRICS_PORT": ("metrics", "port"),
     "IF_GOVERNOR_LOG_LEVEL": ("witness", "log_level"),
     "IF_GOVERNOR_LEDGER_ENABLED": ("ledger", "enabled"),

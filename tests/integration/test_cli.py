@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -224,6 +225,25 @@ class TestRun:
             await gov.line("bundled nats-server listening on ")
             returncode = await gov.stop(signal.SIGTERM)
             assert (returncode, gov.leftovers(), listening(gov.port)) == (0, [], False)
+        finally:
+            await gov.cleanup()
+
+    async def test_runs_on_uvloop_when_installed(self, running: RunningGovernor) -> None:
+        """`governor.event_loop: auto` (the default) takes uvloop when it is importable, and says so."""
+        expected = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+        assert f"event loop: {expected} (governor.event_loop: auto)" in running.stderr_path.read_text()
+
+    async def test_event_loop_asyncio_when_configured(self, tmp_path: Path) -> None:
+        """`governor.event_loop: asyncio` keeps asyncio's own loop."""
+        config = yaml.safe_load(SEED_CONFIG.read_text())
+        config["governor"]["event_loop"] = "asyncio"
+        path = tmp_path / "asyncio.yaml"
+        path.write_text(yaml.safe_dump(config))
+        gov = RunningGovernor(tmp_path, config=path)
+        try:
+            await gov.start()
+            await gov.serving()
+            assert "event loop: asyncio (governor.event_loop: asyncio)" in gov.stderr_path.read_text()
         finally:
             await gov.cleanup()
 
