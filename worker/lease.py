@@ -105,6 +105,15 @@ class Lease:
             return
         revision, self._revision = self._revision, None
         try:
-            await self._kv.delete(KEY, last=revision)
+            try:
+                await self._kv.delete(KEY, last=revision)
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
+                # A renewal this process stopped waiting for (cancelled at stop, or late) landed after all: the key
+                # is still ours, under a newer revision. Delete that one, if the holder is still this process.
+                entry = await self._kv.get(KEY)
+                if entry.value != self.holder_id.encode() or entry.revision is None:
+                    return
+                await self._kv.delete(KEY, last=entry.revision)
+            log.info("lease released by %s", self.holder_id)
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
             log.warning("lease release failed (it expires by itself): %s", exc)
