@@ -35,8 +35,8 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     soft_budget_ratio: Ratio = 0.2
     max_amount_usd: Annotated[float, Meta(gt=0.0)] = 1_000_000.0
     """The largest cost, estimated cost or budget a request may carry (USD)."""
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
-    """`governor run`'s event loop: `auto` takes uvloop when it is installed (the `fast` extra), else asyncio's."""
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    """`governor run`'s event loop; `auto` takes uvloop when it is installed (the `fast` extra), else asyncio's."""
 
 
 class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -14,8 +14,8 @@ connection) for a fixed short time per cell. Throughput is shown as a ratio to t
 the same run under the same event loop. CPU time per request of the responder, of nats-server and of the load
 generator comes from /proc/<pid>/stat: steadier than throughput on a busy 2-core machine. The governor runs in
 its default durable mode (ledger on JetStream) and in memory; with `uvloop` importable, echo and the durable
-governor are measured under uvloop too (the load generator's loop stays asyncio for every row), and the targets
-are judged on the uvloop rows, the loop `governor run` then uses by default; the 100,000-swarm governor runs on it.
+governor are measured under uvloop too (the load generator's loop stays asyncio for every row); the targets are
+judged on the rows of `governor run`'s default loop (asyncio), on which the 100,000-swarm governor runs too.
 
 The decision core is measured in a fresh process per registry size (100 to 100,000 swarms): latency per
 `core.assign` (time.perf_counter_ns around the call) and resident memory per swarm (VmRSS before and after
@@ -75,8 +75,8 @@ SEED = 4
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 5.0
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
-#: The loop `governor run` uses by default (`governor.event_loop: auto`): the targets are judged on its rows.
-DEFAULT_LOOP = "uvloop" if HAS_UVLOOP else "asyncio"
+#: The loop `governor run` uses by default (`governor.event_loop`): the targets are judged on its rows.
+DEFAULT_LOOP = "asyncio"
 
 
 @dataclass(frozen=True)

@@ -228,22 +228,22 @@ class TestRun:
         finally:
             await gov.cleanup()
 
-    async def test_runs_on_uvloop_when_installed(self, running: RunningGovernor) -> None:
-        """`governor.event_loop: auto` (the default) takes uvloop when it is importable, and says so."""
-        expected = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-        assert f"event loop: {expected} (governor.event_loop: auto)" in running.stderr_path.read_text()
+    async def test_runs_on_asyncio_by_default(self, running: RunningGovernor) -> None:
+        """`governor.event_loop` defaults to asyncio's own loop, and the log says which loop runs."""
+        assert "event loop: asyncio (governor.event_loop: asyncio)" in running.stderr_path.read_text()
 
-    async def test_event_loop_asyncio_when_configured(self, tmp_path: Path) -> None:
-        """`governor.event_loop: asyncio` keeps asyncio's own loop."""
+    async def test_event_loop_auto_takes_uvloop_when_installed(self, tmp_path: Path) -> None:
+        """`governor.event_loop: auto` runs on uvloop when it is importable (else on asyncio)."""
+        expected = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
         config = yaml.safe_load(SEED_CONFIG.read_text())
-        config["governor"]["event_loop"] = "asyncio"
-        path = tmp_path / "asyncio.yaml"
+        config["governor"]["event_loop"] = "auto"
+        path = tmp_path / "auto.yaml"
         path.write_text(yaml.safe_dump(config))
         gov = RunningGovernor(tmp_path, config=path)
         try:
             await gov.start()
             await gov.serving()
-            assert "event loop: asyncio (governor.event_loop: asyncio)" in gov.stderr_path.read_text()
+            assert f"event loop: {expected} (governor.event_loop: auto)" in gov.stderr_path.read_text()
         finally:
             await gov.cleanup()
 
