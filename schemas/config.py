@@ -90,6 +90,8 @@ class LedgerSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Ledger messages between snapshots (recovery replays at most about this many)."""
     lease_ttl_s: Annotated[float, Meta(ge=1.0, le=60.0)] = 3.0
     """A standby takes over at most about this long after the serving process died."""
+    trim: bool = True
+    """After each snapshot, purge the entries before the previous one: the stream holds about two intervals."""
 
 
 class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

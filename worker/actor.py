@@ -353,13 +353,14 @@ class Actor:
         assert self.ledger is not None
         if self._snapshot_task is not None and not self._snapshot_task.done():
             return
+        seq = self.ledger.seq
         data = self.ledger.snapshot_bytes(self.core)
-        self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot(data))
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot(data, seq))
 
-    async def _save_snapshot(self, data: bytes) -> None:
+    async def _save_snapshot(self, data: bytes, seq: int) -> None:
         assert self.ledger is not None
         try:
-            await self.ledger.save_snapshot(data)
+            await self.ledger.save_snapshot(data, seq)
         except Exception as exc:
             log.warning("snapshot not stored (%s): recovery replays a longer tail", exc)
 

@@ -40,7 +40,7 @@ from worker.core import Governor
 from worker.dispatch import register_request, replay
 from worker.errors import ConfigError, GovernorError, InvalidRequest
 from worker.lease import Lease
-from worker.ledger import Ledger, wait_for_jetstream
+from worker.ledger import Ledger, LedgerGap, wait_for_jetstream
 from worker.metrics import HttpEndpoint, Metrics
 
 log = logging.getLogger("if_governor.worker")
@@ -253,7 +253,11 @@ class Worker:
         ledger_config = self.config.ledger
         prefix = self.config.governor.subject_prefix
         self.ledger = ledger = Ledger(
-            self.nc, prefix=prefix, replicas=ledger_config.replicas, timeout=ledger_config.timeout_s
+            self.nc,
+            prefix=prefix,
+            replicas=ledger_config.replicas,
+            timeout=ledger_config.timeout_s,
+            trim=ledger_config.trim,
         )
         self.lease = lease = Lease(
             self.nc,
@@ -279,27 +283,40 @@ class Worker:
             return False
         await lease.setup()
         g = self.config.governor
-        core = await ledger.recover(
-            lambda: empty_core(self.config),
-            lambda state: Governor.from_state(
-                state,
-                history_limit=g.history_limit,
-                dedupe_limit=g.dedupe_limit,
-                dedupe_horizon_s=g.dedupe_horizon_s,
-            ),
-        )
+
+        async def recover() -> Governor:
+            return await ledger.recover(
+                lambda: empty_core(self.config),
+                lambda state: Governor.from_state(
+                    state,
+                    history_limit=g.history_limit,
+                    dedupe_limit=g.dedupe_limit,
+                    dedupe_horizon_s=g.dedupe_horizon_s,
+                ),
+            )
+
+        async def follow(core: Governor) -> Governor:
+            """Replay what the ledger gained; a standby that fell behind its trimmed part starts from the snapshot."""
+            try:
+                await ledger.catch_up(core)
+                return core
+            except LedgerGap as gap:
+                log.info("%s: recovering from the snapshot", gap)
+                return await recover()
+
+        core = await recover()
         poll = min(0.5, lease.ttl / 4)
         while not await lease.try_acquire():
             if await self._sleep(poll):
                 return False
             with contextlib.suppress(Exception):
-                await ledger.catch_up(core)
+                core = await follow(core)
         # The lease is renewed by its own task from now on, also while the ledger is read and the config reconciled.
         lost_lease = asyncio.Event()
         renewer = asyncio.get_running_loop().create_task(self._hold(lease, lost_lease), name="governor-lease")
         try:
             try:
-                await ledger.catch_up(core)  # to the end: nobody else writes now
+                core = await follow(core)  # to the end: nobody else writes now
                 await self._reconcile(core, ledger)
             except Exception:
                 renewer.cancel()
@@ -360,7 +377,8 @@ class Worker:
         if ledger.entries_since_snapshot == 0:
             return
         try:
-            await asyncio.wait_for(ledger.save_snapshot(ledger.snapshot_bytes(core)), timeout=10)
+            seq = ledger.seq
+            await asyncio.wait_for(ledger.save_snapshot(ledger.snapshot_bytes(core), seq), timeout=10)
         except Exception as exc:
             log.warning("final snapshot not stored (%s): the next start replays the tail", exc)
 

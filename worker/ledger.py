@@ -9,9 +9,12 @@ applies nothing that is not acknowledged, in ledger order.
     LedgerError
     ├── LedgerUnavailable   the batch was certainly not written (no JetStream, stream missing, refused)
     ├── LedgerAmbiguous     no acknowledgement in time: the batch may or may not be in the stream
-    └── LedgerFenced        another writer extended the ledger: this process is no longer its owner
+    ├── LedgerFenced        another writer extended the ledger: this process is no longer its owner
+    └── LedgerGap           a reader fell behind the trimmed part: it must start again from the snapshot
 
 The state is the snapshot (a JetStream object store) plus the stream's tail after it; `catch_up` replays the tail.
+Once a snapshot is stored, the entries before the previous snapshot are purged (`trim`): the stream holds about two
+snapshot intervals, and a standby that fell further behind reloads the snapshot.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ log = logging.getLogger("if_governor.ledger")
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 SNAPSHOT_NAME = "latest"
 SNAPSHOT_READ_ATTEMPTS = 3
+RECOVER_ATTEMPTS = 3
 
 
 class LedgerError(Exception):
@@ -57,6 +61,10 @@ class LedgerAmbiguous(LedgerError):
 
 class LedgerFenced(LedgerError):
     """Another writer extended the ledger."""
+
+
+class LedgerGap(LedgerError):
+    """The entries after what was applied were trimmed (a newer snapshot holds them): recover from the snapshot."""
 
 
 class _AckError(msgspec.Struct):
@@ -128,6 +136,7 @@ class Ledger:
         replicas: int = 1,
         timeout: float = 5.0,
         max_message: int = 256 * 1024,
+        trim: bool = True,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=timeout)
@@ -143,6 +152,9 @@ class Ledger:
         """The last ledger sequence written or in flight: the next message must follow it."""
         self.snapshot_timeout = max(timeout, 10.0)
         """How long one attempt to read the snapshot may take."""
+        self.trim = trim
+        self.snapshot_seq = 0
+        """The sequence of the newest snapshot this process stored or recovered from."""
         self._encode = msgspec.json.Encoder().encode
         self._decode_ack = msgspec.json.Decoder(_PubAck).decode
         self._waiting: dict[str, tuple[Write, int]] = {}  # reply token -> (its write, the sequence it must get)
@@ -305,6 +317,8 @@ class Ledger:
                 seq = msg.metadata.sequence.stream
                 if seq <= self.seq:
                     continue
+                if seq != self.seq + 1:
+                    raise LedgerGap(f"the ledger no longer holds entries {self.seq + 1} to {seq - 1}: trimmed")
                 for entry in self._decode_batch(msg.data).entries:
                     replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
                 if not keep_events:
@@ -320,20 +334,31 @@ class Ledger:
     async def recover(
         self, empty_core: Callable[[], Governor], from_state: Callable[[CoreState], Governor] = Governor.from_state
     ) -> Governor:
-        """The state as of the ledger's end: the latest snapshot plus the tail after it."""
-        core: Governor | None = None
-        state = await self.load_snapshot()
-        if state is not None:
-            core = from_state(state)
-            self.seq = state.seq
-            log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
-        else:
-            core = empty_core()
-            self.seq = 0
-        replayed = await self.catch_up(core)
-        log.info("recovered to ledger sequence %d (%d messages replayed)", self.seq, replayed)
-        self.entries_since_snapshot = replayed
-        return core
+        """The state as of the ledger's end: the latest snapshot plus the tail after it.
+
+        A snapshot stored (and the ledger trimmed) between reading the snapshot and its tail leaves a gap: read the
+        newer snapshot then.
+        """
+        for attempt in range(1, RECOVER_ATTEMPTS + 1):
+            state = await self.load_snapshot()
+            if state is not None:
+                core = from_state(state)
+                self.seq = self.snapshot_seq = state.seq
+                log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
+            else:
+                core = empty_core()
+                self.seq = 0
+            try:
+                replayed = await self.catch_up(core)
+            except LedgerGap as gap:
+                if attempt == RECOVER_ATTEMPTS:
+                    raise
+                log.info("%s while recovering; reading the newer snapshot", gap)
+                continue
+            log.info("recovered to ledger sequence %d (%d messages replayed)", self.seq, replayed)
+            self.entries_since_snapshot = replayed
+            return core
+        raise AssertionError("unreachable")
 
     # -- snapshots ------------------------------------------------------------------------------------------------
 
@@ -342,9 +367,16 @@ class Ledger:
         self.entries_since_snapshot = 0
         return zlib.compress(msgspec.msgpack.encode(core.export_state(self.seq)), 1)
 
-    async def save_snapshot(self, data: bytes) -> None:
+    async def save_snapshot(self, data: bytes, seq: int) -> None:
+        """Store the snapshot taken at ledger sequence `seq`; then trim the entries before the previous snapshot."""
         assert self._snapshots is not None
         await self._snapshots.put(SNAPSHOT_NAME, data)
+        previous, self.snapshot_seq = self.snapshot_seq, max(self.snapshot_seq, seq)
+        if self.trim and 0 < previous < seq:
+            try:
+                await self.js.purge_stream(self.stream, seq=previous + 1)  # purges the entries up to `previous`
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("ledger not trimmed (%s): it is trimmed after the next snapshot", exc)
 
     async def load_snapshot(self) -> CoreState | None:
         """The latest snapshot, or None. A snapshot replaced while it is read loses its chunks under the reader (the

@@ -28,12 +28,13 @@ import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from schemas.config import LedgerSection
 from tests.conftest import SEED_SWARMS, make_config
 from worker.app import Worker
 from worker.client import GovernorClient
 from worker.core import Governor
 from worker.errors import Unavailable
-from worker.ledger import SNAPSHOT_NAME, Ledger, stream_name
+from worker.ledger import SNAPSHOT_NAME, Ledger, LedgerGap, stream_name
 from worker.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -339,10 +340,10 @@ class TestSnapshotReplaced:
             store = ledger._snapshots
             assert store is not None
             old_state = Governor().export_state(7)
-            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(old_state)))
+            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(old_state)), 7)
             stale = await store.get_info(SNAPSHOT_NAME)
             new_state = Governor().export_state(9)
-            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(new_state)))  # purges the old chunks
+            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(new_state)), 9)  # purges the old chunks
             get_info = store.get_info
             calls = 0
 
@@ -355,5 +356,35 @@ class TestSnapshotReplaced:
             state = await asyncio.wait_for(ledger.load_snapshot(), timeout=10)
             assert state is not None and state.seq == 9
             assert calls == 2
+        finally:
+            await nc.close()
+
+
+class TestTrim:
+    async def test_trimmed_after_snapshots_and_recovered_exactly(self, nats_server: NatsServer) -> None:
+        """Snapshots trim the ledger; a restart, a retried old event_id and a reader behind the trim stay exact."""
+        config = msgspec.structs.replace(make_config(SEED_SWARMS), ledger=LedgerSection(snapshot_every=5))
+        nc = await nats.connect(nats_server.url)
+        try:
+            client = GovernorClient(nc)
+            async with Worker(config, servers=[nats_server.url], serve_metrics=False):
+                for i in range(60):
+                    await client.cost("session-1-ndi", "op", 0.25, event_id=f"e{i}")
+                before = (await client.status()).budgets
+            assert before == {"session-4-sip": 25.0, "session-1-ndi": 10.0}
+            js = nc.jetstream()
+            state = (await js.stream_info(stream_name("governor"))).state
+            assert state.first_seq > 30 and state.messages < state.last_seq  # the early entries are gone
+
+            async with Worker(config, servers=[nats_server.url], serve_metrics=False):
+                assert (await client.status()).budgets == before
+                assert (await client.cost("session-1-ndi", "op", 0.25, event_id="e3")).duplicate is True
+
+            reader = Ledger(nc)  # a standby that had read nothing: the start of the ledger is gone
+            await reader.setup()
+            with pytest.raises(LedgerGap):
+                await reader.catch_up(Governor())
+            recovered = await reader.recover(Governor)
+            assert recovered.get_budget_report() == before
         finally:
             await nc.close()
