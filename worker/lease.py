@@ -46,6 +46,8 @@ class Lease:
         self.replicas = replicas
         self.clock = clock
         self._kv: KeyValue | None = None
+        self._bucket_ttl = ttl  # the bucket's own TTL and replicas, read at setup
+        self._bucket_replicas = replicas
         self._revision: int | None = None
         self._valid_until = 0.0
 
@@ -62,6 +64,34 @@ class Lease:
             self._kv = await js.create_key_value(
                 bucket=self.bucket, ttl=self.ttl, history=1, storage=StorageType.FILE, replicas=self.replicas
             )
+        config = (await js.stream_info(f"KV_{self.bucket}")).config
+        self._bucket_ttl = config.max_age or self.ttl
+        self._bucket_replicas = config.num_replicas or 1
+
+    async def _reconcile_bucket(self) -> None:
+        """Give the bucket this process's TTL and replicas, once it holds the lease (only the holder changes them:
+        a standby shortening the TTL under a holder that counts on the longer one would let two processes serve)."""
+        if self._bucket_ttl == self.ttl and self._bucket_replicas == self.replicas:
+            return
+        js = self.nc.jetstream(timeout=self.ttl / 2)
+        stream = f"KV_{self.bucket}"
+        try:
+            config = (await js.stream_info(stream)).config
+            window = min(config.duplicate_window or self.ttl, self.ttl)  # may not exceed the TTL (as at creation)
+            await js.update_stream(config.evolve(max_age=self.ttl, duplicate_window=window, num_replicas=self.replicas))
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.warning(
+                "lease bucket keeps TTL %.1fs and %d replicas: %s", self._bucket_ttl, self._bucket_replicas, exc
+            )
+            return
+        log.info(
+            "lease bucket TTL %.1fs -> %.1fs, replicas %d -> %d",
+            self._bucket_ttl,
+            self.ttl,
+            self._bucket_replicas,
+            self.replicas,
+        )
+        self._bucket_ttl, self._bucket_replicas = self.ttl, self.replicas
 
     async def try_acquire(self) -> bool:
         """Take the lease if nobody holds it. True on success."""
@@ -75,7 +105,9 @@ class Lease:
             log.debug("lease acquire failed: %s", exc)
             return False
         self._revision = revision
-        self._valid_until = sent + self.ttl - self.margin
+        await self._reconcile_bucket()
+        # Valid while the key surely lives: the bucket's TTL may still be shorter than ours if it could not be changed.
+        self._valid_until = sent + min(self.ttl, self._bucket_ttl) - self.margin
         log.info("lease acquired by %s", self.holder_id)
         return True
 
@@ -96,7 +128,7 @@ class Lease:
             log.warning("lease renewal failed: %s", exc)
             return self.held
         self._revision = revision
-        self._valid_until = sent + self.ttl - self.margin
+        self._valid_until = sent + min(self.ttl, self._bucket_ttl) - self.margin
         return True
 
     async def release(self) -> None:

@@ -173,6 +173,7 @@ class Ledger:
             self._ack_sub = await self.nc.subscribe(self._inbox + "*", cb=self._on_ack)
         try:
             await self.js.stream_info(self.stream)
+            await self._reconcile_replicas(self.stream)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(
                 StreamConfig(
@@ -187,10 +188,22 @@ class Ledger:
         bucket = self.stream + "_SNAPSHOTS"
         try:
             self._snapshots = await self.js.object_store(bucket)
+            await self._reconcile_replicas("OBJ_" + bucket)
         except nats.js.errors.NotFoundError:
             self._snapshots = await self.js.create_object_store(
                 bucket, storage=StorageType.FILE, replicas=self.replicas
             )
+
+    async def _reconcile_replicas(self, stream: str) -> None:
+        """Give an existing stream the configured number of replicas (a single server refuses more than one)."""
+        config = (await self.js.stream_info(stream)).config
+        if (config.num_replicas or 1) == self.replicas:
+            return
+        try:
+            await self.js.update_stream(config.evolve(num_replicas=self.replicas))
+            log.info("stream %s now has %d replicas (had %s)", stream, self.replicas, config.num_replicas or 1)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.warning("stream %s keeps %s replicas, not %d: %s", stream, config.num_replicas or 1, self.replicas, exc)
 
     # -- writing --------------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The serving lease against a real nats-server: a clean stop gives it up even after a renewal it lost track of."""
+"""The serving lease and the JetStream settings against a real nats-server: release, changed TTL and replicas."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from nats.aio.client import Client
 
 from worker.lease import KEY, Lease
+from worker.ledger import Ledger, stream_name
 from worker.natsserver import NatsServer
 
 
@@ -57,3 +58,29 @@ class TestRelease:
         await a.release()
         assert not await c.try_acquire()
         assert (await kv.get(KEY)).value == b"b"
+
+
+class TestSettingsChanged:
+    """`ledger.lease_ttl_s` and `ledger.replicas` changed after the bucket and streams were created."""
+
+    async def test_the_next_holder_gives_the_bucket_its_ttl(self, nc: Client) -> None:
+        """A standby with another TTL leaves the bucket alone; once it holds the lease, the bucket takes its TTL."""
+        a = await lease(nc, "a")  # creates the bucket with a 30 s TTL
+        b = Lease(nc, "b", bucket="TEST_LEASE", ttl=10.0)
+        await b.setup()
+        js = nc.jetstream()
+        assert await a.try_acquire()
+        assert not await b.try_acquire()
+        assert (await js.stream_info("KV_TEST_LEASE")).config.max_age == 30.0
+        await a.release()
+        assert await b.try_acquire()
+        assert (await js.stream_info("KV_TEST_LEASE")).config.max_age == 10.0
+
+    async def test_more_replicas_than_the_servers_is_a_warning(
+        self, nc: Client, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A single server refuses R2 for the existing ledger stream: the governor says so and goes on with R1."""
+        await Ledger(nc, replicas=1).setup()
+        await Ledger(nc, replicas=2).setup()
+        assert (await nc.jetstream().stream_info(stream_name("governor"))).config.num_replicas == 1
+        assert "keeps 1 replicas, not 2" in caplog.text
