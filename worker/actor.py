@@ -206,7 +206,7 @@ class Actor:
                     await self.land(flights.popleft())  # no ack in time: in doubt
                     continue
                 waiters: list[asyncio.Future[Any]] = [write.future]
-                if len(flights) < self.max_inflight:
+                if len(flights) < self.max_inflight and not mailbox.closed:  # closed: only the acks matter now
                     waiters.append(mailbox.ready())
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 mailbox.unready()
