@@ -13,13 +13,16 @@ applies nothing that is not acknowledged, in ledger order.
     └── LedgerGap           a reader fell behind the trimmed part: it must start again from the snapshot
 
 The state is the snapshot (a JetStream object store) plus the stream's tail after it; `catch_up` replays the tail.
-Once a snapshot is stored, the entries before the previous snapshot are purged (`trim`): the stream holds about two
-snapshot intervals, and a standby that fell further behind reloads the snapshot.
+Snapshots are stored under their sequence and never overwritten; the two newest are kept, and the ledger entries up
+to the older one are purged (`trim`): the stream holds about two snapshot intervals, and a standby that fell
+further behind reloads the newest snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import itertools
 import logging
 import zlib
@@ -33,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
 from schemas.ledger import CoreState, LedgerBatch, LedgerEntry
 from worker.core import Governor
@@ -42,7 +45,8 @@ from worker.dispatch import replay
 log = logging.getLogger("if_governor.ledger")
 
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
-SNAPSHOT_NAME = "latest"
+SNAPSHOT_PREFIX = "seq-"
+LEGACY_SNAPSHOT_NAME = "latest"  # the one overwritten snapshot of earlier versions, read when no other exists
 SNAPSHOT_READ_ATTEMPTS = 3
 RECOVER_ATTEMPTS = 3
 
@@ -155,6 +159,7 @@ class Ledger:
         self.trim = trim
         self.snapshot_seq = 0
         """The sequence of the newest snapshot this process stored or recovered from."""
+        self._legacy_removed = False
         self._encode = msgspec.json.Encoder().encode
         self._decode_ack = msgspec.json.Decoder(_PubAck).decode
         self._waiting: dict[str, tuple[Write, int]] = {}  # reply token -> (its write, the sequence it must get)
@@ -381,38 +386,83 @@ class Ledger:
         return zlib.compress(msgspec.msgpack.encode(core.export_state(self.seq)), 1)
 
     async def save_snapshot(self, data: bytes, seq: int) -> None:
-        """Store the snapshot taken at ledger sequence `seq`; then trim the entries before the previous snapshot."""
+        """Store the snapshot taken at ledger sequence `seq` under a name of its own; keep the two newest snapshots
+        and (with `trim`) purge the ledger entries up to the older of them.
+
+        Snapshots are never overwritten: a process that lost its lease while storing one (its publishes buffered
+        across a partition, say) can only add an older snapshot, which recovery passes over and the next save
+        deletes. The trim point comes from what the store holds, so the newest snapshot is always followed by every
+        entry after it.
+        """
         assert self._snapshots is not None
-        await self._snapshots.put(SNAPSHOT_NAME, data)
-        previous, self.snapshot_seq = self.snapshot_seq, max(self.snapshot_seq, seq)
-        if self.trim and 0 < previous < seq:
-            try:
-                await self.js.purge_stream(self.stream, seq=previous + 1)  # purges the entries up to `previous`
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                log.warning("ledger not trimmed (%s): it is trimmed after the next snapshot", exc)
+        await self._snapshots.put(snapshot_name(seq), data)
+        self.snapshot_seq = max(self.snapshot_seq, seq)
+        try:
+            seqs = await self._stored_snapshots()
+            for old in seqs[:-2]:
+                await self._delete_snapshot(snapshot_name(old))
+            if not self._legacy_removed:
+                await self._delete_snapshot(LEGACY_SNAPSHOT_NAME)
+                self._legacy_removed = True
+            if self.trim and len(seqs) >= 2:
+                await self.js.purge_stream(self.stream, seq=seqs[-2] + 1)  # purges the entries up to seqs[-2]
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.warning("old snapshots or ledger entries not removed (%s): they are after the next snapshot", exc)
+
+    async def _stored_snapshots(self) -> list[int]:
+        """The sequences of the snapshots in the store, oldest first."""
+        assert self._snapshots is not None
+        try:
+            infos = await asyncio.wait_for(self._snapshots.list(ignore_deletes=True), self.snapshot_timeout)
+        except nats.js.errors.NotFoundError:
+            return []
+        return sorted(
+            int(info.name[len(SNAPSHOT_PREFIX) :])
+            for info in infos
+            if info.name and info.name.startswith(SNAPSHOT_PREFIX) and not info.deleted
+        )
+
+    async def _delete_snapshot(self, name: str) -> None:
+        """Delete a snapshot and its deletion marker, so that the store holds only the live snapshots."""
+        assert self._snapshots is not None
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._snapshots.delete(name)
+        bucket = self.stream + "_SNAPSHOTS"
+        meta = OBJ_META_PRE_TEMPLATE.format(bucket=bucket, obj=base64.urlsafe_b64encode(name.encode()).decode())
+        await self.js.purge_stream(OBJ_STREAM_TEMPLATE.format(bucket=bucket), subject=meta)
 
     async def load_snapshot(self) -> CoreState | None:
-        """The latest snapshot, or None. A snapshot replaced while it is read loses its chunks under the reader (the
-        object store's `get` would then wait forever): each attempt is bounded, and the next one reads the new one."""
+        """The newest snapshot, or None. A snapshot deleted while it is read loses its chunks under the reader (the
+        object store's `get` would then wait forever): each attempt is bounded, and the next one lists again."""
         assert self._snapshots is not None
         for attempt in range(1, SNAPSHOT_READ_ATTEMPTS + 1):
+            seqs = await self._stored_snapshots()
+            name = snapshot_name(seqs[-1]) if seqs else LEGACY_SNAPSHOT_NAME
             try:
-                result = await asyncio.wait_for(self._snapshots.get(SNAPSHOT_NAME), self.snapshot_timeout)
+                result = await asyncio.wait_for(self._snapshots.get(name), self.snapshot_timeout)
                 break
             except nats.js.errors.ObjectNotFoundError:
-                return None
+                if not seqs:
+                    return None
+                log.info("snapshot %s deleted before it was read (attempt %d); listing again", name, attempt)
             except TimeoutError:
                 log.warning(
-                    "snapshot not read within %.1fs (attempt %d of %d): replaced while being read?",
+                    "snapshot %s not read within %.1fs (attempt %d of %d): deleted while being read?",
+                    name,
                     self.snapshot_timeout,
                     attempt,
                     SNAPSHOT_READ_ATTEMPTS,
                 )
         else:
-            raise LedgerUnavailable(f"the snapshot could not be read in {SNAPSHOT_READ_ATTEMPTS} attempts")
+            raise LedgerUnavailable(f"no snapshot could be read in {SNAPSHOT_READ_ATTEMPTS} attempts")
         if not result.data:
             return None
         return msgspec.msgpack.decode(zlib.decompress(result.data), type=CoreState)
+
+
+def snapshot_name(seq: int) -> str:
+    """A snapshot's object name: its ledger sequence, zero-padded so that names sort as sequences do."""
+    return f"{SNAPSHOT_PREFIX}{seq:020d}"
 
 
 async def wait_for_jetstream(ledger: Ledger, stop: asyncio.Event, *, interval: float = 0.5) -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from worker.app import Worker
 from worker.client import GovernorClient
 from worker.core import Governor
 from worker.errors import Unavailable
-from worker.ledger import SNAPSHOT_NAME, Ledger, LedgerGap, stream_name
+from worker.ledger import LEGACY_SNAPSHOT_NAME, Ledger, LedgerGap, snapshot_name, stream_name
 from worker.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,36 +328,67 @@ class TestFailClosed:
                     await nc.close()
 
 
-class TestSnapshotReplaced:
-    async def test_a_snapshot_replaced_while_read_is_read_again(self, nats_server: NatsServer) -> None:
-        """The reader saw the old snapshot's description, then its chunks were purged by the next snapshot: the
-        read gives up on it in time and reads the new one (the object store alone would wait forever)."""
+def snapshot_of(seq: int) -> bytes:
+    return zlib.compress(msgspec.msgpack.encode(Governor().export_state(seq)))
+
+
+class TestSnapshots:
+    @pytest.fixture
+    async def ledger(self, nats_server: NatsServer) -> AsyncIterator[Ledger]:
         nc = await nats.connect(nats_server.url)
         try:
             ledger = Ledger(nc, prefix="snaptest", timeout=2.0)
             ledger.snapshot_timeout = 0.5
             await ledger.setup()
-            store = ledger._snapshots
-            assert store is not None
-            old_state = Governor().export_state(7)
-            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(old_state)), 7)
-            stale = await store.get_info(SNAPSHOT_NAME)
-            new_state = Governor().export_state(9)
-            await ledger.save_snapshot(zlib.compress(msgspec.msgpack.encode(new_state)), 9)  # purges the old chunks
-            get_info = store.get_info
-            calls = 0
-
-            async def stale_once(name: str, show_deleted: bool | None = False) -> Any:
-                nonlocal calls
-                calls += 1
-                return stale if calls == 1 else await get_info(name, show_deleted)
-
-            store.get_info = stale_once  # type: ignore[method-assign]
-            state = await asyncio.wait_for(ledger.load_snapshot(), timeout=10)
-            assert state is not None and state.seq == 9
-            assert calls == 2
+            yield ledger
         finally:
             await nc.close()
+
+    async def test_a_snapshot_deleted_while_read_is_read_again(self, ledger: Ledger) -> None:
+        """The reader saw a snapshot's description, then the snapshot was deleted (two newer ones were stored): the
+        read gives up on it in time and reads the newest (the object store alone would wait forever)."""
+        store = ledger._snapshots
+        assert store is not None
+        await ledger.save_snapshot(snapshot_of(7), 7)
+        stale = await store.get_info(snapshot_name(7))
+        await ledger.save_snapshot(snapshot_of(9), 9)
+        await ledger.save_snapshot(snapshot_of(11), 11)  # keeps 9 and 11: 7 and its chunks are gone
+        get_info = store.get_info
+        calls = 0
+
+        async def stale_once(name: str, show_deleted: bool | None = False) -> Any:
+            nonlocal calls
+            calls += 1
+            return stale if calls == 1 else await get_info(name, show_deleted)
+
+        store.get_info = stale_once  # type: ignore[method-assign]
+        state = await asyncio.wait_for(ledger.load_snapshot(), timeout=10)
+        assert state is not None and state.seq == 11
+        assert calls == 2
+
+    async def test_a_late_older_snapshot_is_passed_over_then_deleted(self, ledger: Ledger) -> None:
+        """A process that lost its lease stores an older snapshot late: recovery reads the newest; the next save
+        deletes the stale one, and the store keeps the two newest."""
+        await ledger.save_snapshot(snapshot_of(10), 10)
+        await ledger.save_snapshot(snapshot_of(20), 20)
+        assert ledger._snapshots is not None
+        await ledger._snapshots.put(snapshot_name(5), snapshot_of(5))  # the stale writer
+        state = await ledger.load_snapshot()
+        assert state is not None and state.seq == 20
+        await ledger.save_snapshot(snapshot_of(30), 30)
+        assert await ledger._stored_snapshots() == [20, 30]
+        store_stream = await ledger.js.stream_info("OBJ_SNAPTEST_LEDGER_SNAPSHOTS")
+        assert store_stream.state.messages == 4  # two snapshots of one chunk each, with their descriptions: no markers
+
+    async def test_an_earlier_versions_snapshot_is_read_then_replaced(self, ledger: Ledger) -> None:
+        """A store holding only the single `latest` snapshot of earlier versions is read; the first save removes it."""
+        assert ledger._snapshots is not None
+        await ledger._snapshots.put(LEGACY_SNAPSHOT_NAME, snapshot_of(4))
+        state = await ledger.load_snapshot()
+        assert state is not None and state.seq == 4
+        await ledger.save_snapshot(snapshot_of(8), 8)
+        names = {info.name for info in await ledger._snapshots.list(ignore_deletes=True)}
+        assert names == {snapshot_name(8)}
 
 
 class TestTrim:
