@@ -25,29 +25,27 @@ class EndpointStats(msgspec.Struct, frozen=True, kw_only=True):
     data: None = None
 
 
-class PingResponse(msgspec.Struct, frozen=True, kw_only=True):
+class _Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """What every discovery reply starts with."""
+
+    type: str
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str]
+
+
+class PingResponse(_Identity, frozen=True, kw_only=True):
     type: str = "io.nats.micro.v1.ping_response"
-    name: str
-    id: str
-    version: str
-    metadata: dict[str, str]
 
 
-class InfoResponse(msgspec.Struct, frozen=True, kw_only=True):
+class InfoResponse(_Identity, frozen=True, kw_only=True):
     type: str = "io.nats.micro.v1.info_response"
-    name: str
-    id: str
-    version: str
-    metadata: dict[str, str]
     description: str
     endpoints: list[EndpointInfo]
 
 
-class StatsResponse(msgspec.Struct, frozen=True, kw_only=True):
+class StatsResponse(_Identity, frozen=True, kw_only=True):
     type: str = "io.nats.micro.v1.stats_response"
-    name: str
-    id: str
-    version: str
-    metadata: dict[str, str]
     started: str  # RFC 3339, UTC
     endpoints: list[EndpointStats]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
 from schemas.config import Config
 from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory, make_config
@@ -912,6 +913,15 @@ class TestDiscovery:
                 assert (reply["type"], reply["id"]) == (f"io.nats.micro.v1.{kind}_response", service_id), subject
         stats = json.loads((await nc.request("$SRV.STATS.governor", b"", timeout=5.0)).data)
         assert stats["started"].endswith("Z") and stats["metadata"] == {"subject_prefix": "governor"}
+
+    async def test_replies_parse_as_nats_micro_replies(self, api: Api, nc: Client) -> None:
+        """nats-py's own micro types read the replies: a client of the micro protocol sees a micro service."""
+        ping = ServicePing.from_dict(json.loads((await nc.request("$SRV.PING.governor", b"", timeout=5.0)).data))
+        info = ServiceInfo.from_dict(json.loads((await nc.request("$SRV.INFO.governor", b"", timeout=5.0)).data))
+        stats = ServiceStats.from_dict(json.loads((await nc.request("$SRV.STATS.governor", b"", timeout=5.0)).data))
+        assert ping.id == info.id == stats.id
+        assert {e.name for e in info.endpoints} == {e.name for e in stats.endpoints} >= set(SUBJECTS)
+        assert all(e.queue_group == "q" for e in info.endpoints)
 
     async def test_subject_prefix(self, start: Start, nc: Client) -> None:
         """With `subject_prefix: fleet`, the endpoints and events live under `fleet.`."""
