@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from unittest import mock
 
 from hypothesis import given, settings
@@ -129,15 +130,19 @@ def reference(
     return [(swarm_id, coverage, score) for score, _, swarm_id, coverage in best], rejected
 
 
+#: A registry, a policy and one assign request's arguments.
+ASSIGN_CASES: dict[str, st.SearchStrategy[Any]] = {
+    "specs": registries(),
+    "policy": policies,
+    "required": st.lists(st.sampled_from(POOL), min_size=1, max_size=5),
+    "max_cost": st.none() | costs,
+    "max_swarms": st.integers(1, 8),
+}
+
+
 class TestAssignProperties:
     @settings(max_examples=300, deadline=None)
-    @given(
-        specs=registries(),
-        policy=policies,
-        required=st.lists(st.sampled_from(POOL), min_size=1, max_size=5),
-        max_cost=st.none() | costs,
-        max_swarms=st.integers(1, 8),
-    )
+    @given(**ASSIGN_CASES)
     def test_assign_agrees_with_brute_force(
         self,
         specs: list[Spec],
@@ -160,14 +165,7 @@ class TestAssignProperties:
         assert governor.find_qualified_swarm(required, max_cost) == reply.swarm_id
 
     @settings(max_examples=300, deadline=None)
-    @given(
-        specs=registries(),
-        policy=policies,
-        required=st.lists(st.sampled_from(POOL), min_size=1, max_size=5),
-        max_cost=st.none() | costs,
-        max_swarms=st.integers(1, 8),
-        walk=st.sampled_from([(0, 256), (10**9, 1), (10**9, 2), (10**9, 3), (10**9, 10**9)]),
-    )
+    @given(**ASSIGN_CASES, walk=st.sampled_from([(0, 256), (10**9, 1), (10**9, 2), (10**9, 3), (10**9, 10**9)]))
     def test_walk_and_masks_agree(
         self,
         specs: list[Spec],
