@@ -1,7 +1,8 @@
 """The actor: the one asyncio task that owns the decision core.
 
 Handlers put commands in the `Mailbox` and return at once. The actor takes every command that waits (up to a
-batch), applies them to the core in order with one reading of the clock, then performs the effects itself: the
+batch) with one reading of the clock, writes the changing ones to the ledger (several batches may be in flight),
+and once a batch's write is acknowledged applies it to the core in order, then performs the effects itself: the
 replies, the events the core recorded, and the metrics. Nothing else touches the core.
 """
 
