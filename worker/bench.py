@@ -103,6 +103,7 @@ class Profile:
     probe_trips: int
     settle_s: float  # a governor must answer every request this long before it is measured
     sessions: tuple[Session, ...]
+    concurrencies: tuple[int, ...] = (1, 64, 256)
 
 
 ALL = ("assign", "cost", "mixed")
@@ -145,7 +146,6 @@ QUICK = Profile(
     settle_s=1.0,
     sessions=QUICK_SESSIONS,
 )
-CONCURRENCIES = (1, 64, 256)
 
 
 # -- the synthetic workload: the same for every process (seeded) ------------------------------------------------
@@ -601,7 +601,7 @@ async def measure_row(
     requester: Requester, row: Row, work: Work, pids: Pids, profile: Profile, progress: Callable[[str], None]
 ) -> Row:
     await measure(requester, work, 64, profile.warmup_s, pids)
-    for concurrency in CONCURRENCIES:
+    for concurrency in profile.concurrencies:
         progress(f"{row.name} ({row.mode}, {row.loop}, {_swarms(row.swarms)} swarms) c{concurrency}")
         seconds = profile.c1_s if concurrency == 1 else profile.cell_s
         row.cells[concurrency] = await measure(requester, work, concurrency, seconds, pids)
@@ -978,8 +978,8 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
         server.stop()
 
 
-async def run_network(profile: Profile, log_dir: Path) -> Results:
-    """Every session, one after the other, with the same payloads."""
+def workloads() -> dict[str, Work]:
+    """The payloads of every workload, the same in every process and run (seeded)."""
     payloads = assign_payloads(4096)
     rng = random.Random(SEED + 3)
     assign_work: Work = [(f"{PREFIX}.assign", p) for p in payloads]
@@ -990,6 +990,12 @@ async def run_network(profile: Profile, log_dir: Path) -> Results:
         "cost": cost_work,
         "mixed": [assign_work[i] if rng.random() < 0.8 else cost_work[i] for i in range(len(payloads))],
     }
+    return work
+
+
+async def run_network(profile: Profile, log_dir: Path) -> Results:
+    """Every session, one after the other, with the same payloads."""
+    work = workloads()
     out = Results()
     for session in profile.sessions:
         if session.loop == "uvloop" and not HAS_UVLOOP:
@@ -1069,6 +1075,55 @@ def main(quick: bool = False) -> int:
     print()
     print(targets(results, core))
     print(f"\nfinished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def cell(
+    workload: str,
+    *,
+    mode: str = "durable",
+    loop: str = "asyncio",
+    swarms: int = 1_000,
+    concurrency: int = 64,
+    seconds: float = 5.0,
+    repeat: int = 1,
+) -> int:
+    """One responder at one concurrency, `repeat` times on a fresh server each: for A/B comparisons of two
+    checkouts (run it in each, alternately). Prints the rows; ratios only for echo, which is its own baseline."""
+    governor = workload != "echo"
+    session = Session(
+        "governor" if governor else "echo",
+        mode if governor else "-",
+        loop,
+        swarms if governor else None,
+        (workload,),
+    )
+    profile = Profile(
+        c1_s=seconds,
+        cell_s=seconds,
+        warmup_s=0.5,
+        core_samples=0,
+        core_budget_s=0.0,
+        probe_trips=0,
+        settle_s=1.0,
+        sessions=(session,),
+        concurrencies=(concurrency,),
+    )
+    log_dir = Path(tempfile.mkdtemp(prefix="if-governor-bench-"))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    out = Results()
+    try:
+        work = workloads()
+        for i in range(repeat):
+            (log_dir / f"run-{i + 1}").mkdir()
+            asyncio.run(run_session(session, profile, work, log_dir / f"run-{i + 1}", out))
+    except Exception as exc:
+        print(f"error: bench failed: {type(exc).__name__}: {exc} (child logs kept in {log_dir})", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    print(network_table(out.rows))
     return 0
 
 

@@ -11,7 +11,7 @@
     governor status | history | watch              inspect
     governor check-config F                        validate a config file and exit
     governor schema [--out DIR]                    write the JSON Schemas and the AsyncAPI document
-    governor bench [--quick]                       measure against a bare NATS responder
+    governor bench [--quick | --cell WORKLOAD ...]  measure against a bare NATS responder
 
 Errors print one line and exit non-zero (1 for a refused request or an unreachable server, 2 for usage/config,
 3 for an assign that found no qualified swarm).
@@ -538,6 +538,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark against a bare NATS responder")
     p.add_argument("--quick", action="store_true", help="a shorter run (under a minute)")
+    p.add_argument(
+        "--cell",
+        choices=("echo", "assign", "cost", "mixed"),
+        help="measure only this workload at one concurrency (for A/B runs of two checkouts); see the options below",
+    )
+    p.add_argument("--mode", choices=("durable", "memory"), default="durable", help="with --cell (default durable)")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="with --cell (default asyncio)")
+    p.add_argument("--swarms", type=int, default=1_000, help="with --cell (default 1000)")
+    p.add_argument("--concurrency", type=int, default=64, help="with --cell (default 64)")
+    p.add_argument("--seconds", type=float, default=5.0, help="with --cell (default 5)")
+    p.add_argument("--repeat", type=int, default=1, help="with --cell: runs, each on a fresh server (default 1)")
     return parser
 
 
@@ -564,9 +575,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             return _schema(args)
         if args.command == "bench":
-            from worker.bench import main as bench_main
+            from worker import bench
 
-            return int(bench_main(quick=args.quick))
+            if args.cell:
+                return bench.cell(
+                    args.cell,
+                    mode=args.mode,
+                    loop=args.loop,
+                    swarms=args.swarms,
+                    concurrency=args.concurrency,
+                    seconds=args.seconds,
+                    repeat=args.repeat,
+                )
+            return int(bench.main(quick=args.quick))
         if args.command == "run":
             args.data_dir = os.path.abspath(args.data_dir)
             factory = loop_factory(load_config(args.config).governor.event_loop)

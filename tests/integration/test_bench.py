@@ -24,11 +24,10 @@ TARGETS = (
 )
 
 
-@pytest.fixture(scope="module")
-def bench_output() -> str:
-    """The standard output of one `python -m worker bench --quick` run (it must exit 0 within 180 s)."""
+def run_bench(*args: str) -> str:
+    """The standard output of one `python -m worker bench ARGS` run (it must exit 0 within 180 s)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "bench", "--quick"],
+        [sys.executable, "-m", "worker", "bench", *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -46,6 +45,12 @@ def bench_output() -> str:
             _stop(process)
     assert process.returncode == 0, f"bench exited {process.returncode}:\n{stdout}\n{stderr}"
     return stdout
+
+
+@pytest.fixture(scope="module")
+def bench_output() -> str:
+    """The standard output of one `python -m worker bench --quick` run."""
+    return run_bench("--quick")
 
 
 def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
@@ -101,3 +106,14 @@ class TestBenchQuick:
         for target in TARGETS:
             assert target in section, f"no line for target {target!r}"
         assert len(verdicts) >= 8
+
+
+@pytest.mark.timeout(200)
+class TestBenchCell:
+    def test_one_cell_repeated_prints_a_row_per_run(self) -> None:
+        """`--cell` measures one workload at one concurrency, once per `--repeat`, each on a fresh server."""
+        output = run_bench(
+            "--cell", "cost", "--mode", "memory", "--concurrency", "8", "--seconds", "0.5", "--repeat", "2"
+        )
+        assert _network_rows(output) == {("cost", "memory", "c8")}
+        assert len(re.findall(r"^cost\s+memory\s+asyncio\s+1,000\s+c8\s", output, flags=re.MULTILINE)) == 2
