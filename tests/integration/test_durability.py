@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from schemas.config import LedgerSection
 from tests.conftest import SEED_SWARMS, make_config
+from tests.integration.helpers import answering
 from worker.app import Worker
 from worker.client import GovernorClient
 from worker.core import Governor
@@ -399,6 +400,7 @@ class TestTrim:
         try:
             client = GovernorClient(nc)
             async with Worker(config, servers=[nats_server.url], serve_metrics=False):
+                await answering(nc)
                 for i in range(60):
                     await client.cost("session-1-ndi", "op", 0.25, event_id=f"e{i}")
                 before = (await client.status()).budgets
@@ -408,6 +410,7 @@ class TestTrim:
             assert state.first_seq > 30 and state.messages < state.last_seq  # the early entries are gone
 
             async with Worker(config, servers=[nats_server.url], serve_metrics=False):
+                await answering(nc)
                 assert (await client.status()).budgets == before
                 assert (await client.cost("session-1-ndi", "op", 0.25, event_id="e3")).duplicate is True
 
