@@ -157,8 +157,6 @@ class Ledger:
         self.snapshot_timeout = max(timeout, 10.0)
         """How long one attempt to read the snapshot may take."""
         self.trim = trim
-        self.snapshot_seq = 0
-        """The sequence of the newest snapshot this process stored or recovered from."""
         self._legacy_removed = False
         self._encode = msgspec.json.Encoder().encode
         self._decode_ack = msgspec.json.Decoder(_PubAck).decode
@@ -361,7 +359,7 @@ class Ledger:
             state = await self.load_snapshot()
             if state is not None:
                 core = from_state(state)
-                self.seq = self.snapshot_seq = state.seq
+                self.seq = state.seq
                 log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
             else:
                 core = empty_core()
@@ -396,7 +394,6 @@ class Ledger:
         """
         assert self._snapshots is not None
         await self._snapshots.put(snapshot_name(seq), data)
-        self.snapshot_seq = max(self.snapshot_seq, seq)
         try:
             seqs = await self._stored_snapshots()
             for old in seqs[:-2]:
