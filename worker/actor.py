@@ -126,9 +126,7 @@ class Mailbox:
                 await self._waiter
             finally:
                 self._waiter = None
-        items = self._items
-        n = min(limit, len(items))
-        return [items.popleft() for _ in range(n)]
+        return self.take_now(limit)
 
 
 class _Flight:
