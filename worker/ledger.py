@@ -175,8 +175,7 @@ class Ledger:
             self._cut = len(self._inbox)
             self._ack_sub = await self.nc.subscribe(self._inbox + "*", cb=self._on_ack)
         try:
-            await self.js.stream_info(self.stream)
-            await self._reconcile_replicas(self.stream)
+            await self._reconcile_replicas(self.stream)  # reads the stream's settings: NotFoundError when missing
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(
                 StreamConfig(
