@@ -111,10 +111,9 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: argparse.Namespace, config: Config) -> int:
     from worker.natsserver import NatsServer
 
-    config = load_config(args.config)
     setup_logging(args.log_level or config.witness.log_level, args.log_format)
     running_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "uvloop" or "asyncio"
     log.info("event loop: %s (governor.event_loop: %s)", running_loop, config.governor.event_loop)
@@ -553,7 +552,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
-    "run": _run,
     "assign": _assign,
     "cost": _cost,
     "failure": _failure,
@@ -590,9 +588,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(bench.main(quick=args.quick))
         if args.command == "run":
             args.data_dir = os.path.abspath(args.data_dir)
-            factory = loop_factory(load_config(args.config).governor.event_loop)
-            with asyncio.Runner(loop_factory=factory) as runner:
-                return runner.run(_run(args))
+            config = load_config(args.config)  # once: it also says which event loop to run on
+            with asyncio.Runner(loop_factory=loop_factory(config.governor.event_loop)) as runner:
+                return runner.run(_run(args, config))
         return asyncio.run(COMMANDS[args.command](args))
     except errors.ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)
