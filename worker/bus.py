@@ -252,7 +252,12 @@ class Bus:
         """Send an ok reply (a plain publish, with no reply subject, gets none)."""
         if command.reply_to:
             await self.nc.publish(command.reply_to, self._encode(reply))
-            kind = command.kind
+            self._replied(command)
+
+    def _replied(self, command: Command) -> None:
+        """Count a reply sent and the time from receipt to it, for $SRV.STATS."""
+        kind = command.kind
+        if kind in self._replies:
             self._processing_ns[kind] += int((time.perf_counter() - command.received) * 1e9)
             self._replies[kind] += 1
 
@@ -275,9 +280,7 @@ class Bus:
                 TRACE_HEADER: command.trace_id,
             }
             await self.nc.publish(command.reply_to, self._encode(body), headers=headers)
-            if kind in self._replies:
-                self._processing_ns[kind] += int((time.perf_counter() - command.received) * 1e9)
-                self._replies[kind] += 1
+            self._replied(command)
         record = WitnessRecord(
             operation="request_rejected",
             params={"subject": command.subject, "code": error.code, "message": error.message},
