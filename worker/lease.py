@@ -106,8 +106,7 @@ class Lease:
             return False
         self._revision = revision
         await self._reconcile_bucket()
-        # Valid while the key surely lives: the bucket's TTL may still be shorter than ours if it could not be changed.
-        self._valid_until = sent + min(self.ttl, self._bucket_ttl) - self.margin
+        self._held_since(sent)
         log.info("lease acquired by %s", self.holder_id)
         return True
 
@@ -128,8 +127,13 @@ class Lease:
             log.warning("lease renewal failed: %s", exc)
             return self.held
         self._revision = revision
-        self._valid_until = sent + min(self.ttl, self._bucket_ttl) - self.margin
+        self._held_since(sent)
         return True
+
+    def _held_since(self, sent: float) -> None:
+        """The lease, written at `sent`, counts as held while its key surely lives: the bucket's TTL may still be
+        shorter than ours if it could not be changed."""
+        self._valid_until = sent + min(self.ttl, self._bucket_ttl) - self.margin
 
     async def release(self) -> None:
         """Give the lease up at once (on a clean stop), so that a standby takes over without waiting."""
