@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import msgspec
 import nats
@@ -75,6 +75,7 @@ SEED = 4
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 5.0
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+_T = TypeVar("_T")
 #: The loop `governor run` uses by default (`governor.event_loop`): the targets are judged on its rows.
 DEFAULT_LOOP = "asyncio"
 
@@ -1018,22 +1019,15 @@ def main(quick: bool = False) -> int:
     """Run the benchmark and print the tables; 0 when every measurement ran (whatever the numbers say)."""
     profile = QUICK if quick else FULL
     started = time.monotonic()
-    log_dir = Path(tempfile.mkdtemp(prefix="if-governor-bench-"))
-    # SIGTERM unwinds like Ctrl-C, so that the `finally` blocks stop nats-server and the children.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    keep_logs = False
-    try:
+
+    def measure_all(log_dir: Path) -> tuple[list[dict[str, float]], Results]:
         core = run_core(CORE_SIZES, profile.core_samples, profile.core_budget_s)
-        results = asyncio.run(run_network(profile, log_dir))
-    except Exception as exc:
-        keep_logs = True
-        print(f"error: bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"(child logs kept in {log_dir})", file=sys.stderr)
+        return core, asyncio.run(run_network(profile, log_dir))
+
+    outcome = _with_log_dir(measure_all)
+    if outcome is None:
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if not keep_logs:
-            shutil.rmtree(log_dir, ignore_errors=True)
+    core, results = outcome
     print(f"governor bench ({'quick' if quick else 'full'}) on {_machine()}")
     print(
         f"workload: {CAPABILITY_TYPES} capability types, swarms with 3-8, tasks needing 1-5; "
@@ -1109,22 +1103,38 @@ def cell(
         sessions=(session,),
         concurrencies=(concurrency,),
     )
-    log_dir = Path(tempfile.mkdtemp(prefix="if-governor-bench-"))
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    out = Results()
-    try:
+
+    def measure_cell(log_dir: Path) -> Results:
+        out = Results()
         work = workloads()
         for i in range(repeat):
             (log_dir / f"run-{i + 1}").mkdir()
             asyncio.run(run_session(session, profile, work, log_dir / f"run-{i + 1}", out))
-    except Exception as exc:
-        print(f"error: bench failed: {type(exc).__name__}: {exc} (child logs kept in {log_dir})", file=sys.stderr)
+        return out
+
+    out = _with_log_dir(measure_cell)
+    if out is None:
         return 1
+    print(network_table(out.rows))
+    return 0
+
+
+def _with_log_dir(measure: Callable[[Path], _T]) -> _T | None:
+    """Run `measure` with a fresh directory for the children's logs and data, removed afterwards; None when it
+    failed (said on stderr, and the logs are kept). SIGTERM unwinds like Ctrl-C meanwhile, so that the `finally`
+    blocks stop nats-server and the children."""
+    log_dir = Path(tempfile.mkdtemp(prefix="if-governor-bench-"))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = measure(log_dir)
+    except Exception as exc:
+        print(f"error: bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"(child logs kept in {log_dir})", file=sys.stderr)
+        return None
     finally:
         signal.signal(signal.SIGTERM, previous)
     shutil.rmtree(log_dir, ignore_errors=True)
-    print(network_table(out.rows))
-    return 0
+    return result
 
 
 def _child_main(argv: list[str] | None = None) -> int:
