@@ -239,16 +239,6 @@ class Actor:
         else:
             self._flights.append(flight)
 
-    async def process(self, batch: list[Command]) -> None:
-        """Take one batch and see it through (its write acknowledged or failed), with nothing else in flight."""
-        await self.launch(batch)
-        loop = asyncio.get_running_loop()
-        while self._flights:
-            write = self._flights[0].write
-            if write is not None and not write.future.done():
-                await asyncio.wait([write.future], timeout=max(0.0, write.deadline - loop.time()))
-            await self.land(self._flights.popleft())
-
     async def land(self, flight: _Flight) -> None:
         """The oldest flight's write completed (or ran out of time): apply and answer it, or fail it and all behind."""
         write = flight.write

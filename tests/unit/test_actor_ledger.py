@@ -92,8 +92,12 @@ def run(fail_after: int | None, failure: Exception) -> tuple[Governor, FakeLedge
     )  # fmt: skip
     ledger = FakeLedger(fail_after, failure)
     outbox = Outbox()
-    actor = Actor(core, Mailbox(10), outbox, Metrics(CollectorRegistry()), clock=lambda: 1.0, ledger=ledger)  # type: ignore[arg-type]
-    asyncio.run(actor.process([cost("e1", 1.0), cost("e2", 2.0), cost("e3", 3.0)]))
+    mailbox = Mailbox(10)
+    actor = Actor(core, mailbox, outbox, Metrics(CollectorRegistry()), clock=lambda: 1.0, ledger=ledger)  # type: ignore[arg-type]
+    for command in (cost("e1", 1.0), cost("e2", 2.0), cost("e3", 3.0)):  # one batch: all wait before the actor runs
+        assert mailbox.put(command)
+    mailbox.close()
+    asyncio.run(actor.run())
     return core, ledger, outbox
 
 
