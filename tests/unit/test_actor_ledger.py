@@ -81,7 +81,8 @@ def cost(event_id: str, amount: float) -> Command:
     return Command(request, "inbox", event_id, "governor.cost", 0.0, "cost", msgspec.json.encode(request))
 
 
-def run(fail_after: int | None, failure: Exception) -> tuple[Governor, FakeLedger, Outbox]:
+def one_swarm() -> Governor:
+    """A core with swarm `a`, 100 USD."""
     core = Governor()
     core.register_swarm(
         SwarmProfile(
@@ -90,6 +91,11 @@ def run(fail_after: int | None, failure: Exception) -> tuple[Governor, FakeLedge
         ),
         now=0.0,
     )  # fmt: skip
+    return core
+
+
+def run(fail_after: int | None, failure: Exception) -> tuple[Governor, FakeLedger, Outbox]:
+    core = one_swarm()
     ledger = FakeLedger(fail_after, failure)
     outbox = Outbox()
     mailbox = Mailbox(10)
@@ -194,14 +200,7 @@ class Pipeline:
     """An actor serving a mailbox with a manual ledger: commands go in one batch at a time."""
 
     def __init__(self, ledger: ManualLedger) -> None:
-        self.core = Governor()
-        self.core.register_swarm(
-            SwarmProfile(
-                swarm_id="a", capabilities=["integration:sip"], cost_per_hour=1.0, reputation_score=1.0,
-                current_budget_remaining=100.0, model="m",
-            ),
-            now=0.0,
-        )  # fmt: skip
+        self.core = one_swarm()
         self.ledger = ledger
         self.outbox = Outbox()
         self.mailbox = Mailbox(100)
