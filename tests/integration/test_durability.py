@@ -218,44 +218,55 @@ async def budgets(url: str) -> dict[str, float]:
     return {s: round(v, 6) for s, v in status.budgets.items()}
 
 
+async def start_serving(tmp_path: Path, url: str, processes: list[WorkerProcess], log: str = "worker.log") -> Path:
+    """Write the test config, start a `governor run` on it and wait until it serves; the config's path."""
+    config = write_config(tmp_path / "governor.yaml")
+    processes.append(WorkerProcess(url, config, tmp_path / log).start())
+    await wait_serving(url)
+    return config
+
+
+async def load_a_third(url: str) -> tuple[Load, asyncio.Task[None]]:
+    """Start the full load of retried cost events; return once a third of them are acknowledged."""
+    load = Load(url)
+    task = asyncio.create_task(load.run())
+    await load.wait_acked(EVENTS // 3, task)
+    return load, task
+
+
+async def assert_each_event_once(url: str, load: Load) -> None:
+    """Every event acknowledged, every budget exact to the cent, no request answered twice."""
+    assert len(load.acked) == EVENTS
+    assert await budgets(url) == load.expected_budgets()
+    assert max(load.replies.values()) == 1
+
+
 class TestCrashRecovery:
     async def test_worker_killed_mid_load_loses_and_duplicates_nothing(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
     ) -> None:
         """After kill -9 of the worker mid-load and a restart, every budget equals initial minus the acked events."""
-        config = write_config(tmp_path / "governor.yaml")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
-        await wait_serving(nats_server.url)
-        load = Load(nats_server.url)
-        task = asyncio.create_task(load.run())
-        await load.wait_acked(EVENTS // 3, task)
+        config = await start_serving(tmp_path, nats_server.url, processes)
+        load, task = await load_a_third(nats_server.url)
         processes[-1].kill()
         processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
         await asyncio.wait_for(task, timeout=240)
 
-        assert len(load.acked) == EVENTS
-        assert await budgets(nats_server.url) == load.expected_budgets()
-        assert max(load.replies.values()) == 1
+        await assert_each_event_once(nats_server.url, load)
         assert processes[-1].terminate() == 0
 
     async def test_nats_server_killed_mid_load_loses_and_duplicates_nothing(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
     ) -> None:
         """After kill -9 of nats-server mid-load and a restart on its data dir, budgets are exact to the cent."""
-        config = write_config(tmp_path / "governor.yaml")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
-        await wait_serving(nats_server.url)
-        load = Load(nats_server.url)
-        task = asyncio.create_task(load.run())
-        await load.wait_acked(EVENTS // 3, task)
+        await start_serving(tmp_path, nats_server.url, processes)
+        load, task = await load_a_third(nats_server.url)
         nats_server.stop(kill=True)
         await asyncio.sleep(0.3)
         nats_server.start()
         await asyncio.wait_for(task, timeout=240)
 
-        assert len(load.acked) == EVENTS
-        assert await budgets(nats_server.url) == load.expected_budgets()
-        assert max(load.replies.values()) == 1
+        await assert_each_event_once(nats_server.url, load)
         assert processes[-1].process is not None and processes[-1].process.poll() is None  # it survived
         assert processes[-1].terminate() == 0
 
@@ -263,9 +274,7 @@ class TestCrashRecovery:
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
     ) -> None:
         """A SIGTERM'd worker exits 0 and its successor serves the same budgets (snapshot plus ledger tail)."""
-        config = write_config(tmp_path / "governor.yaml")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
-        await wait_serving(nats_server.url)
+        config = await start_serving(tmp_path, nats_server.url, processes)
         load = Load(nats_server.url, events=1000)
         await load.run()
         before = await budgets(nats_server.url)
@@ -281,13 +290,9 @@ class TestHotStandby:
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
     ) -> None:
         """Kill -9 of the lease holder: the standby serves, no request is answered twice, budgets are exact."""
-        config = write_config(tmp_path / "governor.yaml")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "a.log").start())
-        await wait_serving(nats_server.url)
+        config = await start_serving(tmp_path, nats_server.url, processes, log="a.log")
         processes.append(WorkerProcess(nats_server.url, config, tmp_path / "b.log").start())
-        load = Load(nats_server.url)
-        task = asyncio.create_task(load.run())
-        await load.wait_acked(EVENTS // 3, task)
+        load, task = await load_a_third(nats_server.url)
         processes[0].kill()
         killed_at = time.monotonic()
         acked_at_kill = len(load.acked)
@@ -300,9 +305,7 @@ class TestHotStandby:
         await asyncio.wait_for(task, timeout=240)
 
         print(f"standby took over {takeover:.2f}s after the holder was killed (lease_ttl_s 2.0)")
-        assert len(load.acked) == EVENTS
-        assert await budgets(nats_server.url) == load.expected_budgets()
-        assert max(load.replies.values()) == 1
+        await assert_each_event_once(nats_server.url, load)
         assert "lease acquired" in (tmp_path / "b.log").read_text()
         assert processes[1].terminate() == 0
 
