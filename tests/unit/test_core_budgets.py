@@ -12,6 +12,7 @@ from schemas.events import BreakerReset, BreakerTripped, Escalation, EscalationC
 from schemas.policy import PRESETS, ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import BreakerState, CostReply, FailureReply, ResetReply, TripReply
+from tests.unit.helpers import NOW, governed
 from worker.core import Governor
 from worker.errors import (
     AlreadyRegistered,
@@ -25,7 +26,6 @@ from worker.errors import (
     UnknownSwarm,
 )
 
-NOW = 1_700_000_000.0
 SIP = "integration:sip"
 PYTHON = "code-analysis:python"
 
@@ -45,15 +45,6 @@ def profile(
         current_budget_remaining=budget,
         model="haiku",
     )
-
-
-def governed(*profiles: SwarmProfile, policy: ResourcePolicy | None = None, **kwargs: object) -> Governor:
-    """A governor with these swarms registered in order, and the registration events already taken."""
-    governor = Governor(policy, **kwargs)  # type: ignore[arg-type]
-    for p in profiles:
-        governor.register_swarm(p, now=NOW)
-    governor.take_events()
-    return governor
 
 
 def tripped_events(events: Sequence[object]) -> list[BreakerTripped]:

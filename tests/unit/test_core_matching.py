@@ -9,11 +9,10 @@ from schemas.events import WitnessRecord
 from schemas.policy import PRESETS, ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import Assignment, AssignmentRecord
+from tests.unit.helpers import NOW, governed
 from worker.capabilities import BUILTIN_CAPABILITIES
 from worker.core import Governor
 from worker.errors import InvalidRequest, UnknownCapability
-
-NOW = 1_700_000_000.0
 
 SIP = "integration:sip"
 NDI = "integration:ndi"
@@ -42,15 +41,6 @@ def profile(
         current_budget_remaining=budget,
         model=model,
     )
-
-
-def governed(*profiles: SwarmProfile, policy: ResourcePolicy | None = None, **kwargs: object) -> Governor:
-    """A governor with these swarms registered in order, and the registration events already taken."""
-    governor = Governor(policy, **kwargs)  # type: ignore[arg-type]
-    for p in profiles:
-        governor.register_swarm(p, now=NOW)
-    governor.take_events()
-    return governor
 
 
 def explain(governor: Governor, required: list[str], **kwargs: object) -> dict[str, str]:
