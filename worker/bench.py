@@ -57,7 +57,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StorageType
 
-from schemas.config import Config
+from schemas.config import Config, GovernorSection
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
 from worker.natsserver import NatsServer
@@ -77,7 +77,8 @@ REQUEST_TIMEOUT_S = 5.0
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 _T = TypeVar("_T")
 #: The loop `governor run` uses by default (`governor.event_loop`): the targets are judged on its rows.
-DEFAULT_LOOP = "asyncio"
+_CONFIGURED_LOOP = GovernorSection().event_loop
+DEFAULT_LOOP = ("uvloop" if HAS_UVLOOP else "asyncio") if _CONFIGURED_LOOP == "auto" else _CONFIGURED_LOOP
 
 
 @dataclass(frozen=True)
