@@ -244,11 +244,11 @@ class Actor:
         write = flight.write
         if write is not None:
             assert self.ledger is not None
-            self.ledger.forget(write)
             error = write.error()
             if error is not None:
-                await self._failed(flight, error)
+                await self._failed(flight, error)  # forgets every write in flight, this one too
                 return
+            self.ledger.forget(write)
             self.ledger.seq = write.last
             self.ledger.entries_since_snapshot += write.entries
         await self.apply(flight)
