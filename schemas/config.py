@@ -54,6 +54,17 @@ class WitnessSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class StorageLogin(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Another login for the storage connections (ledger, snapshots, lease): the serving one then needs no
+    JetStream permission at all. TLS settings are shared with the serving connection."""
+
+    creds: str | None = None
+    nkey_seed: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+
 class NatsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     servers: Annotated[list[str], Meta(min_length=1)] | None = None
     """NATS URLs tried in order. None: `governor run` starts a bundled nats-server on loopback."""
@@ -72,6 +83,8 @@ class NatsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     """CA bundle to verify the server; with it (or a client certificate) the connection uses TLS."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    storage: StorageLogin | None = None
+    """None: the storage connections log in as the serving one does."""
 
 
 class MetricsSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from types import TracebackType
 
 import msgspec
-import nats
 from nats.aio.client import Client
 
 from schemas.config import Config
@@ -100,6 +99,11 @@ class Worker:
         self.core = build_core(config, clock()) if not self.durable else empty_core(config)
         self.mailbox = Mailbox(config.governor.mailbox_size)
         self.nc: Client | None = None
+        """The serving connection: requests in, replies and events out."""
+        self.storage_nc: Client | None = None
+        """The ledger's and the snapshots' connection (durable mode)."""
+        self.lease_nc: Client | None = None
+        """The lease's connection (durable mode)."""
         self.bus: Bus | None = None
         self.ledger: Ledger | None = None
         self.lease: Lease | None = None
@@ -149,27 +153,16 @@ class Worker:
             self.http = HttpEndpoint(self.metrics, lambda: self.ready, metrics.host, metrics.port)
             await self.http.start()
             stack.push_async_callback(self.http.close)
-        timeout = self.config.nats.connect_timeout_s
-        try:
-            self.nc = await asyncio.wait_for(
-                nats.connect(
-                    servers=self.servers,
-                    name=self.config.nats.name,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    # Every subject it publishes to is its own (validated in the config) or a reply inbox.
-                    skip_subject_validation=True,
-                    **connect_options(self.config.nats),
-                ),
-                timeout=timeout,
-            )
-        except TimeoutError:
-            where = ", ".join(redact(u) for u in self.servers)
-            raise ConnectionError(f"cannot reach NATS at {where} within {timeout:g}s") from None
-        stack.push_async_callback(self._close_connection)
+        self.nc = await self._connect("")
+        stack.push_async_callback(self._close_connection, self.nc)
+        if self.durable:
+            # Storage traffic has connections of its own: a flood of requests on the serving connection cannot
+            # delay a ledger acknowledgement or a lease renewal behind it (both sockets are read in order), and
+            # the lease is apart from the ledger so that a large snapshot or replay cannot hold a renewal back.
+            self.storage_nc = await self._connect("storage")
+            stack.push_async_callback(self._close_connection, self.storage_nc)
+            self.lease_nc = await self._connect("lease")
+            stack.push_async_callback(self._close_connection, self.lease_nc)
         group = await stack.enter_async_context(asyncio.TaskGroup())
         stack.push_async_callback(self._shutdown)  # unwinds before the TaskGroup waits for its tasks
         supervise = self._supervise_durable if self.durable else self._supervise_memory
@@ -187,11 +180,54 @@ class Worker:
         if self._supervisor is not None:
             await asyncio.wait([self._supervisor])
 
-    async def _close_connection(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
+    async def _connect(self, role: str) -> Client:
+        """A connection for `role` ("" serves requests; "storage" and "lease" log in as `nats.storage` says)."""
+        nats_config = self.config.nats
+        servers = self.servers
+        storage = bool(role) and nats_config.storage is not None
+        if storage:  # user-info in a URL would win over the storage login
+            servers = [_without_userinfo(u) for u in servers]
+        timeout = nats_config.connect_timeout_s
+        which = f"nats ({role} connection)" if role else "nats"
+        nc = Client()
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("%s error: %s", which, exc)
+
+        async def on_disconnected() -> None:
+            if not self._stop.is_set():
+                log.warning("disconnected from %s; reconnecting", which)
+
+        async def on_reconnected() -> None:
+            url = nc.connected_url
+            log.info("reconnected to %s at %s", which, url.netloc if url else "?")
+
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=servers,
+                    name=f"{nats_config.name}-{role}" if role else nats_config.name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds, a float is fine (nats.connect takes it)
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                    # Every subject it publishes to is its own (validated in the config) or a reply inbox.
+                    skip_subject_validation=True,
+                    **connect_options(nats_config, storage=bool(role)),
+                ),
+                timeout=timeout,
+            )
+        except TimeoutError:
+            where = ", ".join(redact(u) for u in self.servers)
+            raise ConnectionError(f"cannot reach NATS at {where} within {timeout:g}s") from None
+        return nc
+
+    async def _close_connection(self, nc: Client) -> None:
+        if not nc.is_closed:
             with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)
-            await self.nc.close()
+                await nc.flush(timeout=5)
+            await nc.close()
         self.state = "stopped"
 
     async def _serve(self, core: Governor) -> tuple[Actor, asyncio.Task[None]]:
@@ -249,18 +285,18 @@ class Worker:
         await self._unserve(actor, task, lost=False)
 
     async def _supervise_durable(self) -> None:
-        assert self.nc is not None
+        assert self.storage_nc is not None and self.lease_nc is not None
         ledger_config = self.config.ledger
         prefix = self.config.governor.subject_prefix
         self.ledger = ledger = Ledger(
-            self.nc,
+            self.storage_nc,
             prefix=prefix,
             replicas=ledger_config.replicas,
             timeout=ledger_config.timeout_s,
             trim=ledger_config.trim,
         )
         self.lease = lease = Lease(
-            self.nc,
+            self.lease_nc,
             self.holder_id,
             bucket=ledger.stream + "_LEASE",
             ttl=ledger_config.lease_ttl_s,
@@ -329,6 +365,7 @@ class Worker:
                 await self._sleep(lease.ttl / 4, lost_lease)
             lost = lost_lease.is_set() or actor.fenced
             if lost:
+                self.metrics.lease_lost.inc()
                 log.error("lease lost: no longer serving")
             await self._unserve(actor, task, lost=lost)
         finally:
@@ -344,7 +381,10 @@ class Worker:
         """Renew the lease every ttl/4 until it cannot be renewed in time; then set `lost`."""
         while True:
             await asyncio.sleep(lease.ttl / 4)
-            if not await lease.renew():
+            sent = time.perf_counter()
+            renewed = await lease.renew()
+            self.metrics.lease_renewal.observe(time.perf_counter() - sent)
+            if not renewed:
                 lost.set()
                 return
 
@@ -427,14 +467,7 @@ class Worker:
                 waiter.cancel()
         return self._stop.is_set()
 
-    async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
 
-    async def _on_disconnected(self) -> None:
-        if not self._stop.is_set():
-            log.warning("disconnected from nats; reconnecting")
-
-    async def _on_reconnected(self) -> None:
-        assert self.nc is not None
-        url = self.nc.connected_url
-        log.info("reconnected to nats at %s", url.netloc if url else "?")
+def _without_userinfo(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}://{rest.split('@', 1)[1]}" if sep and "@" in rest else url

@@ -13,6 +13,7 @@ here), and could count neither the errors the actor answers nor the time to the 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -53,6 +54,8 @@ DESCRIPTION = "IF.governor: capability-aware task assignment and budget governan
 QUEUE_GROUP = "q"
 TRACE_HEADER = "X-IF-Trace-ID"
 MAX_TRACE_ID = 128
+YIELD_EVERY = 32
+"""The intake lets the event loop run other tasks after this many requests in a row."""
 
 ENDPOINTS = REQUEST_TYPES
 #: Event type -> its subject under the prefix (witness records go to `<prefix>.witness.<operation>`).
@@ -110,6 +113,7 @@ class Bus:
         self.clock = clock
         self.service_id = os.urandom(11).hex()
         self._subscriptions: list[Subscription] = []
+        self._since_yield = 0  # requests handled since the intake last let the event loop run others
         self._started = ""
         # Per endpoint, for $SRV.STATS: errors answered, the last one, and nanoseconds from receipt to reply.
         self._errors: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
@@ -210,6 +214,12 @@ class Bus:
         async def handle(msg: Msg) -> None:
             received = perf()
             counts[name] += 1
+            self._since_yield += 1
+            if self._since_yield >= YIELD_EVERY:
+                # nats-py hands a subscription's queued messages to its callback without ever yielding while the
+                # queue is not empty: under a flood, that starves the actor, the lease renewer and the reader.
+                self._since_yield = 0
+                await asyncio.sleep(0)
             headers = msg.headers
             header_trace = headers.get(TRACE_HEADER) if headers else None
             data = msg.data

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas.config import Config, NatsSection
+from schemas.config import Config, NatsSection, StorageLogin
 from schemas.policy import PRESETS, ResourcePolicy
 from schemas.profiles import SwarmProfile
 from worker.capabilities import Vocabulary
@@ -172,9 +172,13 @@ def profiles_of(config: Config) -> list[SwarmProfile]:
     ]
 
 
-def connect_options(nats_config: NatsSection) -> dict[str, Any]:
-    """Keyword arguments for `nats.connect` that authenticate as the config says (files are read by nats-py)."""
-    n = nats_config
+def connect_options(nats_config: NatsSection, *, storage: bool = False) -> dict[str, Any]:
+    """Keyword arguments for `nats.connect` that authenticate as the config says (files are read by nats-py).
+
+    `storage`: for a storage connection, which logs in as `nats.storage` says when it is set."""
+    n: NatsSection | StorageLogin = nats_config
+    if storage and nats_config.storage is not None:
+        n = nats_config.storage
     options: dict[str, Any] = {}
     if n.creds:
         options["user_credentials"] = n.creds
@@ -185,10 +189,11 @@ def connect_options(nats_config: NatsSection) -> dict[str, Any]:
         options["password"] = n.password or ""
     if n.token:
         options["token"] = n.token
-    if n.tls_ca or n.tls_cert:
-        context = ssl.create_default_context(cafile=n.tls_ca)
-        if n.tls_cert:
-            context.load_cert_chain(n.tls_cert, n.tls_key)
+    t = nats_config
+    if t.tls_ca or t.tls_cert:
+        context = ssl.create_default_context(cafile=t.tls_ca)
+        if t.tls_cert:
+            context.load_cert_chain(t.tls_cert, t.tls_key)
         options["tls"] = context
     return options
 

@@ -125,6 +125,15 @@ class Metrics:
         self.ledger_failures = Counter(
             "if_governor_ledger_failures", "Ledger writes that were not acknowledged, by kind.", ["kind"], registry=r
         )
+        self.lease_lost = Counter(
+            "if_governor_lease_lost", "Times this process stopped serving because its lease was lost.", registry=r
+        )
+        self.lease_renewal = LeanHistogram(
+            "if_governor_lease_renewal_seconds",
+            "Time for one lease renewal to be answered (s); a renewal over ttl/3 counts as failed.",
+            (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        r.register(self.lease_renewal)
         self.mailbox_depth = Gauge("if_governor_mailbox_depth", "Commands waiting for the actor.", registry=r)
         self.batch_size = LeanHistogram(
             "if_governor_batch_size", "Commands the actor applied per batch.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
