@@ -23,7 +23,7 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     max_swarms_per_task: Annotated[int, Meta(ge=1, le=64)] = 3
     failure_window_s: Annotated[float, Meta(gt=0.0)] = 3600.0
     history_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
-    subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "governor"
+    subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")] = "governor"
     mailbox_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     dedupe_horizon_s: Annotated[float, Meta(gt=0.0)] = 7 * 86400.0
     """How long an applied `event_id` is remembered: a retry inside it is answered `duplicate`."""
@@ -107,6 +107,25 @@ class LedgerSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """After each snapshot, purge the entries before the previous one: the stream holds about two intervals."""
 
 
+class SecuritySection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who may be answered and who may do what (SECURITY.md draws the whole threat model)."""
+
+    reply_prefixes: list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\Z", max_length=64)]] = []
+    """Reply-subject prefixes answered besides `_INBOX.` and `_R_.` (e.g. `_INBOX_alice.` for per-user inboxes).
+    A request whose reply subject starts with none of them is not answered: it could aim the reply at the
+    governor's own storage or event subjects."""
+    trust_request_info: bool = False
+    """The deployment makes the NATS server stamp `Nats-Request-Info` (service imports with `share: true`, as
+    deploy/nats-server.conf does): the governor records the authenticated user and account of every request and
+    checks roles by account. False: the header is never believed, and an operator-only request carrying it is
+    refused."""
+    operator_accounts: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
+    """With `trust_request_info`: the accounts whose users may reset, trip, register, deregister and reload."""
+    require_authenticated_approver: bool = False
+    """With `trust_request_info`: a reset's `approved_by` and a trip's `requested_by` must be the authenticated
+    user's name, or the request is refused (`forbidden`)."""
+
+
 class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     governor: GovernorSection = GovernorSection()
     capabilities: list[CapabilityDef] = []
@@ -115,7 +134,8 @@ class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats: NatsSection = NatsSection()
     metrics: MetricsSection = MetricsSection()
     ledger: LedgerSection = LedgerSection()
-    policies: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]*$", max_length=64)], ResourcePolicy] = {}
+    security: SecuritySection = SecuritySection()
+    policies: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]*\Z", max_length=64)], ResourcePolicy] = {}
     """Named policies for `rules:` (the presets strict, permissive and production are always there)."""
     rules: list[PolicyRule] = []
     """Per-task policy by capability pattern, first match wins; no match: the `governor:` policy."""

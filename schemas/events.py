@@ -12,6 +12,14 @@ import msgspec
 Severity = Literal["INFO", "MEDIUM", "HIGH"]
 
 
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """Who sent a request, as the NATS server authenticated them (its `Nats-Request-Info` header): recorded only
+    where the deployment makes the server stamp it (`security.trust_request_info`), never as a client claims it."""
+
+    account: str
+    user: str
+
+
 class BreakerTripped(msgspec.Struct, frozen=True, kw_only=True):
     """Published on `<prefix>.events.breaker.tripped`."""
 
@@ -21,6 +29,8 @@ class BreakerTripped(msgspec.Struct, frozen=True, kw_only=True):
     operations_count: int
     tripped_at: float
     trace_id: str
+    identity: Identity | None = None
+    """The authenticated sender of the request that caused it (None where the deployment does not stamp one)."""
 
 
 class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +41,8 @@ class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
     approved_by: str
     reset_at: float
     trace_id: str
+    identity: Identity | None = None
+    """The authenticated sender of the request that caused it (None where the deployment does not stamp one)."""
 
 
 class BreakerHalfOpen(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +90,8 @@ class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
     timestamp: float
     severity: Severity
     trace_id: str
+    identity: Identity | None = None
+    """The authenticated sender of the request (None where the deployment does not stamp one)."""
 
 
 Event = BreakerTripped | BreakerReset | BreakerHalfOpen | BreakerClosed | Escalation | WitnessRecord

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.events import Identity
 from schemas.policy import PolicyRule, ResourcePolicy
 from schemas.replies import AssignmentRecord, BreakerState, ResetRecord
 from schemas.requests import RegisterRequest, Request
 
 
-class LedgerEntry(msgspec.Struct, frozen=True, array_like=True):
-    """One applied command: `kind` is the endpoint name (`cost`, `register`, ...) or `configure`."""
+class LedgerEntry(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """One applied command: `kind` is the endpoint name (`cost`, `register`, ...) or `configure`; `identity` the
+    authenticated sender, when the deployment stamps one (entries of earlier versions have four fields)."""
 
     kind: str
     now: float
     trace_id: str
     body: msgspec.Raw
+    identity: Identity | None = None
 
 
 class LedgerBatch(msgspec.Struct, frozen=True, array_like=True):

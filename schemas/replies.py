@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.events import Identity
 from schemas.policy import PolicyRule, ResourcePolicy
 
 
@@ -172,6 +173,8 @@ class ResetRecord(msgspec.Struct, frozen=True, kw_only=True):
     tripped_at: float
     reset_at: float
     trace_id: str
+    identity: Identity | None = None
+    """Who the NATS server authenticated as the sender (beside `approved_by`, the human's name as claimed)."""
 
 
 class HistoryReply(Reply, frozen=True, kw_only=True):

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from schemas.events import BreakerReset, BreakerTripped, Event
+from schemas.events import BreakerReset, BreakerTripped, Event, Identity
 from schemas.ledger import LedgerEntry
 from schemas.replies import AssignReply
 from schemas.requests import Request
@@ -33,7 +33,7 @@ log = logging.getLogger("if_governor.actor")
 class Command:
     """A decoded request waiting for the actor, with what is needed to answer it and to write it to the ledger."""
 
-    __slots__ = ("kind", "raw", "received", "reply_to", "request", "subject", "trace_id")
+    __slots__ = ("identity", "kind", "raw", "received", "reply_to", "request", "subject", "trace_id")
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class Command:
         received: float,
         kind: str = "",
         raw: bytes = b"{}",
+        identity: Identity | None = None,
     ) -> None:
         self.request = request
         self.reply_to = reply_to  # "" for a plain publish: apply, answer nobody
@@ -52,6 +53,7 @@ class Command:
         self.received = received  # time.perf_counter() when the handler got it
         self.kind = kind  # the endpoint name
         self.raw = raw  # the body as received: what the ledger records
+        self.identity = identity  # the authenticated sender, where the deployment stamps one
 
 
 class Outbox(Protocol):
@@ -230,7 +232,8 @@ class Actor:
             pending = [i for i, c in enumerate(batch) if results[i] is None and c.kind not in READ_ONLY]
             if pending:
                 entries = [
-                    LedgerEntry(batch[i].kind, now, batch[i].trace_id, msgspec.Raw(batch[i].raw)) for i in pending
+                    LedgerEntry(batch[i].kind, now, batch[i].trace_id, msgspec.Raw(batch[i].raw), batch[i].identity)
+                    for i in pending
                 ]
                 write = await ledger.start(entries)
         flight = _Flight(batch, results, now, pending, write)
@@ -262,7 +265,7 @@ class Actor:
                 continue
             request = command.request
             try:
-                results[i] = apply(core, request, now, command.trace_id)
+                results[i] = apply(core, request, now, command.trace_id, command.identity)
             except GovernorError as error:
                 results[i] = error
             except Exception as error:  # a bug: answer, log with context, keep serving the others

@@ -242,6 +242,7 @@ class Worker:
             prefix=self.config.governor.subject_prefix,
             clock=self.clock,
             prepare={"reload": self._prepare_reload},
+            security=self.config.security,
         )
         actor = Actor(
             core,
@@ -408,7 +409,7 @@ class Worker:
             return
         await ledger.append(entries)
         for i, entry in enumerate(entries):  # their events stay in the core: published once serving starts
-            replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
+            replay(core, entry.kind, entry.body, entry.now, entry.trace_id, entry.identity)
             if i % 500 == 499:
                 await asyncio.sleep(0)  # let the lease be renewed during a long first registration
         log.info("config reconciled into the ledger: %d entries", len(entries))

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
+from schemas.config import SecuritySection
 from schemas.discovery import EndpointInfo, EndpointStats, InfoResponse, PingResponse, StatsResponse
 from schemas.events import (
     BreakerClosed,
@@ -37,13 +38,14 @@ from schemas.events import (
     BreakerTripped,
     Escalation,
     Event,
+    Identity,
     WitnessRecord,
 )
 from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from worker.actor import Command, Mailbox
 from worker.dispatch import DECODERS, REQUEST_TYPES
-from worker.errors import GovernorError, InvalidBudget, InvalidCost, InvalidRequest, Overloaded
+from worker.errors import Forbidden, GovernorError, InvalidBudget, InvalidCost, InvalidRequest, Overloaded
 from worker.metrics import Metrics
 
 log = logging.getLogger("if_governor.bus")
@@ -58,6 +60,13 @@ YIELD_EVERY = 32
 """The intake lets the event loop run other tasks after this many requests in a row."""
 
 ENDPOINTS = REQUEST_TYPES
+REQUEST_INFO_HEADER = "Nats-Request-Info"
+"""Stamped by nats-server on a request that crossed a service import with `share: true`: the requester's account
+and user, as the server authenticated them."""
+REPLY_PREFIXES = ("_INBOX.", "_R_.")
+"""Reply subjects always answered: nats clients' inboxes and the response mappings of service imports."""
+#: Requests that change breakers, the registry or the config: operators only.
+OPERATOR_ONLY = frozenset({"reset", "trip", "register", "deregister", "reload"})
 #: Event type -> its subject under the prefix (witness records go to `<prefix>.witness.<operation>`).
 EVENT_SUBJECTS: dict[type[Any], str] = {
     BreakerTripped: "events.breaker.tripped",
@@ -105,6 +114,7 @@ class Bus:
         prefix: str = "governor",
         clock: Callable[[], float] = time.time,
         prepare: dict[str, Callable[[Request], tuple[Request, bytes]]] | None = None,
+        security: SecuritySection | None = None,
     ) -> None:
         self.nc = nc
         self.mailbox = mailbox
@@ -126,6 +136,10 @@ class Bus:
         self._trace_prefix = os.urandom(6).hex()
         self._trace_seq = count(1)
         self._event_subjects = {t: f"{prefix}.{suffix}" for t, suffix in EVENT_SUBJECTS.items()}
+        self.security = security or SecuritySection()
+        self.reply_prefixes = (*REPLY_PREFIXES, *self.security.reply_prefixes)
+        """A reply goes only to a subject that starts with one of these: an inbox or a server response mapping."""
+        self._operator_accounts = frozenset(self.security.operator_accounts)
 
     # -- intake -----------------------------------------------------------------------------------------------
 
@@ -195,8 +209,13 @@ class Bus:
         await self._answer(msg, stats)
 
     async def _answer(self, msg: Msg, body: msgspec.Struct) -> None:
-        if msg.reply:
-            await self.nc.publish(msg.reply, self._encode(body))
+        reply = msg.reply
+        if not reply:
+            return
+        if not reply.startswith(self.reply_prefixes):
+            await self.refuse_reply_subject("", msg.subject, reply, msg.data)
+            return
+        await self.nc.publish(reply, self._encode(body))
 
     def new_trace_id(self) -> str:
         return f"{self._trace_prefix}{next(self._trace_seq):08x}"
@@ -210,6 +229,9 @@ class Bus:
         counts[name] = 0
         prepare = self.prepare.get(name)
         perf = time.perf_counter
+        reply_prefixes = self.reply_prefixes
+        operator_only = name in OPERATOR_ONLY
+        require_approver = operator_only and self.security.require_authenticated_approver
 
         async def handle(msg: Msg) -> None:
             received = perf()
@@ -223,7 +245,16 @@ class Bus:
             headers = msg.headers
             header_trace = headers.get(TRACE_HEADER) if headers else None
             data = msg.data
+            reply = msg.reply
+            if reply and not reply.startswith(reply_prefixes):
+                await self.refuse_reply_subject(name, subject, reply, data)
+                return
+            identity: Identity | None = None
             try:
+                if headers and REQUEST_INFO_HEADER in headers:
+                    identity = self._identity(headers[REQUEST_INFO_HEADER])
+                if operator_only:
+                    self._check_operator(identity, headers)
                 if header_trace is not None and not 0 < len(header_trace) <= MAX_TRACE_ID:
                     raise InvalidRequest(f"header {TRACE_HEADER} must be 1 to {MAX_TRACE_ID} characters")
                 if not data:
@@ -237,24 +268,86 @@ class Bus:
                 UnicodeDecodeError,
                 RecursionError,
                 InvalidRequest,
+                Forbidden,
             ) as exc:
-                error = exc if isinstance(exc, InvalidRequest) else decode_error(exc)
+                error = exc if isinstance(exc, (InvalidRequest, Forbidden)) else decode_error(exc)
                 trace = header_trace if header_trace and len(header_trace) <= MAX_TRACE_ID else None
                 trace = trace or _body_trace_id(data) or self.new_trace_id()
-                await self.reply_error(Command(_NO_REQUEST, msg.reply, trace, subject, received, name), error)
+                await self.reply_error(Command(_NO_REQUEST, reply, trace, subject, received, name), error)
                 return
             trace_id = header_trace or request.trace_id or self.new_trace_id()
+            if require_approver:
+                try:
+                    self._check_approver(request, identity)
+                except Forbidden as error:
+                    await self.reply_error(Command(request, reply, trace_id, subject, received, name), error)
+                    return
             if prepare is not None:
                 try:
                     request, data = prepare(request)
                 except GovernorError as error:
-                    await self.reply_error(Command(request, msg.reply, trace_id, subject, received, name), error)
+                    await self.reply_error(Command(request, reply, trace_id, subject, received, name), error)
                     return
-            command = Command(request, msg.reply, trace_id, subject, received, name, data)
+            command = Command(request, reply, trace_id, subject, received, name, data, identity)
             if not mailbox.put(command):
                 await self.reply_error(command, Overloaded("the governor's mailbox is full; retry later"))
 
         return handle
+
+    def _identity(self, header: str) -> Identity | None:
+        """The sender as the server stamped it, where the deployment says it does; else nobody."""
+        if not self.security.trust_request_info:
+            return None
+        try:
+            info = _decode_request_info(header)
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+            raise InvalidRequest(f"header {REQUEST_INFO_HEADER} does not decode") from None
+        return Identity(account=info.acc, user=info.user) if info.acc else None
+
+    def _check_operator(self, identity: Identity | None, headers: dict[str, str] | None) -> None:
+        """Operator-only subjects: the server-stamped account must be an operator account (when trusted); where
+        the header is not trusted, a request that carries one claims an identity nobody checked: refused."""
+        if self.security.trust_request_info:
+            if identity is None or identity.account not in self._operator_accounts:
+                who = f"account {identity.account!r}" if identity is not None else "an unauthenticated sender"
+                raise Forbidden(f"{who} may not do this: operators only")
+        elif headers and REQUEST_INFO_HEADER in headers:
+            raise Forbidden(f"header {REQUEST_INFO_HEADER} is not trusted here (security.trust_request_info is off)")
+
+    def _check_approver(self, request: Request, identity: Identity | None) -> None:
+        """With `require_authenticated_approver`: the claimed approver or requester is the authenticated user."""
+        claimed = getattr(request, "approved_by", None) or getattr(request, "requested_by", None)
+        if claimed is None:
+            return
+        if identity is None or claimed != identity.user:
+            user = identity.user if identity is not None else None
+            raise Forbidden(f"{claimed!r} is not the authenticated user ({user!r}): name yourself")
+
+    async def refuse_reply_subject(self, kind: str, subject: str, reply: str, data: bytes) -> None:
+        """A request whose reply subject is no inbox: not answered (the reply could land in the governor's own
+        storage or event subjects, sent with its credentials), counted and witnessed."""
+        code = "reply_subject_refused"
+        self.metrics.rejected.labels(code).inc()
+        if kind in self._errors:
+            self._errors[kind] += 1
+            self._last_error[kind] = f"{code}: {reply[:128]}"
+        trace_id = self.new_trace_id()
+        if log.isEnabledFor(logging.DEBUG):  # like every refusal: witnessed and counted, logged at DEBUG only
+            log.debug(
+                "not answered: %s with reply subject %r (no inbox)", subject, reply[:128], extra={"trace_id": trace_id}
+            )
+        record = WitnessRecord(
+            operation="request_rejected",
+            params={
+                "subject": subject,
+                "code": code,
+                "message": f"reply subject {reply[:128]!r} is no inbox: not answered",
+            },
+            timestamp=self.clock(),
+            severity="MEDIUM",
+            trace_id=trace_id,
+        )
+        await self.nc.publish(f"{self.prefix}.witness.request_rejected", self._encode(record))
 
     # -- effects ----------------------------------------------------------------------------------------------
 
@@ -329,6 +422,16 @@ class _NoRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True)
 
 
 _NO_REQUEST = _NoRequest()
+
+
+class _RequestInfo(msgspec.Struct):
+    """The part of nats-server's `Nats-Request-Info` header (its `ClientInfo`) that names the sender."""
+
+    acc: str = ""
+    user: str = ""
+
+
+_decode_request_info = msgspec.json.Decoder(_RequestInfo).decode
 
 
 class _TraceOnly(msgspec.Struct):

@@ -95,6 +95,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"{source}: {field or '(top level)'}: {detail}") from None
     _check_swarms(config, source)
     _check_rules(config, source)
+    _check_security(config, source)
     try:  # the policy is written to the ledger and read back: it must pass its own limits
         msgspec.convert(msgspec.to_builtins(policy_of(config)), ResourcePolicy)
     except msgspec.ValidationError as exc:
@@ -118,6 +119,24 @@ def _check_rules(config: Config, source: str) -> None:
     for i, rule in enumerate(config.rules):
         if rule.policy not in known:
             raise ConfigError(f"{source}: rules[{i}].policy: unknown policy {rule.policy!r}; known: {sorted(known)}")
+
+
+def _check_security(config: Config, source: str) -> None:
+    sec = config.security
+    own = config.governor.subject_prefix + "."
+    for i, prefix in enumerate(sec.reply_prefixes):
+        if own.startswith(prefix) or prefix.startswith(own):
+            raise ConfigError(
+                f"{source}: security.reply_prefixes[{i}]: {prefix!r} overlaps the governor's own subjects ({own}*)"
+            )
+    if sec.trust_request_info and not sec.operator_accounts:
+        raise ConfigError(
+            f"{source}: security.operator_accounts: name the operators' account(s) when trust_request_info is on"
+        )
+    if sec.require_authenticated_approver and not sec.trust_request_info:
+        raise ConfigError(
+            f"{source}: security.require_authenticated_approver: needs trust_request_info (an identity to compare)"
+        )
 
 
 def _check_swarms(config: Config, source: str) -> None:

@@ -26,6 +26,7 @@ from schemas.events import (
     Escalation,
     EscalationContext,
     Event,
+    Identity,
     Severity,
     WitnessRecord,
 )
@@ -159,6 +160,9 @@ class Governor:
         self._history: deque[AssignmentRecord] = deque(maxlen=history_limit)
         self._resets: deque[ResetRecord] = deque(maxlen=history_limit)
         self._events: list[Event] = []
+        self.identity: Identity | None = None
+        """The authenticated sender of the command being applied (set around each command by `dispatch.apply`):
+        it goes into that command's witness records, trip and reset events and reset history."""
         # (kind, event_id) -> when applied, for the costs, failures and resets already applied, oldest first.
         # Kept for `dedupe_horizon_s` (and at most `dedupe_limit` of them): a retry inside that horizon is a no-op.
         self._applied: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -231,7 +235,14 @@ class Governor:
 
     def _witness(self, operation: str, params: dict[str, Any], now: float, severity: Severity, trace_id: str) -> None:
         self._events.append(
-            WitnessRecord(operation=operation, params=params, timestamp=now, severity=severity, trace_id=trace_id)
+            WitnessRecord(
+                operation=operation,
+                params=params,
+                timestamp=now,
+                severity=severity,
+                trace_id=trace_id,
+                identity=self.identity,
+            )
         )
 
     # -- registry -----------------------------------------------------------------------------------------
@@ -783,6 +794,7 @@ class Governor:
                 operations_count=swarm.operations_count,
                 tripped_at=now,
                 trace_id=trace_id,
+                identity=self.identity,
             )
         )
         self._events.append(
@@ -819,6 +831,7 @@ class Governor:
                 operations_count=swarm.operations_count,
                 tripped_at=now,
                 trace_id=trace_id,
+                identity=self.identity,
             )
         )
         self._witness(
@@ -920,6 +933,7 @@ class Governor:
                 tripped_at=previous.tripped_at,
                 reset_at=now,
                 trace_id=trace_id,
+                identity=self.identity,
             )
         )
         self._events.append(
@@ -929,6 +943,7 @@ class Governor:
                 approved_by=approved_by,
                 reset_at=now,
                 trace_id=trace_id,
+                identity=self.identity,
             )
         )
         self._witness(

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.events import Identity
 from schemas.ledger import Configure, Reload
 from schemas.profiles import SwarmProfile
 from schemas.replies import HistoryReply
@@ -54,6 +55,8 @@ READ_ONLY = frozenset({"status", "history"})
 DECODERS: dict[str, msgspec.json.Decoder[Any]] = {k: msgspec.json.Decoder(t) for k, t in REQUEST_TYPES.items()}
 _CONFIGURE = msgspec.json.Decoder(Configure)
 _RELOAD = msgspec.json.Decoder(Reload)
+#: Entry kind -> the decoder of its body: a ledger `reload` records the config as read, and `configure` is no request.
+_ENTRY_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {**DECODERS, "reload": _RELOAD, "configure": _CONFIGURE}
 
 
 def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgspec.Struct:
@@ -142,20 +145,37 @@ _APPLY: dict[type[Any], Callable[[Governor, Any, float, str], msgspec.Struct]] =
 }
 
 
-def apply(core: Governor, request: Request, now: float, trace_id: str) -> msgspec.Struct:
-    """Apply one request to the core; return its reply or raise its GovernorError."""
-    return _APPLY[type(request)](core, request, now, trace_id)
+def apply(
+    core: Governor, request: Request, now: float, trace_id: str, identity: Identity | None = None
+) -> msgspec.Struct:
+    """Apply one request to the core, sent by `identity`; return its reply or raise its GovernorError."""
+    core.identity = identity
+    try:
+        return _APPLY[type(request)](core, request, now, trace_id)
+    finally:
+        core.identity = None
 
 
-def replay(core: Governor, kind: str, body: bytes, now: float, trace_id: str) -> None:
-    """Apply one ledger entry again. Refusals are part of history too: they changed nothing then, nor now."""
-    if kind == "reload":
-        with contextlib.suppress(GovernorError):
-            apply(core, _RELOAD.decode(body), now, trace_id)
-        return
-    if kind == "configure":
-        config = _CONFIGURE.decode(body)
-        core.configure(config.policy, config.capabilities, config.policies, config.rules)
-        return
+def decode_entry(kind: str, body: bytes) -> Request | Configure:
+    """The command a ledger entry records: KeyError when `kind` is not one the governor writes, msgspec.DecodeError
+    when the body is not that kind's request (the ledger quarantines such an entry's message instead of replaying it).
+    """
+    command: Request | Configure = _ENTRY_DECODERS[kind].decode(body)
+    return command
+
+
+def replay_command(
+    core: Governor, command: Request | Configure, now: float, trace_id: str, identity: Identity | None = None
+) -> None:
+    """Apply one decoded ledger entry again. Refusals are part of history too: they changed nothing then, nor now
+    (a refused `configure` too: the core checks it before it changes anything)."""
     with contextlib.suppress(GovernorError):
-        apply(core, DECODERS[kind].decode(body), now, trace_id)
+        if isinstance(command, Configure):
+            core.configure(command.policy, command.capabilities, command.policies, command.rules)
+        else:
+            apply(core, command, now, trace_id, identity)
+
+
+def replay(core: Governor, kind: str, body: bytes, now: float, trace_id: str, identity: Identity | None = None) -> None:
+    """Apply one ledger entry again (`decode_entry`, then `replay_command`)."""
+    replay_command(core, decode_entry(kind, body), now, trace_id, identity)

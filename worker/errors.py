@@ -5,11 +5,13 @@ GovernorError                 code                  Nats-Service-Error-Code
 │   ├── UnknownCapability     unknown_capability    400
 │   ├── InvalidCost           invalid_cost          400
 │   └── InvalidBudget         invalid_budget        400
+├── Forbidden                 forbidden             403
 ├── UnknownSwarm              unknown_swarm         404
 ├── Conflict                  (abstract)            409
 │   ├── NotTripped            not_tripped           409
 │   ├── AlreadyTripped        already_tripped       409
 │   └── AlreadyRegistered     already_registered    409
+├── DeadlineExceeded          deadline_exceeded     408
 ├── Overloaded                overloaded            503
 └── Unavailable               unavailable           503
 
@@ -53,6 +55,13 @@ class InvalidBudget(InvalidRequest):
     """A budget that is not a finite number above zero."""
 
     code = "invalid_budget"
+
+
+class Forbidden(GovernorError):
+    """The sender may not do this (its account is not an operator account, or it claims another identity)."""
+
+    code = "forbidden"
+    status = 403
 
 
 class UnknownSwarm(GovernorError):
