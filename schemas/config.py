@@ -35,6 +35,9 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     soft_budget_ratio: Ratio = 0.2
     max_amount_usd: Annotated[float, Meta(gt=0.0)] = 1_000_000.0
     """The largest cost, estimated cost or budget a request may carry (USD)."""
+    max_request_bytes: Annotated[int, Meta(ge=4096, le=1_048_576)] = 65_536
+    """Larger request bodies are refused (`invalid_request`) before they are decoded or queued: the ledger's
+    messages stay far below the stream's limit, whatever padding a client adds."""
     event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
     """`governor run`'s event loop; `auto` takes uvloop when it is installed (the `fast` extra), else asyncio's."""
 

@@ -243,6 +243,7 @@ class Worker:
             clock=self.clock,
             prepare={"reload": self._prepare_reload},
             security=self.config.security,
+            max_request_bytes=self.config.governor.max_request_bytes,
         )
         actor = Actor(
             core,

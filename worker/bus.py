@@ -44,7 +44,7 @@ from schemas.events import (
 from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from worker.actor import Command, Mailbox
-from worker.dispatch import DECODERS, REQUEST_TYPES
+from worker.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
 from worker.errors import Forbidden, GovernorError, InvalidBudget, InvalidCost, InvalidRequest, Overloaded
 from worker.metrics import Metrics
 
@@ -115,6 +115,7 @@ class Bus:
         clock: Callable[[], float] = time.time,
         prepare: dict[str, Callable[[Request], tuple[Request, bytes]]] | None = None,
         security: SecuritySection | None = None,
+        max_request_bytes: int = 65_536,
     ) -> None:
         self.nc = nc
         self.mailbox = mailbox
@@ -137,6 +138,7 @@ class Bus:
         self._trace_seq = count(1)
         self._event_subjects = {t: f"{prefix}.{suffix}" for t, suffix in EVENT_SUBJECTS.items()}
         self.security = security or SecuritySection()
+        self.max_request_bytes = max_request_bytes
         self.reply_prefixes = (*REPLY_PREFIXES, *self.security.reply_prefixes)
         """A reply goes only to a subject that starts with one of these: an inbox or a server response mapping."""
         self._operator_accounts = frozenset(self.security.operator_accounts)
@@ -232,6 +234,9 @@ class Bus:
         reply_prefixes = self.reply_prefixes
         operator_only = name in OPERATOR_ONLY
         require_approver = operator_only and self.security.require_authenticated_approver
+        writes = name not in READ_ONLY
+        max_bytes = self.max_request_bytes
+        encode = self._encode
 
         async def handle(msg: Msg) -> None:
             received = perf()
@@ -261,6 +266,10 @@ class Bus:
                     if not empty_ok:
                         raise InvalidRequest("empty body: expected a JSON object")
                     data = b"{}"
+                elif len(data) > max_bytes:
+                    raise InvalidRequest(
+                        f"body is {len(data)} bytes; the limit is {max_bytes} (governor.max_request_bytes)"
+                    )
                 request = decode(data)
             except (
                 msgspec.DecodeError,
@@ -288,6 +297,8 @@ class Bus:
                 except GovernorError as error:
                     await self.reply_error(Command(request, reply, trace_id, subject, received, name), error)
                     return
+            elif writes:  # the ledger records the request in its compact canonical form, never the bytes as sent
+                data = encode(request)
             command = Command(request, reply, trace_id, subject, received, name, data, identity)
             if not mailbox.put(command):
                 await self.reply_error(command, Overloaded("the governor's mailbox is full; retry later"))
