@@ -81,4 +81,6 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     policies: dict[str, ResourcePolicy] = {}
     rules: list[PolicyRule] = []
     resets: list[ResetRecord] = []
-    """(task_id, swarm_id, micro-dollars, expires_at) of the open reservations."""
+    history_seq: int = 0
+    """Assignment records ever kept (the position of the next one, for history cursors); 0 in older snapshots."""
+    resets_seq: int = 0

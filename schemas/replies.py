@@ -55,7 +55,9 @@ class AssignReply(Reply, frozen=True, kw_only=True):
     rejected: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
     """Only with `explain`: the first filter that rejected each swarm."""
     explanation: list[SwarmExplanation] | msgspec.UnsetType = msgspec.UNSET
-    """Only with `explain`: every registered swarm, in registration order."""
+    """Only with `explain`: a page of the registered swarms, in registration order."""
+    explain_next_cursor: str | msgspec.UnsetType | None = msgspec.UNSET
+    """Only with `explain`: the `explain_cursor` of the next page (None: every swarm was explained)."""
 
 
 class CostReply(Reply, frozen=True, kw_only=True):
@@ -146,6 +148,9 @@ class StatusReply(Reply, frozen=True, kw_only=True):
     rules: list[PolicyRule] = []
     recent_assignments: list[AssignmentRecord] = []
     """The last assignments (up to 10), each with the rule that applied."""
+    next_cursor: str | None = None
+    """The `cursor` of the next page of swarms (None: this was the last page). Budgets, breakers and holds are
+    those of this page's swarms."""
 
 
 class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,3 +186,5 @@ class HistoryReply(Reply, frozen=True, kw_only=True):
     assignments: list[AssignmentRecord]
     resets: list[ResetRecord] = []
     """The most recent resets by a human, newest last (bounded like the assignments)."""
+    next_cursor: str | None = None
+    """The `cursor` of the page of older records (None: nothing older is kept)."""

@@ -6,9 +6,10 @@ rather than half-applied. Every request may carry a `trace_id`; the `X-IF-Trace-
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from schemas.types import (
     Budget,
@@ -29,6 +30,16 @@ from schemas.types import (
 
 ManualTripReason = Literal["repeated_failures", "performance_degradation", "manual_override"]
 
+PAGE_DEFAULT = 100
+"""Items per page when a paged request names no `limit`: 100 swarms at the largest a swarm can be (64 capabilities
+of 128 characters) still fit NATS's default 1 MB max_payload."""
+PageLimit = Annotated[int, Meta(ge=1, le=1000)]
+"""Items per page of a paged reply (`status`, `history`, `assign` with `explain`)."""
+SwarmCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,18}\Z", description="a reply's `next_cursor`")]
+"""Where the next page of swarms starts: a reply's `next_cursor`, opaque to clients."""
+HistoryCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,18}\.[0-9]{1,18}\Z", description="a reply's `next_cursor`")]
+"""Where the next (older) page of history starts: a reply's `next_cursor`, opaque to clients."""
+
 
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base of every request: strict, immutable, with an optional trace id and deadline."""
@@ -48,6 +59,10 @@ class AssignRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     explain: bool = False
     estimated_cost: Cost | None = None
     """Reserve this much of the chosen swarm's budget until a cost with this task_id settles it."""
+    explain_limit: PageLimit | None = None
+    """With `explain`: how many swarms to explain (registration order; default 100)."""
+    explain_cursor: SwarmCursor | None = None
+    """With `explain`: the reply's `explain_next_cursor`, to explain the swarms after that page."""
 
 
 class CostRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -116,10 +131,18 @@ class ReloadRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class StatusRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything an operator needs to see: swarms, budgets, breakers, policy."""
+    """Everything an operator needs to see: swarms, budgets, breakers, policy; a page of swarms at a time
+    (registration order), `next_cursor` in the reply asking for the next."""
+
+    limit: PageLimit | None = None
+    """Swarms per page (default 100)."""
+    cursor: SwarmCursor | None = None
 
 
 class HistoryRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The most recent assignments, newest last."""
+    """The most recent assignments and resets, newest last, a page at a time: `next_cursor` in the reply asks for
+    the page of older ones."""
 
     limit: HistoryLimit | None = None
+    """Records of each kind per page (default 100)."""
+    cursor: HistoryCursor | None = None

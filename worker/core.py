@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+import itertools
 import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -51,6 +52,7 @@ from schemas.replies import (
     SwarmStatus,
     TripReply,
 )
+from schemas.requests import PAGE_DEFAULT
 from schemas.types import MAX_USD
 from worker.capabilities import Vocabulary
 from worker.errors import (
@@ -65,6 +67,7 @@ from worker.errors import (
 from worker.index import CapabilityIndex, ordinals
 
 MICROS = 1_000_000
+_T = TypeVar("_T")
 #: A task needing all of its capabilities walks the rarest one's value-sorted list when the first match is expected
 #: within WALK_EXPECTED entries, and gives up after WALK_LIMIT; otherwise the masks name the candidates.
 WALK_EXPECTED = 64
@@ -89,6 +92,16 @@ def to_micros(usd: float) -> int:
 
 def to_usd(micros: int) -> float:
     return micros / MICROS
+
+
+def _page(records: deque[_T], total: int, limit: int, before: int | None) -> tuple[list[_T], int | None]:
+    """The `limit` newest of `records` (a bounded deque that has held `total` records ever) older than the
+    position `before` (None: the newest), oldest first; and the position to continue from, None when no older
+    record is kept."""
+    base = total - len(records)  # the position of records[0]
+    end = len(records) if before is None else max(0, min(len(records), before - base))
+    start = max(0, end - limit)
+    return list(itertools.islice(records, start, end)), base + start if start > 0 else None
 
 
 class _Swarm:
@@ -159,6 +172,8 @@ class Governor:
         self._next_ordinal = 0
         self._history: deque[AssignmentRecord] = deque(maxlen=history_limit)
         self._resets: deque[ResetRecord] = deque(maxlen=history_limit)
+        self._history_seq = 0  # records ever appended to each: the position of the next one (history cursors)
+        self._resets_seq = 0
         self._events: list[Event] = []
         self.identity: Identity | None = None
         """The authenticated sender of the command being applied (set around each command by `dispatch.apply`):
@@ -348,6 +363,8 @@ class Governor:
         explain: bool = False,
         estimated_cost: float | None = None,
         trace_id: str = "",
+        explain_limit: int | None = None,
+        explain_cursor: str | None = None,
     ) -> AssignReply:
         """Choose up to `max_swarms` (at most the policy's `max_swarms_per_task`) swarms for a task.
 
@@ -366,7 +383,11 @@ class Governor:
         self._expire_holds(now, trace_id)
         self._advance_breakers(now, trace_id)
         ranked = self._rank(required, cost_ceiling, limit, estimate, policy, rule)
-        explanation = self._explain(required, cost_ceiling, estimate, policy, rule) if explain else None
+        explanation, explain_next = (
+            self._explain(required, cost_ceiling, estimate, policy, rule, explain_limit, explain_cursor)
+            if explain
+            else (None, None)
+        )
         rejected = (
             {e.swarm_id: e.rejected_by for e in explanation if e.rejected_by is not None}
             if explanation is not None
@@ -388,6 +409,7 @@ class Governor:
                 trace_id=trace_id,
                 rejected=rejected if rejected is not None else msgspec.UNSET,
                 explanation=explanation if explanation is not None else msgspec.UNSET,
+                explain_next_cursor=explain_next if explanation is not None else msgspec.UNSET,
             )
         reserved = to_usd(estimate)
         assignments = [
@@ -400,6 +422,7 @@ class Governor:
             if estimate:
                 self._hold(task_id, swarm, estimate, now)
         best = assignments[0]
+        self._history_seq += 1
         self._history.append(
             AssignmentRecord(
                 task_id=task_id,
@@ -433,6 +456,7 @@ class Governor:
             trace_id=trace_id,
             rejected=rejected if rejected is not None else msgspec.UNSET,
             explanation=explanation if explanation is not None else msgspec.UNSET,
+            explain_next_cursor=explain_next if explanation is not None else msgspec.UNSET,
         )
 
     def _required(self, required_capabilities: Sequence[str]) -> list[str]:
@@ -545,15 +569,24 @@ class Governor:
         return best
 
     def _explain(
-        self, required: list[str], max_cost: float, estimate: int, policy: ResourcePolicy, rule: PolicyRule | None
-    ) -> list[SwarmExplanation]:
-        """Every registered swarm with its coverage, score and the first filter (in the seed's order) it failed."""
+        self,
+        required: list[str],
+        max_cost: float,
+        estimate: int,
+        policy: ResourcePolicy,
+        rule: PolicyRule | None,
+        limit: int | None,
+        cursor: str | None,
+    ) -> tuple[list[SwarmExplanation], str | None]:
+        """A page of the registered swarms with their coverage, score and the first filter (in the seed's order)
+        each failed; and the cursor of the next page."""
+        page, next_cursor = self._swarm_page(limit, cursor)
         req = set(required)
         k = len(req)
         min_match = policy.min_capability_match
         models = set(rule.models) if rule is not None and rule.models is not None else None
         explained: list[SwarmExplanation] = []
-        for swarm in self._swarms.values():
+        for swarm in page:
             coverage = sum(1 for cap in swarm.capabilities if cap in req) / k
             rejected_by: str | None = None
             if coverage < min_match:
@@ -574,7 +607,25 @@ class Governor:
                     swarm_id=swarm.swarm_id, capability_match=coverage, score=score, rejected_by=rejected_by
                 )
             )
-        return explained
+        return explained, next_cursor
+
+    def _swarm_page(self, limit: int | None, cursor: str | None) -> tuple[list[_Swarm], str | None]:
+        """Up to `limit` swarms in registration order from the ordinal `cursor` names, and the next page's cursor
+        (None: no swarm after these). Ordinals never change, so a swarm registered or removed between two pages
+        neither shifts nor repeats the others."""
+        limit = limit or PAGE_DEFAULT
+        by_ordinal = self._by_ordinal
+        end = self._next_ordinal
+        page: list[_Swarm] = []
+        ordinal = int(cursor) if cursor is not None else 0
+        while ordinal < end:
+            swarm = by_ordinal.get(ordinal)
+            if swarm is not None:
+                if len(page) == limit:
+                    return page, str(ordinal)
+                page.append(swarm)
+            ordinal += 1
+        return page, None
 
     # -- reservations ---------------------------------------------------------------------------------------------
 
@@ -924,6 +975,7 @@ class Governor:
         swarm.failures = None
         self._recovering.pop(swarm_id, None)
         self._eligibility(swarm)
+        self._resets_seq += 1
         self._resets.append(
             ResetRecord(
                 swarm_id=swarm_id,
@@ -971,6 +1023,19 @@ class Governor:
         """The tripped breakers: swarm id -> (reason, tripped_at)."""
         return {swarm_id: s.breaker for swarm_id, s in self._swarms.items() if s.breaker is not None}
 
+    def history(
+        self, limit: int | None = None, cursor: str | None = None
+    ) -> tuple[list[AssignmentRecord], list[ResetRecord], str | None]:
+        """A page of the assignment and reset history, newest last: the `limit` newest records of each kind older
+        than the positions `cursor` names (None: the newest), and the cursor of the page before (None: no older
+        records are kept). Positions count every record ever kept, so new records never shift a walk."""
+        limit = limit or PAGE_DEFAULT
+        before_a, before_r = (int(p) for p in cursor.split(".")) if cursor is not None else (None, None)
+        assignments, at_a = _page(self._history, self._history_seq, limit, before_a)
+        resets, at_r = _page(self._resets, self._resets_seq, limit, before_r)
+        more = at_a is not None or at_r is not None
+        return assignments, resets, f"{at_a or 0}.{at_r or 0}" if more else None
+
     def get_reset_history(self, limit: int | None = None) -> list[ResetRecord]:
         """The most recent resets, each with its approver, newest last."""
         resets = list(self._resets)
@@ -1007,16 +1072,21 @@ class Governor:
             held=to_usd(self._held_at(swarm, now)),
         )
 
-    def status(self, *, now: float, trace_id: str = "") -> StatusReply:
-        """Everything at once: swarms, budgets, breakers and the policy in force."""
+    def status(
+        self, *, now: float, trace_id: str = "", limit: int | None = None, cursor: str | None = None
+    ) -> StatusReply:
+        """A page of swarms (registration order) with their budgets, breakers and holds, and the policy in force."""
+        page, next_cursor = self._swarm_page(limit, cursor)
+        ids = {s.swarm_id for s in page}
         return StatusReply(
-            swarms=[self._status_of(s, now) for s in self._swarms.values()],
-            budgets=self.get_budget_report(),
-            breakers=self.get_circuit_breaker_status(),
+            swarms=[self._status_of(s, now) for s in page],
+            budgets={s.swarm_id: to_usd(s.budget) for s in page},
+            breakers={s.swarm_id: s.breaker for s in page if s.breaker is not None},
             policy=self.policy,
-            holds=self.holds(now),
+            holds=[h for h in self.holds(now) if h.swarm_id in ids],
             rules=list(self.rules),
             recent_assignments=self.get_assignment_history(10),
+            next_cursor=next_cursor,
             trace_id=trace_id,
         )
 
@@ -1052,6 +1122,8 @@ class Governor:
             next_ordinal=self._next_ordinal,
             history=list(self._history),
             resets=list(self._resets),
+            history_seq=self._history_seq,
+            resets_seq=self._resets_seq,
             applied=[(kind, event_id, at) for (kind, event_id), at in self._applied.items()],
             retired=sorted(self._retired.items()),
             holds=[(task_id, swarm_id, m, exp) for (task_id, swarm_id), (m, exp) in self._holds.items()],
@@ -1097,6 +1169,8 @@ class Governor:
         core._next_ordinal = state.next_ordinal
         core._history.extend(state.history)
         core._resets.extend(state.resets)
+        core._history_seq = max(state.history_seq, len(state.history))
+        core._resets_seq = max(state.resets_seq, len(state.resets))
         core._applied.update(((kind, event_id), at) for kind, event_id, at in state.applied)
         core._retired.update(state.retired)
         core.policies = {**PRESETS, **state.policies}

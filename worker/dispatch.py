@@ -69,6 +69,8 @@ def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgs
         explain=r.explain,
         estimated_cost=r.estimated_cost,
         trace_id=trace_id,
+        explain_limit=r.explain_limit,
+        explain_cursor=r.explain_cursor,
     )
 
 
@@ -121,13 +123,12 @@ def _deregister(core: Governor, r: DeregisterRequest, now: float, trace_id: str)
 
 
 def _status(core: Governor, r: StatusRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.status(now=now, trace_id=trace_id)
+    return core.status(now=now, trace_id=trace_id, limit=r.limit, cursor=r.cursor)
 
 
 def _history(core: Governor, r: HistoryRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return HistoryReply(
-        assignments=core.get_assignment_history(r.limit), resets=core.get_reset_history(r.limit), trace_id=trace_id
-    )
+    assignments, resets, next_cursor = core.history(r.limit, r.cursor)
+    return HistoryReply(assignments=assignments, resets=resets, next_cursor=next_cursor, trace_id=trace_id)
 
 
 _APPLY: dict[type[Any], Callable[[Governor, Any, float, str], msgspec.Struct]] = {
