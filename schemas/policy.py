@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.types import MAX_USD, Cost, Ratio
+from schemas.types import MAX_USD, NAME_PATTERN, Cost, ModelName, Ratio
 
 
 class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,11 +34,11 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 class PolicyRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Which policy governs a task, chosen by its capabilities: the first rule whose pattern matches wins."""
 
-    match: Annotated[str, Meta(min_length=1, max_length=128)]
+    match: Annotated[str, Meta(min_length=1, max_length=128, pattern=NAME_PATTERN)]
     """A shell-style pattern over required capabilities, e.g. `architecture:*`."""
-    policy: Annotated[str, Meta(min_length=1, max_length=64)] = "default"
+    policy: Annotated[str, Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)] = "default"
     """A preset (`strict`, `permissive`, `production`), a policy named under `policies:`, or `default`."""
-    models: list[Annotated[str, Meta(min_length=1, max_length=64)]] | None = None
+    models: list[ModelName] | None = None
     """Only swarms of these models may take such a task (none: any model)."""
 
 

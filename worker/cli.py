@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 import msgspec
 
 from schemas.config import Config
+from schemas.types import INVISIBLE
 from worker import errors
 from worker.capabilities import BUILTIN_CAPABILITIES
 from worker.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
@@ -44,6 +46,26 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 BUNDLED_PORT = 4222
 
 log = logging.getLogger("if_governor")
+
+_UNSAFE = re.compile(f"[{INVISIBLE}]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """`text` with each control, format or separator character (`schemas.types.INVISIBLE`) written as an escape
+    (`\\n`, `\\x1b`, `\\u202e`): what a client sent can neither start a log line of its own nor hide or reorder
+    what the reader sees."""
+    return _UNSAFE.sub(_escape_one, text)
 
 
 class _TraceId(logging.Filter):
@@ -55,7 +77,27 @@ class _TraceId(logging.Filter):
         return True
 
 
+class _TextFormatter(logging.Formatter):
+    """`time LEVEL logger [trace id] message`, one record per line: the trace id and the message are escaped, and
+    the lines of a traceback are indented, so no line a client wrote into a record looks like a record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        trace_id = escape(str(getattr(record, "trace_id", "-")))
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} [{trace_id}] {escape(record.getMessage())}"
+        details = []
+        if record.exc_info:
+            details.append(self.formatException(record.exc_info))
+        if record.stack_info:
+            details.append(self.formatStack(record.stack_info))
+        for text in details:
+            line += "".join(f"\n  {escape(part)}" for part in text.split("\n"))
+        return line
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line; `json.dumps` escapes control characters and, with `ensure_ascii`, every non-ASCII
+    one (bidi and zero-width characters included), so a client's string never breaks or disguises a line."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": round(record.created, 6),
@@ -66,7 +108,7 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, ensure_ascii=True)
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -74,7 +116,7 @@ def setup_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s] %(message)s"))
+        handler.setFormatter(_TextFormatter())
     handler.addFilter(_TraceId())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -211,7 +253,7 @@ async def _with_client(args: argparse.Namespace, action: Callable[[Any], Awaitab
     try:
         return await action(client)
     except errors.GovernorError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"error: {exc.code}: {escape(exc.message)}", file=sys.stderr)  # it may quote what a client sent
         return 1
     except TimeoutError:
         print(
