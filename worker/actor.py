@@ -275,12 +275,18 @@ class Actor:
         self._observe(batch, results, events)
         outbox = self.outbox
         for command, result in zip(batch, results, strict=True):
-            if isinstance(result, GovernorError):
-                await outbox.reply_error(command, result)
-            elif command.reply_to and result is not None:
-                await outbox.reply(command, result)
+            try:
+                if isinstance(result, GovernorError):
+                    await outbox.reply_error(command, result)
+                elif command.reply_to and result is not None:
+                    await outbox.reply(command, result)
+            except Exception:  # the outbox counts what it cannot send; anything else is a bug, never our end
+                log.exception("answering %s failed (trace %s)", command.kind, command.trace_id)
         if events:
-            await outbox.publish(events)
+            try:
+                await outbox.publish(events)
+            except Exception:
+                log.exception("publishing %d events failed", len(events))
         self.metrics.mailbox_depth.set(len(self.mailbox))
         # A snapshot costs time in proportion to the registry: take one at most every 2 entries per swarm.
         if self.ledger is not None and self.ledger.entries_since_snapshot >= max(

@@ -45,7 +45,15 @@ from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from worker.actor import Command, Mailbox
 from worker.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
-from worker.errors import Forbidden, GovernorError, InvalidBudget, InvalidCost, InvalidRequest, Overloaded
+from worker.errors import (
+    Forbidden,
+    GovernorError,
+    InvalidBudget,
+    InvalidCost,
+    InvalidRequest,
+    Overloaded,
+    ReplyTooLarge,
+)
 from worker.metrics import Metrics
 
 log = logging.getLogger("if_governor.bus")
@@ -217,7 +225,7 @@ class Bus:
         if not reply.startswith(self.reply_prefixes):
             await self.refuse_reply_subject("", msg.subject, reply, msg.data)
             return
-        await self.nc.publish(reply, self._encode(body))
+        await self._send(reply, self._encode(body), None, "", "discovery")
 
     def new_trace_id(self) -> str:
         return f"{self._trace_prefix}{next(self._trace_seq):08x}"
@@ -358,15 +366,38 @@ class Bus:
             severity="MEDIUM",
             trace_id=trace_id,
         )
-        await self.nc.publish(f"{self.prefix}.witness.request_rejected", self._encode(record))
+        await self._send(f"{self.prefix}.witness.request_rejected", self._encode(record), None, trace_id, "event")
 
     # -- effects ----------------------------------------------------------------------------------------------
 
     async def reply(self, command: Command, reply: msgspec.Struct) -> None:
-        """Send an ok reply (a plain publish, with no reply subject, gets none)."""
-        if command.reply_to:
-            await self.nc.publish(command.reply_to, self._encode(reply))
+        """Send an ok reply (a plain publish, with no reply subject, gets none); one larger than the server's
+        max_payload is answered `reply_too_large` instead. Never raises: a failed publish is counted and logged."""
+        if not command.reply_to:
+            return
+        data = self._encode(reply)
+        limit = self.nc.max_payload
+        if limit and len(data) > limit:
+            await self.reply_error(
+                command,
+                ReplyTooLarge(
+                    f"the reply would be {len(data)} bytes, over the server's max_payload of {limit}: "
+                    "ask for a smaller page (limit)"
+                ),
+            )
+            return
+        if await self._send(command.reply_to, data, None, command.trace_id, "reply"):
             self._replied(command)
+
+    async def _send(self, subject: str, data: bytes, headers: dict[str, str] | None, trace_id: str, kind: str) -> bool:
+        """Publish; False (counted by kind and logged with the trace id) when the connection refused it."""
+        try:
+            await self.nc.publish(subject, data, headers=headers)
+            return True
+        except Exception as exc:  # e.g. MaxPayloadError, a closed or draining connection: never the actor's end
+            self.metrics.publish_failures.labels(kind).inc()
+            log.error("%s to %s not sent: %r", kind, subject, exc, extra={"trace_id": trace_id})
+            return False
 
     def _replied(self, command: Command) -> None:
         """Count a reply sent and the time from receipt to it, for $SRV.STATS."""
@@ -393,8 +424,8 @@ class Bus:
                 ERROR_CODE_HEADER: str(error.status),
                 TRACE_HEADER: command.trace_id,
             }
-            await self.nc.publish(command.reply_to, self._encode(body), headers=headers)
-            self._replied(command)
+            if await self._send(command.reply_to, self._encode(body), headers, command.trace_id, "reply"):
+                self._replied(command)
         record = WitnessRecord(
             operation="request_rejected",
             params={"subject": command.subject, "code": error.code, "message": error.message},
@@ -402,11 +433,13 @@ class Bus:
             severity="INFO",
             trace_id=command.trace_id,
         )
-        await self.nc.publish(f"{self.prefix}.witness.request_rejected", self._encode(record))
+        await self._send(
+            f"{self.prefix}.witness.request_rejected", self._encode(record), None, record.trace_id, "event"
+        )
 
     async def publish(self, events: list[Event]) -> None:
-        """Publish the events a batch caused, in order."""
-        publish = self.nc.publish
+        """Publish the events a batch caused, in order (a refused publish is counted and logged, never raised)."""
+        send = self._send
         encode = self._encode
         subjects = self._event_subjects
         witness = f"{self.prefix}.witness."
@@ -414,12 +447,12 @@ class Bus:
         for event in events:
             if isinstance(event, WitnessRecord):
                 data = encode(event)
-                await publish(witness + event.operation, data)
+                await send(witness + event.operation, data, None, event.trace_id, "event")
                 if debug:  # every witness record, one line each, at DEBUG (one per request: too many for INFO)
                     log.debug("%s %s", event.operation, data.decode(), extra={"trace_id": event.trace_id})
             else:
                 data = encode(event)
-                await publish(subjects[type(event)], data)
+                await send(subjects[type(event)], data, None, event.trace_id, "event")
                 # Breaker transitions and escalations: one line each at INFO (WARNING for a trip).
                 level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
                 log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})

@@ -12,6 +12,7 @@ GovernorError                 code                  Nats-Service-Error-Code
 │   ├── AlreadyTripped        already_tripped       409
 │   └── AlreadyRegistered     already_registered    409
 ├── DeadlineExceeded          deadline_exceeded     408
+├── ReplyTooLarge             reply_too_large       413
 ├── Overloaded                overloaded            503
 └── Unavailable               unavailable           503
 
@@ -100,6 +101,13 @@ class DeadlineExceeded(GovernorError):
 
     code = "deadline_exceeded"
     status = 408
+
+
+class ReplyTooLarge(GovernorError):
+    """The reply would exceed the server's max_payload: the client asks for a smaller page."""
+
+    code = "reply_too_large"
+    status = 413
 
 
 class Overloaded(GovernorError):

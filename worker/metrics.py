@@ -125,6 +125,12 @@ class Metrics:
         self.ledger_failures = Counter(
             "if_governor_ledger_failures", "Ledger writes that were not acknowledged, by kind.", ["kind"], registry=r
         )
+        self.publish_failures = Counter(
+            "if_governor_publish_failures",
+            "Replies, events and discovery answers the connection refused to send, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.lease_lost = Counter(
             "if_governor_lease_lost", "Times this process stopped serving because its lease was lost.", registry=r
         )
