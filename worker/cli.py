@@ -15,6 +15,9 @@
 
 Errors print one line and exit non-zero (1 for a refused request or an unreachable server, 2 for usage/config,
 3 for an assign that found no qualified swarm).
+
+Operator commands reach NATS at `--nats-url` (or $IF_GOVERNOR_NATS_URL), log in with the IF_GOVERNOR_NATS_*
+credentials, and take their replies on `--inbox-prefix` (or $IF_GOVERNOR_INBOX_PREFIX; default `_INBOX`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from worker.core import rule_conflicts
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 BUNDLED_PORT = 4222
+INBOX_PREFIX_ENV = "IF_GOVERNOR_INBOX_PREFIX"
+"""The operator commands' `--inbox-prefix` when the flag is absent."""
 
 log = logging.getLogger("if_governor")
 
@@ -244,8 +249,14 @@ async def _with_client(args: argparse.Namespace, action: Callable[[Any], Awaitab
 
     url = _client_url(args)
     options = connect_options(load_config(None).nats)  # credentials from IF_GOVERNOR_NATS_* variables
+    inbox_prefix = args.inbox_prefix or os.environ.get(INBOX_PREFIX_ENV) or None
     try:
-        client = await GovernorClient.connect(url, prefix=args.prefix, timeout=args.timeout, **options)
+        client = await GovernorClient.connect(
+            url, prefix=args.prefix, timeout=args.timeout, inbox_prefix=inbox_prefix, **options
+        )
+    except ValueError as exc:  # a malformed inbox prefix, refused before connecting
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         print(f"error: cannot connect to {redact(url)}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
@@ -505,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help=f"NATS server (default: ${NATS_URL_ENV} or {DEFAULT_URL})")
         p.add_argument("--prefix", default="governor", help="subject prefix (default: governor)")
         p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+        p.add_argument(
+            "--inbox-prefix",
+            help=f"subject prefix of this client's reply inboxes, e.g. _INBOX_alice (default: ${INBOX_PREFIX_ENV} "
+            "or _INBOX); lets the NATS server keep each user's replies to that user",
+        )
         return p
 
     run = sub.add_parser("run", help="run the worker")

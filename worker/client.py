@@ -3,11 +3,16 @@
 async with await GovernorClient.connect("nats://127.0.0.1:4222") as gov:
     reply = await gov.assign(["integration:sip"], task_id="t-1")
     await gov.cost(reply.swarm_id, "sip_integration", 2.5)
+
+Coordinators that share a NATS account can read each other's replies on `_INBOX.>`. Give each its own inbox
+prefix (`connect(..., inbox_prefix="_INBOX_alice")`) and let the server allow each user only its own
+(`subscribe: "_INBOX_alice.>"`); the governor must then answer that prefix (`security.reply_prefixes`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -58,6 +63,9 @@ def _error_classes() -> dict[str, type[errors.GovernorError]]:
 
 ERRORS_BY_CODE = _error_classes()
 
+_INBOX_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
+"""Subject tokens without wildcards: nats-py appends `.<id>.<token>` to make each reply subject."""
+
 
 class GovernorClient:
     """Request-reply calls to a running governor, and its event stream."""
@@ -70,13 +78,28 @@ class GovernorClient:
 
     @classmethod
     async def connect(
-        cls, servers: str | list[str], *, prefix: str = "governor", timeout: float = 5.0, **options: Any
+        cls,
+        servers: str | list[str],
+        *,
+        prefix: str = "governor",
+        timeout: float = 5.0,
+        inbox_prefix: str | None = None,
+        **options: Any,
     ) -> GovernorClient:
         """Connect to NATS (a URL, comma-separated URLs, or a list); raise at once when nothing answers.
 
+        `inbox_prefix`: replies come to `<inbox_prefix>.…` instead of nats-py's `_INBOX.…`, so the server can keep
+        them to this user; a prefix that is not dot-separated subject tokens raises ValueError before connecting.
         `options` go to `nats.connect` (e.g. `user_credentials`, `nkeys_seed`, `token`, `tls`): see
         `worker.config.connect_options`.
         """
+        if inbox_prefix is not None:
+            if not _INBOX_PREFIX.search(inbox_prefix):
+                raise ValueError(
+                    f"inbox prefix {inbox_prefix!r}: expected subject tokens of letters, digits, `_` or `-`, "
+                    "separated by dots (e.g. _INBOX_alice)"
+                )
+            options["inbox_prefix"] = inbox_prefix
         urls = [u.strip() for u in servers.split(",")] if isinstance(servers, str) else servers
 
         async def quiet(exc: Exception) -> None:  # the caller gets the exception; no log noise from nats-py
