@@ -12,6 +12,7 @@
     governor check-config F                        validate a config file and exit
     governor schema [--out DIR]                    write the JSON Schemas and the AsyncAPI document
     governor bench [--quick | --cell WORKLOAD ...]  measure against a bare NATS responder
+    governor ledger verify [--config F]            read the ledger and its snapshots; exit 1 on anything foreign
 
 Errors print one line and exit non-zero (1 for a refused request or an unreachable server, 2 for usage/config,
 3 for an assign that found no qualified swarm).
@@ -502,6 +503,50 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ledger(args: argparse.Namespace) -> int:
+    """`governor ledger verify`: read the whole ledger and its snapshots with the governor's storage login; exit 0
+    when nothing is wrong, 1 when something is (or the ledger cannot be read)."""
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    from worker.ledger import Ledger, stream_name
+    from worker.verify import verify
+
+    config = load_config(args.config)  # the governor's file names its prefix, its servers and its storage login
+    servers = [args.nats_url] if args.nats_url else (config.nats.servers or [DEFAULT_URL])
+    prefix = args.prefix or config.governor.subject_prefix
+    shown = ", ".join(redact(u) for u in servers)
+
+    async def quiet(exc: Exception) -> None:  # the exception is reported below; no log noise from nats-py
+        return None
+
+    try:
+        nc = await nats.connect(
+            servers=servers,
+            connect_timeout=min(args.timeout, 2.0),
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.25,
+            error_cb=quiet,
+            **connect_options(config.nats, storage=True),
+        )
+    except Exception as exc:
+        print(f"error: cannot connect to {shown}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
+        report = await verify(Ledger(nc, prefix=prefix, timeout=args.timeout))
+    except nats.js.errors.NotFoundError:
+        print(f"error: no ledger for {prefix}.* on {shown} (no stream {stream_name(prefix)})", file=sys.stderr)
+        return 1
+    except (nats.errors.Error, TimeoutError) as exc:
+        print(f"error: the ledger could not be read: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await nc.close()
+    print(report.summary())
+    return 0 if report.clean else 1
+
+
 # -- parser ---------------------------------------------------------------------------------------------------
 
 
@@ -593,6 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="write JSON Schemas and the AsyncAPI document (the contract for other languages)")
     p.add_argument("--out", default="deploy", help="output directory (default: deploy)")
 
+    ledger = sub.add_parser("ledger", help="inspect the durable ledger")
+    actions = ledger.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("verify", help="read the ledger and its snapshots; report anything foreign or broken")
+    p.add_argument("--config", help="the governor's YAML config (its prefix, NATS servers and storage login)")
+    p.add_argument("--nats-url", help=f"NATS server (default: ${NATS_URL_ENV}, the config's, or {DEFAULT_URL})")
+    p.add_argument("--prefix", help="subject prefix (default: the config's, else governor)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each read")
+
     p = sub.add_parser("bench", help="benchmark against a bare NATS responder")
     p.add_argument("--quick", action="store_true", help="a shorter run (under a minute)")
     p.add_argument(
@@ -620,6 +673,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": _status,
     "history": _history,
     "watch": _watch,
+    "ledger": _ledger,
 }
 
 

@@ -10,12 +10,19 @@ applies nothing that is not acknowledged, in ledger order.
     ├── LedgerUnavailable   the batch was certainly not written (no JetStream, stream missing, refused)
     ├── LedgerAmbiguous     no acknowledgement in time: the batch may or may not be in the stream
     ├── LedgerFenced        another writer extended the ledger: this process is no longer its owner
-    └── LedgerGap           a reader fell behind the trimmed part: it must start again from the snapshot
+    ├── LedgerGap           a reader fell behind the trimmed part: it must start again from the snapshot
+    └── LedgerForeign       a message or snapshot the governor cannot replay (raised by `decode_message`)
 
 The state is the snapshot (a JetStream object store) plus the stream's tail after it; `catch_up` replays the tail.
 Snapshots are stored under their sequence and never overwritten; the two newest are kept, and the ledger entries up
 to the older one are purged (`trim`): the stream holds about two snapshot intervals, and a standby that fell
 further behind reloads the newest snapshot.
+
+Reading fails safe, not dead: a ledger message that is not a batch the governor wrote (say, a reply some client
+aimed at the ledger's subject), or that holds an entry of an unknown kind or a body that is not its kind's request,
+is quarantined: logged, counted (`foreign`), reported (`on_foreign`) and passed over whole, every time it is read,
+so the state is exactly what the other messages make. A snapshot that does not decode is reported the same way
+(sequence 0) and the one before it is read instead, or the ledger from its start.
 """
 
 from __future__ import annotations
@@ -36,11 +43,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.object_store import OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
+from nats.js.object_store import OBJ_ALL_META_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
-from schemas.ledger import CoreState, LedgerBatch, LedgerEntry
+from schemas.ledger import Configure, CoreState, LedgerBatch, LedgerEntry
+from schemas.requests import Request
 from worker.core import Governor
-from worker.dispatch import replay
+from worker.dispatch import decode_entry, replay_command
 
 log = logging.getLogger("if_governor.ledger")
 
@@ -49,6 +57,7 @@ SNAPSHOT_PREFIX = "seq-"
 LEGACY_SNAPSHOT_NAME = "latest"  # the one overwritten snapshot of earlier versions, read when no other exists
 SNAPSHOT_READ_ATTEMPTS = 3
 RECOVER_ATTEMPTS = 3
+MAX_REASON = 200  # characters of a quarantine reason: a foreign message chooses what its error messages quote
 
 
 class LedgerError(Exception):
@@ -69,6 +78,57 @@ class LedgerFenced(LedgerError):
 
 class LedgerGap(LedgerError):
     """The entries after what was applied were trimmed (a newer snapshot holds them): recover from the snapshot."""
+
+
+class LedgerForeign(LedgerError):
+    """A ledger message or snapshot that the governor cannot replay: `reason` says why, in a few words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_decode_batch = msgspec.json.Decoder(LedgerBatch).decode
+_decode_state = msgspec.msgpack.Decoder(CoreState).decode
+
+
+def decode_message(data: bytes) -> list[tuple[LedgerEntry, Request | Configure]]:
+    """A ledger message's entries, each with the command it records; `LedgerForeign` when the message is not a
+    `LedgerBatch`, or when any entry's kind is unknown or its body is not that kind's request (nothing of such a
+    message is replayed: every entry is decoded before any is applied)."""
+    try:
+        batch = _decode_batch(data)
+    except msgspec.DecodeError as exc:
+        raise LedgerForeign(f"not a ledger batch: {exc}") from None
+    commands: list[tuple[LedgerEntry, Request | Configure]] = []
+    for i, entry in enumerate(batch.entries):
+        try:
+            commands.append((entry, decode_entry(entry.kind, entry.body)))
+        except KeyError:
+            raise LedgerForeign(f"entry {i}: unknown kind {entry.kind[:40]!r}") from None
+        except msgspec.DecodeError as exc:
+            raise LedgerForeign(f"entry {i} ({entry.kind}): {exc}") from None
+    return commands
+
+
+def decode_snapshot(data: bytes) -> CoreState:
+    """A stored snapshot's state; `LedgerForeign` when it is empty or does not decode."""
+    if not data:
+        raise LedgerForeign("is empty")
+    try:
+        return _decode_state(zlib.decompress(data))
+    except (zlib.error, msgspec.DecodeError) as exc:
+        raise LedgerForeign(f"does not decode: {exc}") from None
+
+
+class _ObjectMeta(msgspec.Struct):
+    """The description the object store keeps of an object (only the fields read here)."""
+
+    name: str = ""
+    deleted: bool = False
+
+
+_decode_meta = msgspec.json.Decoder(_ObjectMeta).decode
 
 
 class _AckError(msgspec.Struct):
@@ -141,6 +201,7 @@ class Ledger:
         timeout: float = 5.0,
         max_message: int = 256 * 1024,
         trim: bool = True,
+        on_foreign: Callable[[int, str], None] | None = None,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=timeout)
@@ -157,6 +218,12 @@ class Ledger:
         self.snapshot_timeout = max(timeout, 10.0)
         """How long one attempt to read the snapshot may take."""
         self.trim = trim
+        self.on_foreign = on_foreign
+        """Called with (stream sequence, reason) for each message quarantined, and with (0, reason) for each snapshot
+        passed over: each time one is read (a standby following, every restart)."""
+        self.foreign = 0
+        """How many messages and snapshots were quarantined since this ledger was made (each time read)."""
+        self.snapshot_bucket = self.stream + "_SNAPSHOTS"
         self._legacy_removed = False
         self._encode = msgspec.json.Encoder().encode
         self._decode_ack = msgspec.json.Decoder(_PubAck).decode
@@ -165,7 +232,6 @@ class Ledger:
         self._inbox = ""
         self._cut = 0
         self._ack_sub: Subscription | None = None
-        self._decode_batch = msgspec.json.Decoder(LedgerBatch).decode
         self._snapshots: ObjectStore | None = None
 
     async def setup(self) -> None:
@@ -187,7 +253,7 @@ class Ledger:
                     max_msg_size=self.max_message + 4096,
                 )
             )
-        bucket = self.stream + "_SNAPSHOTS"
+        bucket = self.snapshot_bucket
         try:
             self._snapshots = await self.js.object_store(bucket)
             await self._reconcile_replicas("OBJ_" + bucket)
@@ -195,6 +261,12 @@ class Ledger:
             self._snapshots = await self.js.create_object_store(
                 bucket, storage=StorageType.FILE, replicas=self.replicas
             )
+
+    async def attach(self) -> None:
+        """Bind to the existing stream and snapshot store, creating nothing (read-only use, as `verify`):
+        `nats.js.errors.NotFoundError` when either is missing."""
+        await self.js.stream_info(self.stream)
+        self._snapshots = await self.js.object_store(self.snapshot_bucket)
 
     async def _reconcile_replicas(self, stream: str) -> None:
         """Give an existing stream the configured number of replicas (a single server refuses more than one)."""
@@ -312,8 +384,9 @@ class Ledger:
     async def catch_up(self, core: Governor, *, until: int | None = None, keep_events: bool = False) -> int:
         """Replay every ledger message after `self.seq` (up to `until`, default: the stream's end) into `core`.
 
-        Returns how many messages were replayed. Their events are dropped (history published them), unless
-        `keep_events`: after a write that was not acknowledged but landed, they were never published.
+        Returns how many messages were replayed (quarantined ones too: they are passed over, see `decode_message`).
+        Their events are dropped (history published them), unless `keep_events`: after a write that was not
+        acknowledged but landed, they were never published.
         """
         target = await self.last_sequence() if until is None else until
         if target <= self.seq:
@@ -334,8 +407,13 @@ class Ledger:
                     continue
                 if seq != self.seq + 1:
                     raise LedgerGap(f"the ledger no longer holds entries {self.seq + 1} to {seq - 1}: trimmed")
-                for entry in self._decode_batch(msg.data).entries:
-                    replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
+                try:
+                    commands = decode_message(msg.data)
+                except LedgerForeign as foreign:
+                    self._quarantine(seq, foreign.reason)
+                    commands = []
+                for entry, command in commands:
+                    replay_command(core, command, entry.now, entry.trace_id, entry.identity)
                 if not keep_events:
                     core.take_events()  # history already published them
                 self.seq = seq
@@ -375,6 +453,17 @@ class Ledger:
             return core
         raise AssertionError("unreachable")
 
+    def _quarantine(self, seq: int, reason: str) -> None:
+        """Log, count and report a message (or, with `seq` 0, a snapshot) that is passed over as foreign."""
+        reason = short_reason(reason)
+        self.foreign += 1
+        if seq:
+            log.warning("ledger message %d quarantined (not replayed): %s", seq, reason)
+        else:
+            log.warning("%s: passed over", reason)
+        if self.on_foreign is not None:
+            self.on_foreign(seq, reason)
+
     # -- snapshots ------------------------------------------------------------------------------------------------
 
     def snapshot_bytes(self, core: Governor) -> bytes:
@@ -407,58 +496,145 @@ class Ledger:
 
     async def _stored_snapshots(self) -> list[int]:
         """The sequences of the snapshots in the store, oldest first."""
-        assert self._snapshots is not None
+        live, _ = await self.snapshot_objects()
+        return sorted(seq for seq in map(snapshot_seq, live) if seq is not None)
+
+    async def snapshot_objects(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """The names of the objects in the snapshot store, and (name, reason) of those whose description does not
+        decode (the object store's own listing would stop at such a description and wait forever)."""
+        stream = OBJ_STREAM_TEMPLATE.format(bucket=self.snapshot_bucket)
+        metas = OBJ_ALL_META_PRE_TEMPLATE.format(bucket=self.snapshot_bucket)
         try:
-            infos = await asyncio.wait_for(self._snapshots.list(ignore_deletes=True), self.snapshot_timeout)
+            await self.js.get_last_msg(stream, metas)
         except nats.js.errors.NotFoundError:
-            return []
-        return sorted(
-            int(info.name[len(SNAPSHOT_PREFIX) :])
-            for info in infos
-            if info.name and info.name.startswith(SNAPSHOT_PREFIX) and not info.deleted
+            return [], []
+        sub = await self.js.subscribe(
+            metas,
+            stream=stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
         )
+        live: list[str] = []
+        unreadable: list[tuple[str, str]] = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=self.snapshot_timeout)
+                name = _object_name(msg.subject)
+                try:
+                    if not _decode_meta(msg.data).deleted:
+                        live.append(name)
+                except msgspec.DecodeError as exc:
+                    unreadable.append((name, f"its description does not decode: {exc}"))
+                if msg.metadata.num_pending == 0:
+                    return live, unreadable
+        finally:
+            await sub.unsubscribe()
 
     async def _delete_snapshot(self, name: str) -> None:
         """Delete a snapshot and its deletion marker, so that the store holds only the live snapshots."""
         assert self._snapshots is not None
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self._snapshots.delete(name)
-        bucket = self.stream + "_SNAPSHOTS"
+        bucket = self.snapshot_bucket
         meta = OBJ_META_PRE_TEMPLATE.format(bucket=bucket, obj=base64.urlsafe_b64encode(name.encode()).decode())
         await self.js.purge_stream(OBJ_STREAM_TEMPLATE.format(bucket=bucket), subject=meta)
 
     async def load_snapshot(self) -> CoreState | None:
-        """The newest snapshot, or None. A snapshot deleted while it is read loses its chunks under the reader (the
-        object store's `get` would then wait forever): each attempt is bounded, and the next one lists again."""
-        assert self._snapshots is not None
-        for attempt in range(1, SNAPSHOT_READ_ATTEMPTS + 1):
-            seqs = await self._stored_snapshots()
-            name = snapshot_name(seqs[-1]) if seqs else LEGACY_SNAPSHOT_NAME
+        """The newest snapshot that can be read, or None (then the ledger is replayed from its start).
+
+        A snapshot that does not decode (its description, its data, or data that do not match their digest) is
+        reported (`on_foreign`, sequence 0) and passed over for the one before it. A snapshot deleted while it is read
+        loses its chunks under the reader (the object store's `get` would then wait forever): each attempt is
+        bounded, and the next one lists again; one still listed that times out a second time is broken, not deleted,
+        and is passed over as well.
+        """
+        passed_over: set[str] = set()
+        timed_out: set[str] = set()
+        attempt = 0
+        while True:
+            names = await self._readable_snapshots(passed_over)
+            if not names:
+                return None
+            name = names[0]
             try:
-                result = await asyncio.wait_for(self._snapshots.get(name), self.snapshot_timeout)
-                break
+                return await self.read_snapshot(name)
+            except LedgerForeign as foreign:
+                passed_over.add(name)
+                self._quarantine(0, f"snapshot {name} {foreign.reason}")
+                continue
             except nats.js.errors.ObjectNotFoundError:
-                if not seqs:
-                    return None
-                log.info("snapshot %s deleted before it was read (attempt %d); listing again", name, attempt)
+                log.info("snapshot %s deleted before it was read (attempt %d); listing again", name, attempt + 1)
             except TimeoutError:
+                if name in timed_out:
+                    passed_over.add(name)
+                    self._quarantine(0, f"snapshot {name} could not be read in {self.snapshot_timeout:g}s, twice")
+                    continue
+                timed_out.add(name)
                 log.warning(
                     "snapshot %s not read within %.1fs (attempt %d of %d): deleted while being read?",
                     name,
                     self.snapshot_timeout,
-                    attempt,
+                    attempt + 1,
                     SNAPSHOT_READ_ATTEMPTS,
                 )
-        else:
-            raise LedgerUnavailable(f"no snapshot could be read in {SNAPSHOT_READ_ATTEMPTS} attempts")
-        if not result.data:
-            return None
-        return msgspec.msgpack.decode(zlib.decompress(result.data), type=CoreState)
+            attempt += 1
+            if attempt == SNAPSHOT_READ_ATTEMPTS:
+                raise LedgerUnavailable(f"no snapshot could be read in {SNAPSHOT_READ_ATTEMPTS} attempts")
+
+    async def _readable_snapshots(self, passed_over: set[str]) -> list[str]:
+        """The snapshots to try, newest first (the `latest` of earlier versions last), except those passed over; a
+        description that does not decode is reported and passed over here."""
+        live, unreadable = await self.snapshot_objects()
+        for name, reason in unreadable:
+            if name not in passed_over:
+                passed_over.add(name)
+                self._quarantine(0, f"snapshot {name}: {reason}")
+        seqs = sorted(seq for seq in map(snapshot_seq, live) if seq is not None)
+        names = [snapshot_name(seq) for seq in reversed(seqs)]
+        if LEGACY_SNAPSHOT_NAME in live:
+            names.append(LEGACY_SNAPSHOT_NAME)
+        return [name for name in names if name not in passed_over]
+
+    async def read_snapshot(self, name: str) -> CoreState:
+        """One stored snapshot's state, read within `snapshot_timeout`: `LedgerForeign` when it does not decode,
+        `ObjectNotFoundError` when it is gone, TimeoutError when it was deleted while being read."""
+        assert self._snapshots is not None
+        try:
+            result = await asyncio.wait_for(self._snapshots.get(name), self.snapshot_timeout)
+        except nats.js.errors.BadObjectMetaError:
+            raise LedgerForeign("has a description that does not decode") from None
+        except nats.js.errors.DigestMismatchError:
+            raise LedgerForeign("does not match its digest") from None
+        except (ValueError, TypeError, AttributeError) as exc:  # what nats-py raises on a description it did not write
+            raise LedgerForeign(f"has a description the object store did not write ({type(exc).__name__})") from None
+        return decode_snapshot(result.data or b"")
 
 
 def snapshot_name(seq: int) -> str:
     """A snapshot's object name: its ledger sequence, zero-padded so that names sort as sequences do."""
     return f"{SNAPSHOT_PREFIX}{seq:020d}"
+
+
+def short_reason(text: str) -> str:
+    """`text` on one printable line of at most `MAX_REASON` characters: a foreign message or object name chooses
+    what a reason quotes, and must not start a line of its own or hide what an operator reads."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def snapshot_seq(name: str) -> int | None:
+    """The ledger sequence a snapshot's object name gives, or None when it is no such name."""
+    digits = name[len(SNAPSHOT_PREFIX) :]
+    return int(digits) if name.startswith(SNAPSHOT_PREFIX) and digits.isdigit() and digits.isascii() else None
+
+
+def _object_name(meta_subject: str) -> str:
+    """The object name an object store's description subject (`$O.<bucket>.M.<base64 name>`) encodes."""
+    token = meta_subject.rsplit(".", 1)[-1]
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return token
 
 
 async def wait_for_jetstream(ledger: Ledger, stop: asyncio.Event, *, interval: float = 0.5) -> None:
