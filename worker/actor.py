@@ -56,6 +56,10 @@ class Command:
         self.identity = identity  # the authenticated sender, where the deployment stamps one
 
 
+HEARTBEAT_S = 1.0
+"""An idle actor's loop still turns this often."""
+
+
 class Outbox(Protocol):
     """Where the actor sends its effects (the bus adapter in production)."""
 
@@ -118,16 +122,19 @@ class Mailbox:
         items = self._items
         return [items.popleft() for _ in range(min(limit, len(items)))]
 
-    async def take(self, limit: int) -> list[Command]:
-        """Wait for at least one command and return up to `limit`; an empty list once closed and drained."""
+    async def take(self, limit: int, timeout: float | None = None) -> list[Command] | None:
+        """Wait for at least one command and return up to `limit`; an empty list once closed and drained; None
+        when `timeout` passed with nothing to take."""
         while not self._items:
             if self._closed:
                 return []
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                done, _ = await asyncio.wait([self._waiter], timeout=timeout)
             finally:
                 self._waiter = None
+            if not done:
+                return None
         return self.take_now(limit)
 
 
@@ -181,16 +188,29 @@ class Actor:
         """Set when this process is no longer the ledger's owner: everything is answered `unavailable`."""
         self._flights: deque[_Flight] = deque()
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._writers: asyncio.TaskGroup | None = None
+        self.turned = 0.0
+        """The event loop's time when the actor's loop last turned (at least every HEARTBEAT_S while it runs)."""
         metrics.per_swarm_from(lambda: self.core.gauges())
 
     async def run(self) -> None:
-        """Serve until the mailbox is closed and drained and every write is settled."""
+        """Serve until the mailbox is closed and drained and every write is settled. An exception here is the
+        actor's death: the worker's supervisor stops serving and starts a fresh term."""
+        async with asyncio.TaskGroup() as self._writers:  # the snapshot writer: its failure is the actor's
+            await self._loop()
+        self._writers = None
+
+    async def _loop(self) -> None:
         mailbox = self.mailbox
         flights = self._flights
         loop = asyncio.get_running_loop()
         while True:
+            self.turned = loop.time()
             if not flights:
-                batch = await mailbox.take(self.max_batch)
+                batch = await mailbox.take(self.max_batch, timeout=HEARTBEAT_S)
+                self.turned = loop.time()
+                if batch is None:
+                    continue  # idle: the loop still turns, so /healthz can tell a stuck actor from an idle one
                 if not batch:
                     break
                 await self.launch(batch)
@@ -211,8 +231,6 @@ class Actor:
                     waiters.append(mailbox.ready())
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 mailbox.unready()
-        if self._snapshot_task is not None:
-            await asyncio.gather(self._snapshot_task, return_exceptions=True)
 
     async def launch(self, batch: list[Command]) -> None:
         """Take a batch: refuse what cannot be served, start writing its changing commands (or apply it now)."""
@@ -338,6 +356,7 @@ class Actor:
         assert self.ledger is not None
         delay = 0.1
         while True:
+            self.turned = asyncio.get_running_loop().time()  # waiting for storage, not stuck
             try:
                 await self.ledger.catch_up(self.core, keep_events=True)
                 return  # events of a batch that landed after all are published with this batch's
@@ -353,7 +372,8 @@ class Actor:
             return
         seq = self.ledger.seq
         data = self.ledger.snapshot_bytes(self.core)
-        self._snapshot_task = asyncio.get_running_loop().create_task(self._save_snapshot(data, seq))
+        assert self._writers is not None, "snapshots are taken while run() serves"
+        self._snapshot_task = self._writers.create_task(self._save_snapshot(data, seq), name="governor-snapshot")
 
     async def _save_snapshot(self, data: bytes, seq: int) -> None:
         assert self.ledger is not None

@@ -24,11 +24,13 @@ import socket
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 
 from schemas.config import Config
+from schemas.events import WitnessRecord
 from schemas.ledger import Configure, LedgerEntry, Reload
 from schemas.policy import PRESETS
 from schemas.requests import ReloadRequest, Request
@@ -37,12 +39,20 @@ from worker.bus import Bus
 from worker.config import connect_options, load_config, policy_of, profiles_of, redact
 from worker.core import Governor
 from worker.dispatch import register_request, replay
-from worker.errors import ConfigError, GovernorError, InvalidRequest
+from worker.errors import ConfigError, GovernorError, InvalidRequest, Unavailable
 from worker.lease import Lease
 from worker.ledger import Ledger, LedgerGap, wait_for_jetstream
 from worker.metrics import HttpEndpoint, Metrics
 
 log = logging.getLogger("if_governor.worker")
+
+STUCK_AFTER_S = 10.0
+"""A serving actor whose loop has not turned for this long (it turns at least every second) fails /healthz; for
+twice as long, its term ends and the lease is given up."""
+
+
+class ActorStuck(Exception):
+    """The serving actor stopped turning: its term ends."""
 
 
 def build_core(config: Config, now: float) -> Governor:
@@ -86,8 +96,11 @@ class Worker:
         wait_until_serving: bool = True,
         holder_id: str | None = None,
         config_path: str | None = None,
+        stuck_after: float = STUCK_AFTER_S,
     ) -> None:
         self.config = config
+        self.stuck_after = stuck_after
+        """A serving actor that has not turned for this long fails /healthz; for twice as long, it ends its term."""
         self.config_path = config_path
         self.servers = servers or list(config.nats.servers or ["nats://127.0.0.1:4222"])
         self.metrics = metrics if metrics is not None else Metrics()
@@ -114,11 +127,30 @@ class Worker:
         self._stop = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
         self._supervisor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # witness records of quarantined ledger messages
+        self.actor: Actor | None = None
+        """The actor of the current (or last) term."""
+        self._actor_task: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
-        """True while this process serves requests."""
-        return self.state == "serving"
+        """True while this process answers requests: it serves, and its actor is alive and turning."""
+        return self.state == "serving" and self.healthy
+
+    @property
+    def healthy(self) -> bool:
+        """False when this process serves but its actor is dead or has not turned for `stuck_after` seconds (a
+        standby is healthy: it follows the ledger)."""
+        if self.state != "serving" or self.actor is None or self._actor_task is None:
+            return True
+        if self._actor_task.done():
+            return False
+        return self._stuck_for() < self.stuck_after
+
+    def _stuck_for(self) -> float:
+        """Seconds since the serving actor's loop last turned."""
+        assert self.actor is not None
+        return asyncio.get_running_loop().time() - self.actor.turned
 
     async def __aenter__(self) -> Worker:
         try:
@@ -150,7 +182,9 @@ class Worker:
         stack = self._stack
         if self.serve_metrics:
             metrics = self.config.metrics
-            self.http = HttpEndpoint(self.metrics, lambda: self.ready, metrics.host, metrics.port)
+            self.http = HttpEndpoint(
+                self.metrics, lambda: self.ready, metrics.host, metrics.port, healthy=lambda: self.healthy
+            )
             await self.http.start()
             stack.push_async_callback(self.http.close)
         self.nc = await self._connect("")
@@ -230,8 +264,8 @@ class Worker:
             await nc.close()
         self.state = "stopped"
 
-    async def _serve(self, core: Governor) -> tuple[Actor, asyncio.Task[None]]:
-        """Start the actor on `core` and subscribe: from now on requests are answered."""
+    async def _serve(self, core: Governor, term: asyncio.TaskGroup) -> tuple[Actor, asyncio.Task[None]]:
+        """Start the actor on `core` in the term's task group and subscribe: from now on requests are answered."""
         assert self.nc is not None
         self.core = core
         self.mailbox = Mailbox(self.config.governor.mailbox_size)
@@ -258,7 +292,8 @@ class Worker:
         # (with 100,000 swarms a full collection otherwise stalls the actor for tens of milliseconds).
         gc.collect()
         gc.freeze()
-        task = asyncio.get_running_loop().create_task(actor.run(), name="governor-actor")
+        task = term.create_task(actor.run(), name="governor-actor")
+        self.actor, self._actor_task = actor, task
         await self.bus.start()
         startup_events = core.take_events()  # e.g. the config's swarms registered at start
         if startup_events:
@@ -270,7 +305,7 @@ class Worker:
         return actor, task
 
     async def _unserve(self, actor: Actor, task: asyncio.Task[None], *, lost: bool) -> None:
-        """Stop taking requests; answer what is queued (`unavailable` when the lease was lost)."""
+        """Stop taking requests; answer what is queued (`unavailable` when the lease was lost or the actor died)."""
         self.state = "standby"
         gc.unfreeze()  # this term's registry may be replaced: let the collector see it again
         if lost:
@@ -279,12 +314,30 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.bus.stop()
         self.mailbox.close()
-        await task
+        await asyncio.wait([task])  # its failure, if any, is the term's (raised by the task group)
+        if task.cancelled() or task.exception() is not None:
+            await self._refuse_queued()
+
+    async def _refuse_queued(self) -> None:
+        """The actor is gone: what it never took is answered `unavailable`, so clients retry at once."""
+        if self.bus is None:
+            return
+        error = Unavailable("this governor stopped serving (its actor failed); retry")
+        while queued := self.mailbox.take_now(256):
+            for command in queued:
+                await self.bus.reply_error(command, error)
 
     async def _supervise_memory(self) -> None:
-        actor, task = await self._serve(self.core)
-        await self._stop.wait()
-        await self._unserve(actor, task, lost=False)
+        """Serve until stopped. The state lives only here: if the actor dies, the worker stops (and `governor
+        run` exits non-zero) rather than serving on from the config's budgets."""
+        async with asyncio.TaskGroup() as term:
+            actor, task = await self._serve(self.core, term)
+            try:
+                await self._sleep(None, task=task)
+            finally:
+                await self._unserve(actor, task, lost=False)
+            if task.cancelled() or task.exception() is not None:
+                self.stop()
 
     async def _supervise_durable(self) -> None:
         assert self.storage_nc is not None and self.lease_nc is not None
@@ -292,6 +345,7 @@ class Worker:
         prefix = self.config.governor.subject_prefix
         self.ledger = ledger = Ledger(
             self.storage_nc,
+            on_foreign=self._on_foreign,
             prefix=prefix,
             replicas=ledger_config.replicas,
             timeout=ledger_config.timeout_s,
@@ -314,7 +368,8 @@ class Worker:
                 await self._sleep(0.5)
 
     async def _one_term(self, ledger: Ledger, lease: Lease) -> bool:
-        """Recover, wait for the lease as a standby, serve while it is held. True when it served."""
+        """Recover, wait for the lease as a standby, serve while it is held. True when it served to the end (a
+        lost lease included), False when it did not serve or one of its tasks failed."""
         self.state = "standby"
         await wait_for_jetstream(ledger, self._stop)
         if self._stop.is_set():
@@ -350,34 +405,66 @@ class Worker:
             with contextlib.suppress(Exception):
                 core = await follow(core)
         # The lease is renewed by its own task from now on, also while the ledger is read and the config reconciled.
+        # The renewer and the actor (with its snapshot writer) are this term's tasks: if one dies, the task group
+        # cancels the rest, the term stops serving at once and gives the lease up, and a fresh term starts.
         lost_lease = asyncio.Event()
-        renewer = asyncio.get_running_loop().create_task(self._hold(lease, lost_lease), name="governor-lease")
+        lost = failed = False
         try:
-            try:
+            async with asyncio.TaskGroup() as term:
+                renewer = term.create_task(self._hold(lease, lost_lease), name="governor-lease")
                 core = await follow(core)  # to the end: nobody else writes now
                 await self._reconcile(core, ledger)
-            except Exception:
+                if not lost_lease.is_set():
+                    actor, task = await self._serve(core, term)
+                    try:
+                        while not self._stop.is_set() and not lost_lease.is_set() and not actor.fenced:
+                            await self._sleep(min(lease.ttl / 4, self.stuck_after / 2), lost_lease, task)
+                            if task.done():
+                                break
+                            if self._stuck_for() > 2 * self.stuck_after:
+                                # /healthz has failed for `stuck_after` already: this term ends, and gives the
+                                # lease up, like a dead one
+                                task.cancel()
+                                raise ActorStuck(f"the actor has not turned for {2 * self.stuck_after:g}s")
+                    finally:
+                        lost = lost_lease.is_set() or actor.fenced
+                        if lost:
+                            self.metrics.lease_lost.inc()
+                            log.error("lease lost: no longer serving")
+                        await self._unserve(actor, task, lost=lost)
+                else:
+                    lost = True
                 renewer.cancel()
-                await lease.release()
-                raise
-            if lost_lease.is_set():
-                return True
-            actor, task = await self._serve(core)
-            while not self._stop.is_set() and not lost_lease.is_set() and not actor.fenced:
-                await self._sleep(lease.ttl / 4, lost_lease)
-            lost = lost_lease.is_set() or actor.fenced
-            if lost:
-                self.metrics.lease_lost.inc()
-                log.error("lease lost: no longer serving")
-            await self._unserve(actor, task, lost=lost)
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        except* Exception as failure:
+            failed = True
+            self.state = "standby"
+            self.metrics.term_failures.inc()
+            cause = _first_leaf(failure)
+            log.error("this term failed (%r): no longer serving; a fresh term starts", cause, exc_info=cause)
+        if failed:
+            await lease.release()
+            return False  # the next term starts after a pause
         if not lost:
             await self._final_snapshot(ledger, core)
             await lease.release()
         return True
+
+    def _on_foreign(self, seq: int, reason: str) -> None:
+        """A ledger message (or a snapshot, `seq` 0) that is not the governor's was passed over: count it and
+        witness it (the ledger has logged it)."""
+        self.metrics.ledger_foreign.inc()
+        record = WitnessRecord(
+            operation="ledger_message_quarantined",
+            params={"seq": seq, "reason": reason},
+            timestamp=self.clock(),
+            severity="HIGH",
+            trace_id=f"ledger-{seq}",
+        )
+        if self.nc is not None and not self.nc.is_closed:
+            subject = f"{self.config.governor.subject_prefix}.witness.{record.operation}"
+            task = asyncio.get_running_loop().create_task(self.nc.publish(subject, msgspec.json.encode(record)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _hold(self, lease: Lease, lost: asyncio.Event) -> None:
         """Renew the lease every ttl/4 until it cannot be renewed in time; then set `lost`."""
@@ -457,17 +544,27 @@ class Worker:
         log.info("config reload queued from %s", self.config_path)
         return True
 
-    async def _sleep(self, seconds: float, also: asyncio.Event | None = None) -> bool:
-        """Sleep, or return early when stopping (True) or when `also` is set."""
-        waiters = [asyncio.ensure_future(self._stop.wait())]
+    async def _sleep(
+        self, seconds: float | None, also: asyncio.Event | None = None, task: asyncio.Task[None] | None = None
+    ) -> bool:
+        """Sleep, or return early when stopping (True), when `also` is set or when `task` ends."""
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
         if also is not None:
             waiters.append(asyncio.ensure_future(also.wait()))
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [*waiters, *([task] if task else [])], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for waiter in waiters:
                 waiter.cancel()
         return self._stop.is_set()
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first exception that is not a group (the actor's own task group wraps what killed it)."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _without_userinfo(url: str) -> str:

@@ -232,6 +232,10 @@ async def _serve(config: Config, servers: list[str], stop: asyncio.Event, config
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # the worker's own task group failed (e.g. the in-memory actor died): logged there
+        causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        print(f"error: the governor failed: {'; '.join(repr(c) for c in causes)}", file=sys.stderr)
+        return 1
     finally:
         stopper.cancel()
     print("governor stopped", flush=True)

@@ -223,11 +223,44 @@ class GovernorClient:
     async def deregister(self, swarm_id: str) -> SwarmReply:
         return await self.call("deregister", {"swarm_id": swarm_id}, SwarmReply)
 
-    async def status(self) -> StatusReply:
-        return await self.call("status", {}, StatusReply)
+    async def status_page(self, limit: int | None = None, cursor: str | None = None) -> StatusReply:
+        """One page of `status` (the governor's default size when `limit` is None)."""
+        return await self.call("status", {"limit": limit, "cursor": cursor}, StatusReply)
 
-    async def history(self, limit: int | None = None) -> HistoryReply:
-        return await self.call("history", {"limit": limit}, HistoryReply)
+    async def status(self, page_size: int = 1000) -> StatusReply:
+        """The whole status: every page, followed and merged into one reply (`next_cursor` None)."""
+        reply = await self.status_page(page_size)
+        swarms, budgets, breakers, holds = (
+            list(reply.swarms),
+            dict(reply.budgets),
+            dict(reply.breakers),
+            list(reply.holds),
+        )
+        while reply.next_cursor is not None:
+            reply = await self.status_page(page_size, reply.next_cursor)
+            swarms += reply.swarms
+            budgets.update(reply.budgets)
+            breakers.update(reply.breakers)
+            holds += reply.holds
+        return msgspec.structs.replace(reply, swarms=swarms, budgets=budgets, breakers=breakers, holds=holds)
+
+    async def history_page(self, limit: int | None = None, cursor: str | None = None) -> HistoryReply:
+        """One page of `history`: up to `limit` of each kind older than `cursor` (None: the newest)."""
+        return await self.call("history", {"limit": limit, "cursor": cursor}, HistoryReply)
+
+    async def history(self, limit: int | None = None, page_size: int = 500) -> HistoryReply:
+        """The `limit` most recent assignments and resets (None: all the governor keeps), newest last, following
+        the pages."""
+        size = min(page_size, limit) if limit is not None else page_size
+        reply = await self.history_page(size)
+        assignments, resets = list(reply.assignments), list(reply.resets)
+        while reply.next_cursor is not None and (limit is None or min(len(assignments), len(resets)) < limit):
+            reply = await self.history_page(size, reply.next_cursor)
+            assignments[:0] = reply.assignments
+            resets[:0] = reply.resets
+        if limit is not None:
+            assignments, resets = assignments[-limit:], resets[-limit:]
+        return msgspec.structs.replace(reply, assignments=assignments, resets=resets, next_cursor=None)
 
     async def events(self, *, witness: bool = False) -> AsyncIterator[tuple[str, Event]]:
         """Breaker, reset and escalation events (and witness records with `witness`) as they arrive."""

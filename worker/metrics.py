@@ -131,6 +131,16 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.ledger_foreign = Counter(
+            "if_governor_ledger_quarantined",
+            "Ledger messages (and snapshots) that were not the governor's, passed over when read.",
+            registry=r,
+        )
+        self.term_failures = Counter(
+            "if_governor_term_failures",
+            "Terms that ended because one of their tasks (actor, lease renewer, snapshot writer) died.",
+            registry=r,
+        )
         self.lease_lost = Counter(
             "if_governor_lease_lost", "Times this process stopped serving because its lease was lost.", registry=r
         )
@@ -155,11 +165,20 @@ class Metrics:
 
 
 class HttpEndpoint:
-    """`/metrics`, `/healthz` (the process is alive) and `/readyz` (it is serving) over plain HTTP/1.1."""
+    """`/metrics`, `/healthz` (the process is alive: its loop answers and, while serving, its actor turns) and
+    `/readyz` (requests are being answered) over plain HTTP/1.1."""
 
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        host: str,
+        port: int,
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._metrics = metrics
         self._ready = ready
+        self._healthy = healthy
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -203,7 +222,9 @@ class HttpEndpoint:
         if path == "/metrics":
             return "200 OK", self._metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8"
         if path == "/healthz":
-            return "200 OK", b"ok\n", "text/plain"
+            if self._healthy():
+                return "200 OK", b"ok\n", "text/plain"
+            return "503 Service Unavailable", b"unhealthy\n", "text/plain"
         if path == "/readyz":
             if self._ready():
                 return "200 OK", b"ready\n", "text/plain"

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from schemas.config import Config
 from tests.conftest import SEED_SWARMS, WorkerFactory, make_config
 from tests.integration.test_trust import ledger_messages
+from worker.client import GovernorClient
 
 NDI = "session-1-ndi"
 
@@ -106,6 +107,8 @@ class TestLargeReplies:
             if cursor is None:
                 break
         assert seen == [f"s{i:05d}" for i in range(12_000)]
+        whole = await GovernorClient(nc, timeout=10).status()  # the client follows the pages
+        assert ([s.swarm_id for s in whole.swarms], len(whole.budgets), whole.next_cursor) == (seen, 12_000, None)
 
         explained = (await nc.request("governor.assign", assign("x", explain=True), timeout=10)).data
         reply = msgspec.json.decode(explained)
@@ -117,6 +120,10 @@ class TestLargeReplies:
         assert (whole["ok"], whole["error"]["code"]) == (False, "reply_too_large")
         page = await request(nc, "governor.history", b"{}")
         assert (len(page["assignments"]), page["assignments"][-1]["task_id"]) == (100, "t5999")
+        history = await GovernorClient(nc, timeout=10).history()
+        assert [r.task_id for r in history.assignments] == ["x"] + [f"t{i}" for i in range(6000)]
+        recent = await GovernorClient(nc, timeout=10).history(1234)
+        assert [r.task_id for r in recent.assignments] == [f"t{i}" for i in range(6000 - 1234, 6000)]
 
         after = await asyncio.gather(*(request(nc, "governor.assign", assign(f"after{i}")) for i in range(20)))
         assert [(a["ok"], a["swarm_id"]) for a in after] == [(True, "s00000")] * 20

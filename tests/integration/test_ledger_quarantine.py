@@ -20,6 +20,7 @@ import msgspec
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from schemas.config import Config, LedgerSection
 from schemas.ledger import LedgerBatch, LedgerEntry
@@ -136,11 +137,27 @@ class TestWorkerRecovery:
         status_reply = await first_term(nats_server.url, nc)
         seqs = await poison(nc, status_reply)
         assert seqs == [4, 5, 6, 7]
+        witnessed: list[dict[str, Any]] = []
+        all_witnessed = asyncio.Event()
+
+        async def witness(msg: Msg) -> None:
+            witnessed.append(msgspec.json.decode(msg.data))
+            if len(witnessed) == 4:
+                all_witnessed.set()
+
+        await nc.subscribe("governor.witness.ledger_message_quarantined", cb=witness)
+        await nc.flush()
 
         async with Worker(durable_config(), servers=[nats_server.url], serve_metrics=False) as second:
             await answering(nc)
             assert reported == list(zip(seqs, REASONS, strict=True))
             assert second.ledger is not None and second.ledger.foreign == 4
+            assert second.metrics.registry.get_sample_value("if_governor_ledger_quarantined_total") == 4.0
+            async with asyncio.timeout(5):  # published when recovery read them, on the worker's own connection
+                await all_witnessed.wait()
+            assert [(w["params"]["seq"], w["params"]["reason"], w["severity"]) for w in witnessed] == [
+                (seq, reason, "HIGH") for seq, reason in zip(seqs, REASONS, strict=True)
+            ]
             assert (await client.status()).budgets == {"session-4-sip": 22.5, "session-1-ndi": 23.75}
             assert (await client.cost("session-1-ndi", "op", 0.75, event_id="e3")).remaining == 23.0
             assert (await client.cost("session-1-ndi", "op", 1.25, event_id="e1")).duplicate is True
