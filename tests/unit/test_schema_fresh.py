@@ -361,7 +361,15 @@ class TestAsyncApi:
         error = document["components"]["messages"]["ErrorReply"]
         headers = resolve(document, error["headers"]["$ref"])
         assert headers["required"] == ["Nats-Service-Error", "Nats-Service-Error-Code", "X-IF-Trace-ID"]
-        assert headers["properties"]["Nats-Service-Error-Code"]["enum"] == ["400", "403", "404", "408", "409", "413", "503"]
+        assert headers["properties"]["Nats-Service-Error-Code"]["enum"] == [
+            "400",
+            "403",
+            "404",
+            "408",
+            "409",
+            "413",
+            "503",
+        ]
         for code in schema.error_statuses():
             assert f"`{code}`" in error["description"]
         requests = {t.__name__ for t in REQUEST_TYPES.values()}
