@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from itertools import count
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
@@ -43,6 +43,7 @@ from schemas.events import (
 )
 from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
+from schemas.types import TRACE_ID_PATTERN, TraceId
 from worker.actor import Command, Mailbox
 from worker.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
 from worker.errors import (
@@ -268,8 +269,10 @@ class Bus:
                     identity = self._identity(headers[REQUEST_INFO_HEADER])
                 if operator_only:
                     self._check_operator(identity, headers)
-                if header_trace is not None and not 0 < len(header_trace) <= MAX_TRACE_ID:
-                    raise InvalidRequest(f"header {TRACE_HEADER} must be 1 to {MAX_TRACE_ID} characters")
+                if header_trace is not None and not _safe_trace(header_trace):
+                    raise InvalidRequest(
+                        f"header {TRACE_HEADER} must be 1 to {MAX_TRACE_ID} of A-Z a-z 0-9 . _ : @ / + = -"
+                    )
                 if not data:
                     if not empty_ok:
                         raise InvalidRequest("empty body: expected a JSON object")
@@ -288,7 +291,7 @@ class Bus:
                 Forbidden,
             ) as exc:
                 error = exc if isinstance(exc, (InvalidRequest, Forbidden)) else decode_error(exc)
-                trace = header_trace if header_trace and len(header_trace) <= MAX_TRACE_ID else None
+                trace = header_trace if header_trace and _safe_trace(header_trace) else None
                 trace = trace or _body_trace_id(data) or self.new_trace_id()
                 await self.reply_error(Command(_NO_REQUEST, reply, trace, subject, received, name), error)
                 return
@@ -479,7 +482,10 @@ _decode_request_info = msgspec.json.Decoder(_RequestInfo).decode
 
 
 class _TraceOnly(msgspec.Struct):
-    trace_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TRACE_ID)] | None = None
+    trace_id: TraceId | None = None
+
+
+_safe_trace = re.compile(TRACE_ID_PATTERN).match
 
 
 _decode_trace = msgspec.json.Decoder(_TraceOnly).decode

@@ -9,6 +9,7 @@ believes a `Nats-Request-Info` header only where the config says the server stam
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import msgspec
@@ -225,3 +226,22 @@ class TestRequestInfo:
         await start_worker(config(**settings))
         history = await request(nc, "governor.history", {})
         assert [(r["approved_by"], r["identity"]) for r in history["resets"]] == [("operator", identity)]
+
+
+class TestTraceIds:
+    async def test_an_unsafe_trace_id_is_never_echoed(self, start_worker: WorkerFactory, nc: Client) -> None:
+        """A body `trace_id` holding CR/LF in a request refused for another reason is not echoed in the reply
+        (nor its header): the governor answers with a trace id of its own; a header trace id with a space is
+        refused `invalid_request`."""
+        await start_worker(config())
+        body = msgspec.json.encode({"swarm_id": SIP, "operation": "op", "cost": -1.0, "trace_id": "evil\r\nline"})
+        msg = await nc.request("governor.cost", body, timeout=5)
+        reply = msgspec.json.decode(msg.data)
+        assert reply["error"]["code"] == "invalid_cost"
+        assert re.fullmatch(r"[0-9a-f]{20}", reply["trace_id"]), reply["trace_id"]
+        assert (msg.headers or {})["X-IF-Trace-ID"] == reply["trace_id"]
+        spaced = await nc.request("governor.status", b"{}", timeout=5, headers={"X-IF-Trace-ID": "a b"})
+        assert msgspec.json.decode(spaced.data)["error"] == {
+            "code": "invalid_request",
+            "message": "header X-IF-Trace-ID must be 1 to 128 of A-Z a-z 0-9 . _ : @ / + = -",
+        }
