@@ -29,6 +29,9 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     """How long an applied `event_id` is remembered: a retry inside it is answered `duplicate`."""
     dedupe_limit: Annotated[int, Meta(ge=1, le=10_000_000)] = 200_000
     reservation_ttl_s: Annotated[float, Meta(gt=0.0)] = 900.0
+    max_holds: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    max_holds_per_swarm: Annotated[int, Meta(ge=1, le=1_000_000)] = 1_000
+    assign_window_s: Annotated[float, Meta(gt=0.0, le=30 * 86400.0)] = 3600.0
     breaker_cooldown_s: Annotated[float, Meta(gt=0.0)] = 300.0
     breaker_max_cooldown_s: Annotated[float, Meta(gt=0.0)] = 3600.0
     half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1

@@ -12,7 +12,7 @@ import msgspec
 
 from schemas.events import Identity
 from schemas.policy import PolicyRule, ResourcePolicy
-from schemas.replies import AssignmentRecord, BreakerState, ResetRecord
+from schemas.replies import Assignment, AssignmentRecord, BreakerState, ResetRecord
 from schemas.requests import RegisterRequest, Request
 
 
@@ -81,6 +81,8 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     policies: dict[str, ResourcePolicy] = {}
     rules: list[PolicyRule] = []
     resets: list[ResetRecord] = []
+    tasks: list[tuple[str, list[Assignment], float]] = []
+    """(task_id, its assignments, when) of the assignments remembered for repeated assigns."""
     history_seq: int = 0
     """Assignment records ever kept (the position of the next one, for history cursors); 0 in older snapshots."""
     resets_seq: int = 0

@@ -26,9 +26,15 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """A failed probe doubles the cool-down, up to this."""
     half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1
     soft_budget_ratio: Ratio = 0.2
+    """Below this fraction of its allocation, a swarm's budget raises a MEDIUM escalation (once per allocation)."""
     max_amount_usd: Annotated[float, Meta(gt=0.0, le=MAX_USD)] = 1_000_000.0
     """The largest cost, estimate or budget a request may carry (USD); anything above is refused."""
-    """Below this fraction of its allocation, a swarm's budget raises a MEDIUM escalation (once per allocation)."""
+    max_holds: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    """Open reservations in all; an assign with `estimated_cost` beyond it is refused (`hold_limit`)."""
+    max_holds_per_swarm: Annotated[int, Meta(ge=1, le=1_000_000)] = 1_000
+    """Open reservations on one swarm; beyond it, an assign that would hold on that swarm is refused."""
+    assign_window_s: Annotated[float, Meta(gt=0.0, le=30 * 86400.0)] = 3600.0
+    """How long an assignment is remembered by its task_id: a repeated assign inside it gets the same answer."""
 
 
 class PolicyRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

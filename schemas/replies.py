@@ -58,6 +58,8 @@ class AssignReply(Reply, frozen=True, kw_only=True):
     """Only with `explain`: a page of the registered swarms, in registration order."""
     explain_next_cursor: str | msgspec.UnsetType | None = msgspec.UNSET
     """Only with `explain`: the `explain_cursor` of the next page (None: every swarm was explained)."""
+    duplicate: bool | msgspec.UnsetType = msgspec.UNSET
+    """True when the task was assigned already (within `assign_window_s`): this is that assignment, unchanged."""
 
 
 class CostReply(Reply, frozen=True, kw_only=True):
@@ -75,6 +77,7 @@ class ResetReply(Reply, frozen=True, kw_only=True):
 
 class TripReply(Reply, frozen=True, kw_only=True):
     swarm_id: str
+    duplicate: bool = False
 
 
 class FailureReply(Reply, frozen=True, kw_only=True):
@@ -102,6 +105,7 @@ class SwarmReply(Reply, frozen=True, kw_only=True):
     """Reply to register and deregister."""
 
     swarm_id: str
+    duplicate: bool = False
 
 
 class BreakerState(msgspec.Struct, frozen=True, kw_only=True):

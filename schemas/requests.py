@@ -63,6 +63,9 @@ class AssignRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """With `explain`: how many swarms to explain (registration order; default 100)."""
     explain_cursor: SwarmCursor | None = None
     """With `explain`: the reply's `explain_next_cursor`, to explain the swarms after that page."""
+    reassign: bool = False
+    """Assign this task afresh: release its earlier holds and forget its earlier assignment first. Without it, a
+    repeated assign of a task assigned within `assign_window_s` gets the same assignment back (`duplicate`)."""
 
 
 class CostRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -90,6 +93,7 @@ class TripRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True
     swarm_id: SwarmId
     reason: ManualTripReason
     requested_by: Name
+    event_id: EventId | None = None
 
 
 class FailureRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -118,12 +122,14 @@ class RegisterRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=
     reputation_score: Ratio
     current_budget_remaining: Budget
     model: ModelName
+    event_id: EventId | None = None
 
 
 class DeregisterRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Remove a swarm from the registry."""
 
     swarm_id: SwarmId
+    event_id: EventId | None = None
 
 
 class ReloadRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

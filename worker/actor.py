@@ -192,6 +192,7 @@ class Actor:
         self.turned = 0.0
         """The event loop's time when the actor's loop last turned (at least every HEARTBEAT_S while it runs)."""
         metrics.per_swarm_from(lambda: self.core.gauges())
+        metrics.evictions_from(lambda: dict(self.core.evicted))
 
     async def run(self) -> None:
         """Serve until the mailbox is closed and drained and every write is settled. An exception here is the

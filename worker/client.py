@@ -70,10 +70,22 @@ _INBOX_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
 class GovernorClient:
     """Request-reply calls to a running governor, and its event stream."""
 
-    def __init__(self, nc: Client, *, prefix: str = "governor", timeout: float = 5.0, owns_connection: bool = False):
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        prefix: str = "governor",
+        timeout: float = 5.0,
+        owns_connection: bool = False,
+        retry_for: float = 0.0,
+    ):
         self.nc = nc
         self.prefix = prefix
         self.timeout = timeout
+        self.retry_for = retry_for
+        """Seconds to keep retrying a request that got no answer (timeout, no responders) or `unavailable` /
+        `overloaded`, with the same body: every changing request carries its `event_id` (or `task_id`), so a
+        retry applies at most once. The README says how long a failover takes."""
         self._owns = owns_connection
 
     @classmethod
@@ -132,13 +144,23 @@ class GovernorClient:
         """Send one request; return its typed reply or raise the GovernorError subclass its code names."""
         headers = {"X-IF-Trace-ID": trace_id} if trace_id else None
         payload = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
-        msg = await self.nc.request(f"{self.prefix}.{name}", payload, timeout=self.timeout, headers=headers)
-        data = msgspec.json.decode(msg.data)
-        if not isinstance(data, dict) or data.get("ok") is not True:
-            error = data.get("error", {}) if isinstance(data, dict) else {}
-            cls = ERRORS_BY_CODE.get(str(error.get("code")), errors.GovernorError)
-            raise cls(str(error.get("message", msg.data[:200])))
-        return msgspec.convert(data, reply_type)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                msg = await self.nc.request(f"{self.prefix}.{name}", payload, timeout=self.timeout, headers=headers)
+                data = msgspec.json.decode(msg.data)
+                if not isinstance(data, dict) or data.get("ok") is not True:
+                    error = data.get("error", {}) if isinstance(data, dict) else {}
+                    cls = ERRORS_BY_CODE.get(str(error.get("code")), errors.GovernorError)
+                    raise cls(str(error.get("message", msg.data[:200])))
+                return msgspec.convert(data, reply_type)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, errors.Unavailable, errors.Overloaded):
+                if loop.time() + delay >= give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def assign(
         self,
@@ -150,7 +172,9 @@ class GovernorClient:
         explain: bool = False,
         estimated_cost: float | None = None,
         trace_id: str | None = None,
+        reassign: bool = False,
     ) -> AssignReply:
+        """Assign a task (a retry of the same `task_id` gets the same assignment; `reassign` moves it)."""
         body = {
             "task_id": task_id or f"task-{uuid.uuid4().hex[:12]}",
             "required_capabilities": list(required_capabilities),
@@ -158,6 +182,7 @@ class GovernorClient:
             "max_swarms": max_swarms,
             "explain": explain or None,
             "estimated_cost": estimated_cost,
+            "reassign": reassign or None,
         }
         return await self.call("assign", body, AssignReply, trace_id=trace_id)
 
@@ -175,7 +200,7 @@ class GovernorClient:
             "swarm_id": swarm_id,
             "operation": operation,
             "cost": cost,
-            "event_id": event_id,
+            "event_id": event_id or _event_id(),
             "task_id": task_id,
         }
         return await self.call("cost", body, CostReply, trace_id=trace_id)
@@ -187,14 +212,18 @@ class GovernorClient:
             "swarm_id": swarm_id,
             "new_budget": new_budget,
             "approved_by": approved_by,
-            "event_id": event_id,
+            "event_id": event_id or _event_id(),
         }
         return await self.call("reset", body, ResetReply)
 
-    async def trip(self, swarm_id: str, reason: str, *, requested_by: str) -> TripReply:
-        return await self.call(
-            "trip", {"swarm_id": swarm_id, "reason": reason, "requested_by": requested_by}, TripReply
-        )
+    async def trip(self, swarm_id: str, reason: str, *, requested_by: str, event_id: str | None = None) -> TripReply:
+        body = {
+            "swarm_id": swarm_id,
+            "reason": reason,
+            "requested_by": requested_by,
+            "event_id": event_id or _event_id(),
+        }
+        return await self.call("trip", body, TripReply)
 
     async def failure(
         self,
@@ -204,24 +233,25 @@ class GovernorClient:
         error: str | None = None,
         event_id: str | None = None,
     ) -> FailureReply:
-        body = {"swarm_id": swarm_id, "task_id": task_id, "error": error, "event_id": event_id}
+        body = {"swarm_id": swarm_id, "task_id": task_id, "error": error, "event_id": event_id or _event_id()}
         return await self.call("failure", body, FailureReply)
 
     async def success(self, swarm_id: str, *, task_id: str | None = None, event_id: str | None = None) -> SuccessReply:
         """Report a task that succeeded (closes a half-open breaker)."""
         return await self.call(
-            "success", {"swarm_id": swarm_id, "task_id": task_id, "event_id": event_id}, SuccessReply
+            "success", {"swarm_id": swarm_id, "task_id": task_id, "event_id": event_id or _event_id()}, SuccessReply
         )
 
     async def reload(self) -> ReloadReply:
         """Ask the governor to re-read its config file (operators only)."""
         return await self.call("reload", {}, ReloadReply)
 
-    async def register(self, profile: SwarmProfile) -> SwarmReply:
-        return await self.call("register", msgspec.to_builtins(profile), SwarmReply)
+    async def register(self, profile: SwarmProfile, *, event_id: str | None = None) -> SwarmReply:
+        body = {**msgspec.to_builtins(profile), "event_id": event_id or _event_id()}
+        return await self.call("register", body, SwarmReply)
 
-    async def deregister(self, swarm_id: str) -> SwarmReply:
-        return await self.call("deregister", {"swarm_id": swarm_id}, SwarmReply)
+    async def deregister(self, swarm_id: str, *, event_id: str | None = None) -> SwarmReply:
+        return await self.call("deregister", {"swarm_id": swarm_id, "event_id": event_id or _event_id()}, SwarmReply)
 
     async def status_page(self, limit: int | None = None, cursor: str | None = None) -> StatusReply:
         """One page of `status` (the governor's default size when `limit` is None)."""
@@ -288,3 +318,8 @@ class GovernorClient:
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+
+
+def _event_id() -> str:
+    """A fresh idempotency key: every changing request the client sends carries one, so its retries apply once."""
+    return uuid.uuid4().hex

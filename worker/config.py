@@ -171,6 +171,9 @@ def policy_of(config: Config) -> ResourcePolicy:
         half_open_probes=g.half_open_probes,
         soft_budget_ratio=g.soft_budget_ratio,
         max_amount_usd=g.max_amount_usd,
+        max_holds=g.max_holds,
+        max_holds_per_swarm=g.max_holds_per_swarm,
+        assign_window_s=g.assign_window_s,
     )
 
 

@@ -58,6 +58,7 @@ from worker.capabilities import Vocabulary
 from worker.errors import (
     AlreadyRegistered,
     AlreadyTripped,
+    HoldLimit,
     InvalidBudget,
     InvalidCost,
     InvalidRequest,
@@ -117,6 +118,7 @@ class _Swarm:
         "cost_tracked",
         "failures",
         "held",
+        "holds",
         "model",
         "operations_count",
         "ordinal",
@@ -142,6 +144,7 @@ class _Swarm:
         self.admits = True  # budget > 0 and breaker closed (or half-open with probes left)
         self.allocated = self.budget  # the allocation the soft-budget warning is measured against
         self.held = 0  # micro-dollars held by open reservations
+        self.holds = 0  # how many open reservations
         self.soft_warned = False
 
 
@@ -178,11 +181,16 @@ class Governor:
         self.identity: Identity | None = None
         """The authenticated sender of the command being applied (set around each command by `dispatch.apply`):
         it goes into that command's witness records, trip and reset events and reset history."""
-        # (kind, event_id) -> when applied, for the costs, failures and resets already applied, oldest first.
-        # Kept for `dedupe_horizon_s` (and at most `dedupe_limit` of them): a retry inside that horizon is a no-op.
-        self._applied: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # kind -> event_id -> when applied, oldest first, one window per kind (so a flood of fresh cost ids never
+        # pushes a reset's id out). Kept for `dedupe_horizon_s` and at most `dedupe_limit` per kind: a retry inside
+        # that is a no-op; an id pushed out by the limit before its horizon is counted in `evicted`.
+        self._applied: dict[str, OrderedDict[str, float]] = {}
         self._dedupe_limit = dedupe_limit
         self._dedupe_horizon_s = dedupe_horizon_s
+        self.evicted: dict[str, int] = {}
+        """Ids forgotten before their horizon because their kind's window was full (assignments under `assign`)."""
+        # task_id -> (its assignments, when): a repeated assign within `policy.assign_window_s` gets them back.
+        self._tasks: OrderedDict[str, tuple[list[Assignment], float]] = OrderedDict()
         # Ids that were deregistered, with the breaker they had: the config's swarms seed the registry only with
         # ids never seen before, and a swarm deregistered while tripped comes back tripped (only a reset closes it).
         self._retired: dict[str, BreakerState | None] = {}
@@ -262,8 +270,13 @@ class Governor:
 
     # -- registry -----------------------------------------------------------------------------------------
 
-    def register_swarm(self, profile: SwarmProfile, *, now: float, trace_id: str = "") -> SwarmReply:
-        """Register a new swarm. An existing id is refused: registration never restores budget or a breaker."""
+    def register_swarm(
+        self, profile: SwarmProfile, *, now: float, trace_id: str = "", event_id: str | None = None
+    ) -> SwarmReply:
+        """Register a new swarm. An existing id is refused: registration never restores budget or a breaker. A
+        retry with the same `event_id` is answered as the first was (`duplicate`) and changes nothing."""
+        if event_id is not None and event_id in self._applied.get("register", ()):
+            return SwarmReply(swarm_id=profile.swarm_id, duplicate=True, trace_id=trace_id)
         if profile.swarm_id in self._swarms:
             raise AlreadyRegistered(f"swarm {profile.swarm_id!r} is already registered")
         _check_budget(profile.current_budget_remaining, "current_budget_remaining", self.policy.max_amount_usd)
@@ -272,6 +285,7 @@ class Governor:
         if not 0.0 <= profile.reputation_score <= 1.0:
             raise InvalidRequest(f"reputation_score must be in [0, 1], got {profile.reputation_score!r}")
         capabilities = self.vocabulary.check(profile.capabilities)
+        self._seen("register", event_id, now)
         swarm = _Swarm(profile, capabilities, self._next_ordinal)
         swarm.breaker = self._retired.pop(swarm.swarm_id, None)
         self._next_ordinal += 1
@@ -293,9 +307,15 @@ class Governor:
         )
         return SwarmReply(swarm_id=swarm.swarm_id, trace_id=trace_id)
 
-    def deregister_swarm(self, swarm_id: str, *, now: float, trace_id: str = "") -> SwarmReply:
-        """Remove a swarm; it gets no more work and its budget is forgotten."""
+    def deregister_swarm(
+        self, swarm_id: str, *, now: float, trace_id: str = "", event_id: str | None = None
+    ) -> SwarmReply:
+        """Remove a swarm; it gets no more work and its budget is forgotten (a retry with the same `event_id` is
+        answered `duplicate`)."""
+        if event_id is not None and event_id in self._applied.get("deregister", ()):
+            return SwarmReply(swarm_id=swarm_id, duplicate=True, trace_id=trace_id)
         swarm = self._get(swarm_id)
+        self._seen("deregister", event_id, now)
         del self._swarms[swarm_id]
         del self._by_ordinal[swarm.ordinal]
         self._index.remove(swarm)
@@ -365,14 +385,35 @@ class Governor:
         trace_id: str = "",
         explain_limit: int | None = None,
         explain_cursor: str | None = None,
+        reassign: bool = False,
     ) -> AssignReply:
         """Choose up to `max_swarms` (at most the policy's `max_swarms_per_task`) swarms for a task.
 
         With `estimated_cost`, a swarm qualifies only if its available budget (remaining minus open holds) covers
         the estimate, and the estimate is held on each chosen swarm until a cost with this `task_id` settles it
         or `policy.reservation_ttl_s` passes.
+
+        `task_id` is the assignment's key: a repeated assign of a task assigned within `policy.assign_window_s`
+        gets the same assignment back (`duplicate`: no second hold, history entry or probe), whatever else it
+        asks; `reassign` releases the task's earlier holds and assigns it afresh.
         """
         required = self._required(required_capabilities)
+        tasks = self._tasks
+        self._bound("assign", tasks, now - self.policy.assign_window_s)
+        prior = tasks.get(task_id)
+        if prior is not None and reassign:
+            del tasks[task_id]
+            for earlier in prior[0]:
+                if (task_id, earlier.swarm_id) in self._holds:
+                    self._release(task_id, earlier.swarm_id, now, "reassigned", trace_id)
+        elif prior is not None:
+            return AssignReply(
+                task_id=task_id,
+                swarm_id=prior[0][0].swarm_id,
+                assignments=prior[0],
+                duplicate=True,
+                trace_id=trace_id,
+            )
         limit = self.policy.max_amount_usd
         if estimated_cost is not None and not 0.0 <= estimated_cost <= limit:
             raise InvalidCost(f"estimated_cost must be a finite number from 0 to {limit:g}, got {estimated_cost!r}")
@@ -411,6 +452,8 @@ class Governor:
                 explanation=explanation if explanation is not None else msgspec.UNSET,
                 explain_next_cursor=explain_next if explanation is not None else msgspec.UNSET,
             )
+        if estimate:
+            self._check_holds(task_id, [swarm for _, _, swarm, _ in ranked])
         reserved = to_usd(estimate)
         assignments = [
             Assignment(swarm_id=swarm.swarm_id, capability_match=coverage, score=score, reserved=reserved)
@@ -449,6 +492,8 @@ class Governor:
         if rule is not None:
             params["rule"] = _rule_name(rule)
         self._witness("task_assigned", params, now, "INFO", trace_id)
+        tasks[task_id] = (assignments, now)
+        self._bound("assign", tasks, now - self.policy.assign_window_s)
         return AssignReply(
             task_id=task_id,
             swarm_id=best.swarm_id,
@@ -458,6 +503,21 @@ class Governor:
             explanation=explanation if explanation is not None else msgspec.UNSET,
             explain_next_cursor=explain_next if explanation is not None else msgspec.UNSET,
         )
+
+    def _check_holds(self, task_id: str, chosen: list[_Swarm]) -> None:
+        """Refuse an assign whose holds would pass the policy's limits (in all, or on one swarm)."""
+        policy = self.policy
+        new = [s for s in chosen if (task_id, s.swarm_id) not in self._holds]
+        if len(self._holds) + len(new) > policy.max_holds:
+            raise HoldLimit(
+                f"{len(self._holds)} reservations are open, the most the policy allows is {policy.max_holds}"
+            )
+        for swarm in new:
+            if swarm.holds >= policy.max_holds_per_swarm:
+                raise HoldLimit(
+                    f"swarm {swarm.swarm_id!r} has {swarm.holds} open reservations, the most the policy allows is "
+                    f"{policy.max_holds_per_swarm}: settle or release some first"
+                )
 
     def _required(self, required_capabilities: Sequence[str]) -> list[str]:
         required = self.vocabulary.check(required_capabilities)
@@ -634,6 +694,8 @@ class Governor:
         previous = self._holds.pop(key, None)
         if previous is not None:
             swarm.held -= previous[0]
+        else:
+            swarm.holds += 1
         expires_at = now + self.policy.reservation_ttl_s
         self._holds[key] = (micros, expires_at)
         swarm.held += micros
@@ -645,6 +707,7 @@ class Governor:
         micros, _ = self._holds.pop((task_id, swarm_id))
         swarm = self._swarms[swarm_id]
         swarm.held -= micros
+        swarm.holds -= 1
         params: dict[str, Any] = {"task_id": task_id, "swarm_id": swarm_id, "held": to_usd(micros), "why": why}
         if actual is not None:
             params["actual"] = actual
@@ -711,15 +774,27 @@ class Governor:
         """True when this event id was applied already; otherwise remember it (bounded, oldest forgotten)."""
         if event_id is None:
             return False
-        applied = self._applied
-        key = (kind, event_id)
-        if key in applied:
+        applied = self._applied.get(kind)
+        if applied is None:
+            applied = self._applied[kind] = OrderedDict()
+        if event_id in applied:
             return True
-        applied[key] = now
-        horizon = now - self._dedupe_horizon_s
-        while len(applied) > self._dedupe_limit or next(iter(applied.values())) < horizon:
-            applied.popitem(last=False)
+        applied[event_id] = now
+        self._bound(kind, applied, now - self._dedupe_horizon_s)
         return False
+
+    def _bound(self, kind: str, window: OrderedDict[str, Any], horizon: float) -> None:
+        """Forget a window's entries older than `horizon`, and its oldest beyond `dedupe_limit` (counted)."""
+        while window:
+            oldest = next(iter(window.values()))
+            at = oldest[1] if isinstance(oldest, tuple) else oldest
+            if at < horizon:
+                window.popitem(last=False)
+            elif len(window) > self._dedupe_limit:
+                window.popitem(last=False)
+                self.evicted[kind] = self.evicted.get(kind, 0) + 1
+            else:
+                return
 
     def track_cost(
         self,
@@ -814,14 +889,24 @@ class Governor:
         )
 
     def trip_circuit_breaker(
-        self, swarm_id: str, reason: str, *, now: float, requested_by: str, trace_id: str = ""
+        self,
+        swarm_id: str,
+        reason: str,
+        *,
+        now: float,
+        requested_by: str,
+        trace_id: str = "",
+        event_id: str | None = None,
     ) -> TripReply:
-        """Trip a breaker by hand, for one of the manual reasons."""
+        """Trip a breaker by hand, for one of the manual reasons (a retry with the same `event_id` is a no-op)."""
         swarm = self._get(swarm_id)
         if reason not in MANUAL_TRIP_REASONS:
             raise InvalidRequest(f"reason must be one of {sorted(MANUAL_TRIP_REASONS)}, got {reason!r}")
+        if event_id is not None and event_id in self._applied.get("trip", ()):
+            return TripReply(swarm_id=swarm_id, duplicate=True, trace_id=trace_id)
         if swarm.breaker is not None:
             raise AlreadyTripped(f"swarm {swarm_id!r} is already tripped ({swarm.breaker.reason})")
+        self._seen("trip", event_id, now)
         self._trip(swarm, reason, now, trace_id, requested_by=requested_by)
         return TripReply(swarm_id=swarm_id, trace_id=trace_id)
 
@@ -960,7 +1045,7 @@ class Governor:
     ) -> ResetReply:
         """A named human closes a tripped breaker and allocates a new budget."""
         swarm = self._get(swarm_id)
-        if event_id is not None and ("reset", event_id) in self._applied:
+        if event_id is not None and event_id in self._applied.get("reset", ()):
             return ResetReply(swarm_id=swarm_id, remaining=to_usd(swarm.budget), duplicate=True, trace_id=trace_id)
         if swarm.breaker is None:
             raise NotTripped(f"swarm {swarm_id!r} is not tripped; nothing to reset")
@@ -1124,7 +1209,8 @@ class Governor:
             resets=list(self._resets),
             history_seq=self._history_seq,
             resets_seq=self._resets_seq,
-            applied=[(kind, event_id, at) for (kind, event_id), at in self._applied.items()],
+            applied=[(kind, event_id, at) for kind, window in self._applied.items() for event_id, at in window.items()],
+            tasks=[(task_id, assignments, at) for task_id, (assignments, at) in self._tasks.items()],
             retired=sorted(self._retired.items()),
             holds=[(task_id, swarm_id, m, exp) for (task_id, swarm_id), (m, exp) in self._holds.items()],
             policies={k: v for k, v in self.policies.items() if PRESETS.get(k) != v},
@@ -1171,13 +1257,16 @@ class Governor:
         core._resets.extend(state.resets)
         core._history_seq = max(state.history_seq, len(state.history))
         core._resets_seq = max(state.resets_seq, len(state.resets))
-        core._applied.update(((kind, event_id), at) for kind, event_id, at in state.applied)
+        for kind, event_id, at in state.applied:
+            core._applied.setdefault(kind, OrderedDict())[event_id] = at
+        core._tasks.update((task_id, (assignments, at)) for task_id, assignments, at in state.tasks)
         core._retired.update(state.retired)
         core.policies = {**PRESETS, **state.policies}
         core.rules = list(state.rules)
         for task_id, swarm_id, micros, expires_at in state.holds:
             core._holds[(task_id, swarm_id)] = (micros, expires_at)
             core._swarms[swarm_id].held += micros
+            core._swarms[swarm_id].holds += 1
             heapq.heappush(core._hold_expiry, (expires_at, task_id, swarm_id))
         return core
 

@@ -71,6 +71,7 @@ def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgs
         trace_id=trace_id,
         explain_limit=r.explain_limit,
         explain_cursor=r.explain_cursor,
+        reassign=r.reassign,
     )
 
 
@@ -87,7 +88,9 @@ def _reset(core: Governor, r: ResetRequest, now: float, trace_id: str) -> msgspe
 
 
 def _trip(core: Governor, r: TripRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.trip_circuit_breaker(r.swarm_id, r.reason, now=now, requested_by=r.requested_by, trace_id=trace_id)
+    return core.trip_circuit_breaker(
+        r.swarm_id, r.reason, now=now, requested_by=r.requested_by, event_id=r.event_id, trace_id=trace_id
+    )
 
 
 def _failure(core: Governor, r: FailureRequest, now: float, trace_id: str) -> msgspec.Struct:
@@ -115,11 +118,11 @@ def profile_of(r: RegisterRequest) -> SwarmProfile:
 
 
 def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.register_swarm(profile_of(r), now=now, trace_id=trace_id)
+    return core.register_swarm(profile_of(r), now=now, trace_id=trace_id, event_id=r.event_id)
 
 
 def _deregister(core: Governor, r: DeregisterRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.deregister_swarm(r.swarm_id, now=now, trace_id=trace_id)
+    return core.deregister_swarm(r.swarm_id, now=now, trace_id=trace_id, event_id=r.event_id)
 
 
 def _status(core: Governor, r: StatusRequest, now: float, trace_id: str) -> msgspec.Struct:

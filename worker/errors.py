@@ -10,7 +10,8 @@ GovernorError                 code                  Nats-Service-Error-Code
 ├── Conflict                  (abstract)            409
 │   ├── NotTripped            not_tripped           409
 │   ├── AlreadyTripped        already_tripped       409
-│   └── AlreadyRegistered     already_registered    409
+│   ├── AlreadyRegistered     already_registered    409
+│   └── HoldLimit             hold_limit            409
 ├── DeadlineExceeded          deadline_exceeded     408
 ├── ReplyTooLarge             reply_too_large       413
 ├── Overloaded                overloaded            503
@@ -94,6 +95,12 @@ class AlreadyRegistered(Conflict):
     """Registration of an id that exists: only a reset by a named approver restores budget."""
 
     code = "already_registered"
+
+
+class HoldLimit(Conflict):
+    """An assign with `estimated_cost` would open more reservations than the policy allows."""
+
+    code = "hold_limit"
 
 
 class DeadlineExceeded(GovernorError):

@@ -50,6 +50,24 @@ class _PerSwarm(Collector):
         yield status
 
 
+class _Evictions(Collector):
+    """Idempotency keys forgotten before their horizon because their window was full, by kind (read from the
+    core at scrape time)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, int]] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "if_governor_dedupe_evicted",
+            "Event ids (and task ids, kind assign) forgotten early because their kind's window was full.",
+            labels=["kind"],
+        )
+        for kind, count in sorted((self.source() if self.source is not None else {}).items()):
+            family.add_metric([kind], count)
+        yield family
+
+
 class _HotCounters(Collector):
     """The counters bumped on every request, exported from plain ints at scrape time."""
 
@@ -111,6 +129,8 @@ class Metrics:
         r.register(self.assignment_latency)
         self._per_swarm = _PerSwarm()
         r.register(self._per_swarm)
+        self._evictions = _Evictions()
+        r.register(self._evictions)
         r.register(_HotCounters(self))
         self.trips = Counter(
             "if_governor_circuit_breaker_trips", "Circuit breaker trips, by reason.", ["reason"], registry=r
@@ -159,6 +179,10 @@ class Metrics:
     def per_swarm_from(self, source: Callable[[], Iterable[tuple[str, float, float, bool]]]) -> None:
         """Where the per-swarm series come from: (swarm_id, remaining, cost tracked, tripped) at scrape time."""
         self._per_swarm.source = source
+
+    def evictions_from(self, source: Callable[[], dict[str, int]]) -> None:
+        """Where the dedupe evictions come from: kind -> count, at scrape time."""
+        self._evictions.source = source
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,7 @@ Each test opens its client after the worker serves (`GovernorClient.connect`), a
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
@@ -295,7 +296,8 @@ class TestEvents:
         assert (reset.swarm_id, reset.new_budget, reset.approved_by) == (NDI, 10.0, "alice")
 
     async def test_witness_records(self, gov: GovernorClient) -> None:
-        """With `witness=True` the stream also yields WitnessRecords, carrying the request's trace id."""
+        """With `witness=True` the stream also yields WitnessRecords, carrying the request's trace id (and the
+        event id the client gave the cost by default)."""
         stream = await open_stream(gov, witness=True)
         try:
             await gov.cost(SIP, "sip_integration", 2.5, task_id="t-1", trace_id="trace-cost")
@@ -306,11 +308,19 @@ class TestEvents:
         assert isinstance(record, WitnessRecord)
         assert record == WitnessRecord(
             operation="cost_tracked",
-            params={"swarm_id": SIP, "operation": "sip_integration", "cost": 2.5, "remaining": 22.5, "task_id": "t-1"},
+            params={
+                "swarm_id": SIP,
+                "operation": "sip_integration",
+                "cost": 2.5,
+                "remaining": 22.5,
+                "task_id": "t-1",
+                "event_id": record.params["event_id"],
+            },
             timestamp=record.timestamp,
             severity="INFO",
             trace_id="trace-cost",
         )
+        assert re.fullmatch(r"[0-9a-f]{32}", record.params["event_id"])
 
     async def test_half_open_and_closed_events(self, start_worker: WorkerFactory, nats_server: NatsServer) -> None:
         """After a failure trip and its cool-down, `events()` yields BreakerHalfOpen, then BreakerClosed once

@@ -88,6 +88,7 @@ class TestReservations:
         st.lists(
             st.one_of(
                 st.tuples(st.just("assign"), st.integers(0, 5), st.integers(0, 900)),
+                st.tuples(st.just("reassign"), st.integers(0, 5), st.integers(0, 900)),
                 st.tuples(st.just("cost"), st.integers(0, 5), st.integers(0, 900)),
                 st.tuples(st.just("clock"), st.integers(1, 400), st.just(0)),
             ),
@@ -95,15 +96,19 @@ class TestReservations:
         )
     )
     def test_holds_never_exceed_budget_nor_outlive_ttl(self, steps: list[tuple[str, int, int]]) -> None:
-        """Any interleaving of assigns, costs and clock steps: holds fit the budget at admission and expire on time."""
+        """Any interleaving of assigns, reassigns, costs and clock steps: holds fit the budget at admission and
+        expire on time (a repeated assign of a task admits nothing: it is answered with the earlier assignment)."""
         governor = governed(profile("a", budget=20.0), profile("b", budget=15.0, cost=3.0), reservation_ttl_s=300.0)
         now = NOW
         for op, task, amount in steps:
             if op == "clock":
                 now += task
-            elif op == "assign":
-                reply = governor.assign(f"t{task}", [SIP], now=now, estimated_cost=amount / 100)
-                for a in reply.assignments if amount else []:  # a zero estimate holds nothing
+            elif op in ("assign", "reassign"):
+                reply = governor.assign(
+                    f"t{task}", [SIP], now=now, estimated_cost=amount / 100, reassign=op == "reassign"
+                )
+                admitted = reply.duplicate is not True
+                for a in reply.assignments if amount and admitted else []:  # a zero estimate holds nothing
                     held = sum(to_micros(h.amount) for h in governor.status(now=now).holds if h.swarm_id == a.swarm_id)
                     assert held <= to_micros(governor.get_budget_report()[a.swarm_id])
             else:
