@@ -41,6 +41,10 @@ class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     max_request_bytes: Annotated[int, Meta(ge=4096, le=1_048_576)] = 65_536
     """Larger request bodies are refused (`invalid_request`) before they are decoded or queued: the ledger's
     messages stay far below the stream's limit, whatever padding a client adds."""
+    pending_msgs_per_subject: Annotated[int, Meta(ge=64, le=1_000_000)] = 65_536
+    pending_bytes_per_subject: Annotated[int, Meta(ge=1_048_576, le=1_073_741_824)] = 64 * 1024 * 1024
+    """Requests read from the socket but not yet decoded, per subject: beyond either bound nats-py drops them
+    (a slow consumer, logged; the clients time out and retry)."""
     event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
     """`governor run`'s event loop; `auto` takes uvloop when it is installed (the `fast` extra), else asyncio's."""
 

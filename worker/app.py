@@ -278,6 +278,8 @@ class Worker:
             prepare={"reload": self._prepare_reload},
             security=self.config.security,
             max_request_bytes=self.config.governor.max_request_bytes,
+            pending_msgs=self.config.governor.pending_msgs_per_subject,
+            pending_bytes=self.config.governor.pending_bytes_per_subject,
         )
         actor = Actor(
             core,

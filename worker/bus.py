@@ -125,6 +125,8 @@ class Bus:
         prepare: dict[str, Callable[[Request], tuple[Request, bytes]]] | None = None,
         security: SecuritySection | None = None,
         max_request_bytes: int = 65_536,
+        pending_msgs: int = 65_536,
+        pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.nc = nc
         self.mailbox = mailbox
@@ -148,6 +150,10 @@ class Bus:
         self._event_subjects = {t: f"{prefix}.{suffix}" for t, suffix in EVENT_SUBJECTS.items()}
         self.security = security or SecuritySection()
         self.max_request_bytes = max_request_bytes
+        self.pending_msgs = pending_msgs
+        self.pending_bytes = pending_bytes
+        """Per endpoint: what nats-py may hold read but not yet handed to the handler; beyond, it drops (the
+        client times out and retries) and reports a slow consumer."""
         self.reply_prefixes = (*REPLY_PREFIXES, *self.security.reply_prefixes)
         """A reply goes only to a subject that starts with one of these: an inbox or a server response mapping."""
         self._operator_accounts = frozenset(self.security.operator_accounts)
@@ -162,7 +168,13 @@ class Bus:
             for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE}", f"$SRV.{verb}.{SERVICE}.{self.service_id}"):
                 self._subscriptions.append(await subscribe(subject, cb=answer))
         for name in ENDPOINTS:
-            sub = await subscribe(f"{self.prefix}.{name}", queue=QUEUE_GROUP, cb=self._handler(name))
+            sub = await subscribe(
+                f"{self.prefix}.{name}",
+                queue=QUEUE_GROUP,
+                cb=self._handler(name),
+                pending_msgs_limit=self.pending_msgs,
+                pending_bytes_limit=self.pending_bytes,
+            )
             self._subscriptions.append(sub)
         await self.nc.flush()
 
