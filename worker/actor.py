@@ -174,6 +174,7 @@ class Actor:
         max_inflight: int = 4,
         ledger: Ledger | None = None,
         snapshot_every: int = 10_000,
+        entitled: Callable[[], bool] | None = None,
     ) -> None:
         self.core = core
         self.mailbox = mailbox
@@ -186,6 +187,9 @@ class Actor:
         self.snapshot_every = snapshot_every
         self.fenced = False
         """Set when this process is no longer the ledger's owner: everything is answered `unavailable`."""
+        self.entitled = entitled
+        """Whether this process may still serve (its lease is valid by its own clock), asked once per batch: a
+        process that was frozen past its lease answers nothing, not even a read, from its stale state."""
         self._flights: deque[_Flight] = deque()
         self._snapshot_task: asyncio.Task[None] | None = None
         self._writers: asyncio.TaskGroup | None = None
@@ -236,6 +240,9 @@ class Actor:
     async def launch(self, batch: list[Command]) -> None:
         """Take a batch: refuse what cannot be served, start writing its changing commands (or apply it now)."""
         now = self.clock()
+        if not self.fenced and self.entitled is not None and not self.entitled():
+            log.error("the lease ran out before this batch: no longer serving")
+            self.fenced = True
         results: list[msgspec.Struct | GovernorError | None] = [None] * len(batch)
         for i, command in enumerate(batch):
             deadline = command.request.deadline

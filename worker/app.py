@@ -289,6 +289,7 @@ class Worker:
             clock=self.clock,
             ledger=self.ledger,
             snapshot_every=self.config.ledger.snapshot_every,
+            entitled=self._lease_held if self.durable else None,
         )
         # The registry lives for the whole term: keep the cyclic GC from scanning it on every full collection
         # (with 100,000 swarms a full collection otherwise stalls the actor for tens of milliseconds).
@@ -305,6 +306,9 @@ class Worker:
         where = ", ".join(redact(u) for u in self.servers)
         log.info("serving %s.* on %s", self.config.governor.subject_prefix, where)
         return actor, task
+
+    def _lease_held(self) -> bool:
+        return self.lease is not None and self.lease.held
 
     async def _unserve(self, actor: Actor, task: asyncio.Task[None], *, lost: bool) -> None:
         """Stop taking requests; answer what is queued (`unavailable` when the lease was lost or the actor died)."""

@@ -309,6 +309,42 @@ class TestHotStandby:
         assert "lease acquired" in (tmp_path / "b.log").read_text()
         assert processes[1].terminate() == 0
 
+    async def test_a_frozen_holder_is_replaced_and_answers_nothing_stale_when_it_resumes(
+        self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
+    ) -> None:
+        """SIGSTOP of the lease holder mid-load: the standby serves within the lease TTL plus a few seconds, every
+        retried event is applied once; when the frozen process resumes it learns it lost the lease, answers no
+        request from its stale state, and stays up as a standby."""
+        config = await start_serving(tmp_path, nats_server.url, processes, log="a.log")
+        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "b.log").start())
+        load, task = await load_a_third(nats_server.url)
+        frozen = processes[0].process
+        assert frozen is not None
+        os.kill(frozen.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            async with asyncio.timeout(30):  # the frozen holder still gets its share of the queue group's requests
+                while True:
+                    if "serving governor.*" in (tmp_path / "b.log").read_text():
+                        break
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            tail = (tmp_path / "b.log").read_text()[-3000:]
+            raise AssertionError(f"the standby did not serve within 30 s; its log ends:\n{tail}") from None
+        takeover = time.monotonic() - stopped_at
+        await load.wait_acked(len(load.acked) + 100, task, timeout=60)  # and the standby's answers arrive
+        os.kill(frozen.pid, signal.SIGCONT)
+        await asyncio.wait_for(task, timeout=240)
+
+        print(f"standby took over {takeover:.2f}s after the holder was frozen (lease_ttl_s 2.0)")
+        assert takeover < 2.0 + 5.0
+        await assert_each_event_once(nats_server.url, load)
+        resumed = (tmp_path / "a.log").read_text()
+        assert "no longer serving" in resumed, resumed[-3000:]
+        assert frozen.poll() is None  # resumed, as a standby
+        assert processes[1].terminate() == 0
+        assert processes[0].terminate() == 0
+
 
 class TestFailClosed:
     async def test_cost_refused_while_jetstream_cannot_take_it(self, nats_server: NatsServer) -> None:
