@@ -96,6 +96,7 @@ class GovernorClient:
         prefix: str = "governor",
         timeout: float = 5.0,
         inbox_prefix: str | None = None,
+        retry_for: float = 0.0,
         **options: Any,
     ) -> GovernorClient:
         """Connect to NATS (a URL, comma-separated URLs, or a list); raise at once when nothing answers.
@@ -103,7 +104,7 @@ class GovernorClient:
         `inbox_prefix`: replies come to `<inbox_prefix>.…` instead of nats-py's `_INBOX.…`, so the server can keep
         them to this user; a prefix that is not dot-separated subject tokens raises ValueError before connecting.
         `options` go to `nats.connect` (e.g. `user_credentials`, `nkeys_seed`, `token`, `tls`): see
-        `worker.config.connect_options`.
+        `worker.config.connect_options`. `retry_for`: see the constructor.
         """
         if inbox_prefix is not None:
             if not _INBOX_PREFIX.search(inbox_prefix):
@@ -126,7 +127,7 @@ class GovernorClient:
             error_cb=quiet,
             **options,
         )
-        return cls(nc, prefix=prefix, timeout=timeout, owns_connection=True)
+        return cls(nc, prefix=prefix, timeout=timeout, owns_connection=True, retry_for=retry_for)
 
     async def close(self) -> None:
         if self._owns and not self.nc.is_closed:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ from nats.aio.client import Client
 from schemas.config import Config
 from tests.conftest import SEED_SWARMS, WorkerFactory
 from worker.app import Worker
+from worker.client import GovernorClient
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
@@ -76,3 +78,20 @@ class TestDedupeFlush:
         assert (retry["duplicate"], retry["remaining"]) == (True, 6.0)
         evicted = worker.metrics.registry.get_sample_value("if_governor_dedupe_evicted_total", {"kind": "cost"})
         assert evicted == 202.0  # 302 cost ids (c0, c1 and the flood) into a window of 100
+
+
+class TestClientRetries:
+    async def test_the_client_retries_with_the_same_event_id_until_a_governor_answers(
+        self, start_worker: WorkerFactory, nc: Client
+    ) -> None:
+        """With `retry_for`, a cost sent while no governor serves is retried (same event id) until one does,
+        and applied once."""
+        client = GovernorClient(nc, timeout=0.3, retry_for=10.0)
+        sent = asyncio.ensure_future(client.cost(NDI, "op", 2.0, event_id="retried"))
+        await asyncio.sleep(1.0)
+        assert not sent.done()
+        await start_worker(config())
+        reply = await sent
+        assert (reply.remaining, reply.duplicate) == (23.0, False)
+        again = await client.cost(NDI, "op", 2.0, event_id="retried")
+        assert (again.remaining, again.duplicate) == (23.0, True)
