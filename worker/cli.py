@@ -139,6 +139,9 @@ def _bundled_server_config(data_dir: Path) -> Path:
     conf.write_text(
         "# Written by `governor run` for its bundled nats-server.\n"
         f"jetstream {{\n  store_dir: {json.dumps(str(data_dir / 'jetstream'))}\n  sync_interval: always\n}}\n"
+        "# A frozen governor (SIGSTOP, a paused VM) keeps its share of the queue group's requests until the server\n"
+        "# drops its connection: after about 10-15 s with these, not the default 2 minutes or more.\n"
+        'ping_interval: "5s"\nping_max: 2\n'
     )
     return conf
 
