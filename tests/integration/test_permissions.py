@@ -1,48 +1,54 @@
-"""The shipped `deploy/nats-server.conf`, unchanged but for its data directory and ports, enforces who may do what.
+"""The shipped `deploy/nats-server.conf`, unchanged but for its data directory and ports, keeps every role in its own
+account: nothing a client sends reaches the governor's storage, no role reads another's replies, and approvals
+carry the identity the server authenticated.
 
-A real nats-server runs that file with the five passwords in its environment; the worker logs in as `governor`.
-A refused publish never reaches the governor: the server drops it and tells the client
-(`nats: permissions violation for publish to "<subject>"`), so the request gets no reply.
+A real nats-server runs that file with the five passwords in its environment; the worker logs in as `governor`
+with the security settings shipped beside it (tests/integration/shipped.py). Each attack is made the way
+nats-server's own account tests make theirs: do the forbidden thing with the credentials a real client has, then
+check that nothing changed, nothing leaked and service never stopped. A refused publish never reaches the
+governor: the server drops it and tells the client (`nats: permissions violation for publish to "<subject>"`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import re
-import secrets
 import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import nats.errors
 import pytest
-from nats.aio.client import Client
 from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry
 
-from schemas.config import Config
+from schemas.events import BreakerReset, BreakerTripped, Escalation
+from schemas.ledger import LedgerEntry
 from schemas.profiles import SwarmProfile
 from schemas.replies import StatusReply
 from tests.integration.helpers import stop_process
+from tests.integration.shipped import (
+    Login,
+    LoginFactory,
+    Recorder,
+    ShippedServer,
+    connect,
+    eventually,
+    identity,
+    lease_holder,
+    ledger_entries,
+    publish_violation,
+    record,
+    start_governor,
+    start_shipped_server,
+    start_worker_process,
+    subscription_violation,
+    wait_answering,
+    write_worker_config,
+)
 from worker.app import Worker
 from worker.bus import ENDPOINTS
-from worker.client import GovernorClient
-from worker.metrics import Metrics
-from worker.natsserver import free_port, nats_server_binary
 
-SHIPPED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats-server.conf"
-ROLES = ("governor", "coordinator", "operator", "witness", "alerting")
-START_TIMEOUT = 20.0
-"""Seconds the worker gets to recover and serve (it retries a failed start every 0.5 s, for ever)."""
 REFUSAL_WAIT = 1.0
 """Seconds a refused request waits for a reply that must never come."""
 
@@ -72,181 +78,79 @@ NEW_SWARM = SwarmProfile(
     current_budget_remaining=10.0,
     model="haiku",
 )
-#: Requests only an operator may send, each one that would succeed if the server let it through.
+#: Requests only an operator may send, each one that the governor would apply if the server let it through.
 OPERATOR_ONLY: dict[str, dict[str, Any]] = {
-    "reset": {"swarm_id": "sip", "new_budget": 500.0, "approved_by": "mallory"},
-    "trip": {"swarm_id": "ndi", "reason": "manual_override", "requested_by": "mallory"},
+    "reset": {"swarm_id": "sip", "new_budget": 500.0, "approved_by": "operator"},
+    "trip": {"swarm_id": "ndi", "reason": "manual_override", "requested_by": "operator"},
     "register": msgspec.to_builtins(NEW_SWARM),
     "deregister": {"swarm_id": "ndi"},
     "reload": {},
 }
 REQUEST_SUBJECTS = tuple(ENDPOINTS)
 
-
-def shipped_conf(store_dir: Path, port: int, http_port: int) -> str:
-    """The shipped config with only `store_dir`, the client port and the monitoring port replaced."""
-    text = SHIPPED_CONF.read_text(encoding="utf-8")
-    replacements = {
-        "store_dir: /data/jetstream": f"store_dir: {json.dumps(str(store_dir))}",
-        "listen: 0.0.0.0:4222": f"listen: 0.0.0.0:{port}",
-        "http: 0.0.0.0:8222": f"http: 0.0.0.0:{http_port}",
-    }
-    for old, new in replacements.items():
-        assert text.count(old) == 1, f"{SHIPPED_CONF} no longer contains {old!r} exactly once"
-        text = text.replace(old, new)
-    return text
-
-
-@dataclass
-class ShippedServer:
-    """A nats-server process running the shipped config, and the passwords it was started with."""
-
-    port: int
-    passwords: dict[str, str]
-    log_file: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def violations(self, user: str) -> list[str]:
-        """The permission violations the server logged for `user`, e.g. `Publish Violation - Subject "x"`."""
-        if not self.log_file.exists():
-            return []
-        marker = f'"$G/user:{user}" - '
-        found = re.findall(
-            rf"{re.escape(marker)}((?:Publish|Subscription) Violation - .*)$",
-            self.log_file.read_text(encoding="utf-8", errors="replace"),
-            flags=re.MULTILINE,
-        )
-        return sorted(set(found))
-
-
-def start_shipped_server(tmp_path: Path) -> ShippedServer:
-    """Start nats-server on the shipped config (a copy in `tmp_path`) and wait until it accepts connections."""
-    port, http_port = free_port("0.0.0.0"), free_port("0.0.0.0")
-    conf = tmp_path / "nats-server.conf"
-    conf.write_text(shipped_conf(tmp_path / "jetstream", port, http_port), encoding="utf-8")
-    passwords = {role: f"pw-{role}-{secrets.token_hex(12)}" for role in ROLES}
-    env = dict(os.environ)
-    env.update({f"{role.upper()}_PASSWORD": password for role, password in passwords.items()})
-    server = ShippedServer(port=port, passwords=passwords, log_file=tmp_path / "nats-server.log")
-    server.process = subprocess.Popen(
-        [nats_server_binary(), "-c", str(conf), "-l", str(server.log_file)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            log = server.log_file.read_text(errors="replace") if server.log_file.exists() else ""
-            raise RuntimeError(f"nats-server exited with {server.process.returncode} on the shipped config:\n{log}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return server
-        time.sleep(0.02)
-    stop_process(server.process)
-    raise TimeoutError(f"nats-server did not listen on port {port} within 10s")
+#: Reply subjects that would aim the governor's answer at its own storage, the JetStream API, its event and witness
+#: subjects or its request subjects, were the reply sent where the requester says.
+HOSTILE_REPLIES = (
+    "governor.ledger",
+    "$KV.GOVERNOR_LEDGER_LEASE.holder",
+    "$O.GOVERNOR_LEDGER_SNAPSHOTS.C.x",
+    "$JS.API.STREAM.DELETE.GOVERNOR_LEDGER",
+    "$JS.API.STREAM.PURGE.GOVERNOR_LEDGER",
+    "governor.events.breaker.reset",
+    "governor.events.escalation",
+    "governor.witness.circuit_breaker_reset",
+    "governor.cost",
+    "governor.reset",
+)
+ATTACK_COST = 0.01
+#: (subject, body) of the requests sent with each hostile reply subject: a read, two writes and discovery.
+ATTACKS: tuple[tuple[str, dict[str, Any] | None], ...] = (
+    ("governor.status", {}),
+    ("governor.cost", {"swarm_id": "ndi", "operation": "attack", "cost": ATTACK_COST}),
+    ("governor.assign", {"task_id": "attack", "required_capabilities": ["integration:ndi"]}),
+    ("$SRV.PING", None),
+    ("$SRV.INFO.governor", None),
+)
+#: The body of the ordinary request that follows the attack on each subject (changes no budget).
+AFTER_ATTACK: dict[str, dict[str, Any]] = {
+    "governor.cost": {"swarm_id": "ndi", "operation": "after-attack", "cost": 0.0},
+    "governor.assign": {"task_id": "after-attack", "required_capabilities": ["integration:ndi"]},
+}
+#: Where a coordinator tries to listen: everything, others' replies, response mappings, JetStream, the governor's
+#: subjects, its lease and snapshots. Only its own account's inboxes and the event stream are allowed.
+SNOOP_REFUSED = (
+    ">",
+    "_R_.>",
+    "$JS.>",
+    "$JS.API.>",
+    "$KV.>",
+    "$O.>",
+    "governor.>",
+    "governor.ledger",
+    "governor.witness.>",
+)
+SNOOP_ALLOWED = ("_INBOX.>", "governor.events.>")
+FORGED_INFO = {"acc": "OPS", "user": "operator", "name": "cli"}
 
 
 @pytest.fixture
 def shipped(tmp_path: Path) -> Iterator[ShippedServer]:
-    """nats-server running exactly the shipped permissions, stopped after the test."""
+    """nats-server running exactly the shipped accounts and permissions, stopped after the test."""
     server = start_shipped_server(tmp_path)
     try:
         yield server
     finally:
-        assert server.process is not None
-        stop_process(server.process)
-
-
-def governor_config(server: ShippedServer) -> Config:
-    """The worker's config: durable (the default), logged in as `governor`, two swarms, no metrics endpoint."""
-    raw = {
-        "nats": {"user": "governor", "password": server.passwords["governor"]},
-        "metrics": {"port": 0},
-        "swarms": SWARMS,
-    }
-    return msgspec.convert(raw, Config)
-
-
-async def start_governor(server: ShippedServer) -> Worker:
-    """Start a worker as user `governor`; fail, naming what the server refused it, as soon as it is refused anything.
-
-    Why fail at the first refusal: a refused ledger write makes the worker retry its start for ever, each attempt
-    waiting out the ledger's timeout, and the server's log already says exactly which subject it lacks.
-    """
-    worker = Worker(governor_config(server), servers=[server.url], metrics=Metrics(CollectorRegistry()))
-    start = asyncio.ensure_future(worker.__aenter__())
-    deadline = time.monotonic() + START_TIMEOUT
-    refused: list[str] = []
-    while not start.done() and time.monotonic() < deadline and not refused:
-        await asyncio.wait([start], timeout=0.1)
-        refused = server.violations("governor")
-    if not start.done():
-        start.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await start
-        pytest.fail(
-            f"the worker, logged in as `governor`, cannot serve under {SHIPPED_CONF.name}: "
-            f"the server refused it {refused or f'nothing, yet it did not serve within {START_TIMEOUT:g}s'}"
-        )
-    start.result()
-    return worker
+        server.stop()
 
 
 @pytest.fixture
 async def governor(shipped: ShippedServer) -> AsyncIterator[Worker]:
-    """The worker serving under the shipped permissions, stopped after the test."""
-    worker = await start_governor(shipped)
+    """The worker serving under the shipped config, stopped after the test."""
+    worker = await start_governor(shipped, SWARMS)
     try:
         yield worker
     finally:
         await worker.__aexit__(None, None, None)
-
-
-class ServerErrors:
-    """The asynchronous errors a connection got from the server (its `error_cb`), in order."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self._changed = asyncio.Event()
-
-    async def on_error(self, exc: Exception) -> None:
-        self.messages.append(str(exc))
-        self._changed.set()
-
-    async def wait_for(self, message: str, timeout: float = 5.0) -> None:
-        """Wait until the server sent exactly `message`."""
-        async with asyncio.timeout(timeout):
-            while message not in self.messages:
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@dataclass
-class Login:
-    """A connection as one role of the shipped config, with the asynchronous errors the server sent it."""
-
-    role: str
-    nc: Client
-    server_errors: ServerErrors
-
-    @property
-    def errors(self) -> list[str]:
-        return self.server_errors.messages
-
-    async def wait_error(self, message: str, timeout: float = 5.0) -> None:
-        await self.server_errors.wait_for(message, timeout)
-
-    def client(self) -> GovernorClient:
-        return GovernorClient(self.nc, timeout=5.0)
-
-
-LoginFactory = Callable[[str], Awaitable[Login]]
 
 
 @pytest.fixture
@@ -254,24 +158,14 @@ async def login(shipped: ShippedServer) -> AsyncIterator[LoginFactory]:
     """`await login(role)`: a connection as that role; all closed after the test."""
     logins: list[Login] = []
 
-    async def connect(role: str) -> Login:
-        errors = ServerErrors()
-        nc = await nats.connect(
-            shipped.url,
-            user=role,
-            password=shipped.passwords[role],
-            error_cb=errors.on_error,
-            connect_timeout=5,
-            max_reconnect_attempts=0,
-        )
-        session = Login(role, nc, errors)
+    async def open_login(role: str) -> Login:
+        session = await connect(shipped, role)
         logins.append(session)
         return session
 
-    yield connect
+    yield open_login
     for session in logins:
-        with contextlib.suppress(Exception):
-            await session.nc.close()
+        await session.nc.close()
 
 
 def blank_trace(status: StatusReply) -> StatusReply:
@@ -284,80 +178,150 @@ def received(worker: Worker, subject: str) -> float:
     return 0.0 if value is None else value
 
 
-def publish_violation(subject: str) -> str:
-    """The error nats-py reports for a refused publish (it lower-cases the server's message: keep subjects so)."""
-    return f'nats: permissions violation for publish to "{subject.lower()}"'
+def rejected(worker: Worker, code: str) -> float:
+    value = worker.metrics.registry.get_sample_value("if_governor_requests_rejected_total", {"code": code})
+    return 0.0 if value is None else value
 
 
-class Recorder:
-    """Every message a subscriber received, by subject."""
+def info_header(info: dict[str, str]) -> dict[str, str]:
+    return {"Nats-Request-Info": msgspec.json.encode(info).decode()}
 
-    def __init__(self) -> None:
-        self.messages: list[Msg] = []
-        self._changed = asyncio.Event()
 
-    async def on(self, msg: Msg) -> None:
-        self.messages.append(msg)
-        self._changed.set()
+async def request(login: Login, subject: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Msg:
+    msg: Msg = await login.nc.request(subject, msgspec.json.encode(body), timeout=5, headers=headers)
+    return msg
 
-    def bodies(self, subject: str) -> list[dict[str, Any]]:
-        return [msgspec.json.decode(m.data) for m in self.messages if m.subject == subject]
 
-    async def wait_for(self, subject: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout):
-            while not self.bodies(subject):
-                self._changed.clear()
-                await self._changed.wait()
-        return self.bodies(subject)
+def error_of(msg: Msg) -> tuple[bool, str, str]:
+    """(ok, error code, Nats-Service-Error-Code header) of an error reply."""
+    body = msgspec.json.decode(msg.data)
+    return body["ok"], body["error"]["code"], (msg.headers or {}).get("Nats-Service-Error-Code", "")
+
+
+async def attack(attacker: Login) -> None:
+    """Send every ATTACKS request with every hostile reply subject from `attacker`, then one ordinary request per
+    attacked subject and wait for its answer.
+
+    Why the ordinary request tells that the attack is over: the governor reads each subject on one subscription, in
+    order, and answers through one mailbox, in order; so once it answered the ordinary request, it has handled
+    (and answered, through its response mapping) every hostile one on that subject before it.
+    """
+    n = 0
+    for reply in HOSTILE_REPLIES:
+        for subject, body in ATTACKS:
+            n += 1
+            if body is not None and "task_id" in body:
+                body = {**body, "task_id": f"attack-{n}"}  # a repeated task id is answered from the window
+            data = b"" if body is None else msgspec.json.encode({**body, "trace_id": f"attack-{n}"})
+            await attacker.nc.publish(subject, data, reply=reply)
+    for subject, body in ATTACKS:
+        data = b"" if body is None else msgspec.json.encode(AFTER_ATTACK.get(subject, body))
+        answer = msgspec.json.decode((await attacker.nc.request(subject, data, timeout=5)).data)
+        assert answer.get("ok", True) is True, answer
+
+
+def sender(who: Any) -> str:
+    """`ACCOUNT/user` of a recorded identity (an `Identity` or its JSON form), `-` for none."""
+    if who is None:
+        return "-"
+    who = msgspec.to_builtins(who)
+    return f"{who['account']}/{who['user']}"
+
+
+def attack_entries(entries: list[LedgerEntry]) -> list[tuple[str, str]]:
+    """(kind, sender) of the ledger entries the attack's requests caused, sorted."""
+    return sorted((e.kind, sender(e.identity)) for e in entries if e.trace_id.startswith("attack-"))
+
+
+def witnessed_by_trace(seen: Recorder, prefix: str) -> list[tuple[str, str]]:
+    """(operation, sender) of the witness records of applied requests whose trace id starts with `prefix`, sorted.
+
+    Not `request_rejected`: a reply aimed at a request subject that the requester's account imports comes back to
+    the governor as a request without a reply subject, whose body (a reply) no request type accepts; how many of
+    those the server routes back is its business, and each is refused without changing anything."""
+    records = [msgspec.json.decode(m.data) for m in seen.messages if m.subject.startswith("governor.witness.")]
+    return sorted(
+        (r["operation"], sender(r.get("identity")))
+        for r in records
+        if r["trace_id"].startswith(prefix) and r["operation"] != "request_rejected"
+    )
 
 
 class TestGovernorUser:
     async def test_worker_runs_a_full_term_without_a_permission_violation(self, shipped: ShippedServer) -> None:
         """As `governor` the worker starts, writes its ledger, snapshots on stop, recovers, and is never refused."""
-        worker = await start_governor(shipped)
+        worker = await start_governor(shipped, SWARMS)
         try:
-            operator = await GovernorClient.connect(
-                shipped.url, user="operator", password=shipped.passwords["operator"]
-            )
+            operator = await connect(shipped, "operator")
             try:
-                cost = await operator.cost("sip", "sip_integration", 5.0)
+                cost = await operator.client().cost("sip", "sip_integration", 5.0)
                 assert (cost.remaining, cost.tripped) == (20.0, False)
             finally:
-                await operator.close()
+                await operator.nc.close()
         finally:
             await worker.__aexit__(None, None, None)
-        restarted = await start_governor(shipped)
+        restarted = await start_governor(shipped, SWARMS)
         try:
-            operator = await GovernorClient.connect(
-                shipped.url, user="operator", password=shipped.passwords["operator"]
-            )
+            operator = await connect(shipped, "operator")
             try:
-                budgets = (await operator.status()).budgets
+                budgets = (await operator.client().status()).budgets
             finally:
-                await operator.close()
+                await operator.nc.close()
             assert budgets == {"sip": 20.0, "ndi": 25.0}
         finally:
             await restarted.__aexit__(None, None, None)
         assert shipped.violations("governor") == []
 
+    async def test_discovery_reaches_every_instance(self, governor: Worker, login: LoginFactory) -> None:
+        """A coordinator's `$SRV.PING` is answered by every responder in the governor's account (streamed
+        responses, not only the first), and `$SRV.INFO.governor.<id>` by that instance alone."""
+        second = await login("governor")
+
+        async def pong(msg: Msg) -> None:
+            await msg.respond(msgspec.json.encode({"name": "governor", "id": "second-instance"}))
+
+        await second.nc.subscribe("$SRV.PING", cb=pong)
+        await second.nc.flush()
+        coordinator = await login("coordinator")
+        inbox = coordinator.nc.new_inbox()
+        answers = await record(coordinator, inbox)
+        await coordinator.nc.publish("$SRV.PING", b"", reply=inbox)
+        pings = await answers.wait_for(inbox, count=2)
+        assert governor.bus is not None
+        assert sorted(p["id"] for p in pings) == sorted([governor.bus.service_id, "second-instance"])
+
+        info = msgspec.json.decode(
+            (await coordinator.nc.request(f"$SRV.INFO.governor.{governor.bus.service_id}", b"", timeout=5)).data
+        )
+        assert (info["id"], [e["subject"] for e in info["endpoints"]]) == (
+            governor.bus.service_id,
+            [f"governor.{name}" for name in ENDPOINTS],
+        )
+        assert (coordinator.errors, second.errors, governor.ready) == ([], [], True)
+
 
 class TestCoordinator:
     @pytest.mark.parametrize("subject", sorted(OPERATOR_ONLY))
     async def test_operator_only_request_is_refused_by_the_server(
-        self, governor: Worker, login: LoginFactory, subject: str
+        self, governor: Worker, login: LoginFactory, shipped: ShippedServer, subject: str
     ) -> None:
-        """A coordinator's reset, trip, register, deregister or reload gets no reply and changes nothing."""
+        """A coordinator's reset, trip, register, deregister or reload, even with a forged identity header, is
+        refused by the server (its account may not publish there), gets no reply and changes nothing."""
         operator = await login("operator")
-        await operator.client().trip("sip", "manual_override", requested_by="alice")  # so a reset would apply
+        await operator.client().trip("sip", "manual_override", requested_by="operator")  # so a reset would apply
         before = blank_trace(await operator.client().status())
         coordinator = await login("coordinator")
         with pytest.raises(nats.errors.TimeoutError):
             await coordinator.nc.request(
-                f"governor.{subject}", msgspec.json.encode(OPERATOR_ONLY[subject]), timeout=REFUSAL_WAIT
+                f"governor.{subject}",
+                msgspec.json.encode(OPERATOR_ONLY[subject]),
+                timeout=REFUSAL_WAIT,
+                headers=info_header(FORGED_INFO),
             )
         await coordinator.wait_error(publish_violation(f"governor.{subject}"))
         assert received(governor, subject) == (1.0 if subject == "trip" else 0.0)  # the operator's trip only
         assert blank_trace(await operator.client().status()) == before
+        assert shipped.violations("coordinator") == [f'Publish Violation - Subject "governor.{subject}"']
 
     async def test_coordinator_requests_are_answered(self, governor: Worker, login: LoginFactory) -> None:
         """A coordinator's assign, cost, failure, status and history are served."""
@@ -380,35 +344,31 @@ class TestCoordinator:
         """A coordinator may not subscribe to `governor.>`, so it can neither impersonate the governor nor snoop."""
         coordinator = await login("coordinator")
         await coordinator.nc.subscribe("governor.reset")
-        await coordinator.wait_error('nats: permissions violation for subscription to "governor.reset"')
+        await coordinator.wait_error(subscription_violation("governor.reset"))
 
     async def test_coordinator_cannot_forge_events_or_witness_records(
         self, governor: Worker, login: LoginFactory
     ) -> None:
         """A coordinator's publish to an event or witness subject is dropped before any consumer sees it."""
-        witness = await login("witness")
-        seen = Recorder()
-        await witness.nc.subscribe("governor.events.>", cb=seen.on)
-        await witness.nc.subscribe("governor.witness.>", cb=seen.on)
-        await witness.nc.flush()
+        seen = await record(await login("witness"), "governor.events.>", "governor.witness.>")
         coordinator = await login("coordinator")
         forged = {"swarm_id": "sip", "new_budget": 1e6, "approved_by": "mallory", "reset_at": 0.0, "trace_id": "x"}
         await coordinator.nc.publish("governor.events.breaker.reset", msgspec.json.encode(forged))
         await coordinator.nc.publish("governor.witness.circuit_breaker_reset", msgspec.json.encode(forged))
         await coordinator.wait_error(publish_violation("governor.events.breaker.reset"))
         await coordinator.wait_error(publish_violation("governor.witness.circuit_breaker_reset"))
-        await witness.nc.flush()
+        await (await login("operator")).client().status()  # a round trip through the governor after the forgeries
         assert seen.messages == []
 
 
 class TestOperator:
     async def test_operator_trips_resets_registers_and_deregisters(self, governor: Worker, login: LoginFactory) -> None:
-        """An operator's trip, reset (naming its approver), register and deregister are applied."""
+        """An operator's trip, reset (naming itself as the approver), register and deregister are applied."""
         operator = (await login("operator")).client()
-        tripped = await operator.trip("sip", "manual_override", requested_by="alice")
+        tripped = await operator.trip("sip", "manual_override", requested_by="operator")
         assert tripped.swarm_id == "sip"
         assert set((await operator.status()).breakers) == {"sip"}
-        reset = await operator.reset("sip", 40.0, approved_by="alice")
+        reset = await operator.reset("sip", 40.0, approved_by="operator")
         assert (reset.swarm_id, reset.remaining, reset.duplicate) == ("sip", 40.0, False)
         registered = await operator.register(NEW_SWARM)
         assert registered.swarm_id == "webrtc"
@@ -419,26 +379,184 @@ class TestOperator:
         assert (status.budgets, status.breakers) == ({"sip": 40.0, "webrtc": 10.0}, {})
 
 
+class TestIdentity:
+    async def test_an_approver_other_than_the_authenticated_user_is_refused(
+        self, governor: Worker, login: LoginFactory, shipped: ShippedServer
+    ) -> None:
+        """From the `operator` login, a reset approved by "mallory" (or a trip requested by her) is refused
+        `forbidden` and changes nothing; one approved by "operator" is recorded with the identity OPS/operator in
+        the reset event, the witness record, `governor.history` and the ledger."""
+        seen = await record(await login("witness"), "governor.events.>", "governor.witness.>")
+        operator = await login("operator")
+        await operator.client().trip("sip", "manual_override", requested_by="operator")
+        before = blank_trace(await operator.client().status())
+        refused = [
+            await request(
+                operator, "governor.reset", {"swarm_id": "sip", "new_budget": 500.0, "approved_by": "mallory"}
+            ),
+            await request(
+                operator, "governor.trip", {"swarm_id": "ndi", "reason": "manual_override", "requested_by": "mallory"}
+            ),
+        ]
+        assert [error_of(msg) for msg in refused] == [(False, "forbidden", "403")] * 2
+        assert blank_trace(await operator.client().status()) == before
+
+        reset = await operator.client().reset("sip", 40.0, approved_by="operator")
+        assert (reset.remaining, reset.duplicate) == (40.0, False)
+        who = identity("operator")
+        [event] = await seen.wait_for("governor.events.breaker.reset")
+        assert (event["approved_by"], event["new_budget"], event["identity"]) == ("operator", 40.0, who)
+        [witnessed] = await seen.wait_for("governor.witness.circuit_breaker_reset")
+        assert witnessed["identity"] == who
+        history = await operator.client().history()
+        assert [(r.approved_by, msgspec.to_builtins(r.identity)) for r in history.resets] == [("operator", who)]
+        governor_login = await login("governor")
+        resets = [e for e in await ledger_entries(governor_login.nc) if e.kind == "reset"]
+        assert [msgspec.to_builtins(e.identity) for e in resets] == [who]
+        assert shipped.violations("operator") == []
+
+    async def test_a_forged_request_info_header_is_replaced_by_the_server(
+        self, governor: Worker, login: LoginFactory
+    ) -> None:
+        """A `Nats-Request-Info` header a client writes itself never reaches the governor: a coordinator claiming
+        OPS/operator is recorded as COORD/coordinator, and an operator claiming to be "alice" cannot approve as
+        her."""
+        seen = await record(await login("witness"), "governor.witness.>")
+        coordinator = await login("coordinator")
+        body = {"swarm_id": "ndi", "operation": "op", "cost": 1.25, "trace_id": "forged-1"}
+        cost = msgspec.json.decode((await request(coordinator, "governor.cost", body, info_header(FORGED_INFO))).data)
+        assert (cost["ok"], cost["remaining"]) == (True, 23.75)
+        [tracked] = await seen.wait_for("governor.witness.cost_tracked")
+        assert (tracked["trace_id"], tracked["identity"]) == ("forged-1", identity("coordinator"))
+
+        operator = await login("operator")
+        await operator.client().trip("sip", "manual_override", requested_by="operator")
+        as_alice = {"swarm_id": "sip", "new_budget": 500.0, "approved_by": "alice"}
+        refused = await request(operator, "governor.reset", as_alice, info_header({"acc": "OPS", "user": "alice"}))
+        assert error_of(refused) == (False, "forbidden", "403")
+        status = await operator.client().status()
+        assert (status.budgets, set(status.breakers)) == ({"sip": 25.0, "ndi": 23.75}, {"sip"})
+
+
+class TestReplySubjects:
+    @pytest.mark.parametrize("attacker_role", ["coordinator", "operator"])
+    async def test_replies_aimed_at_the_governors_subjects_change_nothing(
+        self, governor: Worker, login: LoginFactory, shipped: ShippedServer, attacker_role: str
+    ) -> None:
+        """Requests whose reply subject is the ledger, the lease key, the snapshot store, the JetStream API, an
+        event, witness or request subject store nothing but the governor's own batches, leave the lease with the
+        worker and the witness without a forged event, and 20 costs and a reset sent at the same time by an
+        operator are all answered."""
+        witness = await login("witness")
+        seen = await record(witness, "governor.events.>", "governor.witness.>")
+        governor_login = await login("governor")
+        holder = await lease_holder(governor_login.nc)
+        assert holder == governor.holder_id.encode()
+        operator = (await login("operator")).client()
+        await operator.trip("sip", "manual_override", requested_by="operator")
+        attacker = await login(attacker_role)
+
+        async def operate() -> tuple[list[float], float]:
+            costs = await asyncio.gather(
+                *(operator.cost("ndi", "op", 0.25, event_id=f"op-{i}") for i in range(20)),
+            )
+            reset = await operator.reset("sip", 40.0, approved_by="operator")
+            return sorted(c.remaining for c in costs), reset.remaining
+
+        _, (remaining, reset_to) = await asyncio.gather(attack(attacker), operate())
+
+        attacked = len(HOSTILE_REPLIES)
+        assert len(set(remaining)) == 20  # 20 answers, each after its own cost
+        assert reset_to == 40.0
+        status = await operator.status()
+        assert (status.budgets, status.breakers) == ({"sip": 40.0, "ndi": round(25.0 - 5.0 - attacked * 0.01, 2)}, {})
+        entries = await ledger_entries(governor_login.nc)  # every message is one of the governor's batches
+        who = sender(identity(attacker_role))
+        assert attack_entries(entries) == sorted([("assign", who)] * attacked + [("cost", who)] * attacked)
+        assert await lease_holder(governor_login.nc) == holder
+        assert governor.ready
+        assert rejected(governor, "reply_subject_refused") == 0.0  # the server mapped every reply: nothing to refuse
+
+        expected = sorted([("cost_tracked", who)] * attacked + [("task_assigned", who)] * attacked)
+        await seen.wait_until(lambda: len(witnessed_by_trace(seen, "attack-")) == len(expected))
+        await seen.wait_for("governor.events.breaker.reset")
+        await witness.nc.flush()
+        assert witnessed_by_trace(seen, "attack-") == expected
+        assert [s for s in seen.subjects() if s.startswith("governor.events.")] == [
+            "governor.events.breaker.tripped",
+            "governor.events.escalation",
+            "governor.events.breaker.reset",
+        ]
+        assert [m.subject for m in seen.messages if b'"ok":' in m.data] == []  # no reply landed as an event or record
+        assert shipped.violations(attacker_role) == []
+
+
+class TestSnooping:
+    async def test_a_coordinator_reads_no_operator_reply_and_no_storage_traffic(
+        self, governor: Worker, login: LoginFactory, shipped: ShippedServer
+    ) -> None:
+        """A coordinator is refused every subscription but its own account's inboxes and the event stream, and on
+        those reads no operator reply and no ledger or JetStream traffic while an operator trips, resets and spends,
+        the governor writes its ledger and a standby replays it."""
+        snooper = await login("coordinator")
+        seen = await record(snooper, *SNOOP_ALLOWED)
+        for subject in SNOOP_REFUSED:
+            await snooper.nc.subscribe(subject, cb=seen.on)
+        for subject in SNOOP_REFUSED:
+            await snooper.wait_error(subscription_violation(subject))
+        standby = await start_governor(shipped, SWARMS, wait=False)
+        try:
+            operator = (await login("operator")).client()
+            await operator.trip("sip", "manual_override", requested_by="operator")
+            await operator.reset("sip", 40.0, approved_by="operator")
+            for i in range(5):
+                await operator.cost("ndi", "op", 1.0, event_id=f"snooped-{i}")
+            history = await operator.history()
+            assert [r.approved_by for r in history.resets] == ["operator"]
+            assert governor.ledger is not None
+            serving = governor.ledger
+            await eventually(
+                lambda: standby.ledger is not None and standby.ledger.seq == serving.seq,
+                "the standby replays the ledger to its end",
+            )
+            assert standby.state == "standby"
+        finally:
+            await standby.__aexit__(None, None, None)
+        await snooper.nc.flush()
+        assert [m.subject for m in seen.messages if not m.subject.startswith("governor.events.")] == []
+        events = [m for m in seen.messages if m.subject.startswith("governor.events.")]
+        assert [m.subject for m in events] == [
+            "governor.events.breaker.tripped",
+            "governor.events.escalation",
+            "governor.events.breaker.reset",
+        ]
+        msgspec.json.decode(events[0].data, type=BreakerTripped)
+        msgspec.json.decode(events[1].data, type=Escalation)
+        msgspec.json.decode(events[2].data, type=BreakerReset)
+        assert sorted(snooper.errors) == sorted(subscription_violation(s) for s in SNOOP_REFUSED)
+        assert (shipped.violations("governor"), governor.ready) == ([], True)
+
+
 class TestReadOnlyConsumers:
     @pytest.mark.parametrize("role", ["witness", "alerting"])
     async def test_consumer_receives_events_and_audit_records(
         self, governor: Worker, login: LoginFactory, role: str
     ) -> None:
-        """A witness or alerting user receives the trip and the reset, whose event and record name the approver."""
+        """A witness or alerting user receives the trip and the reset, whose event and record name the approver
+        and the identity the server authenticated."""
         consumer = await login(role)
-        seen = Recorder()
-        await consumer.nc.subscribe("governor.events.>", cb=seen.on)
-        await consumer.nc.subscribe("governor.witness.>", cb=seen.on)
-        await consumer.nc.flush()
+        seen = await record(consumer, "governor.events.>", "governor.witness.>")
         operator = (await login("operator")).client()
-        await operator.trip("ndi", "manual_override", requested_by="alice")
-        await operator.reset("ndi", 30.0, approved_by="bob")
+        await operator.trip("ndi", "manual_override", requested_by="operator")
+        await operator.reset("ndi", 30.0, approved_by="operator")
         tripped = await seen.wait_for("governor.events.breaker.tripped")
-        assert [(e["swarm_id"], e["reason"]) for e in tripped] == [("ndi", "manual_override")]
+        assert [(e["swarm_id"], e["reason"], e["identity"]) for e in tripped] == [
+            ("ndi", "manual_override", identity("operator"))
+        ]
         reset = await seen.wait_for("governor.events.breaker.reset")
-        assert [(e["swarm_id"], e["new_budget"], e["approved_by"]) for e in reset] == [("ndi", 30.0, "bob")]
-        witnessed = [m for m in seen.messages if m.subject.startswith("governor.witness.")]
-        assert any(b"bob" in m.data for m in witnessed)
+        assert [(e["swarm_id"], e["new_budget"], e["approved_by"]) for e in reset] == [("ndi", 30.0, "operator")]
+        [record_] = await seen.wait_for("governor.witness.circuit_breaker_reset")
+        assert (record_["params"]["approved_by"], record_["identity"]) == ("operator", identity("operator"))
         assert consumer.errors == []
 
     @pytest.mark.parametrize("role", ["witness", "alerting"])
@@ -468,3 +586,57 @@ class TestReadOnlyConsumers:
         await witness.wait_error(publish_violation("governor.status"))
         # nats-py lower-cases the server's message, inbox name included.
         assert any(e.startswith('nats: permissions violation for subscription to "_inbox.') for e in witness.errors)
+
+
+class TestRecovery:
+    async def test_kill_9_after_the_attacks_recovers_exact_budgets(
+        self, shipped: ShippedServer, login: LoginFactory, tmp_path: Path
+    ) -> None:
+        """After hostile replies from a coordinator and an operator, real costs and a reset, `governor run` killed
+        with SIGKILL and started again recovers from its ledger with every budget exact to the cent, each
+        acknowledged cost applied once, the reset's identity kept, and the lease taken by the new process."""
+        config = write_worker_config(shipped, tmp_path / "governor.yaml", SWARMS)
+        first = start_worker_process(shipped, config, tmp_path / "worker.log")
+        try:
+            operator = await login("operator")
+            coordinator = await login("coordinator")
+            await wait_answering(operator.client(), first)
+            await wait_answering(coordinator.client(), first)
+            await operator.client().trip("sip", "manual_override", requested_by="operator")
+            await attack(coordinator)
+            await attack(operator)
+            for i in range(7):
+                await coordinator.client().cost("ndi", "op", 1.13, event_id=f"c{i}")
+            await operator.client().reset("sip", 40.0, approved_by="operator")
+            await operator.client().cost("sip", "op", 2.34, event_id="s0")
+        finally:
+            first.process.kill()
+            first.process.wait(timeout=10)
+        assert first.process.returncode == -9
+
+        second = start_worker_process(shipped, config, tmp_path / "worker.log")
+        try:
+            await wait_answering(operator.client(), second)
+            await wait_answering(coordinator.client(), second)
+            status = await operator.client().status()
+            expected_ndi = round(25.0 - 2 * len(HOSTILE_REPLIES) * ATTACK_COST - 7 * 1.13, 2)
+            assert (status.budgets, status.breakers) == ({"sip": 37.66, "ndi": expected_ndi}, {})
+            again = await coordinator.client().cost("ndi", "op", 1.13, event_id="c0")
+            assert (again.duplicate, again.remaining) == (True, expected_ndi)
+            history = await operator.client().history()
+            assert [(r.approved_by, msgspec.to_builtins(r.identity)) for r in history.resets] == [
+                ("operator", identity("operator"))
+            ]
+            governor_login = await login("governor")
+            entries = await ledger_entries(governor_login.nc)
+            attacked = len(HOSTILE_REPLIES)
+            assert attack_entries(entries) == sorted(
+                [("assign", "COORD/coordinator"), ("cost", "COORD/coordinator")] * attacked
+                + [("assign", "OPS/operator"), ("cost", "OPS/operator")] * attacked
+            )
+            holder = await lease_holder(governor_login.nc)
+            assert holder.decode().startswith(f"{socket.gethostname()}-{second.process.pid}-")
+        finally:
+            stop_process(second.process)
+        assert second.process.returncode == 0, second.log()
+        assert shipped.violations("governor") == []

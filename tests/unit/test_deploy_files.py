@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from worker.config import load_config
+from worker.natsserver import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -116,6 +118,16 @@ class TestGovernorConfig:
         assert (config.metrics.host, config.metrics.port) == ("0.0.0.0", 9090)
         assert config.governor.subject_prefix == "governor"
 
+    def test_trusts_no_identity_header(self) -> None:
+        """The file also runs the bundled single-account server and compose's unauthenticated NATS, where a client
+        can write `Nats-Request-Info` itself: it believes no such header and checks no approver against one."""
+        security = load_config(DEPLOY / "governor.yaml", env={}).security
+        assert (security.trust_request_info, security.operator_accounts, security.require_authenticated_approver) == (
+            False,
+            [],
+            False,
+        )
+
 
 class TestKubernetes:
     @pytest.mark.parametrize("path", K8S_MANIFESTS, ids=lambda p: p.name)
@@ -152,9 +164,30 @@ class TestKubernetes:
         assert mount["mountPath"] == "/etc/infrafabric"
 
     def test_configmap_holds_governor_yaml(self) -> None:
-        """The ConfigMap's governor.yaml parses to the same value as deploy/governor.yaml."""
-        configmap = load(K8S / "configmap.yaml")
-        assert yaml.safe_load(configmap["data"]["governor.yaml"]) == load(DEPLOY / "governor.yaml")
+        """The ConfigMap's governor.yaml parses to the same value as deploy/governor.yaml but for `security`."""
+        embedded = yaml.safe_load(load(K8S / "configmap.yaml")["data"]["governor.yaml"])
+        example = load(DEPLOY / "governor.yaml")
+        assert set(embedded) == set(example)
+        assert {k: v for k, v in embedded.items() if k != "security"} == {
+            k: v for k, v in example.items() if k != "security"
+        }
+
+    def test_configmap_trusts_the_shipped_server_config(self, tmp_path: Path) -> None:
+        """The ConfigMap's config, which runs against deploy/nats-server.conf, loads with the worker's loader and
+        believes the server-stamped identity, lets only the OPS account operate and requires the approver to be
+        the authenticated user; OPS is the account of nats-server.conf that imports the operator-only subjects."""
+        path = tmp_path / "governor.yaml"
+        path.write_text(load(K8S / "configmap.yaml")["data"]["governor.yaml"], encoding="utf-8")
+        security = load_config(path, env={}).security
+        assert (
+            security.trust_request_info,
+            security.operator_accounts,
+            security.require_authenticated_approver,
+            security.reply_prefixes,
+        ) == (True, ["OPS"], True, [])
+        conf = nats_conf_blocks()
+        assert set(conf) == {"GOVERNOR", "COORD", "OPS", "WITNESS", "ALERTS"}
+        assert [name for name, block in conf.items() if '"governor.reset" }' in block] == ["OPS"]
 
     def test_metrics_service_selects_the_deployment(self) -> None:
         """The metrics Service exposes port 9090 as `metrics` and selects the Deployment's pods."""
@@ -162,6 +195,78 @@ class TestKubernetes:
         labels = load(K8S / "deployment.yaml")["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= labels.items()
         assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("metrics", 9090)]
+
+
+def nats_conf_blocks() -> dict[str, str]:
+    """The account blocks of deploy/nats-server.conf by name (`NAME {` at two spaces' indent, to the next one)."""
+    text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
+    body = text[text.index("\naccounts {\n") :]
+    names = list(re.finditer(r"^  ([A-Z]+) \{$", body, flags=re.MULTILINE))
+    return {
+        m.group(1): body[m.end() : names[i + 1].start() if i + 1 < len(names) else len(body)]
+        for i, m in enumerate(names)
+    }
+
+
+ROLE_PASSWORDS = (
+    "GOVERNOR_PASSWORD",
+    "COORDINATOR_PASSWORD",
+    "OPERATOR_PASSWORD",
+    "WITNESS_PASSWORD",
+    "ALERTING_PASSWORD",
+)
+
+
+class TestNatsServerConf:
+    def test_nats_server_accepts_it(self) -> None:
+        """`nats-server -c deploy/nats-server.conf -t` accepts the file with the five passwords set."""
+        env = {**os.environ, **{name: f"p{name.lower()}" for name in ROLE_PASSWORDS}}
+        result = subprocess.run(
+            [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_each_role_has_its_own_account_with_its_user_and_password(self) -> None:
+        """Five accounts, each with one of the five users and that user's password variable, read once."""
+        text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
+        users = {
+            name: re.findall(r"user: (\w+)\s+password: \$([A-Z_]+)", block)
+            for name, block in nats_conf_blocks().items()
+        }
+        assert users == {
+            "GOVERNOR": [("governor", "GOVERNOR_PASSWORD")],
+            "COORD": [("coordinator", "COORDINATOR_PASSWORD")],
+            "OPS": [("operator", "OPERATOR_PASSWORD")],
+            "WITNESS": [("witness", "WITNESS_PASSWORD")],
+            "ALERTS": [("alerting", "ALERTING_PASSWORD")],
+        }
+        assert [text.count(f"${name}") for name in ROLE_PASSWORDS] == [1] * 5
+        assert "authorization {" not in text  # no users outside the accounts (they would share the global account)
+
+    def test_only_the_governor_account_has_jetstream(self) -> None:
+        """JetStream is enabled in the GOVERNOR account alone, with every write synced to disk."""
+        text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
+        assert [name for name, block in nats_conf_blocks().items() if "jetstream: enabled" in block] == ["GOVERNOR"]
+        settings = [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert (settings.count("jetstream: enabled"), settings.count("sync_interval: always")) == (1, 1)
+
+    def test_the_lines_the_integration_tests_replace_appear_once(self) -> None:
+        """tests/integration/shipped.py changes only the data directory and the two ports: each line is there once."""
+        text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
+        lines = ("store_dir: /data/jetstream", "listen: 0.0.0.0:4222", "http: 0.0.0.0:8222", "server_name:")
+        assert [text.count(line) for line in lines] == [1, 1, 1, 1]
+
+    def test_every_service_import_shares_the_requesters_identity(self) -> None:
+        """Every service import has `share: true`, so the governor gets the server-stamped `Nats-Request-Info`."""
+        text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
+        imports = [line for line in text.splitlines() if line.strip().startswith("{ service: { account:")]
+        assert len(imports) == 15 + 20  # COORD: 6 requests and 9 discovery subjects; OPS: 5 more requests
+        assert [line for line in imports if not line.rstrip().endswith("share: true }")] == []
 
 
 class TestAlertRules:
