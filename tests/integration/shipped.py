@@ -104,7 +104,7 @@ class ShippedServer:
         The server names the client as `"<account>/user:<user>"` in each line."""
         if not self.log_file.exists():
             return []
-        marker = f'"{ACCOUNTS[user]}/user:{user}" - '
+        marker = f'"{ACCOUNTS.get(user, "GOVERNOR")}/user:{user}" - '
         found = re.findall(
             rf"{re.escape(marker)}((?:Publish|Subscription) Violation - .*)$",
             self.log_file.read_text(encoding="utf-8", errors="replace"),
@@ -117,14 +117,18 @@ class ShippedServer:
             stop_process(self.process)
 
 
-def start_shipped_server(tmp_path: Path) -> ShippedServer:
-    """Start nats-server on the shipped config (a copy in `tmp_path`) and wait until it accepts connections."""
+def start_shipped_server(tmp_path: Path, *, storage_login: bool = False) -> ShippedServer:
+    """Start nats-server on the shipped config (a copy in `tmp_path`) and wait until it accepts connections.
+
+    `storage_login`: with the governor's user split in two as SECURITY.md shows (`STORAGE_LOGIN_USERS`)."""
     port, http_port = free_port("0.0.0.0"), free_port("0.0.0.0")
     conf = tmp_path / "nats-server.conf"
-    conf.write_text(shipped_conf(tmp_path / "jetstream", port, http_port), encoding="utf-8")
-    passwords = {role: f"pw-{role}-{secrets.token_hex(12)}" for role in ROLES}
+    text = shipped_conf(tmp_path / "jetstream", port, http_port)
+    conf.write_text(with_storage_login(text) if storage_login else text, encoding="utf-8")
+    roles = (*ROLES, STORAGE_USER) if storage_login else ROLES
+    passwords = {role: f"pw-{role}-{secrets.token_hex(12)}" for role in roles}
     env = dict(os.environ)
-    env.update({f"{role.upper()}_PASSWORD": password for role, password in passwords.items()})
+    env.update({password_variable(role): password for role, password in passwords.items()})
     server = ShippedServer(port=port, passwords=passwords, log_file=tmp_path / "nats-server.log")
     server.process = subprocess.Popen(
         [nats_server_binary(), "-c", str(conf), "-l", str(server.log_file)],
@@ -133,7 +137,7 @@ def start_shipped_server(tmp_path: Path) -> ShippedServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # no server outlives a test run that was killed
+        preexec_fn=_die_with_parent,  # no server outlives a test run that was killed (as worker.natsserver does)
     )
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
@@ -147,18 +151,73 @@ def start_shipped_server(tmp_path: Path) -> ShippedServer:
     raise TimeoutError(f"nats-server did not listen on port {port} within 10s")
 
 
+def password_variable(user: str) -> str:
+    """The environment variable the server config reads `user`'s password from: `GOVERNOR_STORAGE_PASSWORD`..."""
+    return f"{user.upper().replace('-', '_')}_PASSWORD"
+
+
+STORAGE_USER = "governor-storage"
+#: The GOVERNOR account's users when the storage connections have a login of their own (`nats.storage`): the
+#: serving user has no JetStream permission at all. SECURITY.md shows these lines (a test checks it does, verbatim).
+STORAGE_LOGIN_USERS = """\
+    users: [
+      # Serving: requests and discovery in; replies, events and witness records out. No JetStream.
+      {
+        user: governor
+        password: $GOVERNOR_PASSWORD
+        permissions: {
+          subscribe: {
+            allow: [
+              "governor.assign", "governor.cost", "governor.failure", "governor.success"
+              "governor.status", "governor.history"
+              "governor.reset", "governor.trip", "governor.register", "governor.deregister", "governor.reload"
+              "$SRV.PING", "$SRV.PING.governor", "$SRV.PING.governor.*"
+              "$SRV.INFO", "$SRV.INFO.governor", "$SRV.INFO.governor.*"
+              "$SRV.STATS", "$SRV.STATS.governor", "$SRV.STATS.governor.*"
+            ]
+          }
+          publish: { allow: ["governor.events.>", "governor.witness.>"] }
+          allow_responses: true
+        }
+      }
+      # Storage (the worker's `nats.storage` login): the ledger, the snapshots and the lease. No requests.
+      {
+        user: governor-storage
+        password: $GOVERNOR_STORAGE_PASSWORD
+        permissions: {
+          subscribe: { allow: ["_INBOX.>"] }
+          publish: {
+            allow: [
+              "governor.ledger", "$JS.API.>", "$KV.GOVERNOR_LEDGER_LEASE.>", "$O.GOVERNOR_LEDGER_SNAPSHOTS.>"
+              "$JS.FC.>"
+            ]
+          }
+        }
+      }
+    ]
+"""
+
+
+def with_storage_login(text: str) -> str:
+    """The shipped config with the GOVERNOR account's users replaced by `STORAGE_LOGIN_USERS`."""
+    account = text.index("  GOVERNOR {\n")
+    start = text.index("    users: [\n", account)
+    end = text.index("    exports: [\n", start)
+    assert text.count("  GOVERNOR {\n") == 1 and start < end, f"{SHIPPED_CONF}: no GOVERNOR account users to replace"
+    return text[:start] + STORAGE_LOGIN_USERS + text[end:]
+
+
 # -- the worker ---------------------------------------------------------------------------------------------------
 
 
 def governor_config(server: ShippedServer, swarms: list[dict[str, Any]]) -> Config:
-    """The worker's config: durable (the default), logged in as `governor`, the shipped security settings, the
-    given swarms, no metrics endpoint."""
-    raw = {
-        "nats": {"user": "governor", "password": server.passwords["governor"]},
-        "metrics": {"port": 0},
-        "swarms": swarms,
-        "security": shipped_security(),
-    }
+    """The worker's config: durable (the default), logged in as `governor` (and its storage connections as
+    `governor-storage` where the server has that user), the shipped security settings, the given swarms, no
+    metrics endpoint."""
+    nats_section: dict[str, Any] = {"user": "governor", "password": server.passwords["governor"]}
+    if STORAGE_USER in server.passwords:
+        nats_section["storage"] = {"user": STORAGE_USER, "password": server.passwords[STORAGE_USER]}
+    raw = {"nats": nats_section, "metrics": {"port": 0}, "swarms": swarms, "security": shipped_security()}
     return msgspec.convert(raw, Config)
 
 
@@ -180,7 +239,7 @@ async def start_governor(server: ShippedServer, swarms: list[dict[str, Any]], *,
     refused: list[str] = []
     while not start.done() and time.monotonic() < deadline and not refused:
         await asyncio.wait([start], timeout=0.1)
-        refused = server.violations("governor")
+        refused = server.violations("governor") + server.violations(STORAGE_USER)
     if not start.done():
         start.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -303,7 +362,7 @@ LoginFactory = Callable[[str], Awaitable[Login]]
 
 
 async def connect(server: ShippedServer, role: str) -> Login:
-    """A connection as `role`, with its password."""
+    """A connection as `role` (a user of the server), with its password."""
     errors = ServerErrors()
     nc = await nats.connect(
         server.url,

@@ -28,6 +28,9 @@ from schemas.profiles import SwarmProfile
 from schemas.replies import StatusReply
 from tests.integration.helpers import stop_process
 from tests.integration.shipped import (
+    REPO,
+    STORAGE_LOGIN_USERS,
+    STORAGE_USER,
     Login,
     LoginFactory,
     Recorder,
@@ -640,3 +643,38 @@ class TestRecovery:
             stop_process(second.process)
         assert second.process.returncode == 0, second.log()
         assert shipped.violations("governor") == []
+
+
+class TestStorageLogin:
+    async def test_the_serving_login_needs_no_jetstream_permission(self, tmp_path: Path) -> None:
+        """With the governor's user split in two as SECURITY.md shows, the worker (storage connections logged in
+        through `nats.storage`) serves, writes its ledger, snapshots on stop and recovers exact budgets, refused
+        nothing, while its serving login may not touch the JetStream API."""
+        server = start_shipped_server(tmp_path, storage_login=True)
+        try:
+            worker = await start_governor(server, SWARMS)
+            try:
+                operator = await connect(server, "operator")
+                await operator.client().trip("sip", "manual_override", requested_by="operator")
+                assert (await operator.client().reset("sip", 40.0, approved_by="operator")).remaining == 40.0
+                assert (await operator.client().cost("ndi", "op", 1.13, event_id="s1")).remaining == 23.87
+            finally:
+                await worker.__aexit__(None, None, None)
+            restarted = await start_governor(server, SWARMS)
+            try:
+                status = await operator.client().status()
+                assert (status.budgets, status.breakers) == ({"sip": 40.0, "ndi": 23.87}, {})
+                assert (server.violations("governor"), server.violations(STORAGE_USER)) == ([], [])
+                serving = await connect(server, "governor")
+                await serving.nc.publish("$JS.API.STREAM.INFO.GOVERNOR_LEDGER", b"", reply="governor.events.x")
+                await serving.wait_error(publish_violation("$JS.API.STREAM.INFO.GOVERNOR_LEDGER"))
+                await serving.nc.close()
+            finally:
+                await restarted.__aexit__(None, None, None)
+            await operator.nc.close()
+        finally:
+            server.stop()
+
+    def test_security_md_shows_the_tested_lines(self) -> None:
+        """SECURITY.md shows exactly the GOVERNOR account users that the test above runs."""
+        assert STORAGE_LOGIN_USERS in (REPO / "SECURITY.md").read_text(encoding="utf-8")
