@@ -29,8 +29,8 @@ class BreakerTripped(msgspec.Struct, frozen=True, kw_only=True):
     operations_count: int
     tripped_at: float
     trace_id: str
-    identity: Identity | None = None
-    """The authenticated sender of the request that caused it (None where the deployment does not stamp one)."""
+    identity: Identity | msgspec.UnsetType = msgspec.UNSET
+    """The authenticated sender of the request that caused it (absent where the deployment does not stamp one)."""
 
 
 class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,8 +41,8 @@ class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
     approved_by: str
     reset_at: float
     trace_id: str
-    identity: Identity | None = None
-    """The authenticated sender of the request that caused it (None where the deployment does not stamp one)."""
+    identity: Identity | msgspec.UnsetType = msgspec.UNSET
+    """The authenticated sender of the request that caused it (absent where the deployment does not stamp one)."""
 
 
 class BreakerHalfOpen(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,8 +90,8 @@ class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
     timestamp: float
     severity: Severity
     trace_id: str
-    identity: Identity | None = None
-    """The authenticated sender of the request (None where the deployment does not stamp one)."""
+    identity: Identity | msgspec.UnsetType = msgspec.UNSET
+    """The authenticated sender of the request (absent where the deployment does not stamp one)."""
 
 
 Event = BreakerTripped | BreakerReset | BreakerHalfOpen | BreakerClosed | Escalation | WitnessRecord

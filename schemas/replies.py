@@ -30,7 +30,10 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
     trace_id: str = ""
 
 
-class Assignment(msgspec.Struct, frozen=True, kw_only=True):
+class Assignment(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One swarm chosen for a task. (Not tracked by the cyclic garbage collector: it holds only strings and
+    numbers, and the core keeps one per remembered assignment.)"""
+
     swarm_id: str
     capability_match: float
     score: float
@@ -182,7 +185,7 @@ class ResetRecord(msgspec.Struct, frozen=True, kw_only=True):
     tripped_at: float
     reset_at: float
     trace_id: str
-    identity: Identity | None = None
+    identity: Identity | msgspec.UnsetType = msgspec.UNSET
     """Who the NATS server authenticated as the sender (beside `approved_by`, the human's name as claimed)."""
 
 

@@ -41,7 +41,7 @@ HistoryCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,18}\.[0-9]{1,18}\Z", desc
 """Where the next (older) page of history starts: a reply's `next_cursor`, opaque to clients."""
 
 
-class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Base of every request: strict, immutable, with an optional trace id and deadline."""
 
     trace_id: TraceId | None = None

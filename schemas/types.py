@@ -37,7 +37,8 @@ BLANK = r"\s\u034f\u115f\u1160\u2800\u3164\ufe00-\ufe0f\uffa0"
 #: A name: no invisible character anywhere, and not only blanks. Inner spaces and letters of any script are fine
 #: ("José", "运维", "Jane Doe"). Each class appears once, to keep msgspec's error message (which quotes the
 #: pattern) short: it must fit, with the longest field path, the 512 characters of a `Nats-Service-Error` header.
-NAME_PATTERN = rf"^(?![{BLANK}]*\Z)[^{INVISIBLE}]+\Z"
+NAME_PATTERN = rf"^(?:[ -~]*[!-~][ -~]*|(?![{BLANK}]*\Z)[^{INVISIBLE}]+)\Z"
+"""(The first branch is printable ASCII with something visible: most names, matched at twice the speed.)"""
 
 #: A trace id: letters, digits and `._:@/+=-` (hex, uuids, W3C traceparent, base64 all fit), at most 128. It goes
 #: into log lines and the `X-IF-Trace-ID` header as it is, so nothing else is allowed.
@@ -71,13 +72,19 @@ SwarmId = Annotated[
 ]
 """A swarm's id: printable, no spaces, safe as a metrics label."""
 
+#: A capability as a client sends it: printable ASCII without spaces. Every capability that can exist is lower-case
+#: ASCII (`CAPABILITY_DEF_PATTERN`), so this refuses nothing that could match, while whether it is known (with
+#: suggestions for a near miss such as `Integration:SIP`) stays the core's business. A simple class: an assign
+#: carries up to 64 of these, each checked while decoding.
+CAPABILITY_NAME_PATTERN = r"^[!-~]+\Z"
+
 CapabilityName = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=128,
-        pattern=NAME_PATTERN,
-        description="A capability, e.g. `integration:sip`: visible characters only.",
+        pattern=CAPABILITY_NAME_PATTERN,
+        description="A capability, e.g. `integration:sip`: printable ASCII, no spaces.",
     ),
 ]
 """A capability as sent by a client; whether it is known is the core's business (it suggests close names)."""

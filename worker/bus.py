@@ -129,6 +129,7 @@ class Bus:
         pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.nc = nc
+        self._publish = nc.publish
         self.mailbox = mailbox
         self.metrics = metrics
         self.prefix = prefix
@@ -401,8 +402,12 @@ class Bus:
                 ),
             )
             return
-        if await self._send(command.reply_to, data, None, command.trace_id, "reply"):
-            self._replied(command)
+        try:
+            await self._publish(command.reply_to, data)
+        except Exception as exc:
+            self._failed("reply", command.reply_to, exc, command.trace_id)
+            return
+        self._replied(command)
 
     async def _send(self, subject: str, data: bytes, headers: dict[str, str] | None, trace_id: str, kind: str) -> bool:
         """Publish; False (counted by kind and logged with the trace id) when the connection refused it."""
@@ -410,9 +415,12 @@ class Bus:
             await self.nc.publish(subject, data, headers=headers)
             return True
         except Exception as exc:  # e.g. MaxPayloadError, a closed or draining connection: never the actor's end
-            self.metrics.publish_failures.labels(kind).inc()
-            log.error("%s to %s not sent: %r", kind, subject, exc, extra={"trace_id": trace_id})
+            self._failed(kind, subject, exc, trace_id)
             return False
+
+    def _failed(self, kind: str, subject: str, exc: Exception, trace_id: str) -> None:
+        self.metrics.publish_failures.labels(kind).inc()
+        log.error("%s to %s not sent: %r", kind, subject, exc, extra={"trace_id": trace_id})
 
     def _replied(self, command: Command) -> None:
         """Count a reply sent and the time from receipt to it, for $SRV.STATS."""
@@ -454,7 +462,7 @@ class Bus:
 
     async def publish(self, events: list[Event]) -> None:
         """Publish the events a batch caused, in order (a refused publish is counted and logged, never raised)."""
-        send = self._send
+        publish = self._publish
         encode = self._encode
         subjects = self._event_subjects
         witness = f"{self.prefix}.witness."
@@ -462,12 +470,20 @@ class Bus:
         for event in events:
             if isinstance(event, WitnessRecord):
                 data = encode(event)
-                await send(witness + event.operation, data, None, event.trace_id, "event")
+                subject = witness + event.operation
+                try:
+                    await publish(subject, data)
+                except Exception as exc:  # refused by the connection: counted, logged, the others still go
+                    self._failed("event", subject, exc, event.trace_id)
                 if debug:  # every witness record, one line each, at DEBUG (one per request: too many for INFO)
                     log.debug("%s %s", event.operation, data.decode(), extra={"trace_id": event.trace_id})
             else:
                 data = encode(event)
-                await send(subjects[type(event)], data, None, event.trace_id, "event")
+                subject = subjects[type(event)]
+                try:
+                    await publish(subject, data)
+                except Exception as exc:
+                    self._failed("event", subject, exc, event.trace_id)
                 # Breaker transitions and escalations: one line each at INFO (WARNING for a trip).
                 level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
                 log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})

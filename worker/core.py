@@ -178,7 +178,7 @@ class Governor:
         self._history_seq = 0  # records ever appended to each: the position of the next one (history cursors)
         self._resets_seq = 0
         self._events: list[Event] = []
-        self.identity: Identity | None = None
+        self.identity: Identity | msgspec.UnsetType = msgspec.UNSET
         """The authenticated sender of the command being applied (set around each command by `dispatch.apply`):
         it goes into that command's witness records, trip and reset events and reset history."""
         # kind -> event_id -> when applied, oldest first, one window per kind (so a flood of fresh cost ids never
@@ -190,7 +190,8 @@ class Governor:
         self.evicted: dict[str, int] = {}
         """Ids forgotten before their horizon because their kind's window was full (assignments under `assign`)."""
         # task_id -> (its assignments, when): a repeated assign within `policy.assign_window_s` gets them back.
-        self._tasks: OrderedDict[str, tuple[list[Assignment], float]] = OrderedDict()
+        self._tasks: OrderedDict[str, tuple[tuple[Assignment, ...], float]] = OrderedDict()
+        # (tuples of untracked Structs: the cyclic GC need not scan up to `dedupe_limit` of them)
         # Ids that were deregistered, with the breaker they had: the config's swarms seed the registry only with
         # ids never seen before, and a swarm deregistered while tripped comes back tripped (only a reset closes it).
         self._retired: dict[str, BreakerState | None] = {}
@@ -399,8 +400,11 @@ class Governor:
         """
         required = self._required(required_capabilities)
         tasks = self._tasks
-        self._bound("assign", tasks, now - self.policy.assign_window_s)
+        horizon = now - self.policy.assign_window_s
         prior = tasks.get(task_id)
+        if prior is not None and prior[1] < horizon:  # out of its window: forgotten
+            del tasks[task_id]
+            prior = None
         if prior is not None and reassign:
             del tasks[task_id]
             for earlier in prior[0]:
@@ -410,7 +414,7 @@ class Governor:
             return AssignReply(
                 task_id=task_id,
                 swarm_id=prior[0][0].swarm_id,
-                assignments=prior[0],
+                assignments=list(prior[0]),
                 duplicate=True,
                 trace_id=trace_id,
             )
@@ -492,8 +496,10 @@ class Governor:
         if rule is not None:
             params["rule"] = _rule_name(rule)
         self._witness("task_assigned", params, now, "INFO", trace_id)
-        tasks[task_id] = (assignments, now)
-        self._bound("assign", tasks, now - self.policy.assign_window_s)
+        tasks.pop(task_id, None)  # (a reassigned task goes to the end: the window is oldest first)
+        tasks[task_id] = (tuple(assignments), now)
+        if len(tasks) > self._dedupe_limit or next(iter(tasks.values()))[1] < horizon:
+            self._bound("assign", tasks, horizon)
         return AssignReply(
             task_id=task_id,
             swarm_id=best.swarm_id,
@@ -780,7 +786,9 @@ class Governor:
         if event_id in applied:
             return True
         applied[event_id] = now
-        self._bound(kind, applied, now - self._dedupe_horizon_s)
+        horizon = now - self._dedupe_horizon_s
+        if len(applied) > self._dedupe_limit or next(iter(applied.values())) < horizon:
+            self._bound(kind, applied, horizon)
         return False
 
     def _bound(self, kind: str, window: OrderedDict[str, Any], horizon: float) -> None:
@@ -1210,7 +1218,7 @@ class Governor:
             history_seq=self._history_seq,
             resets_seq=self._resets_seq,
             applied=[(kind, event_id, at) for kind, window in self._applied.items() for event_id, at in window.items()],
-            tasks=[(task_id, assignments, at) for task_id, (assignments, at) in self._tasks.items()],
+            tasks=[(task_id, list(assignments), at) for task_id, (assignments, at) in self._tasks.items()],
             retired=sorted(self._retired.items()),
             holds=[(task_id, swarm_id, m, exp) for (task_id, swarm_id), (m, exp) in self._holds.items()],
             policies={k: v for k, v in self.policies.items() if PRESETS.get(k) != v},
@@ -1259,7 +1267,7 @@ class Governor:
         core._resets_seq = max(state.resets_seq, len(state.resets))
         for kind, event_id, at in state.applied:
             core._applied.setdefault(kind, OrderedDict())[event_id] = at
-        core._tasks.update((task_id, (assignments, at)) for task_id, assignments, at in state.tasks)
+        core._tasks.update((task_id, (tuple(assignments), at)) for task_id, assignments, at in state.tasks)
         core._retired.update(state.retired)
         core.policies = {**PRESETS, **state.policies}
         core.rules = list(state.rules)

@@ -153,11 +153,13 @@ def apply(
     core: Governor, request: Request, now: float, trace_id: str, identity: Identity | None = None
 ) -> msgspec.Struct:
     """Apply one request to the core, sent by `identity`; return its reply or raise its GovernorError."""
+    if identity is None:  # the core's identity is unset between commands
+        return _APPLY[type(request)](core, request, now, trace_id)
     core.identity = identity
     try:
         return _APPLY[type(request)](core, request, now, trace_id)
     finally:
-        core.identity = None
+        core.identity = msgspec.UNSET
 
 
 def decode_entry(kind: str, body: bytes) -> Request | Configure:

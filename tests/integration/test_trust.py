@@ -193,7 +193,7 @@ class TestRequestInfo:
         assert status["budgets"][SIP] == -5.0
         assert SIP in status["breakers"]
         tracked = await recorder.wait_for("governor.witness.cost_tracked")
-        assert tracked[0]["identity"] is None
+        assert "identity" not in tracked[0]
 
     async def test_a_trusted_identity_is_recorded_and_roles_are_checked(
         self, start_worker: WorkerFactory, nc: Client, recorder: Recorder

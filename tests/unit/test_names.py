@@ -24,6 +24,7 @@ from schemas.requests import AssignRequest, CostRequest, RegisterRequest, ResetR
 from schemas.types import (
     BLANK,
     CAPABILITY_DEF_PATTERN,
+    CAPABILITY_NAME_PATTERN,
     INVISIBLE,
     NAME_PATTERN,
     SWARM_ID_PATTERN,
@@ -120,12 +121,12 @@ class TestRequestNames:
     def test_capability_with_trailing_newline_is_refused(self) -> None:
         """A required capability `integration:sip\\n` fails at its index in the list."""
         body = {**ASSIGN, "required_capabilities": ["integration:ndi", "integration:sip\n"]}
-        assert decode_error(AssignRequest, body) == refusal(NAME_PATTERN, "$.required_capabilities[1]")
+        assert decode_error(AssignRequest, body) == refusal(CAPABILITY_NAME_PATTERN, "$.required_capabilities[1]")
 
     def test_registered_capability_with_bidi_override_is_refused(self) -> None:
         """A swarm cannot register a capability holding a right-to-left override."""
         body = {**REGISTER, "capabilities": ["integration:\u202epis"]}
-        assert decode_error(RegisterRequest, body) == refusal(NAME_PATTERN, "$.capabilities[0]")
+        assert decode_error(RegisterRequest, body) == refusal(CAPABILITY_NAME_PATTERN, "$.capabilities[0]")
 
     @pytest.mark.parametrize("trace_id", ["a\r\nb", "a b", "\u202e1", "t\n", "x" * 129, ""], ids=ascii)
     def test_hostile_body_trace_id_is_refused(self, trace_id: str) -> None:
@@ -167,7 +168,11 @@ class TestConfigNames:
             ({"capabilities": ["integration:sip\n"]}, CAPABILITY_DEF_PATTERN, "$.capabilities[0]"),
             ({"governor": {"subject_prefix": "governor\n"}}, SUBJECT_PREFIX_PATTERN, "$.governor.subject_prefix"),
             ({"swarms": [{**REGISTER, "swarm_id": "sip\n"}]}, SWARM_ID_PATTERN, "$.swarms[0].swarm_id"),
-            ({"swarms": [{**REGISTER, "capabilities": ["\u200b"]}]}, NAME_PATTERN, "$.swarms[0].capabilities[0]"),
+            (
+                {"swarms": [{**REGISTER, "capabilities": ["\u200b"]}]},
+                CAPABILITY_NAME_PATTERN,
+                "$.swarms[0].capabilities[0]",
+            ),
             ({"rules": [{"match": "integration:*\n"}]}, NAME_PATTERN, "$.rules[0].match"),
             ({"rules": [{"match": "*", "models": ["sonnet\u202e"]}]}, NAME_PATTERN, "$.rules[0].models[0]"),
         ],
@@ -232,7 +237,7 @@ class TestCharacterClasses:
         """The refusal of a name at the longest request path fits the 512 characters of `Nats-Service-Error`."""
         body = {**REGISTER, "capabilities": ["integration:sip"] * 63 + ["\u200b"]}
         message = decode_error(RegisterRequest, body)
-        assert (message, len(message) <= 512) == (refusal(NAME_PATTERN, "$.capabilities[63]"), True)
+        assert (message, len(message) <= 512) == (refusal(CAPABILITY_NAME_PATTERN, "$.capabilities[63]"), True)
 
 
 @pytest.fixture
