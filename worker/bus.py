@@ -65,7 +65,7 @@ DESCRIPTION = "IF.governor: capability-aware task assignment and budget governan
 QUEUE_GROUP = "q"
 TRACE_HEADER = "X-IF-Trace-ID"
 MAX_TRACE_ID = 128
-YIELD_EVERY = 32
+YIELD_EVERY = 128
 """The intake lets the event loop run other tasks after this many requests in a row."""
 
 ENDPOINTS = REQUEST_TYPES
