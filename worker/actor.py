@@ -26,6 +26,7 @@ from worker.dispatch import READ_ONLY, apply
 from worker.errors import DeadlineExceeded, GovernorError, Unavailable
 from worker.ledger import Ledger, LedgerError, LedgerFenced, LedgerUnavailable, Write
 from worker.metrics import Metrics
+from worker.replay import catch_up, snapshot_of
 
 log = logging.getLogger("if_governor.actor")
 
@@ -366,7 +367,7 @@ class Actor:
         while True:
             self.turned = asyncio.get_running_loop().time()  # waiting for storage, not stuck
             try:
-                await self.ledger.catch_up(self.core, keep_events=True)
+                await catch_up(self.ledger, self.core, keep_events=True)
                 return  # events of a batch that landed after all are published with this batch's
             except Exception as exc:
                 log.warning("ledger not readable yet (%s); retrying in %.1fs", exc, delay)
@@ -379,7 +380,7 @@ class Actor:
         if self._snapshot_task is not None and not self._snapshot_task.done():
             return
         seq = self.ledger.seq
-        data = self.ledger.snapshot_bytes(self.core)
+        data = snapshot_of(self.ledger, self.core)
         assert self._writers is not None, "snapshots are taken while run() serves"
         self._snapshot_task = self._writers.create_task(self._save_snapshot(data, seq), name="governor-snapshot")
 

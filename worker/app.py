@@ -38,11 +38,12 @@ from worker.actor import Actor, Command, Mailbox
 from worker.bus import Bus
 from worker.config import connect_options, load_config, policy_of, profiles_of, redact
 from worker.core import Governor
-from worker.dispatch import register_request, replay
+from worker.dispatch import register_request, replay_command
 from worker.errors import ConfigError, GovernorError, InvalidRequest, Unavailable
 from worker.lease import Lease
-from worker.ledger import Ledger, LedgerGap, wait_for_jetstream
+from worker.ledger import Ledger, LedgerGap, decode_entry, wait_for_jetstream
 from worker.metrics import HttpEndpoint, Metrics
+from worker.replay import catch_up, recover, snapshot_of
 
 log = logging.getLogger("if_governor.worker")
 
@@ -383,8 +384,9 @@ class Worker:
         await lease.setup()
         g = self.config.governor
 
-        async def recover() -> Governor:
-            return await ledger.recover(
+        async def recovered() -> Governor:
+            return await recover(
+                ledger,
                 lambda: empty_core(self.config),
                 lambda state: Governor.from_state(
                     state,
@@ -397,13 +399,13 @@ class Worker:
         async def follow(core: Governor) -> Governor:
             """Replay what the ledger gained; a standby that fell behind its trimmed part starts from the snapshot."""
             try:
-                await ledger.catch_up(core)
+                await catch_up(ledger, core)
                 return core
             except LedgerGap as gap:
                 log.info("%s: recovering from the snapshot", gap)
-                return await recover()
+                return await recovered()
 
-        core = await recover()
+        core = await recovered()
         poll = min(0.5, lease.ttl / 4)
         while not await lease.try_acquire():
             if await self._sleep(poll):
@@ -503,7 +505,7 @@ class Worker:
             return
         await ledger.append(entries)
         for i, entry in enumerate(entries):  # their events stay in the core: published once serving starts
-            replay(core, entry.kind, entry.body, entry.now, entry.trace_id, entry.identity)
+            replay_command(core, decode_entry(entry.kind, entry.body), entry.now, entry.trace_id, entry.identity)
             if i % 500 == 499:
                 await asyncio.sleep(0)  # let the lease be renewed during a long first registration
         log.info("config reconciled into the ledger: %d entries", len(entries))
@@ -513,7 +515,7 @@ class Worker:
             return
         try:
             seq = ledger.seq
-            await asyncio.wait_for(ledger.save_snapshot(ledger.snapshot_bytes(core), seq), timeout=10)
+            await asyncio.wait_for(ledger.save_snapshot(snapshot_of(ledger, core), seq), timeout=10)
         except Exception as exc:
             log.warning("final snapshot not stored (%s): the next start replays the tail", exc)
 

@@ -31,6 +31,7 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from schemas.config import SecuritySection
 from schemas.discovery import EndpointInfo, EndpointStats, InfoResponse, PingResponse, StatsResponse
+from schemas.endpoints import ENDPOINTS as TABLE
 from schemas.events import (
     BreakerClosed,
     BreakerHalfOpen,
@@ -74,8 +75,8 @@ REQUEST_INFO_HEADER = "Nats-Request-Info"
 and user, as the server authenticated them."""
 REPLY_PREFIXES = ("_INBOX.", "_R_.")
 """Reply subjects always answered: nats clients' inboxes and the response mappings of service imports."""
-#: Requests that change breakers, the registry or the config: operators only.
-OPERATOR_ONLY = frozenset({"reset", "trip", "register", "deregister", "reload"})
+#: Requests that change breakers, the registry or the config: operators only (from the endpoint table).
+OPERATOR_ONLY = frozenset(e.name for e in TABLE if e.operator_only)
 #: Event type -> its subject under the prefix (witness records go to `<prefix>.witness.<operation>`).
 EVENT_SUBJECTS: dict[type[Any], str] = {
     BreakerTripped: "events.breaker.tripped",
@@ -86,7 +87,7 @@ EVENT_SUBJECTS: dict[type[Any], str] = {
 }
 
 #: Requests whose every field is optional: an empty body means `{}`.
-EMPTY_BODY_OK = frozenset({"status", "history"})
+EMPTY_BODY_OK = frozenset(e.name for e in TABLE if e.empty_body_ok)
 
 #: A decoding error at one of these fields gets a more precise code than `invalid_request`.
 _FIELD_ERRORS: dict[str, type[InvalidRequest]] = {

@@ -1,6 +1,8 @@
-"""From a decoded request to the core call that applies it: shared by the actor (live) and the ledger (replay).
+"""From a decoded request to the core call that applies it: shared by the actor (live) and replay
+(`worker.replay`, which reads the ledger's entries and applies them here).
 
-Each endpoint name (`kind`) has one request type and one decoder, built once. `apply` is the only translation of
+Each endpoint name (`kind`) has one request type (the endpoint table, `schemas.endpoints`) and one decoder,
+built once. `apply` is the only translation of
 request fields into core arguments, so a replayed command does exactly what the live one did.
 """
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.endpoints import ENDPOINTS
 from schemas.events import Identity
 from schemas.ledger import Configure, Reload
 from schemas.profiles import SwarmProfile
@@ -23,7 +26,6 @@ from schemas.requests import (
     FailureRequest,
     HistoryRequest,
     RegisterRequest,
-    ReloadRequest,
     Request,
     ResetRequest,
     StatusRequest,
@@ -33,30 +35,13 @@ from schemas.requests import (
 from worker.core import Governor
 from worker.errors import GovernorError
 
-#: Endpoint name -> request type. The subject is `<prefix>.<name>`.
-REQUEST_TYPES: dict[str, type[Request]] = {
-    "assign": AssignRequest,
-    "cost": CostRequest,
-    "reset": ResetRequest,
-    "trip": TripRequest,
-    "failure": FailureRequest,
-    "success": SuccessRequest,
-    "register": RegisterRequest,
-    "deregister": DeregisterRequest,
-    "reload": ReloadRequest,
-    "status": StatusRequest,
-    "history": HistoryRequest,
-}
-KIND_OF: dict[type[Request], str] = {t: k for k, t in REQUEST_TYPES.items()}
+#: Endpoint name -> request type (from the endpoint table). The subject is `<prefix>.<name>`.
+REQUEST_TYPES: dict[str, type[Request]] = {e.name: e.request for e in ENDPOINTS}
 
 #: Kinds that change nothing: never written to the ledger.
-READ_ONLY = frozenset({"status", "history"})
+READ_ONLY = frozenset(e.name for e in ENDPOINTS if not e.changes_state)
 
 DECODERS: dict[str, msgspec.json.Decoder[Any]] = {k: msgspec.json.Decoder(t) for k, t in REQUEST_TYPES.items()}
-_CONFIGURE = msgspec.json.Decoder(Configure)
-_RELOAD = msgspec.json.Decoder(Reload)
-#: Entry kind -> the decoder of its body: a ledger `reload` records the config as read, and `configure` is no request.
-_ENTRY_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {**DECODERS, "reload": _RELOAD, "configure": _CONFIGURE}
 
 
 def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgspec.Struct:
@@ -162,14 +147,6 @@ def apply(
         core.identity = msgspec.UNSET
 
 
-def decode_entry(kind: str, body: bytes) -> Request | Configure:
-    """The command a ledger entry records: KeyError when `kind` is not one the governor writes, msgspec.DecodeError
-    when the body is not that kind's request (the ledger quarantines such an entry's message instead of replaying it).
-    """
-    command: Request | Configure = _ENTRY_DECODERS[kind].decode(body)
-    return command
-
-
 def replay_command(
     core: Governor, command: Request | Configure, now: float, trace_id: str, identity: Identity | None = None
 ) -> None:
@@ -180,8 +157,3 @@ def replay_command(
             core.configure(command.policy, command.capabilities, command.policies, command.rules)
         else:
             apply(core, command, now, trace_id, identity)
-
-
-def replay(core: Governor, kind: str, body: bytes, now: float, trace_id: str, identity: Identity | None = None) -> None:
-    """Apply one ledger entry again (`decode_entry`, then `replay_command`)."""
-    replay_command(core, decode_entry(kind, body), now, trace_id, identity)

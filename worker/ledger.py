@@ -13,7 +13,8 @@ applies nothing that is not acknowledged, in ledger order.
     ├── LedgerGap           a reader fell behind the trimmed part: it must start again from the snapshot
     └── LedgerForeign       a message or snapshot the governor cannot replay (raised by `decode_message`)
 
-The state is the snapshot (a JetStream object store) plus the stream's tail after it; `catch_up` replays the tail.
+The state is the snapshot (a JetStream object store) plus the stream's tail after it. Storage never sees the core:
+`read_tail` yields the decoded commands and `load_snapshot` the stored state; `worker.replay` applies them.
 Snapshots are stored under their sequence and never overwritten; the two newest are kept, and the ledger entries up
 to the older one are purged (`trim`): the stream holds about two snapshot intervals, and a standby that fell
 further behind reloads the newest snapshot.
@@ -33,7 +34,8 @@ import contextlib
 import itertools
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -45,10 +47,9 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.object_store import OBJ_ALL_META_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
+from schemas.endpoints import ENTRY_TYPES
 from schemas.ledger import Configure, CoreState, LedgerBatch, LedgerEntry
 from schemas.requests import Request
-from worker.core import Governor
-from worker.dispatch import decode_entry, replay_command
 
 log = logging.getLogger("if_governor.ledger")
 
@@ -90,6 +91,17 @@ class LedgerForeign(LedgerError):
 
 _decode_batch = msgspec.json.Decoder(LedgerBatch).decode
 _decode_state = msgspec.msgpack.Decoder(CoreState).decode
+
+
+_ENTRY_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {k: msgspec.json.Decoder(t) for k, t in ENTRY_TYPES.items()}
+
+
+def decode_entry(kind: str, body: bytes) -> Request | Configure:
+    """The command a ledger entry records: KeyError when `kind` is not one the governor writes, msgspec.DecodeError
+    when the body is not that kind's request (the ledger quarantines such an entry's message instead of replaying it).
+    """
+    command: Request | Configure = _ENTRY_DECODERS[kind].decode(body)
+    return command
 
 
 def decode_message(data: bytes) -> list[tuple[LedgerEntry, Request | Configure]]:
@@ -381,24 +393,24 @@ class Ledger:
         info = await self.js.stream_info(self.stream)
         return int(info.state.last_seq)
 
-    async def catch_up(self, core: Governor, *, until: int | None = None, keep_events: bool = False) -> int:
-        """Replay every ledger message after `self.seq` (up to `until`, default: the stream's end) into `core`.
-
-        Returns how many messages were replayed (quarantined ones too: they are passed over, see `decode_message`).
-        Their events are dropped (history published them), unless `keep_events`: after a write that was not
-        acknowledged but landed, they were never published.
+    async def read_tail(
+        self, *, until: int | None = None
+    ) -> AsyncIterator[list[tuple[LedgerEntry, Request | Configure]]]:
+        """Every ledger message after `self.seq` (up to `until`, default: the stream's end), decoded: one list of
+        (entry, command) per message, in ledger order, for the caller to apply (`worker.replay`). Each message
+        counts as applied once it is yielded (`seq` moves on); a foreign one is quarantined and yielded empty.
+        `LedgerGap` when the stream no longer holds the next message (trimmed).
         """
         target = await self.last_sequence() if until is None else until
         if target <= self.seq:
             self.tail = self.seq
-            return 0
+            return
         sub = await self.js.subscribe(
             self.subject,
             stream=self.stream,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.seq + 1),
         )
-        replayed = 0
         try:
             while self.seq < target:
                 msg = await sub.next_msg(timeout=self.timeout)
@@ -412,46 +424,12 @@ class Ledger:
                 except LedgerForeign as foreign:
                     self._quarantine(seq, foreign.reason)
                     commands = []
-                for entry, command in commands:
-                    replay_command(core, command, entry.now, entry.trace_id, entry.identity)
-                if not keep_events:
-                    core.take_events()  # history already published them
                 self.seq = seq
                 self.entries_since_snapshot += 1
-                replayed += 1
+                yield commands
         finally:
             self.tail = self.seq
             await sub.unsubscribe()
-        return replayed
-
-    async def recover(
-        self, empty_core: Callable[[], Governor], from_state: Callable[[CoreState], Governor] = Governor.from_state
-    ) -> Governor:
-        """The state as of the ledger's end: the latest snapshot plus the tail after it.
-
-        A snapshot stored (and the ledger trimmed) between reading the snapshot and its tail leaves a gap: read the
-        newer snapshot then.
-        """
-        for attempt in range(1, RECOVER_ATTEMPTS + 1):
-            state = await self.load_snapshot()
-            if state is not None:
-                core = from_state(state)
-                self.seq = state.seq
-                log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
-            else:
-                core = empty_core()
-                self.seq = 0
-            try:
-                replayed = await self.catch_up(core)
-            except LedgerGap as gap:
-                if attempt == RECOVER_ATTEMPTS:
-                    raise
-                log.info("%s while recovering; reading the newer snapshot", gap)
-                continue
-            log.info("recovered to ledger sequence %d (%d messages replayed)", self.seq, replayed)
-            self.entries_since_snapshot = replayed
-            return core
-        raise AssertionError("unreachable")
 
     def _quarantine(self, seq: int, reason: str) -> None:
         """Log, count and report a message (or, with `seq` 0, a snapshot) that is passed over as foreign."""
@@ -466,10 +444,10 @@ class Ledger:
 
     # -- snapshots ------------------------------------------------------------------------------------------------
 
-    def snapshot_bytes(self, core: Governor) -> bytes:
-        """The core's state at the current sequence, compressed (computed by the core's owner, synchronously)."""
+    def snapshot_bytes(self, state: CoreState) -> bytes:
+        """A state (exported by the core's owner at `self.seq`, synchronously), compressed for `save_snapshot`."""
         self.entries_since_snapshot = 0
-        return zlib.compress(msgspec.msgpack.encode(core.export_state(self.seq)), 1)
+        return zlib.compress(msgspec.msgpack.encode(state), 1)
 
     async def save_snapshot(self, data: bytes, seq: int) -> None:
         """Store the snapshot taken at ledger sequence `seq` under a name of its own; keep the two newest snapshots

@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas import replies
+from schemas.endpoints import BY_NAME
 from schemas.events import (
     Event,
     WitnessRecord,
 )
-from schemas.replies import ErrorReply, Reply, SwarmReply
+from schemas.replies import ErrorReply
 from worker import bus
 from worker.bus import TRACE_HEADER, VERSION
 from worker.dispatch import REQUEST_TYPES
@@ -36,8 +36,6 @@ PREFIX = "governor"
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
-#: Replies whose name does not follow `<Kind>Request` -> `<Kind>Reply`.
-REPLY_OVERRIDES: dict[str, type[Reply]] = {"register": SwarmReply, "deregister": SwarmReply}
 
 #: Where each event is published, after `<prefix>.` (witness records go to `witness.<operation>`).
 EVENT_SUBJECTS = bus.EVENT_SUBJECTS
@@ -66,15 +64,9 @@ WITNESS_EXAMPLES = [
 # -- which types ----------------------------------------------------------------------------------------------
 
 
-def reply_type(kind: str) -> type[Reply]:
-    """The ok reply of endpoint `kind`: an override, else the `<Kind>Reply` of its `<Kind>Request`."""
-    if kind in REPLY_OVERRIDES:
-        return REPLY_OVERRIDES[kind]
-    name = REQUEST_TYPES[kind].__name__.removesuffix("Request") + "Reply"
-    found = getattr(replies, name, None)
-    if not (isinstance(found, type) and issubclass(found, Reply)):
-        raise LookupError(f"endpoint {kind!r}: no reply type {name!r} in schemas.replies; add it to REPLY_OVERRIDES")
-    return found
+def reply_type(kind: str) -> type[msgspec.Struct]:
+    """The ok reply of endpoint `kind`, from the endpoint table."""
+    return BY_NAME[kind].reply
 
 
 def event_types() -> list[type[Any]]:

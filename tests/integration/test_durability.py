@@ -37,6 +37,7 @@ from worker.core import Governor
 from worker.errors import Unavailable
 from worker.ledger import LEGACY_SNAPSHOT_NAME, Ledger, LedgerGap, snapshot_name, stream_name
 from worker.natsserver import NatsServer
+from worker.replay import catch_up, recover
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIAL = 1_000_000.0
@@ -456,8 +457,8 @@ class TestTrim:
             reader = Ledger(nc)  # a standby that had read nothing: the start of the ledger is gone
             await reader.setup()
             with pytest.raises(LedgerGap):
-                await reader.catch_up(Governor())
-            recovered = await reader.recover(Governor)
+                await catch_up(reader, Governor())
+            recovered = await recover(reader, Governor)
             assert recovered.get_budget_report() == before
         finally:
             await nc.close()

@@ -35,6 +35,8 @@ from worker.dispatch import register_request
 from worker.errors import Unavailable
 from worker.ledger import Ledger, LedgerGap, snapshot_name, stream_name
 from worker.natsserver import NatsServer
+from worker.replay import recover
+from worker.replay import snapshot_of as state_snapshot
 from worker.verify import Problem, verify
 
 pytestmark = pytest.mark.timeout(120)
@@ -320,11 +322,11 @@ class TestSnapshotFallback:
         await ledger.setup()
         await ledger.append([register()])
         await ledger.append([cost(1.0, "c1")])
-        core = await ledger.recover(Governor)
-        await ledger.save_snapshot(ledger.snapshot_bytes(core), ledger.seq)
+        core = await recover(ledger, Governor)
+        await ledger.save_snapshot(state_snapshot(ledger, core), ledger.seq)
         await ledger.append([cost(2.0, "c2")])
-        core = await ledger.recover(Governor)
-        await ledger.save_snapshot(ledger.snapshot_bytes(core), ledger.seq)
+        core = await recover(ledger, Governor)
+        await ledger.save_snapshot(state_snapshot(ledger, core), ledger.seq)
         await ledger.append([cost(4.0, "c4")])
         return ledger
 
@@ -337,7 +339,7 @@ class TestSnapshotFallback:
         seen: Reported = []
         reader = Ledger(nc, prefix="falltest", timeout=2.0, on_foreign=lambda seq, why: seen.append((seq, why)))
         await reader.setup()
-        core = await reader.recover(Governor)
+        core = await recover(reader, Governor)
         assert core.get_budget_report() == {"s1": 18.0}
         assert seen == [
             (
@@ -357,7 +359,7 @@ class TestSnapshotFallback:
         seen: Reported = []
         reader = Ledger(nc, prefix="falltest", timeout=2.0, on_foreign=lambda seq, why: seen.append((seq, why)))
         await reader.setup()
-        core = await reader.recover(Governor)
+        core = await recover(reader, Governor)
         assert core.get_budget_report() == {"s1": 18.0}
         assert seen == [
             (0, f"snapshot {snapshot_name(3)} does not decode: Expected `object`, got `int`"),
@@ -376,7 +378,7 @@ class TestSnapshotFallback:
         reader = Ledger(nc, prefix="falltest", timeout=2.0)
         await reader.setup()
         with pytest.raises(LedgerGap):
-            await reader.recover(Governor)
+            await recover(reader, Governor)
         assert reader.foreign == 6  # both snapshots, at each of the three attempts
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -14,9 +14,8 @@ from schemas.profiles import SwarmProfile
 from schemas.requests import CostRequest, StatusRequest
 from worker.actor import Actor, Command, Mailbox
 from worker.core import Governor
-from worker.dispatch import replay
 from worker.errors import GovernorError
-from worker.ledger import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, Write
+from worker.ledger import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, Write, decode_entry
 from worker.metrics import Metrics
 
 
@@ -47,16 +46,11 @@ class FakeLedger:
     def forget(self, write: Write) -> None:
         return None
 
-    async def catch_up(self, core: Governor, *, keep_events: bool = False) -> int:
-        replayed = 0
+    async def read_tail(self, *, until: int | None = None) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
         for message in self.stream[self.seq :]:
-            for entry in message:
-                replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
-            replayed += 1
-        self.seq = self.tail = len(self.stream)
-        if not keep_events:
-            core.take_events()
-        return replayed
+            self.seq += 1
+            yield [(entry, decode_entry(entry.kind, entry.body)) for entry in message]
+        self.tail = self.seq
 
 
 class Outbox:
@@ -172,15 +166,11 @@ class ManualLedger:
     def fail(self, i: int, error: Exception) -> None:
         self.writes[i][0].fail(error)  # type: ignore[arg-type]
 
-    async def catch_up(self, core: Governor, *, keep_events: bool = False) -> int:
+    async def read_tail(self, *, until: int | None = None) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
         for message in self.stream[self.seq :]:
-            for entry in message:
-                replay(core, entry.kind, entry.body, entry.now, entry.trace_id)
-        replayed = len(self.stream) - self.seq
-        self.seq = self.tail = len(self.stream)
-        if not keep_events:
-            core.take_events()
-        return replayed
+            self.seq += 1
+            yield [(entry, decode_entry(entry.kind, entry.body)) for entry in message]
+        self.tail = self.seq
 
 
 def status() -> Command:

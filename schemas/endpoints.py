@@ -1,0 +1,77 @@
+"""The endpoint table: every subject the governor serves, once.
+
+The bus's subscriptions and decoders, its checks (an empty body, operator-only subjects), what the actor writes to
+the ledger, what the ledger may replay, $SRV INFO and the contract export are all derived from this table. A new
+endpoint is one row here, its request and reply types, and the core call that `worker.dispatch` makes for it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+from schemas.ledger import Configure, Reload
+from schemas.replies import (
+    AssignReply,
+    CostReply,
+    FailureReply,
+    HistoryReply,
+    ReloadReply,
+    ResetReply,
+    StatusReply,
+    SuccessReply,
+    SwarmReply,
+    TripReply,
+)
+from schemas.requests import (
+    AssignRequest,
+    CostRequest,
+    DeregisterRequest,
+    FailureRequest,
+    HistoryRequest,
+    RegisterRequest,
+    ReloadRequest,
+    Request,
+    ResetRequest,
+    StatusRequest,
+    SuccessRequest,
+    TripRequest,
+)
+
+
+class Endpoint(NamedTuple):
+    """One subject, `<prefix>.<name>`."""
+
+    name: str
+    request: type[Request]
+    reply: type[msgspec.Struct]
+    changes_state: bool
+    """Written to the ledger before it is applied (reads are not)."""
+    empty_body_ok: bool = False
+    """An empty body means `{}` (every field of the request is optional)."""
+    operator_only: bool = False
+    """Reset, trip and registry or config changes: only the operators' accounts (SECURITY.md)."""
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("assign", AssignRequest, AssignReply, changes_state=True),
+    Endpoint("cost", CostRequest, CostReply, changes_state=True),
+    Endpoint("reset", ResetRequest, ResetReply, changes_state=True, operator_only=True),
+    Endpoint("trip", TripRequest, TripReply, changes_state=True, operator_only=True),
+    Endpoint("failure", FailureRequest, FailureReply, changes_state=True),
+    Endpoint("success", SuccessRequest, SuccessReply, changes_state=True),
+    Endpoint("register", RegisterRequest, SwarmReply, changes_state=True, operator_only=True),
+    Endpoint("deregister", DeregisterRequest, SwarmReply, changes_state=True, operator_only=True),
+    Endpoint("reload", ReloadRequest, ReloadReply, changes_state=True, operator_only=True),
+    Endpoint("status", StatusRequest, StatusReply, changes_state=False, empty_body_ok=True),
+    Endpoint("history", HistoryRequest, HistoryReply, changes_state=False, empty_body_ok=True),
+)
+BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
+
+#: What a ledger entry of each kind records: the request (a `reload` as the config was read), or a `configure`.
+ENTRY_TYPES: dict[str, type[msgspec.Struct]] = {
+    **{e.name: e.request for e in ENDPOINTS if e.changes_state},
+    "reload": Reload,
+    "configure": Configure,
+}

@@ -1,0 +1,70 @@
+"""Replaying the ledger into a core: the one place where what storage reads meets the decision core.
+
+Storage (`worker.ledger`) never imports the core: it yields decoded commands and stored states. This module applies
+them, in ledger order, through `worker.dispatch` (the same translation the actor uses live), so a replayed command
+does exactly what the live one did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from worker.core import Governor
+from worker.dispatch import replay_command
+from worker.ledger import RECOVER_ATTEMPTS, Ledger, LedgerGap
+
+log = logging.getLogger("if_governor.ledger")
+
+
+async def catch_up(ledger: Ledger, core: Governor, *, until: int | None = None, keep_events: bool = False) -> int:
+    """Apply every ledger message after `ledger.seq` (up to `until`, default: the stream's end) to `core`.
+
+    Returns how many messages were read (quarantined ones too: they are passed over). Their events are dropped
+    (history published them), unless `keep_events`: after a write that was not acknowledged but landed, they were
+    never published.
+    """
+    read = 0
+    async for commands in ledger.read_tail(until=until):
+        for entry, command in commands:
+            replay_command(core, command, entry.now, entry.trace_id, entry.identity)
+        if not keep_events:
+            core.take_events()
+        read += 1
+    return read
+
+
+async def recover(
+    ledger: Ledger, empty_core: Callable[[], Governor], from_state: Callable[..., Governor] = Governor.from_state
+) -> Governor:
+    """The state as of the ledger's end: the latest snapshot plus the tail after it.
+
+    A snapshot stored (and the ledger trimmed) between reading the snapshot and its tail leaves a gap: read the
+    newer snapshot then.
+    """
+    for attempt in range(1, RECOVER_ATTEMPTS + 1):
+        state = await ledger.load_snapshot()
+        if state is not None:
+            core = from_state(state)
+            ledger.seq = state.seq
+            log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
+        else:
+            core = empty_core()
+            ledger.seq = 0
+        try:
+            replayed = await catch_up(ledger, core)
+        except LedgerGap as gap:
+            if attempt == RECOVER_ATTEMPTS:
+                raise
+            log.info("%s while recovering; reading the newer snapshot", gap)
+            continue
+        log.info("recovered to ledger sequence %d (%d messages replayed)", ledger.seq, replayed)
+        ledger.entries_since_snapshot = replayed
+        return core
+    raise AssertionError("unreachable")
+
+
+def snapshot_of(ledger: Ledger, core: Governor) -> bytes:
+    """The core's state at the ledger's current sequence, ready for `ledger.save_snapshot` (taken synchronously,
+    by the core's owner, so that it is consistent)."""
+    return ledger.snapshot_bytes(core.export_state(ledger.seq))
