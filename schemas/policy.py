@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
@@ -47,8 +47,6 @@ class PolicyRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     models: list[ModelName] | None = None
     """Only swarms of these models may take such a task (none: any model)."""
 
-
-PresetName = Literal["strict", "permissive", "production"]
 
 PRESETS: dict[str, ResourcePolicy] = {
     "strict": ResourcePolicy(

@@ -45,6 +45,7 @@ from schemas.events import (
 from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from schemas.types import TRACE_ID_PATTERN, TraceId
+from worker import __version__
 from worker.actor import Command, Mailbox
 from worker.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
 from worker.errors import (
@@ -60,7 +61,7 @@ from worker.metrics import Metrics
 
 log = logging.getLogger("if_governor.bus")
 
-VERSION = "0.1.0"
+VERSION = __version__
 SERVICE = "governor"
 DESCRIPTION = "IF.governor: capability-aware task assignment and budget governance"
 QUEUE_GROUP = "q"
