@@ -1,4 +1,5 @@
-"""The operator commands for the features beyond the seed, against a worker on a real nats-server."""
+"""The operator commands for explanations, estimates, half-open recovery and reload, against a worker on a real
+nats-server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Beyond the seed: budget reservations, half-open recovery, soft-budget warnings, explanations, snapshots."""
+"""Budget reservations, half-open recovery, soft-budget warnings, explanations, snapshots, the reset history."""
 
 from __future__ import annotations
 
