@@ -91,7 +91,7 @@ class Deployment:
     def url(self) -> str:
         return self.server.url
 
-    def login(self, user: str) -> dict[str, str]:
+    def login(self, user: str) -> dict[str, Any]:
         """`nats.connect` keywords that log in as `user`."""
         return {"user": user, "password": self.passwords[user]}
 
@@ -166,7 +166,7 @@ async def connect(deployment: Deployment, user: str, listener: Listener, inbox_p
     )
 
 
-ALICE_GETS = ({"sip": 25.0}, [22.5, 21.0], [])
+ALICE_GETS: tuple[dict[str, float], list[float], list[Any]] = ({"sip": 25.0}, [22.5, 21.0], [])
 """What `alice_session` returns on a fresh governor."""
 
 

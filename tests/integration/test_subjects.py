@@ -274,7 +274,12 @@ class TestAssign:
     async def test_max_cost_absent_uses_policy(self, api: Api) -> None:
         """Without `max_cost` the policy's $10/h applies, so the $15/h SIP swarm does not qualify."""
         reply = await api.ok("assign", {"task_id": "t-3", "required_capabilities": ["integration:sip"]})
-        expected = {"task_id": "t-3", "swarm_id": None, "assignments": [], "reason": "no_qualified_swarm"}
+        expected: dict[str, Any] = {
+            "task_id": "t-3",
+            "swarm_id": None,
+            "assignments": [],
+            "reason": "no_qualified_swarm",
+        }
         assert project(reply, expected) == expected
 
     async def test_explain_lists_every_reason_code(self, start: Start, raw_api: Api) -> None:

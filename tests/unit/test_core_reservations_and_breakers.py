@@ -17,7 +17,9 @@ SIP = "integration:sip"
 PY = "code-analysis:python"
 
 
-def profile(swarm_id: str, *, budget: float = 25.0, cost: float = 2.0, rep: float = 0.9, caps: list[str] | None = None):
+def profile(
+    swarm_id: str, *, budget: float = 25.0, cost: float = 2.0, rep: float = 0.9, caps: list[str] | None = None
+) -> SwarmProfile:
     return SwarmProfile(
         swarm_id=swarm_id,
         capabilities=caps or [SIP],
