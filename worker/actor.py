@@ -176,6 +176,7 @@ class Actor:
         ledger: Ledger | None = None,
         snapshot_every: int = 10_000,
         entitled: Callable[[], bool] | None = None,
+        on_reload: Callable[[Command], None] | None = None,
     ) -> None:
         self.core = core
         self.mailbox = mailbox
@@ -188,6 +189,8 @@ class Actor:
         self.snapshot_every = snapshot_every
         self.fenced = False
         """Set when this process is no longer the ledger's owner: everything is answered `unavailable`."""
+        self.on_reload = on_reload
+        """Called with each reload command the core applied (the worker then takes its config as in force)."""
         self.entitled = entitled
         """Whether this process may still serve (its lease is valid by its own clock), asked once per batch: a
         process that was frozen past its lease answers nothing, not even a read, from its stale state."""
@@ -293,6 +296,8 @@ class Actor:
             request = command.request
             try:
                 results[i] = apply(core, request, now, command.trace_id, command.identity)
+                if command.kind == "reload" and self.on_reload is not None:
+                    self.on_reload(command)
             except GovernorError as error:
                 results[i] = error
             except Exception as error:  # a bug: answer, log with context, keep serving the others

@@ -128,6 +128,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
         self._supervisor: asyncio.Task[None] | None = None
+        self._pending_reload: tuple[Request, Config] | None = None  # read from the file, not applied yet
         self._background: set[asyncio.Task[None]] = set()  # witness records of quarantined ledger messages
         self.actor: Actor | None = None
         """The actor of the current (or last) term."""
@@ -291,6 +292,7 @@ class Worker:
             ledger=self.ledger,
             snapshot_every=self.config.ledger.snapshot_every,
             entitled=self._lease_held if self.durable else None,
+            on_reload=self._reloaded,
         )
         # The registry lives for the whole term: keep the cyclic GC from scanning it on every full collection
         # (with 100,000 swarms a full collection otherwise stalls the actor for tens of milliseconds).
@@ -532,8 +534,17 @@ class Worker:
             swarms=[register_request(p) for p in profiles_of(config)],
             trace_id=request.trace_id,
         )
-        self.config = config  # later reconciliations (e.g. after a lease change) use the file as now read
+        # Later reconciliations (e.g. after a lease change) use the file as now read, once the reload is applied:
+        # a reload the ledger refused changes nothing, the config this process reconciles with included.
+        self._pending_reload = (reload, config)
         return reload, msgspec.json.encode(reload)
+
+    def _reloaded(self, command: Command) -> None:
+        """A reload was applied (after the ledger took it): its config is the one in force from now on."""
+        pending = self._pending_reload
+        if pending is not None and pending[0] is command.request:
+            self.config = pending[1]
+            self._pending_reload = None
 
     def reload(self) -> bool:
         """Queue a reload of the config file (SIGHUP). False when not serving or the file is bad (logged)."""

@@ -12,6 +12,7 @@ import yaml
 from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
 from worker.client import GovernorClient
 from worker.config import load_config
+from worker.ledger import stream_name
 from worker.natsserver import NatsServer
 
 
@@ -76,3 +77,19 @@ class TestReload:
             assert restarted.ledger is not None and restarted.ledger.seq == seq  # no configure entry was needed
         finally:
             await nc.close()
+
+    async def test_a_reload_the_ledger_refused_leaves_the_config_in_force(
+        self, tmp_path: Path, start_worker: WorkerFactory, client: GovernorClient
+    ) -> None:
+        """With the ledger stream gone, a reload is answered `unavailable` and the worker keeps the config it had
+        (a later reconciliation will not bring in what was never applied); once the ledger takes it, it is in force."""
+        path = write(tmp_path / "governor.yaml")
+        worker = await start_worker(load_config(path), config_path=str(path))
+        write(tmp_path / "governor.yaml", governor={"max_cost_per_task": 42.0})
+        js = client.nc.jetstream()
+        await js.delete_stream(stream_name("governor"))
+        refused = msgspec.json.decode((await client.nc.request("governor.reload", b"{}", timeout=10)).data)
+        assert (refused["ok"], refused["error"]["code"]) == (False, "unavailable")
+        assert worker.config.governor.max_cost_per_task == 10.0
+        assert worker.actor is not None
+        assert worker.actor.core.policy.max_cost_per_task == 10.0
