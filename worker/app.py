@@ -47,6 +47,8 @@ from worker.replay import catch_up, recover, snapshot_of
 
 log = logging.getLogger("if_governor.worker")
 
+DRAIN_S = 30.0
+"""How long a stop may take to drain the term (the ledger's 5 s for acknowledgements, a 10 s snapshot, the lease)."""
 STUCK_AFTER_S = 10.0
 """A serving actor whose loop has not turned for this long (it turns at least every second) fails /healthz; for
 twice as long, its term ends and the lease is given up."""
@@ -212,9 +214,32 @@ class Worker:
                 raise RuntimeError("the governor stopped before it served")
 
     async def _shutdown(self) -> None:
+        """Stop: the supervisor drains the term (queued requests answered, writes settled, a snapshot, the lease
+        given up). A drain that takes longer than DRAIN_S is logged with where it waits, and cancelled."""
         self._stop.set()
-        if self._supervisor is not None:
+        if self._supervisor is None:
+            return
+        done, _ = await asyncio.wait([self._supervisor], timeout=DRAIN_S)
+        if not done:
+            log.error("stopping: still draining after %gs; it waits here:\n%s", DRAIN_S, self._stacks())
+            self._supervisor.cancel()
             await asyncio.wait([self._supervisor])
+
+    def _stacks(self) -> str:
+        """Where the supervisor and the actor wait now, down the chain of awaits (for a log line)."""
+        lines: list[str] = []
+        for task in (self._supervisor, self._actor_task):
+            if task is None or task.done():
+                continue
+            lines.append(f"{task.get_name()}:")
+            awaited: Any = task.get_coro()
+            while awaited is not None and hasattr(awaited, "cr_frame"):
+                frame = awaited.cr_frame
+                if frame is not None:
+                    code = frame.f_code
+                    lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+                awaited = awaited.cr_await
+        return "\n".join(lines)
 
     async def _connect(self, role: str) -> Client:
         """A connection for `role` ("" serves requests; "storage" and "lease" log in as `nats.storage` says)."""
@@ -263,7 +288,10 @@ class Worker:
         if not nc.is_closed:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=5)
-            await nc.close()
+            try:
+                await asyncio.wait_for(nc.close(), timeout=10)
+            except TimeoutError:
+                log.error("the connection to nats did not close within 10 s; left to the operating system")
         self.state = "stopped"
 
     async def _serve(self, core: Governor, term: asyncio.TaskGroup) -> tuple[Actor, asyncio.Task[None]]:

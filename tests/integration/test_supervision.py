@@ -193,3 +193,29 @@ class TestSupervision:
                 await owner
         assert "injected fault" in repr(raised.value)
         assert not worker.ready
+
+    async def test_a_stop_that_cannot_drain_is_bounded_and_says_where_it_waits(
+        self, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A stop whose drain does not finish within DRAIN_S (here an actor hung on a batch) logs where it waits,
+        cancels the drain, and the worker stops anyway."""
+        monkeypatch.setattr("worker.app.DRAIN_S", 1.0)
+        worker = Worker(config(), servers=[nats_server.url], metrics=Metrics(CollectorRegistry()))
+        await worker.__aenter__()
+
+        async def hang(self: Actor, batch: list[Command]) -> None:
+            await asyncio.Event().wait()
+
+        break_actors(worker, hang)
+        nc = await nats.connect(nats_server.url)
+        try:
+            hung = asyncio.ensure_future(nc.request("governor.assign", ASSIGN, timeout=10))
+            await asyncio.sleep(0.2)  # taken by the actor, which hangs on it
+            async with asyncio.timeout(15):
+                await worker.__aexit__(None, None, None)
+            hung.cancel()
+        finally:
+            await nc.close()
+        assert worker.state == "stopped"
+        draining = [r.getMessage() for r in caplog.records if "still draining" in r.getMessage()]
+        assert len(draining) == 1 and "in hang" in draining[0], draining
