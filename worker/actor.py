@@ -70,8 +70,6 @@ class Outbox(Protocol):
 
     async def publish(self, events: list[Event]) -> None: ...
 
-    async def flush(self) -> None: ...
-
 
 class Mailbox:
     """A bounded FIFO of commands with a single consumer. `put` never waits: a full mailbox refuses."""

@@ -490,9 +490,6 @@ class Bus:
                 level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
                 log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})
 
-    async def flush(self) -> None:
-        await self.nc.flush()
-
 
 class _NoRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Stands for a request that could not be decoded."""

@@ -26,7 +26,6 @@ class Indexed(Protocol):
     ordinal: int
     capabilities: list[str]
     value: float
-    cost_per_hour: float
 
 
 class CapabilityIndex:

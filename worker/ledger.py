@@ -393,15 +393,13 @@ class Ledger:
         info = await self.js.stream_info(self.stream)
         return int(info.state.last_seq)
 
-    async def read_tail(
-        self, *, until: int | None = None
-    ) -> AsyncIterator[list[tuple[LedgerEntry, Request | Configure]]]:
-        """Every ledger message after `self.seq` (up to `until`, default: the stream's end), decoded: one list of
+    async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Request | Configure]]]:
+        """Every ledger message after `self.seq`, to the stream's end, decoded: one list of
         (entry, command) per message, in ledger order, for the caller to apply (`worker.replay`). Each message
         counts as applied once it is yielded (`seq` moves on); a foreign one is quarantined and yielded empty.
         `LedgerGap` when the stream no longer holds the next message (trimmed).
         """
-        target = await self.last_sequence() if until is None else until
+        target = await self.last_sequence()
         if target <= self.seq:
             self.tail = self.seq
             return

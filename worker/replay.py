@@ -17,15 +17,15 @@ from worker.ledger import RECOVER_ATTEMPTS, Ledger, LedgerGap
 log = logging.getLogger("if_governor.ledger")
 
 
-async def catch_up(ledger: Ledger, core: Governor, *, until: int | None = None, keep_events: bool = False) -> int:
-    """Apply every ledger message after `ledger.seq` (up to `until`, default: the stream's end) to `core`.
+async def catch_up(ledger: Ledger, core: Governor, *, keep_events: bool = False) -> int:
+    """Apply every ledger message after `ledger.seq`, to the stream's end, to `core`.
 
     Returns how many messages were read (quarantined ones too: they are passed over). Their events are dropped
     (history published them), unless `keep_events`: after a write that was not acknowledged but landed, they were
     never published.
     """
     read = 0
-    async for commands in ledger.read_tail(until=until):
+    async for commands in ledger.read_tail():
         for entry, command in commands:
             replay_command(core, command, entry.now, entry.trace_id, entry.identity)
         if not keep_events:

@@ -46,7 +46,7 @@ class FakeLedger:
     def forget(self, write: Write) -> None:
         return None
 
-    async def read_tail(self, *, until: int | None = None) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
+    async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
         for message in self.stream[self.seq :]:
             self.seq += 1
             yield [(entry, decode_entry(entry.kind, entry.body)) for entry in message]
@@ -166,7 +166,7 @@ class ManualLedger:
     def fail(self, i: int, error: Exception) -> None:
         self.writes[i][0].fail(error)  # type: ignore[arg-type]
 
-    async def read_tail(self, *, until: int | None = None) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
+    async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
         for message in self.stream[self.seq :]:
             self.seq += 1
             yield [(entry, decode_entry(entry.kind, entry.body)) for entry in message]
