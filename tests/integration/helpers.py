@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -24,6 +27,29 @@ async def answering(nc: Client, prefix: str = "governor", timeout: float = 5.0) 
                 return
             except NoRespondersError:
                 continue
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn_worker(
+    nats_url: str, config: Path, log_file: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m worker run` on `config` against `nats_url` in a child process of its own session (so signals to
+    it reach no one else), its output appended to `log_file`, killed if the test process dies."""
+    from worker.natsserver import _die_with_parent
+
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--nats-url", nats_url, "--config", str(config)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

@@ -15,7 +15,6 @@ import re
 import secrets
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from schemas.ledger import Configure, LedgerBatch, LedgerEntry, Reload
-from tests.integration.helpers import stop_process
+from tests.integration.helpers import spawn_worker, stop_process
 from worker.app import Worker
 from worker.client import GovernorClient
 from worker.dispatch import DECODERS
@@ -277,18 +276,7 @@ def write_worker_config(server: ShippedServer, path: Path, swarms: list[dict[str
 
 def start_worker_process(server: ShippedServer, config: Path, log_file: Path) -> WorkerProcess:
     """Start `governor run` on `config` against the shipped server (the URL carries no credentials)."""
-    with log_file.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--config", str(config), "--nats-url", server.url],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    return WorkerProcess(process, log_file)
+    return WorkerProcess(spawn_worker(server.url, config, log_file), log_file)
 
 
 async def wait_answering(client: GovernorClient, worker: WorkerProcess | None = None) -> None:

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import zlib
 from collections import Counter
@@ -30,7 +29,7 @@ from nats.aio.msg import Msg
 
 from schemas.config import LedgerSection
 from tests.conftest import SEED_SWARMS, make_config
-from tests.integration.helpers import answering
+from tests.integration.helpers import answering, spawn_worker
 from worker.app import Worker
 from worker.client import GovernorClient
 from worker.core import Governor
@@ -78,16 +77,7 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, "IF_GOVERNOR_METRICS_PORT": "0"}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run", "--nats-url", self.url, "--config", str(self.config)],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self.process = spawn_worker(self.url, self.config, self.log, env={"IF_GOVERNOR_METRICS_PORT": "0"})
         return self
 
     def kill(self) -> None:

@@ -8,10 +8,8 @@ The worker runs as `python -m worker run` in its own process so that its memory 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ import yaml
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
 
-from tests.integration.helpers import stop_process
+from tests.integration.helpers import spawn_worker, stop_process
 from worker.natsserver import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,17 +115,7 @@ def start_worker_process(tmp_path: Path, nats_url: str, mailbox: int | None = MA
         )
     )
     log_file = tmp_path / "worker.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--nats-url", nats_url, "--config", str(config)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return WorkerProcess(process, metrics_port, log_file)
+    return WorkerProcess(spawn_worker(nats_url, config, log_file), metrics_port, log_file)
 
 
 @pytest.fixture(params=[MAILBOX, None], ids=["mailbox-8", "default-config"])
