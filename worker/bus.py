@@ -307,21 +307,29 @@ class Bus:
             ) as exc:
                 error = exc if isinstance(exc, (InvalidRequest, Forbidden)) else decode_error(exc)
                 trace = header_trace if header_trace and _safe_trace(header_trace) else None
-                trace = trace or _body_trace_id(data) or self.new_trace_id()
-                await self.reply_error(Command(_NO_REQUEST, reply, trace, subject, received, name), error)
+                if trace is None and len(data) <= max_bytes:  # an oversized body is not parsed, not even for this
+                    trace = _body_trace_id(data)
+                trace = trace or self.new_trace_id()
+                await self.reply_error(
+                    Command(_NO_REQUEST, reply, trace, subject, received, name, identity=identity), error
+                )
                 return
             trace_id = header_trace or request.trace_id or self.new_trace_id()
             if require_approver:
                 try:
                     self._check_approver(request, identity)
                 except Forbidden as error:
-                    await self.reply_error(Command(request, reply, trace_id, subject, received, name), error)
+                    await self.reply_error(
+                        Command(request, reply, trace_id, subject, received, name, identity=identity), error
+                    )
                     return
             if prepare is not None:
                 try:
                     request, data = prepare(request)
                 except GovernorError as error:
-                    await self.reply_error(Command(request, reply, trace_id, subject, received, name), error)
+                    await self.reply_error(
+                        Command(request, reply, trace_id, subject, received, name, identity=identity), error
+                    )
                     return
             elif writes:  # the ledger records the request in its compact canonical form, never the bytes as sent
                 data = encode(request)
@@ -457,6 +465,7 @@ class Bus:
             timestamp=self.clock(),
             severity="INFO",
             trace_id=command.trace_id,
+            identity=command.identity if command.identity is not None else msgspec.UNSET,
         )
         await self._send(
             f"{self.prefix}.witness.request_rejected", self._encode(record), None, record.trace_id, "event"

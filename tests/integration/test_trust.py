@@ -200,10 +200,13 @@ class TestRequestInfo:
     ) -> None:
         """With `trust_request_info`, the stamped user and account go into the witness record, the reset event and
         the history (also after a restart replays the ledger); a reset from a non-operator account, without a
-        stamp, or naming another approver (with `require_authenticated_approver`) is refused."""
+        stamp, or naming another approver (with `require_authenticated_approver`) is refused, and the refusal's
+        witness record names who sent it."""
         settings = {"trust_request_info": True, "operator_accounts": ["OPS"], "require_authenticated_approver": True}
         first = await start_worker(config(**settings))
         coordinator = {"acc": "COORD", "user": "coordinator"}
+        coordinator_identity = {"account": "COORD", "user": "coordinator"}
+        operator_identity = {"account": "OPS", "user": "operator"}
         await request(nc, "governor.cost", {"swarm_id": SIP, "operation": "op", "cost": 30.0}, info_header(coordinator))
         reset = {"swarm_id": SIP, "new_budget": 40.0, "approved_by": "operator"}
         refused = [
@@ -212,6 +215,8 @@ class TestRequestInfo:
             await request(nc, "governor.reset", {**reset, "approved_by": "mallory"}, info_header(OPERATOR)),
         ]
         assert [(r["ok"], r["error"]["code"]) for r in refused] == [(False, "forbidden")] * 3
+        rejected = await recorder.wait_for("governor.witness.request_rejected", 3)
+        assert [r.get("identity") for r in rejected] == [coordinator_identity, None, operator_identity]
         assert (await request(nc, "governor.reset", reset, info_header(OPERATOR)))["ok"] is True
 
         identity = {"account": "OPS", "user": "operator"}
