@@ -662,6 +662,9 @@ class TestStorageLogin:
                 await worker.__aexit__(None, None, None)
             restarted = await start_governor(server, SWARMS)
             try:
+                # The operator's connection predates this worker: wait out the known no-responders blink while the
+                # new subscriptions' interest reaches it (tests/integration/helpers.py, `answering`).
+                await wait_answering(operator.client())
                 status = await operator.client().status()
                 assert (status.budgets, status.breakers) == ({"sip": 40.0, "ndi": 23.87}, {})
                 assert (server.violations("governor"), server.violations(STORAGE_USER)) == ([], [])
