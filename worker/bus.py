@@ -40,6 +40,7 @@ from schemas.events import (
     Escalation,
     Event,
     Identity,
+    Severity,
     WitnessRecord,
 )
 from schemas.replies import ErrorBody, ErrorReply
@@ -239,7 +240,7 @@ class Bus:
         if not reply:
             return
         if not reply.startswith(self.reply_prefixes):
-            await self.refuse_reply_subject("", msg.subject, reply, msg.data)
+            await self.refuse_reply_subject("", msg.subject, reply)
             return
         await self._send(reply, self._encode(body), None, "", "discovery")
 
@@ -276,7 +277,7 @@ class Bus:
             data = msg.data
             reply = msg.reply
             if reply and not reply.startswith(reply_prefixes):
-                await self.refuse_reply_subject(name, subject, reply, data)
+                await self.refuse_reply_subject(name, subject, reply)
                 return
             identity: Identity | None = None
             try:
@@ -368,31 +369,11 @@ class Bus:
             user = identity.user if identity is not None else None
             raise Forbidden(f"{claimed!r} is not the authenticated user ({user!r}): name yourself")
 
-    async def refuse_reply_subject(self, kind: str, subject: str, reply: str, data: bytes) -> None:
+    async def refuse_reply_subject(self, kind: str, subject: str, reply: str) -> None:
         """A request whose reply subject is no inbox: not answered (the reply could land in the governor's own
         storage or event subjects, sent with its credentials), counted and witnessed."""
-        code = "reply_subject_refused"
-        self.metrics.rejected.labels(code).inc()
-        if kind in self._errors:
-            self._errors[kind] += 1
-            self._last_error[kind] = f"{code}: {reply[:128]}"
-        trace_id = self.new_trace_id()
-        if log.isEnabledFor(logging.DEBUG):  # like every refusal: witnessed and counted, logged at DEBUG only
-            log.debug(
-                "not answered: %s with reply subject %r (no inbox)", subject, reply[:128], extra={"trace_id": trace_id}
-            )
-        record = WitnessRecord(
-            operation="request_rejected",
-            params={
-                "subject": subject,
-                "code": code,
-                "message": f"reply subject {reply[:128]!r} is no inbox: not answered",
-            },
-            timestamp=self.clock(),
-            severity="MEDIUM",
-            trace_id=trace_id,
-        )
-        await self._send(f"{self.prefix}.witness.request_rejected", self._encode(record), None, trace_id, "event")
+        message = f"reply subject {reply[:128]!r} is no inbox: not answered"
+        await self._refused(kind, subject, "reply_subject_refused", message, self.new_trace_id(), None, "MEDIUM")
 
     # -- effects ----------------------------------------------------------------------------------------------
 
@@ -441,15 +422,6 @@ class Bus:
 
     async def reply_error(self, command: Command, error: GovernorError) -> None:
         """The one place that turns an error into an error reply, counts it and witnesses it."""
-        self.metrics.rejected.labels(error.code).inc()
-        kind = command.kind
-        if kind in self._errors:
-            self._errors[kind] += 1
-            self._last_error[kind] = f"{error.code}: {error.message}"
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "refused %s: %s: %s", command.subject, error.code, error.message, extra={"trace_id": command.trace_id}
-            )
         if command.reply_to:
             body = ErrorReply(error=ErrorBody(code=error.code, message=error.message), trace_id=command.trace_id)
             headers = {
@@ -459,17 +431,36 @@ class Bus:
             }
             if await self._send(command.reply_to, self._encode(body), headers, command.trace_id, "reply"):
                 self._replied(command)
+        await self._refused(
+            command.kind, command.subject, error.code, error.message, command.trace_id, command.identity, "INFO"
+        )
+
+    async def _refused(
+        self,
+        kind: str,
+        subject: str,
+        code: str,
+        message: str,
+        trace_id: str,
+        identity: Identity | None,
+        severity: Severity,
+    ) -> None:
+        """Count a refusal (metrics and $SRV.STATS), log it at DEBUG and witness it (`request_rejected`)."""
+        self.metrics.rejected.labels(code).inc()
+        if kind in self._errors:
+            self._errors[kind] += 1
+            self._last_error[kind] = f"{code}: {message}"
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("refused %s: %s: %s", subject, code, message, extra={"trace_id": trace_id})
         record = WitnessRecord(
             operation="request_rejected",
-            params={"subject": command.subject, "code": error.code, "message": error.message},
+            params={"subject": subject, "code": code, "message": message},
             timestamp=self.clock(),
-            severity="INFO",
-            trace_id=command.trace_id,
-            identity=command.identity if command.identity is not None else msgspec.UNSET,
+            severity=severity,
+            trace_id=trace_id,
+            identity=identity if identity is not None else msgspec.UNSET,
         )
-        await self._send(
-            f"{self.prefix}.witness.request_rejected", self._encode(record), None, record.trace_id, "event"
-        )
+        await self._send(f"{self.prefix}.witness.request_rejected", self._encode(record), None, trace_id, "event")
 
     async def publish(self, events: list[Event]) -> None:
         """Publish the events a batch caused, in order (a refused publish is counted and logged, never raised)."""
