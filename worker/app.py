@@ -36,7 +36,7 @@ from schemas.policy import PRESETS
 from schemas.requests import ReloadRequest, Request
 from worker.actor import Actor, Command, Mailbox
 from worker.bus import Bus
-from worker.config import connect_options, load_config, policy_of, profiles_of, redact
+from worker.config import connect_options, load_config, policy_of, profiles_of, redact, without_userinfo
 from worker.core import Governor
 from worker.dispatch import register_request, replay_command
 from worker.errors import ConfigError, GovernorError, InvalidRequest, Unavailable
@@ -247,7 +247,7 @@ class Worker:
         servers = self.servers
         storage = bool(role) and nats_config.storage is not None
         if storage:  # user-info in a URL would win over the storage login
-            servers = [_without_userinfo(u) for u in servers]
+            servers = [without_userinfo(u) for u in servers]
         timeout = nats_config.connect_timeout_s
         which = f"nats ({role} connection)" if role else "nats"
         nc = Client()
@@ -612,8 +612,3 @@ def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     """The first exception that is not a group (the actor's own task group wraps what killed it)."""
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _without_userinfo(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}://{rest.split('@', 1)[1]}" if sep and "@" in rest else url

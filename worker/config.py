@@ -222,7 +222,13 @@ def connect_options(nats_config: NatsSection, *, storage: bool = False) -> dict[
 
 def redact(url: str) -> str:
     """A NATS URL without its user-info (user, password or token), for logs and messages."""
+    return without_userinfo(url, "***@")
+
+
+def without_userinfo(url: str, mask: str = "") -> str:
+    """A NATS URL with its user-info (user, password or token) replaced by `mask` (nothing: the URL of a connection
+    that logs in otherwise)."""
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return f"{scheme}://{mask}{rest.split('@', 1)[1]}"
