@@ -276,7 +276,7 @@ class Governor:
     ) -> SwarmReply:
         """Register a new swarm. An existing id is refused: registration never restores budget or a breaker. A
         retry with the same `event_id` is answered as the first was (`duplicate`) and changes nothing."""
-        if event_id is not None and event_id in self._applied.get("register", ()):
+        if self._applied_already("register", event_id):
             return SwarmReply(swarm_id=profile.swarm_id, duplicate=True, trace_id=trace_id)
         if profile.swarm_id in self._swarms:
             raise AlreadyRegistered(f"swarm {profile.swarm_id!r} is already registered")
@@ -313,7 +313,7 @@ class Governor:
     ) -> SwarmReply:
         """Remove a swarm; it gets no more work and its budget is forgotten (a retry with the same `event_id` is
         answered `duplicate`)."""
-        if event_id is not None and event_id in self._applied.get("deregister", ()):
+        if self._applied_already("deregister", event_id):
             return SwarmReply(swarm_id=swarm_id, duplicate=True, trace_id=trace_id)
         swarm = self._get(swarm_id)
         self._seen("deregister", event_id, now)
@@ -776,6 +776,11 @@ class Governor:
 
     # -- budgets and breakers -----------------------------------------------------------------------------
 
+    def _applied_already(self, kind: str, event_id: str | None) -> bool:
+        """Whether this event id of this kind was applied (within its window), without remembering it: for
+        requests that check for a retry before they validate, and remember the id (`_seen`) only once valid."""
+        return event_id is not None and event_id in self._applied.get(kind, ())
+
     def _seen(self, kind: str, event_id: str | None, now: float) -> bool:
         """True when this event id was applied already; otherwise remember it (bounded, oldest forgotten)."""
         if event_id is None:
@@ -910,7 +915,7 @@ class Governor:
         swarm = self._get(swarm_id)
         if reason not in MANUAL_TRIP_REASONS:
             raise InvalidRequest(f"reason must be one of {sorted(MANUAL_TRIP_REASONS)}, got {reason!r}")
-        if event_id is not None and event_id in self._applied.get("trip", ()):
+        if self._applied_already("trip", event_id):
             return TripReply(swarm_id=swarm_id, duplicate=True, trace_id=trace_id)
         if swarm.breaker is not None:
             raise AlreadyTripped(f"swarm {swarm_id!r} is already tripped ({swarm.breaker.reason})")
@@ -1053,7 +1058,7 @@ class Governor:
     ) -> ResetReply:
         """A named human closes a tripped breaker and allocates a new budget."""
         swarm = self._get(swarm_id)
-        if event_id is not None and event_id in self._applied.get("reset", ()):
+        if self._applied_already("reset", event_id):
             return ResetReply(swarm_id=swarm_id, remaining=to_usd(swarm.budget), duplicate=True, trace_id=trace_id)
         if swarm.breaker is None:
             raise NotTripped(f"swarm {swarm_id!r} is not tripped; nothing to reset")
