@@ -31,6 +31,21 @@ async def answering(nc: Client, prefix: str = "governor", timeout: float = 5.0) 
 
 REPO = Path(__file__).resolve().parents[2]
 
+#: The governor's own subjects a hostile request may name as its reply subject, to have the governor's answer sent,
+#: with its credentials, into its ledger, lease key, snapshot store, the JetStream API, its events, its witness
+#: records or its request subjects (the attack tests on both server configs start from these).
+GOVERNOR_REPLY_TARGETS = (
+    "governor.ledger",
+    "$KV.GOVERNOR_LEDGER_LEASE.holder",
+    "$O.GOVERNOR_LEDGER_SNAPSHOTS.C.x",
+    "$JS.API.STREAM.DELETE.GOVERNOR_LEDGER",
+    "$JS.API.STREAM.PURGE.GOVERNOR_LEDGER",
+    "governor.events.breaker.reset",
+    "governor.events.escalation",
+    "governor.witness.circuit_breaker_reset",
+    "governor.cost",
+)
+
 
 def spawn_worker(
     nats_url: str, config: Path, log_file: Path, *, env: dict[str, str] | None = None

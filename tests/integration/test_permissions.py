@@ -26,7 +26,7 @@ from schemas.events import BreakerReset, BreakerTripped, Escalation
 from schemas.ledger import LedgerEntry
 from schemas.profiles import SwarmProfile
 from schemas.replies import StatusReply
-from tests.integration.helpers import stop_process
+from tests.integration.helpers import GOVERNOR_REPLY_TARGETS, stop_process
 from tests.integration.shipped import (
     REPO,
     STORAGE_LOGIN_USERS,
@@ -93,18 +93,7 @@ REQUEST_SUBJECTS = tuple(ENDPOINTS)
 
 #: Reply subjects that would aim the governor's answer at its own storage, the JetStream API, its event and witness
 #: subjects or its request subjects, were the reply sent where the requester says.
-HOSTILE_REPLIES = (
-    "governor.ledger",
-    "$KV.GOVERNOR_LEDGER_LEASE.holder",
-    "$O.GOVERNOR_LEDGER_SNAPSHOTS.C.x",
-    "$JS.API.STREAM.DELETE.GOVERNOR_LEDGER",
-    "$JS.API.STREAM.PURGE.GOVERNOR_LEDGER",
-    "governor.events.breaker.reset",
-    "governor.events.escalation",
-    "governor.witness.circuit_breaker_reset",
-    "governor.cost",
-    "governor.reset",
-)
+HOSTILE_REPLIES = (*GOVERNOR_REPLY_TARGETS, "governor.reset")
 ATTACK_COST = 0.01
 #: (subject, body) of the requests sent with each hostile reply subject: a read, two writes and discovery.
 ATTACKS: tuple[tuple[str, dict[str, Any] | None], ...] = (

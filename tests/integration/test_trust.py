@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from schemas.config import Config
 from schemas.ledger import LedgerBatch
 from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
+from tests.integration.helpers import GOVERNOR_REPLY_TARGETS
 from worker.app import Worker
 from worker.ledger import stream_name
 from worker.natsserver import NatsServer
@@ -28,18 +29,7 @@ from worker.natsserver import NatsServer
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
 #: Reply subjects that aim the governor's answer at its own storage, the JetStream API or its event subjects.
-HOSTILE_REPLIES = (
-    "governor.ledger",
-    "$KV.GOVERNOR_LEDGER_LEASE.holder",
-    "$O.GOVERNOR_LEDGER_SNAPSHOTS.C.forged",
-    "$JS.API.STREAM.DELETE.GOVERNOR_LEDGER",
-    "$JS.API.STREAM.PURGE.GOVERNOR_LEDGER",
-    "governor.events.breaker.reset",
-    "governor.events.escalation",
-    "governor.witness.circuit_breaker_reset",
-    "governor.cost",
-    "_INBOXX.lookalike",
-)
+HOSTILE_REPLIES = (*GOVERNOR_REPLY_TARGETS, "_INBOXX.lookalike")
 #: (subject, body) of the requests sent with each hostile reply subject: a read, a write and discovery.
 ATTACKS: tuple[tuple[str, dict[str, Any] | None], ...] = (
     ("governor.status", {}),
