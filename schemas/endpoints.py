@@ -2,7 +2,7 @@
 
 The bus's subscriptions and decoders, its checks (an empty body, operator-only subjects), what the actor writes to
 the ledger, what the ledger may replay, $SRV INFO and the contract export are all derived from this table. A new
-endpoint is one row here, its request and reply types, and the core call that `worker.dispatch` makes for it.
+endpoint is one row here, its request and reply types, and the core call that `worker.service.dispatch` makes for it.
 """
 
 from __future__ import annotations

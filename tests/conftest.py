@@ -15,10 +15,10 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
-from worker.app import Worker
 from worker.client import GovernorClient
-from worker.metrics import Metrics
-from worker.natsserver import NatsServer
+from worker.ops.metrics import Metrics
+from worker.ops.natsserver import NatsServer
+from worker.service.app import Worker
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ class GovernorClient:
         `inbox_prefix`: replies come to `<inbox_prefix>.…` instead of nats-py's `_INBOX.…`, so the server can keep
         them to this user; a prefix that is not dot-separated subject tokens raises ValueError before connecting.
         `options` go to `nats.connect` (e.g. `user_credentials`, `nkeys_seed`, `token`, `tls`): see
-        `worker.config.connect_options`. `retry_for`: see the constructor.
+        `worker.service.config.connect_options`. `retry_for`: see the constructor.
         """
         if inbox_prefix is not None:
             if not _INBOX_PREFIX.search(inbox_prefix):

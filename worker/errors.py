@@ -1,4 +1,4 @@
-"""The governor's in-process errors. Each one becomes an error reply on the wire, in one place (`worker.bus`).
+"""The governor's in-process errors. Each one becomes an error reply on the wire, in one place (`worker.service.bus`).
 
 GovernorError                 code                  Nats-Service-Error-Code
 ├── InvalidRequest            invalid_request       400

@@ -52,7 +52,7 @@ def spawn_worker(
 ) -> subprocess.Popen[bytes]:
     """`python -m worker run` on `config` against `nats_url` in a child process of its own session (so signals to
     it reach no one else), its output appended to `log_file`, killed if the test process dies."""
-    from worker.natsserver import _die_with_parent
+    from worker.ops.natsserver import _die_with_parent
 
     with log_file.open("ab") as log:
         return subprocess.Popen(

@@ -33,12 +33,12 @@ from prometheus_client import CollectorRegistry
 from schemas.config import Config
 from schemas.ledger import Configure, LedgerBatch, LedgerEntry, Reload
 from tests.integration.helpers import spawn_worker, stop_process
-from worker.app import Worker
 from worker.client import GovernorClient
-from worker.dispatch import DECODERS
-from worker.ledger import stream_name
-from worker.metrics import Metrics
-from worker.natsserver import _die_with_parent, free_port, nats_server_binary
+from worker.ops.metrics import Metrics
+from worker.ops.natsserver import _die_with_parent, free_port, nats_server_binary
+from worker.service.app import Worker
+from worker.service.dispatch import DECODERS
+from worker.storage.journal import stream_name
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "deploy" / "nats-server.conf"
@@ -136,7 +136,7 @@ def start_shipped_server(tmp_path: Path, *, storage_login: bool = False) -> Ship
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # no server outlives a test run that was killed (as worker.natsserver does)
+        preexec_fn=_die_with_parent,  # no server outlives a test run that was killed (as worker.ops.natsserver does)
     )
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:

@@ -33,12 +33,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
-from worker.app import Worker
-from worker.cli import main as governor_cli
 from worker.client import GovernorClient
-from worker.config import connect_options, load_config
-from worker.metrics import Metrics
-from worker.natsserver import NatsServer
+from worker.ops.cli import main as governor_cli
+from worker.ops.metrics import Metrics
+from worker.ops.natsserver import NatsServer
+from worker.service.app import Worker
+from worker.service.config import connect_options, load_config
 
 START_TIMEOUT = 20.0
 SWARM = {

@@ -25,7 +25,7 @@ import nats
 import pytest
 import yaml
 
-from worker.natsserver import NatsServer, free_port
+from worker.ops.natsserver import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_CONFIG = REPO / "deploy" / "governor.yaml"

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import SEED_SWARMS, WorkerFactory
-from worker.config import load_config
-from worker.natsserver import NatsServer
+from worker.ops.natsserver import NatsServer
+from worker.service.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

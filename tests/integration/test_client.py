@@ -41,9 +41,10 @@ from schemas.replies import (
     TripReply,
 )
 from tests.conftest import SEED_SWARMS, WorkerFactory, make_config
-from worker import errors, schema
+from worker import errors
 from worker.client import ERRORS_BY_CODE, GovernorClient
-from worker.natsserver import NatsServer
+from worker.ops import contract as schema
+from worker.ops.natsserver import NatsServer
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"

@@ -30,13 +30,13 @@ from nats.aio.msg import Msg
 from schemas.config import LedgerSection
 from tests.conftest import SEED_SWARMS, make_config
 from tests.integration.helpers import answering, spawn_worker
-from worker.app import Worker
 from worker.client import GovernorClient
-from worker.core import Governor
+from worker.core.governor import Governor
 from worker.errors import Unavailable
-from worker.ledger import LEGACY_SNAPSHOT_NAME, Ledger, LedgerGap, snapshot_name, stream_name
-from worker.natsserver import NatsServer
-from worker.replay import catch_up, recover
+from worker.ops.natsserver import NatsServer
+from worker.service.app import Worker
+from worker.service.replay import catch_up, recover
+from worker.storage.journal import LEGACY_SNAPSHOT_NAME, Ledger, LedgerGap, snapshot_name, stream_name
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIAL = 1_000_000.0

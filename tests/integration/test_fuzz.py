@@ -29,11 +29,11 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from schemas.types import MAX_USD
 from tests.conftest import WorkerFactory, make_config
-from worker.app import Worker
-from worker.bus import TRACE_HEADER
 from worker.client import ERRORS_BY_CODE
-from worker.dispatch import READ_ONLY, REQUEST_TYPES
-from worker.natsserver import NatsServer
+from worker.ops.natsserver import NatsServer
+from worker.service.app import Worker
+from worker.service.bus import TRACE_HEADER
+from worker.service.dispatch import READ_ONLY, REQUEST_TYPES
 
 MESSAGES_PER_RUN = 10_000
 IN_FLIGHT = 500

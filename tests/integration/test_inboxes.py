@@ -28,11 +28,11 @@ from prometheus_client import CollectorRegistry
 
 import schemas.config
 from schemas.config import Config
-from worker.app import Worker
-from worker.cli import main as governor_cli
 from worker.client import GovernorClient
-from worker.metrics import Metrics
-from worker.natsserver import NatsServer
+from worker.ops.cli import main as governor_cli
+from worker.ops.metrics import Metrics
+from worker.ops.natsserver import NatsServer
+from worker.service.app import Worker
 
 START_TIMEOUT = 20.0
 REFUSAL_WAIT = 1.0

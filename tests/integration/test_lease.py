@@ -8,9 +8,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from worker.lease import KEY, Lease
-from worker.ledger import Ledger, stream_name
-from worker.natsserver import NatsServer
+from worker.ops.natsserver import NatsServer
+from worker.storage.journal import Ledger, stream_name
+from worker.storage.lease import KEY, Lease
 
 
 @pytest.fixture

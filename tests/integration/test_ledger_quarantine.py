@@ -28,16 +28,16 @@ from schemas.profiles import SwarmProfile
 from schemas.requests import CostRequest
 from tests.conftest import SEED_SWARMS, make_config
 from tests.integration.helpers import answering
-from worker.app import Worker
 from worker.client import GovernorClient
-from worker.core import Governor
-from worker.dispatch import register_request
+from worker.core.governor import Governor
 from worker.errors import Unavailable
-from worker.ledger import Ledger, LedgerGap, snapshot_name, stream_name
-from worker.natsserver import NatsServer
-from worker.replay import recover
-from worker.replay import snapshot_of as state_snapshot
-from worker.verify import Problem, verify
+from worker.ops.natsserver import NatsServer
+from worker.service.app import Worker
+from worker.service.dispatch import register_request
+from worker.service.replay import recover
+from worker.service.replay import snapshot_of as state_snapshot
+from worker.storage.journal import Ledger, LedgerGap, snapshot_name, stream_name
+from worker.storage.verify import Problem, verify
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,7 +92,7 @@ def reported(monkeypatch: pytest.MonkeyPatch) -> Reported:
 
             self.on_foreign = report
 
-    monkeypatch.setattr("worker.app.Ledger", ReportingLedger)
+    monkeypatch.setattr("worker.service.app.Ledger", ReportingLedger)
     return seen
 
 

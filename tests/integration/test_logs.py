@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from tests.conftest import Recorder, WorkerFactory
-from worker.cli import setup_logging
 from worker.client import GovernorClient
+from worker.ops.cli import setup_logging
 
 
 class TestLogs:

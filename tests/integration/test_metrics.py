@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.config import Config
 from tests.conftest import SEED_SWARMS, WorkerFactory
 from worker import errors
-from worker.app import Worker
 from worker.client import GovernorClient
-from worker.natsserver import NatsServer, free_port
+from worker.ops.natsserver import NatsServer, free_port
+from worker.service.app import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "governor.json"

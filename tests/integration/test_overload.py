@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
 
 from tests.integration.helpers import spawn_worker, stop_process
-from worker.natsserver import NatsServer, free_port
+from worker.ops.natsserver import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MAILBOX = 8

@@ -49,8 +49,8 @@ from tests.integration.shipped import (
     wait_answering,
     write_worker_config,
 )
-from worker.app import Worker
-from worker.bus import ENDPOINTS
+from worker.service.app import Worker
+from worker.service.bus import ENDPOINTS
 
 REFUSAL_WAIT = 1.0
 """Seconds a refused request waits for a reply that must never come."""

@@ -24,7 +24,7 @@ import yaml
 from schemas.config import Config
 from tests.conftest import SEED_SWARMS, WorkerFactory
 from worker.client import GovernorClient
-from worker.natsserver import NatsServer, free_port
+from worker.ops.natsserver import NatsServer, free_port
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
 SIP = "session-4-sip"

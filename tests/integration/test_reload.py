@@ -11,9 +11,9 @@ import yaml
 
 from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
 from worker.client import GovernorClient
-from worker.config import load_config
-from worker.ledger import stream_name
-from worker.natsserver import NatsServer
+from worker.ops.natsserver import NatsServer
+from worker.service.config import load_config
+from worker.storage.journal import stream_name
 
 
 def write(path: Path, **extra: Any) -> Path:

@@ -11,8 +11,8 @@ from nats.aio.client import Client
 
 from schemas.config import Config
 from tests.conftest import SEED_SWARMS, WorkerFactory
-from worker.app import Worker
 from worker.client import GovernorClient
+from worker.service.app import Worker
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"

@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from tests.conftest import SEED_SWARMS
-from worker.actor import Actor, Command
-from worker.app import Worker
-from worker.metrics import Metrics
-from worker.natsserver import NatsServer, free_port
+from worker.ops.metrics import Metrics
+from worker.ops.natsserver import NatsServer, free_port
+from worker.service.actor import Actor, Command
+from worker.service.app import Worker
 
 ASSIGN = msgspec.json.encode({"task_id": "t", "required_capabilities": ["integration:sip"], "max_cost": 20.0})
 
@@ -199,7 +199,7 @@ class TestSupervision:
     ) -> None:
         """A stop whose drain does not finish within DRAIN_S (here an actor hung on a batch) logs where it waits,
         cancels the drain, and the worker stops anyway."""
-        monkeypatch.setattr("worker.app.DRAIN_S", 1.0)
+        monkeypatch.setattr("worker.service.app.DRAIN_S", 1.0)
         worker = Worker(config(), servers=[nats_server.url], metrics=Metrics(CollectorRegistry()))
         await worker.__aenter__()
 

@@ -22,9 +22,9 @@ from schemas.config import Config
 from schemas.ledger import LedgerBatch
 from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
 from tests.integration.helpers import GOVERNOR_REPLY_TARGETS
-from worker.app import Worker
-from worker.ledger import stream_name
-from worker.natsserver import NatsServer
+from worker.ops.natsserver import NatsServer
+from worker.service.app import Worker
+from worker.storage.journal import stream_name
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"

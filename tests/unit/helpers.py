@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
-from worker.core import Governor
+from worker.core.governor import Governor
 
 NOW = 1_700_000_000.0
 

@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry
 from schemas.ledger import LedgerEntry
 from schemas.profiles import SwarmProfile
 from schemas.requests import CostRequest, StatusRequest
-from worker.actor import Actor, Command, Mailbox
-from worker.core import Governor
+from worker.core.governor import Governor
 from worker.errors import GovernorError
-from worker.ledger import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, Write, decode_entry
-from worker.metrics import Metrics
+from worker.ops.metrics import Metrics
+from worker.service.actor import Actor, Command, Mailbox
+from worker.storage.journal import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, Write, decode_entry
 
 
 class FakeLedger:

@@ -13,7 +13,7 @@ from schemas.policy import PRESETS, ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import BreakerState, CostReply, FailureReply, ResetReply, TripReply
 from tests.unit.helpers import NOW, governed
-from worker.core import Governor
+from worker.core.governor import Governor
 from worker.errors import (
     AlreadyRegistered,
     AlreadyTripped,

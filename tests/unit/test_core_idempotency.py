@@ -9,7 +9,7 @@ from schemas.events import WitnessRecord
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
 from tests.unit.helpers import NOW, governed
-from worker.core import Governor
+from worker.core.governor import Governor
 from worker.errors import AlreadyTripped, HoldLimit
 
 SIP = "integration:sip"

@@ -10,8 +10,8 @@ from schemas.policy import PRESETS, ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import Assignment, AssignmentRecord
 from tests.unit.helpers import NOW, governed
-from worker.capabilities import BUILTIN_CAPABILITIES
-from worker.core import Governor
+from worker.core.capabilities import BUILTIN_CAPABILITIES
+from worker.core.governor import Governor
 from worker.errors import InvalidRequest, UnknownCapability
 
 SIP = "integration:sip"

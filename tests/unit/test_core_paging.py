@@ -6,7 +6,7 @@ from __future__ import annotations
 from schemas.profiles import SwarmProfile
 from schemas.requests import PAGE_DEFAULT
 from tests.unit.helpers import NOW, governed
-from worker.core import Governor
+from worker.core.governor import Governor
 
 SIP = "integration:sip"
 

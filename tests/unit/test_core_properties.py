@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from schemas.events import BreakerTripped
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
-from worker import core
-from worker.core import Governor
+from worker.core import governor as core
+from worker.core.governor import Governor
 
 NOW = 1_700_000_000.0
 

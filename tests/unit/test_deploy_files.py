@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.config import load_config
-from worker.natsserver import nats_server_binary
+from worker.ops.natsserver import nats_server_binary
+from worker.service.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 PROMETHEUS = DEPLOY / "prometheus"
 
-#: Every metric the worker exports (worker/metrics.py), as named in PromQL.
+#: Every metric the worker exports (worker/ops/metrics.py), as named in PromQL.
 METRICS = {
     "if_governor_assignments_total",
     "if_governor_assignments_failed_total",

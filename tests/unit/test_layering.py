@@ -10,16 +10,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CORE = ["worker/core.py", "worker/index.py", "worker/capabilities.py", "worker/errors.py"]
-STORAGE = ["worker/ledger.py", "worker/lease.py", "worker/verify.py"]
+CORE = [*sorted(str(p.relative_to(ROOT)) for p in (ROOT / "worker" / "core").glob("*.py")), "worker/errors.py"]
+STORAGE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "worker" / "storage").glob("*.py"))
+#: Every module of the worker but the bench itself and the one command that starts it (`governor bench`).
+RUNTIME = sorted(
+    path
+    for path in (str(p.relative_to(ROOT)) for p in (ROOT / "worker").rglob("*.py"))
+    if not path.startswith("worker/bench/") and path not in {"worker/ops/cli.py", "worker/__main__.py"}
+)
 #: What the core may not import: anything that blocks, talks to the network, exports metrics or reads the clock.
 NOT_IN_CORE = {"asyncio", "nats", "prometheus_client", "time", "datetime", "socket", "threading"}
-#: What storage may not import: the core, and the modules that apply commands to it.
-NOT_IN_STORAGE = {"worker.core", "worker.dispatch", "worker.replay", "worker.actor", "worker.app", "worker.bus"}
+#: The rooms above the core and storage, which neither may reach into.
+SERVICE_AND_OPS = ("worker.service", "worker.ops", "worker.bench", "worker.client")
 
 
 def imports(path: str) -> set[str]:
-    """Every module a file imports, by its full dotted name."""
+    """Every module a file imports, by its full dotted name (and each name taken from one, which may be a module)."""
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -27,6 +33,7 @@ def imports(path: str) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module is not None:
             found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from worker import bench`
     return found
 
 
@@ -40,10 +47,20 @@ class TestLayers:
         """The decision core imports no asyncio, nats, prometheus_client, time (nor other clocks or sockets)."""
         assert tops(imports(path)) & NOT_IN_CORE == set()
 
+    @pytest.mark.parametrize("path", CORE)
+    def test_the_core_knows_nothing_above_it(self, path: str) -> None:
+        """The core imports neither storage nor the service, ops or the client: they drive it, never the reverse."""
+        assert not {name for name in imports(path) if name.startswith(("worker.storage", *SERVICE_AND_OPS))}
+
     @pytest.mark.parametrize("path", STORAGE)
     def test_storage_never_reaches_into_the_core(self, path: str) -> None:
         """Storage imports neither the core nor what applies commands to it: it yields, the service applies."""
-        assert imports(path) & NOT_IN_STORAGE == set()
+        assert not {name for name in imports(path) if name.startswith(("worker.core", *SERVICE_AND_OPS))}
+
+    @pytest.mark.parametrize("path", RUNTIME)
+    def test_the_runtime_never_imports_the_bench(self, path: str) -> None:
+        """The benchmark ships beside the worker but nothing that serves imports it (only `governor bench` does)."""
+        assert not {name for name in imports(path) if name.startswith("worker.bench")}
 
     def test_the_wire_contract_depends_on_nothing_of_the_worker(self) -> None:
         """No module of `schemas/` imports `worker`."""

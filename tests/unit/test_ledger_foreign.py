@@ -11,9 +11,9 @@ from schemas.ledger import Configure, LedgerBatch, LedgerEntry
 from schemas.policy import PolicyRule, ResourcePolicy
 from schemas.requests import CostRequest
 from tests.unit.helpers import NOW
-from worker.core import Governor
-from worker.dispatch import replay_command
-from worker.ledger import (
+from worker.core.governor import Governor
+from worker.service.dispatch import replay_command
+from worker.storage.journal import (
     MAX_REASON,
     LedgerForeign,
     decode_message,
@@ -22,7 +22,7 @@ from worker.ledger import (
     snapshot_name,
     snapshot_seq,
 )
-from worker.verify import Problem, Report, problem
+from worker.storage.verify import Problem, Report, problem
 
 COST = b'{"swarm_id":"a","operation":"op","cost":1.25,"event_id":"e1"}'
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from worker.metrics import LATENCY_BUCKETS_MS, LeanHistogram
+from worker.ops.metrics import LATENCY_BUCKETS_MS, LeanHistogram
 
 
 def exposition(registry: CollectorRegistry) -> list[str]:

@@ -30,7 +30,7 @@ from schemas.types import (
     SWARM_ID_PATTERN,
     TRACE_ID_PATTERN,
 )
-from worker.cli import escape, setup_logging
+from worker.ops.cli import escape, setup_logging
 
 RESET = {"swarm_id": "sip", "new_budget": 25.0, "approved_by": "alice"}
 COST = {"swarm_id": "sip", "operation": "sip_integration", "cost": 1.5}
@@ -147,7 +147,7 @@ class TestRequestNames:
     @pytest.mark.parametrize(
         "trace_id",
         [
-            os.urandom(6).hex() + f"{1:08x}",  # what the worker makes (worker.bus.Bus.new_trace_id)
+            os.urandom(6).hex() + f"{1:08x}",  # what the worker makes (worker.service.bus.Bus.new_trace_id)
             str(uuid.uuid4()),
             uuid.uuid4().hex,
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # W3C traceparent
@@ -197,7 +197,7 @@ class TestConfigNames:
 class TestCharacterClasses:
     def test_no_pattern_ends_in_dollar(self) -> None:
         """Every regex of the requests, the config and the ledger ends in `\\Z`: none matches before a final newline."""
-        from worker.dispatch import REQUEST_TYPES
+        from worker.service.dispatch import REQUEST_TYPES
 
         _, components = msgspec.json.schema_components(
             [*REQUEST_TYPES.values(), Config, LedgerBatch, Reload, CoreState]

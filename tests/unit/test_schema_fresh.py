@@ -1,8 +1,8 @@
 """The contract for other languages: deploy/schemas/*.json and deploy/asyncapi.yaml are what `governor schema` makes
 now, they are valid, and the payloads the governor really sends validate against them.
 
-When a Struct in schemas/ or an endpoint in worker/dispatch.py changes, these tests fail until the files are
-generated again: `governor schema` (or `python -m worker.cli schema`) from the repository root.
+When a Struct or an endpoint (schemas/endpoints.py) changes, these tests fail until the files are
+generated again: `governor schema` (or `python -m worker schema`) from the repository root.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry
 from schemas.events import Event, WitnessRecord
 from schemas.ledger import Reload
 from schemas.replies import ErrorBody, ErrorReply
-from worker import schema
-from worker.actor import Mailbox
-from worker.bus import Bus
-from worker.core import Governor
-from worker.dispatch import DECODERS, REQUEST_TYPES, apply
-from worker.metrics import Metrics
+from worker.core.governor import Governor
+from worker.ops import contract as schema
+from worker.ops.metrics import Metrics
+from worker.service.actor import Mailbox
+from worker.service.bus import Bus
+from worker.service.dispatch import DECODERS, REQUEST_TYPES, apply
 
 try:
     import jsonschema
@@ -35,7 +35,7 @@ except ImportError:  # the structural checks still run; the payload checks skip 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 README = ROOT / "README.md"
-REGENERATE = "run `governor schema` (python -m worker.cli schema) from the repository root and commit the result"
+REGENERATE = "run `governor schema` (python -m worker schema) from the repository root and commit the result"
 NOW = 1_700_000_000.0
 
 SIP = {
@@ -160,7 +160,7 @@ class TestFreshness:
         assert committed - generated == set(), f"stale under deploy/: {sorted(committed - generated)}; {REGENERATE}"
 
     def test_every_file_is_up_to_date(self) -> None:
-        """Each committed file is byte for byte what `worker.schema` generates now."""
+        """Each committed file is byte for byte what `worker.ops.contract` generates now."""
         committed = on_disk()
         stale = sorted(path for path, text in schema.render().items() if committed.get(path, text) != text)
         assert stale == [], f"out of date under deploy/: {stale}; {REGENERATE}"

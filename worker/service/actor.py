@@ -21,12 +21,12 @@ from schemas.events import BreakerReset, BreakerTripped, Event, Identity
 from schemas.ledger import LedgerEntry
 from schemas.replies import AssignReply
 from schemas.requests import Request
-from worker.core import Governor
-from worker.dispatch import READ_ONLY, apply
+from worker.core.governor import Governor
 from worker.errors import DeadlineExceeded, GovernorError, Unavailable
-from worker.ledger import Ledger, LedgerError, LedgerFenced, LedgerUnavailable, Write
-from worker.metrics import Metrics
-from worker.replay import catch_up, snapshot_of
+from worker.ops.metrics import Metrics
+from worker.service.dispatch import READ_ONLY, apply
+from worker.service.replay import catch_up, snapshot_of
+from worker.storage.journal import Ledger, LedgerError, LedgerFenced, LedgerUnavailable, Write
 
 log = logging.getLogger("if_governor.actor")
 

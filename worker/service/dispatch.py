@@ -1,5 +1,5 @@
 """From a decoded request to the core call that applies it: shared by the actor (live) and replay
-(`worker.replay`, which reads the ledger's entries and applies them here).
+(`worker.service.replay`, which reads the ledger's entries and applies them here).
 
 Each endpoint name (`kind`) has one request type (the endpoint table, `schemas.endpoints`) and one decoder,
 built once. `apply` is the only translation of
@@ -32,7 +32,7 @@ from schemas.requests import (
     SuccessRequest,
     TripRequest,
 )
-from worker.core import Governor
+from worker.core.governor import Governor
 from worker.errors import GovernorError
 
 #: Endpoint name -> request type (from the endpoint table). The subject is `<prefix>.<name>`.

@@ -34,16 +34,16 @@ from schemas.events import WitnessRecord
 from schemas.ledger import Configure, LedgerEntry, Reload
 from schemas.policy import PRESETS
 from schemas.requests import ReloadRequest, Request
-from worker.actor import Actor, Command, Mailbox
-from worker.bus import Bus
-from worker.config import connect_options, load_config, policy_of, profiles_of, redact, without_userinfo
-from worker.core import Governor
-from worker.dispatch import register_request, replay_command
+from worker.core.governor import Governor
 from worker.errors import ConfigError, GovernorError, InvalidRequest, Unavailable
-from worker.lease import Lease
-from worker.ledger import Ledger, LedgerGap, decode_entry, wait_for_jetstream
-from worker.metrics import HttpEndpoint, Metrics
-from worker.replay import catch_up, recover, snapshot_of
+from worker.ops.metrics import HttpEndpoint, Metrics
+from worker.service.actor import Actor, Command, Mailbox
+from worker.service.bus import Bus
+from worker.service.config import connect_options, load_config, policy_of, profiles_of, redact, without_userinfo
+from worker.service.dispatch import register_request, replay_command
+from worker.service.replay import catch_up, recover, snapshot_of
+from worker.storage.journal import Ledger, LedgerGap, decode_entry, wait_for_jetstream
+from worker.storage.lease import Lease
 
 log = logging.getLogger("if_governor.worker")
 

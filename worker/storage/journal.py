@@ -14,7 +14,7 @@ applies nothing that is not acknowledged, in ledger order.
     └── LedgerForeign       a message or snapshot the governor cannot replay (raised by `decode_message`)
 
 The state is the snapshot (a JetStream object store) plus the stream's tail after it. Storage never sees the core:
-`read_tail` yields the decoded commands and `load_snapshot` the stored state; `worker.replay` applies them.
+`read_tail` yields the decoded commands and `load_snapshot` the stored state; `worker.service.replay` applies them.
 Snapshots are stored under their sequence and never overwritten; the two newest are kept, and the ledger entries up
 to the older one are purged (`trim`): the stream holds about two snapshot intervals, and a standby that fell
 further behind reloads the newest snapshot.
@@ -395,7 +395,7 @@ class Ledger:
 
     async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Request | Configure]]]:
         """Every ledger message after `self.seq`, to the stream's end, decoded: one list of
-        (entry, command) per message, in ledger order, for the caller to apply (`worker.replay`). Each message
+        (entry, command) per message, in ledger order, for the caller to apply (`worker.service.replay`). Each message
         counts as applied once it is yielded (`seq` moves on); a foreign one is quarantined and yielded empty.
         `LedgerGap` when the stream no longer holds the next message (trimmed).
         """

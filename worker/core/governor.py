@@ -54,7 +54,8 @@ from schemas.replies import (
 )
 from schemas.requests import PAGE_DEFAULT
 from schemas.types import MAX_USD
-from worker.capabilities import Vocabulary
+from worker.core.capabilities import Vocabulary
+from worker.core.index import CapabilityIndex, ordinals
 from worker.errors import (
     AlreadyRegistered,
     AlreadyTripped,
@@ -65,7 +66,6 @@ from worker.errors import (
     NotTripped,
     UnknownSwarm,
 )
-from worker.index import CapabilityIndex, ordinals
 
 MICROS = 1_000_000
 _T = TypeVar("_T")

@@ -42,9 +42,9 @@ import msgspec
 from schemas.config import Config
 from schemas.types import INVISIBLE
 from worker import errors
-from worker.capabilities import BUILTIN_CAPABILITIES
-from worker.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
-from worker.core import rule_conflicts
+from worker.core.capabilities import BUILTIN_CAPABILITIES
+from worker.core.governor import rule_conflicts
+from worker.service.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 BUNDLED_PORT = 4222
@@ -163,7 +163,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def _run(args: argparse.Namespace, config: Config) -> int:
-    from worker.natsserver import NatsServer
+    from worker.ops.natsserver import NatsServer
 
     setup_logging(args.log_level or config.witness.log_level, args.log_format)
     running_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "uvloop" or "asyncio"
@@ -201,7 +201,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
 
 async def _serve(config: Config, servers: list[str], stop: asyncio.Event, config_path: str | None) -> int:
     """Run the worker until `stop` is set; a stop while it is still starting cancels the start."""
-    from worker.app import Worker
+    from worker.service.app import Worker
 
     shown = ", ".join(redact(u) for u in servers)
     serving: list[Worker] = []
@@ -503,7 +503,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from worker.schema import write
+    from worker.ops.contract import write
 
     written = write(args.out)
     print(f"wrote {len(written)} files under {args.out}/ (schemas/*.json and asyncapi.yaml)")
@@ -517,8 +517,8 @@ async def _ledger(args: argparse.Namespace) -> int:
     import nats.errors
     import nats.js.errors
 
-    from worker.ledger import Ledger, stream_name
-    from worker.verify import verify
+    from worker.storage.journal import Ledger, stream_name
+    from worker.storage.verify import verify
 
     config = load_config(args.config)  # the governor's file names its prefix, its servers and its storage login
     servers = [args.nats_url] if args.nats_url else (config.nats.servers or [DEFAULT_URL])

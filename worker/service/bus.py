@@ -47,8 +47,6 @@ from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from schemas.types import TRACE_ID_PATTERN, TraceId
 from worker import __version__
-from worker.actor import Command, Mailbox
-from worker.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
 from worker.errors import (
     Forbidden,
     GovernorError,
@@ -58,7 +56,9 @@ from worker.errors import (
     Overloaded,
     ReplyTooLarge,
 )
-from worker.metrics import Metrics
+from worker.ops.metrics import Metrics
+from worker.service.actor import Command, Mailbox
+from worker.service.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
 
 log = logging.getLogger("if_governor.bus")
 

@@ -1,8 +1,8 @@
 """Replaying the ledger into a core: the one place where what storage reads meets the decision core.
 
-Storage (`worker.ledger`) never imports the core: it yields decoded commands and stored states. This module applies
-them, in ledger order, through `worker.dispatch` (the same translation the actor uses live), so a replayed command
-does exactly what the live one did.
+Storage (`worker.storage.journal`) never imports the core: it yields decoded commands and stored states. This
+module applies them, in ledger order, through `worker.service.dispatch` (the same translation the actor uses live),
+so a replayed command does exactly what the live one did.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from worker.core import Governor
-from worker.dispatch import replay_command
-from worker.ledger import RECOVER_ATTEMPTS, Ledger, LedgerGap
+from worker.core.governor import Governor
+from worker.service.dispatch import replay_command
+from worker.storage.journal import RECOVER_ATTEMPTS, Ledger, LedgerGap
 
 log = logging.getLogger("if_governor.ledger")
 

@@ -4,11 +4,11 @@
     print(report.summary())               # exit 0 when report.clean, else 1
 
 Found are: messages that are not ledger batches, entries of unknown kinds or with bodies that are not their kind's
-request (recovery quarantines such messages, see `worker.ledger.decode_message`), sequences missing from the middle
-of the stream, snapshots (or their descriptions) that do not decode, snapshots whose name and content disagree or
-that lie beyond the stream's last sequence, objects in the snapshot store that are no snapshots, and a stream
-trimmed past every readable snapshot (then no recovery can rebuild the state). It only reads, so it may run beside
-a serving governor: what is appended while it reads is left for the next run.
+request (recovery quarantines such messages, see `worker.storage.journal.decode_message`), sequences missing from
+the middle of the stream, snapshots (or their descriptions) that do not decode, snapshots whose name and content
+disagree or that lie beyond the stream's last sequence, objects in the snapshot store that are no snapshots, and a
+stream trimmed past every readable snapshot (then no recovery can rebuild the state). It only reads, so it may run
+beside a serving governor: what is appended while it reads is left for the next run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from worker.ledger import LEGACY_SNAPSHOT_NAME, Ledger, LedgerForeign, decode_message, short_reason, snapshot_seq
+from worker.storage.journal import (
+    LEGACY_SNAPSHOT_NAME,
+    Ledger,
+    LedgerForeign,
+    decode_message,
+    short_reason,
+    snapshot_seq,
+)
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -30,7 +37,7 @@ class Problem(msgspec.Struct, frozen=True):
 
 
 def problem(seq: int, reason: str) -> Problem:
-    """A Problem whose reason is cut to one short printable line (`worker.ledger.short_reason`)."""
+    """A Problem whose reason is cut to one short printable line (`worker.storage.journal.short_reason`)."""
     return Problem(seq, short_reason(reason))
 
 

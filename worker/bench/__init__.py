@@ -60,7 +60,7 @@ from nats.js.api import StorageType
 from schemas.config import Config, GovernorSection
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
-from worker.natsserver import NatsServer
+from worker.ops.natsserver import NatsServer
 
 CAPABILITY_TYPES = 200
 CAPABILITIES: tuple[str, ...] = tuple(f"bench:cap-{i:03d}" for i in range(CAPABILITY_TYPES))
@@ -320,7 +320,7 @@ def bench_config(swarms: int, *, durable: bool) -> Config:
 
 async def serve_governor(url: str, swarms: int, *, durable: bool) -> None:
     """The real worker (bus, actor, ledger when durable, metrics) with `swarms` synthetic swarms."""
-    from worker.app import Worker
+    from worker.service.app import Worker
 
     stop = _stop_on_signals()
     async with Worker(bench_config(swarms, durable=durable), servers=[url]) as worker:
@@ -334,7 +334,7 @@ def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
     Times up to `samples` assigns (cycling through 5,000 tasks), stopping early (after at least 200) once
     `budget_s` seconds are spent. The garbage collector stays on, as in the service.
     """
-    from worker.core import Governor
+    from worker.core.governor import Governor
 
     tasks = synthetic_tasks(5_000)
     gc.collect()
@@ -1204,7 +1204,3 @@ def _child_main(argv: list[str] | None = None) -> int:
     else:
         return main(quick=args.quick)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main())

@@ -19,7 +19,7 @@ import yaml
 from schemas.config import Config, NatsSection, StorageLogin
 from schemas.policy import PRESETS, ResourcePolicy
 from schemas.profiles import SwarmProfile
-from worker.capabilities import Vocabulary
+from worker.core.capabilities import Vocabulary
 from worker.errors import ConfigError
 
 #: Environment variable -> (section, key) it overrides.
