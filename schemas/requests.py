@@ -6,11 +6,12 @@ rather than half-applied. Every request may carry a `trace_id`; the `X-IF-Trace-
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
+from schemas.codes import ManualTripReason
 from schemas.types import (
     Budget,
     Capabilities,
@@ -27,8 +28,6 @@ from schemas.types import (
     SwarmId,
     TraceId,
 )
-
-ManualTripReason = Literal["repeated_failures", "performance_degradation", "manual_override"]
 
 PAGE_DEFAULT = 100
 """Items per page when a paged request names no `limit`: 100 swarms at the largest a swarm can be (64 capabilities

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from schemas.events import BreakerTripped
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
-from worker.core import governor as core
+from worker.core import matching
 from worker.core.governor import Governor
 
 NOW = 1_700_000_000.0
@@ -180,7 +180,10 @@ class TestAssignProperties:
         ceiling = policy.max_cost_per_task if max_cost is None else max_cost
         expected, _ = reference(order, required, ceiling, max_swarms, policy)
         expected_steps, limit = walk
-        with mock.patch.object(core, "WALK_EXPECTED", expected_steps), mock.patch.object(core, "WALK_LIMIT", limit):
+        with (
+            mock.patch.object(matching, "WALK_EXPECTED", expected_steps),
+            mock.patch.object(matching, "WALK_LIMIT", limit),
+        ):
             reply = governor.assign("task", required, now=NOW, max_cost=max_cost, max_swarms=max_swarms)
         assert [(a.swarm_id, a.capability_match, a.score) for a in reply.assignments] == expected
 

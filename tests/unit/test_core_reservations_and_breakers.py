@@ -10,7 +10,8 @@ from schemas.events import BreakerClosed, BreakerHalfOpen, BreakerTripped, Escal
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
 from schemas.replies import HoldStatus, SwarmExplanation
-from worker.core.governor import Governor, to_micros
+from worker.core.governor import Governor
+from worker.core.money import to_micros
 
 NOW = 1_700_000_000.0
 SIP = "integration:sip"

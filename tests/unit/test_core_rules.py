@@ -7,7 +7,8 @@ import pytest
 from schemas.ledger import Configure
 from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
 from schemas.profiles import SwarmProfile
-from worker.core.governor import Governor, rule_conflicts
+from worker.core.governor import Governor
+from worker.core.rules import rule_conflicts
 from worker.errors import InvalidRequest
 
 NOW = 1_700_000_000.0

@@ -43,7 +43,7 @@ from schemas.config import Config
 from schemas.types import INVISIBLE
 from worker import errors
 from worker.core.capabilities import BUILTIN_CAPABILITIES
-from worker.core.governor import rule_conflicts
+from worker.core.rules import rule_conflicts
 from worker.service.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
 
 DEFAULT_URL = "nats://127.0.0.1:4222"

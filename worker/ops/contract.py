@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from schemas.codes import WITNESS_OPERATIONS
 from schemas.endpoints import BY_NAME
 from schemas.events import (
     Event,
@@ -42,23 +43,7 @@ EVENT_SUBJECTS = bus.EVENT_SUBJECTS
 WITNESS_SUBJECT = "witness.{operation}"
 
 #: Operations named in witness subjects, as examples for the `operation` channel parameter (not a closed list).
-WITNESS_EXAMPLES = [
-    "task_assigned",
-    "no_qualified_swarm",
-    "cost_tracked",
-    "failure_recorded",
-    "circuit_breaker_tripped",
-    "circuit_breaker_reset",
-    "circuit_breaker_half_open",
-    "circuit_breaker_closed",
-    "circuit_breaker_reopened",
-    "reservation_released",
-    "budget_low",
-    "config_reloaded",
-    "swarm_registered",
-    "swarm_deregistered",
-    "request_rejected",
-]
+WITNESS_EXAMPLES = list(WITNESS_OPERATIONS)
 
 
 # -- which types ----------------------------------------------------------------------------------------------

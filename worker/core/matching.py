@@ -1,0 +1,148 @@
+"""Matching: which swarms qualify for a task, how they score, and why the others were passed over.
+
+A swarm qualifies when its coverage `|swarm ∩ required| / |required|` reaches the policy minimum, its cost per hour
+is within the ceiling, its budget is above zero (and covers the estimate less its open holds), its breaker is
+closed (or half-open with probes left) and, under a rule that names models, its model is one of them. Qualified
+swarms score `(coverage × reputation) / cost_per_hour`; the best wins, the first registered on equal scores.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from schemas.codes import RejectionCode
+from worker.core.index import ordinals
+from worker.core.registry import Registry, Swarm
+
+#: A task needing all of its capabilities walks the rarest one's value-sorted list when the first match is expected
+#: within WALK_EXPECTED entries, and gives up after WALK_LIMIT; otherwise the masks name the candidates.
+WALK_EXPECTED = 64
+WALK_LIMIT = 256
+
+#: (score, ordinal, swarm, coverage): one qualified swarm.
+Ranked = tuple[float, int, Swarm, float]
+
+
+def score(coverage: float, swarm: Swarm) -> float:
+    """The design document's score: (coverage × reputation) / cost per hour."""
+    return (coverage * swarm.reputation_score) / swarm.cost_per_hour
+
+
+def coverage(required: set[str], capabilities: list[str]) -> float:
+    return sum(1 for cap in capabilities if cap in required) / len(required)
+
+
+def rank(
+    registry: Registry,
+    required: list[str],
+    min_match: float,
+    max_cost: float,
+    limit: int,
+    estimate: int,
+    models: set[str] | None,
+) -> list[Ranked]:
+    """The best `limit` qualified swarms, best first: higher score first, the earlier registered on equal scores."""
+    k = len(required)
+    need = next(c for c in range(k + 1) if c / k >= min_match)
+    index = registry.index
+    mask = 0
+    if need == k:
+        # Coverage is 1 for every candidate, so the value order is the score order: walk the value-sorted list
+        # of the rarest capability and stop at the first `limit` that qualify. When the walk would be long
+        # (few of its swarms hold the other capabilities too), the masks name the candidates at once instead.
+        lists = [index.ranked_for(cap) for cap in required]
+        rarest = min(range(k), key=lambda i: len(lists[i]))
+        if not lists[rarest]:
+            return []
+        if k == 1:
+            return walk(registry, lists[0], None, max_cost, limit, estimate, models, None) or []
+        mask = index.all_of(required)
+        if not mask:
+            return []
+        expected_steps = 1.0  # to the first swarm holding every other capability, if they were independent
+        for i in range(k):
+            if i != rarest:
+                expected_steps *= len(registry) / len(lists[i])
+        if expected_steps * limit <= WALK_EXPECTED:
+            # The mask's bytes say in O(1) whether an entry holds them all (and is eligible), without touching
+            # the swarm: with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
+            members = mask.to_bytes((mask.bit_length() + 7) // 8, "little")
+            walked = walk(registry, lists[rarest], members, max_cost, limit, estimate, models, WALK_LIMIT)
+            if walked is not None:
+                return walked
+    if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
+        candidates = [s for s in registry if s.admits]
+    else:
+        by_ordinal = registry.by_ordinal
+        candidates = [by_ordinal[o] for o in ordinals(mask or index.at_least(required, need))]
+    req = set(required)
+    scored: list[Ranked] = []
+    for swarm in candidates:
+        if swarm.cost_per_hour > max_cost:
+            continue
+        if estimate and swarm.budget - swarm.held < estimate:
+            continue
+        if models is not None and swarm.model not in models:
+            continue
+        covered = 1.0 if need == k else coverage(req, swarm.capabilities)
+        scored.append((score(covered, swarm), swarm.ordinal, swarm, covered))
+    if limit == 1:
+        return [min(scored, key=lambda item: (-item[0], item[1]))] if scored else []
+    return heapq.nsmallest(limit, scored, key=lambda item: (-item[0], item[1]))
+
+
+def walk(
+    registry: Registry,
+    ranked: list[tuple[float, int]],
+    members: bytes | None,
+    max_cost: float,
+    limit: int,
+    estimate: int,
+    models: set[str] | None,
+    steps: int | None,
+) -> list[Ranked] | None:
+    """The first `limit` qualified swarms of a value-sorted list, best first; with `members` (a bitmask's bytes,
+    lowest ordinal first) only those whose bit is set.
+
+    None when `steps` entries were looked at before `limit` were found (the caller then uses the masks).
+    """
+    best: list[Ranked] = []
+    by_ordinal = registry.by_ordinal
+    size = len(members) if members is not None else 0
+    for step, (_, ordinal) in enumerate(ranked):
+        if step == steps:
+            return None
+        if members is not None:
+            byte = ordinal >> 3
+            if byte >= size or not members[byte] >> (ordinal & 7) & 1:
+                continue
+        swarm = by_ordinal[ordinal]
+        if swarm.cost_per_hour > max_cost or not swarm.admits:
+            continue
+        if estimate and swarm.budget - swarm.held < estimate:
+            continue
+        if models is not None and swarm.model not in models:
+            continue
+        best.append((score(1.0, swarm), ordinal, swarm, 1.0))
+        if len(best) == limit:
+            break
+    return best
+
+
+def rejection(
+    swarm: Swarm, covered: float, min_match: float, max_cost: float, estimate: int, models: set[str] | None
+) -> RejectionCode | None:
+    """The first filter, in the design document's order, that a swarm fails for a task (None: it qualifies)."""
+    if covered < min_match:
+        return "capability_match_below_threshold"
+    if models is not None and swarm.model not in models:
+        return "model_not_allowed"
+    if swarm.cost_per_hour > max_cost:
+        return "cost_above_max"
+    if swarm.budget <= 0:
+        return "budget_exhausted"
+    if estimate and swarm.budget - swarm.held < estimate:
+        return "available_budget_below_estimate"
+    if not swarm.admits:
+        return "breaker_tripped"
+    return None

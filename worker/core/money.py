@@ -1,0 +1,29 @@
+"""Money in integer micro-dollars, so that sums are exact however many costs arrive; and the checks of amounts."""
+
+from __future__ import annotations
+
+from schemas.types import MAX_USD
+from worker.errors import InvalidBudget, InvalidCost
+
+MICROS = 1_000_000
+
+
+def to_micros(usd: float) -> int:
+    """USD to integer micro-dollars (rounded to the nearest)."""
+    return round(usd * MICROS)
+
+
+def to_usd(micros: int) -> float:
+    return micros / MICROS
+
+
+def check_budget(value: float, field: str, limit: float = MAX_USD) -> None:
+    """A budget is a finite amount above zero (also in micro-dollars) and at most `limit`."""
+    if not (0.0 < value <= limit) or to_micros(value) <= 0:  # also refuses NaN and infinity
+        raise InvalidBudget(f"{field} must be a finite number > 0 (at most {limit:g}), got {value!r}")
+
+
+def check_cost(value: float, field: str, limit: float) -> None:
+    """A cost (or an estimate of one) is a finite amount from 0 to `limit`."""
+    if not 0.0 <= value <= limit:  # also refuses NaN
+        raise InvalidCost(f"{field} must be a finite number from 0 to {limit:g}, got {value!r}")

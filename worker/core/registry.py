@@ -1,0 +1,137 @@
+"""The registry: each registered swarm's mutable state, found by id or by ordinal, and its capability index.
+
+A swarm's ordinal is its registration order; ordinals never change or repeat, so pages and tie-breaks by
+ordinal stay stable while swarms come and go. Ids once deregistered stay known (with the breaker they had), so
+that the config's swarms seed only ids never seen, and a swarm deregistered while tripped comes back tripped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from schemas.profiles import SwarmProfile
+from schemas.replies import BreakerState
+from worker.core.index import CapabilityIndex
+from worker.core.money import to_micros
+from worker.errors import UnknownSwarm
+
+
+class Swarm:
+    """The mutable state of one registered swarm; private to the core."""
+
+    __slots__ = (
+        "admits",
+        "allocated",
+        "breaker",
+        "budget",
+        "capabilities",
+        "cost_per_hour",
+        "cost_tracked",
+        "failures",
+        "held",
+        "holds",
+        "model",
+        "operations_count",
+        "ordinal",
+        "reputation_score",
+        "soft_warned",
+        "swarm_id",
+        "value",
+    )
+
+    def __init__(self, profile: SwarmProfile, capabilities: list[str], ordinal: int) -> None:
+        self.swarm_id = profile.swarm_id
+        self.capabilities = capabilities
+        self.cost_per_hour = profile.cost_per_hour
+        self.reputation_score = profile.reputation_score
+        self.model = profile.model
+        self.ordinal = ordinal
+        self.budget = to_micros(profile.current_budget_remaining)
+        self.value = profile.reputation_score / profile.cost_per_hour  # the score at full coverage
+        self.breaker: BreakerState | None = None
+        self.failures: deque[float] | None = None  # created at the first failure: most swarms never fail
+        self.operations_count = 0
+        self.cost_tracked = 0
+        self.admits = True  # budget > 0 and breaker closed (or half-open with probes left)
+        self.allocated = self.budget  # the allocation the soft-budget warning is measured against
+        self.held = 0  # micro-dollars held by open reservations
+        self.holds = 0  # how many open reservations
+        self.soft_warned = False
+
+
+def admits(swarm: Swarm) -> bool:
+    """Budget above zero and breaker closed, or half-open with probes left."""
+    breaker = swarm.breaker
+    return swarm.budget > 0 and (breaker is None or (breaker.state == "half_open" and breaker.probes_left > 0))
+
+
+class Registry:
+    """The registered swarms by id and by ordinal, the ids retired, and the capability index over them."""
+
+    def __init__(self) -> None:
+        self.swarms: dict[str, Swarm] = {}
+        self.by_ordinal: dict[int, Swarm] = {}
+        self.index = CapabilityIndex()
+        self.next_ordinal = 0
+        self.retired: dict[str, BreakerState | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.swarms)
+
+    def __iter__(self) -> Iterator[Swarm]:
+        return iter(self.swarms.values())
+
+    def known(self, swarm_id: str) -> bool:
+        """True when the id is registered or was registered once (and deregistered since)."""
+        return swarm_id in self.swarms or swarm_id in self.retired
+
+    def get(self, swarm_id: str) -> Swarm:
+        try:
+            return self.swarms[swarm_id]
+        except KeyError:
+            raise UnknownSwarm(f"no swarm {swarm_id!r} is registered") from None
+
+    def new(self, profile: SwarmProfile, capabilities: list[str]) -> Swarm:
+        """Register a profile under the next ordinal; a retired id gets back the breaker it had."""
+        swarm = Swarm(profile, capabilities, self.next_ordinal)
+        swarm.breaker = self.retired.pop(swarm.swarm_id, None)
+        self.next_ordinal += 1
+        self.add(swarm)
+        return swarm
+
+    def add(self, swarm: Swarm) -> None:
+        self.swarms[swarm.swarm_id] = swarm
+        self.by_ordinal[swarm.ordinal] = swarm
+        swarm.admits = admits(swarm)
+        self.index.add(swarm, swarm.admits)
+
+    def retire(self, swarm: Swarm) -> None:
+        del self.swarms[swarm.swarm_id]
+        del self.by_ordinal[swarm.ordinal]
+        self.index.remove(swarm)
+        self.retired[swarm.swarm_id] = swarm.breaker
+
+    def refresh(self, swarm: Swarm) -> None:
+        """Keep the index's eligible mask in step after a budget or breaker change."""
+        now_admits = admits(swarm)
+        if now_admits != swarm.admits:
+            swarm.admits = now_admits
+            self.index.set_eligible(swarm.ordinal, now_admits)
+
+    def page(self, limit: int, cursor: str | None) -> tuple[list[Swarm], str | None]:
+        """Up to `limit` swarms in registration order from the ordinal `cursor` names, and the next page's cursor
+        (None: no swarm after these). Ordinals never change, so a swarm registered or removed between two pages
+        neither shifts nor repeats the others."""
+        by_ordinal = self.by_ordinal
+        end = self.next_ordinal
+        page: list[Swarm] = []
+        ordinal = int(cursor) if cursor is not None else 0
+        while ordinal < end:
+            swarm = by_ordinal.get(ordinal)
+            if swarm is not None:
+                if len(page) == limit:
+                    return page, str(ordinal)
+                page.append(swarm)
+            ordinal += 1
+        return page, None
