@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -40,10 +39,10 @@ from typing import Any
 import msgspec
 
 from schemas.config import Config
-from schemas.types import INVISIBLE
 from worker import errors
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.governor import rule_conflicts
+from worker.ops.render import escape, explain_table, print_json, status_table
 from worker.service.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -52,26 +51,6 @@ INBOX_PREFIX_ENV = "IF_GOVERNOR_INBOX_PREFIX"
 """The operator commands' `--inbox-prefix` when the flag is absent."""
 
 log = logging.getLogger("if_governor")
-
-_UNSAFE = re.compile(f"[{INVISIBLE}]")
-_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_one(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _SHORT_ESCAPES:
-        return _SHORT_ESCAPES[char]
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def escape(text: str) -> str:
-    """`text` with each control, format or separator character (`schemas.types.INVISIBLE`) written as an escape
-    (`\\n`, `\\x1b`, `\\u202e`): what a client sent can neither start a log line of its own nor hide or reorder
-    what the reader sees."""
-    return _UNSAFE.sub(_escape_one, text)
 
 
 class _TraceId(logging.Filter):
@@ -293,56 +272,6 @@ async def _with_client(args: argparse.Namespace, action: Callable[[Any], Awaitab
         await client.close()
 
 
-def _print_json(value: Any) -> None:
-    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
-
-
-def _explain_table(explanation: Any, chosen: set[str]) -> str:
-    """Every swarm with its coverage, score and the first filter that rejected it (or that it was chosen)."""
-    rows = [("SWARM", "MATCH", "SCORE", "RESULT")]
-    for e in explanation:
-        result = "chosen" if e.swarm_id in chosen else (e.rejected_by or "qualified, not chosen")
-        rows.append((e.swarm_id, f"{e.capability_match:.2f}", f"{e.score:.4f}", result))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(
-        "  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows
-    )
-
-
-def _breaker_text(breaker: Any) -> str:
-    if breaker is None:
-        return "closed"
-    if breaker.state == "half_open":
-        return f"HALF-OPEN ({breaker.reason}, {breaker.probes_left} probes)"
-    return f"TRIPPED ({breaker.reason})"
-
-
-def _status_table(status: Any) -> str:
-    rows = [("SWARM", "MODEL", "$/HOUR", "REPUTATION", "BUDGET", "BREAKER", "CAPABILITIES")]
-    for s in status.swarms:
-        breaker = _breaker_text(s.breaker)
-        rows.append(
-            (
-                s.swarm_id,
-                s.model,
-                f"{s.cost_per_hour:.2f}",
-                f"{s.reputation_score:.2f}",
-                f"{s.budget_remaining:.2f}",
-                breaker,
-                ", ".join(s.capabilities),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
-    p = status.policy
-    lines.append(
-        f"\npolicy: min_capability_match={p.min_capability_match} max_cost_per_task={p.max_cost_per_task} "
-        f"max_swarms_per_task={p.max_swarms_per_task} failure_threshold={p.circuit_breaker_failure_threshold} "
-        f"failure_window_s={p.failure_window_s:g}"
-    )
-    return "\n".join(lines)
-
-
 async def _assign(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         reply = await client.assign(
@@ -354,14 +283,14 @@ async def _assign(args: argparse.Namespace) -> int:
             estimated_cost=args.estimated_cost,
         )
         if args.json:
-            _print_json(reply)
+            print_json(reply)
         elif reply.swarm_id is None:
             print(f"task {reply.task_id}: no qualified swarm")
         else:
             for a in reply.assignments:
                 print(f"task {reply.task_id} -> {a.swarm_id}  (match {a.capability_match:.2f}, score {a.score:.4f})")
         if args.explain and not args.json and reply.explanation:
-            print(_explain_table(reply.explanation, {a.swarm_id for a in reply.assignments}))
+            print(explain_table(reply.explanation, {a.swarm_id for a in reply.assignments}))
         return 0 if reply.swarm_id is not None else 3
 
     return await _with_client(args, action)
@@ -371,7 +300,7 @@ async def _cost(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         reply = await client.cost(args.swarm, args.operation, args.amount, event_id=args.event_id, task_id=args.task_id)
         if args.json:
-            _print_json(reply)
+            print_json(reply)
         else:
             state = "TRIPPED" if reply.tripped else "ok"
             dup = " (duplicate: not applied again)" if reply.duplicate else ""
@@ -445,9 +374,9 @@ async def _status(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         status = await client.status()
         if args.json:
-            _print_json(status)
+            print_json(status)
         else:
-            print(_status_table(status))
+            print(status_table(status))
         return 0
 
     return await _with_client(args, action)
@@ -457,7 +386,7 @@ async def _history(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         history = await client.history(args.limit)
         if args.json:
-            _print_json(history)
+            print_json(history)
         else:
             for a in history.assignments:
                 stamp = time.strftime("%H:%M:%S", time.localtime(a.timestamp))
