@@ -42,6 +42,7 @@ from schemas.config import Config
 from worker import errors
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.governor import rule_conflicts
+from worker.ops.logs import setup_logging
 from worker.ops.render import escape, explain_table, print_json, status_table
 from worker.service.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
 
@@ -51,61 +52,6 @@ INBOX_PREFIX_ENV = "IF_GOVERNOR_INBOX_PREFIX"
 """The operator commands' `--inbox-prefix` when the flag is absent."""
 
 log = logging.getLogger("if_governor")
-
-
-class _TraceId(logging.Filter):
-    """Every line carries a trace id: the request's (passed as `extra={"trace_id": ...}`), else `-`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "trace_id"):
-            record.trace_id = "-"
-        return True
-
-
-class _TextFormatter(logging.Formatter):
-    """`time LEVEL logger [trace id] message`, one record per line: the trace id and the message are escaped, and
-    the lines of a traceback are indented, so no line a client wrote into a record looks like a record."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        trace_id = escape(str(getattr(record, "trace_id", "-")))
-        line = f"{self.formatTime(record)} {record.levelname} {record.name} [{trace_id}] {escape(record.getMessage())}"
-        details = []
-        if record.exc_info:
-            details.append(self.formatException(record.exc_info))
-        if record.stack_info:
-            details.append(self.formatStack(record.stack_info))
-        for text in details:
-            line += "".join(f"\n  {escape(part)}" for part in text.split("\n"))
-        return line
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line; `json.dumps` escapes control characters and, with `ensure_ascii`, every non-ASCII
-    one (bidi and zero-width characters included), so a client's string never breaks or disguises a line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": round(record.created, 6),
-            "level": record.levelname,
-            "logger": record.name,
-            "trace_id": getattr(record, "trace_id", "-"),
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=True)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(_TextFormatter())
-    handler.addFilter(_TraceId())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 # -- run ------------------------------------------------------------------------------------------------------
