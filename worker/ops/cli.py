@@ -25,149 +25,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from schemas.config import Config
 from worker import errors
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.governor import rule_conflicts
-from worker.ops.logs import setup_logging
+from worker.ops import serve
 from worker.ops.render import escape, explain_table, print_json, status_table
 from worker.service.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
-BUNDLED_PORT = 4222
 INBOX_PREFIX_ENV = "IF_GOVERNOR_INBOX_PREFIX"
 """The operator commands' `--inbox-prefix` when the flag is absent."""
-
-log = logging.getLogger("if_governor")
-
-
-# -- run ------------------------------------------------------------------------------------------------------
-
-
-def _bundled_server_config(data_dir: Path) -> Path:
-    """A nats-server config for the bundled server: JetStream in `data_dir`, every write synced to disk."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    conf = data_dir / "nats-server.conf"
-    conf.write_text(
-        "# Written by `governor run` for its bundled nats-server.\n"
-        f"jetstream {{\n  store_dir: {json.dumps(str(data_dir / 'jetstream'))}\n  sync_interval: always\n}}\n"
-        "# A frozen governor (SIGSTOP, a paused VM) keeps its share of the queue group's requests until the server\n"
-        "# drops its connection: after about 10-15 s with these, not the default 2 minutes or more.\n"
-        'ping_interval: "5s"\nping_max: 2\n'
-    )
-    return conf
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop `governor run` uses: uvloop's when chosen (or `auto` and installed), else asyncio's (None)."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise errors.ConfigError(
-                "governor.event_loop is uvloop, but uvloop is not installed (pip install 'if-governor[fast]')"
-            ) from None
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-async def _run(args: argparse.Namespace, config: Config) -> int:
-    from worker.ops.natsserver import NatsServer
-
-    setup_logging(args.log_level or config.witness.log_level, args.log_format)
-    running_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "uvloop" or "asyncio"
-    log.info("event loop: %s (governor.event_loop: %s)", running_loop, config.governor.event_loop)
-    # A URL from the flag, else from IF_GOVERNOR_NATS_URL or the config's nats.servers; none: the bundled server.
-    servers = [args.nats_url] if args.nats_url else config.nats.servers
-    # Signals are ours from the start: a SIGTERM while starting still stops the bundled server.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    bundled: NatsServer | None = None
-    try:
-        if servers is None:
-            data_dir = Path(args.data_dir)  # made absolute in main()
-            bundled = NatsServer(
-                port=args.nats_port,
-                store_dir=data_dir,
-                jetstream=False,
-                config_file=_bundled_server_config(data_dir),
-                log_file=data_dir / "nats-server.log",
-            )
-            try:
-                bundled.start()
-            except (RuntimeError, TimeoutError) as exc:
-                print(f"error: cannot start the bundled nats-server on port {bundled.port}: {exc}", file=sys.stderr)
-                return 1
-            servers = [bundled.url]
-            print(f"bundled nats-server listening on {bundled.url} (data in {data_dir})", flush=True)
-        return await _serve(config, servers, stop, args.config)
-    finally:
-        if bundled is not None:
-            bundled.stop()
-
-
-async def _serve(config: Config, servers: list[str], stop: asyncio.Event, config_path: str | None) -> int:
-    """Run the worker until `stop` is set; a stop while it is still starting cancels the start."""
-    from worker.service.app import Worker
-
-    shown = ", ".join(redact(u) for u in servers)
-    serving: list[Worker] = []
-
-    async def serve() -> None:
-        async with Worker(config, servers=servers, config_path=config_path) as worker:
-            serving.append(worker)
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, worker.reload)
-            metrics = f", metrics on http://{config.metrics.host}:{worker.http.port}/metrics" if worker.http else ""
-            print(
-                f"governor serving {config.governor.subject_prefix}.* on {shown} "
-                f"with {len(worker.core)} swarms{metrics}",
-                flush=True,
-            )
-            await worker.wait_stopped()
-            print("governor stopping: finishing in-flight requests", flush=True)
-
-    task = asyncio.create_task(serve())
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            if serving:
-                serving[0].stop()  # drain: answer what was taken, snapshot, give the lease up
-            else:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        else:
-            task.result()
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the worker's own task group failed (e.g. the in-memory actor died): logged there
-        causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
-        print(f"error: the governor failed: {'; '.join(repr(c) for c in causes)}", file=sys.stderr)
-        return 1
-    finally:
-        stopper.cancel()
-    print("governor stopped", flush=True)
-    return 0
 
 
 # -- operator commands ----------------------------------------------------------------------------------------
@@ -453,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the worker")
     run.add_argument("--config", help="YAML config file (e.g. deploy/governor.yaml)")
     run.add_argument("--nats-url", help="NATS server to use; without it a bundled nats-server is started on loopback")
-    run.add_argument("--nats-port", type=int, default=BUNDLED_PORT, help="port of the bundled nats-server")
+    run.add_argument("--nats-port", type=int, default=serve.BUNDLED_PORT, help="port of the bundled nats-server")
     run.add_argument("--data-dir", default="var/nats", help="data directory of the bundled nats-server")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -583,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             args.data_dir = os.path.abspath(args.data_dir)
             config = load_config(args.config)  # once: it also says which event loop to run on
-            with asyncio.Runner(loop_factory=loop_factory(config.governor.event_loop)) as runner:
-                return runner.run(_run(args, config))
+            with asyncio.Runner(loop_factory=serve.loop_factory(config.governor.event_loop)) as runner:
+                return runner.run(serve.run(args, config))
         return asyncio.run(COMMANDS[args.command](args))
     except errors.ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)
