@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import Recorder, WorkerFactory
 from worker.client import GovernorClient
-from worker.ops.cli import setup_logging
+from worker.ops.logs import setup_logging
 
 
 class TestLogs:

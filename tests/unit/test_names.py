@@ -30,7 +30,8 @@ from schemas.types import (
     SWARM_ID_PATTERN,
     TRACE_ID_PATTERN,
 )
-from worker.ops.cli import escape, setup_logging
+from worker.ops.logs import setup_logging
+from worker.ops.render import escape
 
 RESET = {"swarm_id": "sip", "new_budget": 25.0, "approved_by": "alice"}
 COST = {"swarm_id": "sip", "operation": "sip_integration", "cost": 1.5}

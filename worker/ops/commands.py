@@ -1,0 +1,298 @@
+"""The operator commands of `governor`: requests to a running governor and what each prints, `ledger verify`,
+`check-config` and `schema`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import msgspec
+
+from worker import errors
+from worker.core.capabilities import BUILTIN_CAPABILITIES
+from worker.core.rules import rule_conflicts
+from worker.ops.render import escape, explain_table, print_json, status_table
+from worker.service.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+INBOX_PREFIX_ENV = "IF_GOVERNOR_INBOX_PREFIX"
+"""The operator commands' `--inbox-prefix` when the flag is absent."""
+
+
+def _client_url(args: argparse.Namespace) -> str:
+    return str(args.nats_url or os.environ.get(NATS_URL_ENV) or DEFAULT_URL)
+
+
+async def _with_client(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
+    from worker.client import GovernorClient
+
+    url = _client_url(args)
+    options = connect_options(load_config(None).nats)  # credentials from IF_GOVERNOR_NATS_* variables
+    inbox_prefix = args.inbox_prefix or os.environ.get(INBOX_PREFIX_ENV) or None
+    try:
+        client = await GovernorClient.connect(
+            url, prefix=args.prefix, timeout=args.timeout, inbox_prefix=inbox_prefix, **options
+        )
+    except ValueError as exc:  # a malformed inbox prefix, refused before connecting
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"error: cannot connect to {redact(url)}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    url = redact(url)
+    try:
+        return await action(client)
+    except errors.GovernorError as exc:
+        print(f"error: {exc.code}: {escape(exc.message)}", file=sys.stderr)  # it may quote what a client sent
+        return 1
+    except TimeoutError:
+        print(
+            f"error: no reply from the governor on {url} within {args.timeout}s (is it running?)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as exc:  # nats-py's NoRespondersError and friends
+        name = type(exc).__name__
+        if "NoResponders" in name:
+            print(f"error: no governor is serving {args.prefix}.* on {url}", file=sys.stderr)
+        elif "Timeout" in name:
+            print(f"error: no reply from the governor on {url} within {args.timeout}s", file=sys.stderr)
+        else:
+            print(f"error: {name}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+
+
+async def _assign(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.assign(
+            args.capabilities,
+            task_id=args.task_id,
+            max_cost=args.max_cost,
+            max_swarms=args.max_swarms,
+            explain=args.explain,
+            estimated_cost=args.estimated_cost,
+        )
+        if args.json:
+            print_json(reply)
+        elif reply.swarm_id is None:
+            print(f"task {reply.task_id}: no qualified swarm")
+        else:
+            for a in reply.assignments:
+                print(f"task {reply.task_id} -> {a.swarm_id}  (match {a.capability_match:.2f}, score {a.score:.4f})")
+        if args.explain and not args.json and reply.explanation:
+            print(explain_table(reply.explanation, {a.swarm_id for a in reply.assignments}))
+        return 0 if reply.swarm_id is not None else 3
+
+    return await _with_client(args, action)
+
+
+async def _cost(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.cost(args.swarm, args.operation, args.amount, event_id=args.event_id, task_id=args.task_id)
+        if args.json:
+            print_json(reply)
+        else:
+            state = "TRIPPED" if reply.tripped else "ok"
+            dup = " (duplicate: not applied again)" if reply.duplicate else ""
+            print(f"{reply.swarm_id}: remaining {reply.remaining:.2f} USD, breaker {state}{dup}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _failure(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.failure(args.swarm, task_id=args.task_id, error=args.error, event_id=args.event_id)
+        state = "TRIPPED" if reply.tripped else "ok"
+        print(f"{reply.swarm_id}: {reply.failures_in_window} failures in window, breaker {state}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _success(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.success(args.swarm, task_id=args.task_id, event_id=args.event_id)
+        closed = "breaker closed (probe succeeded)" if reply.closed else "recorded"
+        print(f"{reply.swarm_id}: {closed}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _reload(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.reload()
+        registered = ", ".join(reply.registered) or "none"
+        print(f"config reloaded: policy/rules {'changed' if reply.changed else 'unchanged'}; new swarms: {registered}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _trip(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.trip(args.swarm, args.reason, requested_by=args.requested_by)
+        print(f"{reply.swarm_id}: breaker tripped ({args.reason})")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _reset(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: reset needs confirmation: pass --yes when not on a terminal", file=sys.stderr)
+            return 2
+        answer = await asyncio.to_thread(
+            input,
+            f"Reset {args.swarm} with a new budget of {args.budget:.2f} USD, approved by {args.approved_by}? [y/N] ",
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not reset")
+            return 1
+
+    async def action(client: Any) -> int:
+        reply = await client.reset(args.swarm, args.budget, approved_by=args.approved_by)
+        print(f"{reply.swarm_id}: breaker closed, budget {reply.remaining:.2f} USD (approved by {args.approved_by})")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        status = await client.status()
+        if args.json:
+            print_json(status)
+        else:
+            print(status_table(status))
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _history(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        history = await client.history(args.limit)
+        if args.json:
+            print_json(history)
+        else:
+            for a in history.assignments:
+                stamp = time.strftime("%H:%M:%S", time.localtime(a.timestamp))
+                print(f"{stamp}  {a.task_id} -> {', '.join(a.swarm_ids)}  (match {a.capability_match:.2f})")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        print(f"watching {args.prefix}.events.>{' and witness records' if args.witness else ''} (Ctrl-C to stop)")
+        count = 0
+        async for subject, event in client.events(witness=args.witness):
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{stamp} {subject} {msgspec.json.encode(event).decode()}", flush=True)
+            count += 1
+            if args.count and count >= args.count:
+                break
+        return 0
+
+    return await _with_client(args, action)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """`governor check-config F`: print what the file holds and notes on its rules (a bad file raises ConfigError)."""
+    config = load_config(args.file)
+    profiles = profiles_of(config)
+    g = config.governor
+    print(
+        f"{args.file}: ok: {len(profiles)} swarms, {len(config.capabilities)} extra capabilities, "
+        f"min_capability_match={g.min_capability_match}, max_cost_per_task={g.max_cost_per_task}, "
+        f"circuit_breaker_threshold={g.circuit_breaker_threshold}"
+    )
+    for p in profiles:
+        print(f"  {p.swarm_id}: {p.model}, {p.cost_per_hour:g} USD/h, budget {p.current_budget_remaining:g} USD")
+    for i, rule in enumerate(config.rules):
+        models = f", models {', '.join(rule.models)}" if rule.models else ""
+        print(f"  rules[{i}]: {rule.match} -> {rule.policy}{models}")
+    known = list(BUILTIN_CAPABILITIES) + list(config.capabilities)
+    for note in rule_conflicts(config.rules, known):
+        print(f"  note: {note}")
+    return 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    """`governor schema`: write the JSON Schemas and the AsyncAPI document under `--out`."""
+    from worker.ops.contract import write
+
+    written = write(args.out)
+    print(f"wrote {len(written)} files under {args.out}/ (schemas/*.json and asyncapi.yaml)")
+    return 0
+
+
+async def _ledger(args: argparse.Namespace) -> int:
+    """`governor ledger verify`: read the whole ledger and its snapshots with the governor's storage login; exit 0
+    when nothing is wrong, 1 when something is (or the ledger cannot be read)."""
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    from worker.storage.journal import Ledger, stream_name
+    from worker.storage.verify import verify
+
+    config = load_config(args.config)  # the governor's file names its prefix, its servers and its storage login
+    servers = [args.nats_url] if args.nats_url else (config.nats.servers or [DEFAULT_URL])
+    prefix = args.prefix or config.governor.subject_prefix
+    shown = ", ".join(redact(u) for u in servers)
+
+    async def quiet(exc: Exception) -> None:  # the exception is reported below; no log noise from nats-py
+        return None
+
+    try:
+        nc = await nats.connect(
+            servers=servers,
+            connect_timeout=min(args.timeout, 2.0),
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.25,
+            error_cb=quiet,
+            **connect_options(config.nats, storage=True),
+        )
+    except Exception as exc:
+        print(f"error: cannot connect to {shown}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
+        report = await verify(Ledger(nc, prefix=prefix, timeout=args.timeout))
+    except nats.js.errors.NotFoundError:
+        print(f"error: no ledger for {prefix}.* on {shown} (no stream {stream_name(prefix)})", file=sys.stderr)
+        return 1
+    except (nats.errors.Error, TimeoutError) as exc:
+        print(f"error: the ledger could not be read: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await nc.close()
+    print(report.summary())
+    return 0 if report.clean else 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "assign": _assign,
+    "cost": _cost,
+    "failure": _failure,
+    "trip": _trip,
+    "success": _success,
+    "reload": _reload,
+    "reset": _reset,
+    "status": _status,
+    "history": _history,
+    "watch": _watch,
+    "ledger": _ledger,
+}
+"""The operator commands that run on an event loop, by their name on the command line."""

@@ -1,0 +1,82 @@
+"""What the `governor` command shows its reader: text a client sent, escaped; the status and explain tables; JSON."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from schemas.types import INVISIBLE
+
+_UNSAFE = re.compile(f"[{INVISIBLE}]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """`text` with each control, format or separator character (`schemas.types.INVISIBLE`) written as an escape
+    (`\\n`, `\\x1b`, `\\u202e`): what a client sent can neither start a log line of its own nor hide or reorder
+    what the reader sees."""
+    return _UNSAFE.sub(_escape_one, text)
+
+
+def print_json(value: Any) -> None:
+    """`value` as JSON, indented, on stdout."""
+    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def explain_table(explanation: Any, chosen: set[str]) -> str:
+    """Every swarm with its coverage, score and the first filter that rejected it (or that it was chosen)."""
+    rows = [("SWARM", "MATCH", "SCORE", "RESULT")]
+    for e in explanation:
+        result = "chosen" if e.swarm_id in chosen else (e.rejected_by or "qualified, not chosen")
+        rows.append((e.swarm_id, f"{e.capability_match:.2f}", f"{e.score:.4f}", result))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows
+    )
+
+
+def _breaker_text(breaker: Any) -> str:
+    if breaker is None:
+        return "closed"
+    if breaker.state == "half_open":
+        return f"HALF-OPEN ({breaker.reason}, {breaker.probes_left} probes)"
+    return f"TRIPPED ({breaker.reason})"
+
+
+def status_table(status: Any) -> str:
+    """Every swarm with its price, reputation, budget, breaker and capabilities, then the policy in force."""
+    rows = [("SWARM", "MODEL", "$/HOUR", "REPUTATION", "BUDGET", "BREAKER", "CAPABILITIES")]
+    for s in status.swarms:
+        breaker = _breaker_text(s.breaker)
+        rows.append(
+            (
+                s.swarm_id,
+                s.model,
+                f"{s.cost_per_hour:.2f}",
+                f"{s.reputation_score:.2f}",
+                f"{s.budget_remaining:.2f}",
+                breaker,
+                ", ".join(s.capabilities),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    p = status.policy
+    lines.append(
+        f"\npolicy: min_capability_match={p.min_capability_match} max_cost_per_task={p.max_cost_per_task} "
+        f"max_swarms_per_task={p.max_swarms_per_task} failure_threshold={p.circuit_breaker_failure_threshold} "
+        f"failure_window_s={p.failure_window_s:g}"
+    )
+    return "\n".join(lines)
