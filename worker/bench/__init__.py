@@ -38,7 +38,6 @@ import importlib.util
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -46,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -57,21 +56,23 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StorageType
 
-from schemas.config import Config, GovernorSection
+from schemas.config import GovernorSection
 from schemas.policy import ResourcePolicy
-from schemas.profiles import SwarmProfile
+from worker.bench.workload import (
+    CAPABILITIES,
+    CAPABILITY_TYPES,
+    ECHO_SUBJECT,
+    PREFIX,
+    PROBE_SWARMS,
+    Work,
+    bench_config,
+    synthetic_swarms,
+    synthetic_tasks,
+    workloads,
+)
 from worker.ops.natsserver import NatsServer
 
-CAPABILITY_TYPES = 200
-CAPABILITIES: tuple[str, ...] = tuple(f"bench:cap-{i:03d}" for i in range(CAPABILITY_TYPES))
-#: Held only by the breaker-probe swarms, which tasks never ask for: they cannot change any assign row.
-PROBE_CAPABILITY = "bench:breaker-probe"
-PROBE_SWARMS = 200
-SWARM_BUDGET = 1_000_000.0  # far more than any run spends (costs are at most 0.01): no breaker trips
-ECHO_SUBJECT = "bench.echo"
-PREFIX = "governor"
 CORE_SIZES = (100, 1_000, 10_000, 100_000)
-SEED = 4
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 5.0
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -148,65 +149,6 @@ QUICK = Profile(
     settle_s=1.0,
     sessions=QUICK_SESSIONS,
 )
-
-
-# -- the synthetic workload: the same for every process (seeded) ------------------------------------------------
-
-
-def swarm_id(i: int) -> str:
-    return f"swarm-{i:06d}"
-
-
-def synthetic_swarms(n: int, seed: int = SEED) -> Iterator[SwarmProfile]:
-    """`n` swarms with 3-8 of the 200 capabilities each, costs under the default task ceiling, huge budgets."""
-    rng = random.Random(seed)
-    for i in range(n):
-        yield SwarmProfile(
-            swarm_id=swarm_id(i),
-            capabilities=rng.sample(CAPABILITIES, rng.randint(3, 8)),
-            cost_per_hour=round(rng.uniform(0.5, 9.5), 2),
-            reputation_score=round(rng.uniform(0.5, 1.0), 3),
-            current_budget_remaining=SWARM_BUDGET,
-            model="bench",
-        )
-
-
-def probe_swarms() -> Iterator[SwarmProfile]:
-    """Swarms with a budget of 1 USD that a cost of 2 USD trips: for the breaker-event latency."""
-    for i in range(PROBE_SWARMS):
-        yield SwarmProfile(
-            swarm_id=f"probe-{i:04d}",
-            capabilities=[PROBE_CAPABILITY],
-            cost_per_hour=1.0,
-            reputation_score=1.0,
-            current_budget_remaining=1.0,
-            model="bench",
-        )
-
-
-def synthetic_tasks(count: int, seed: int = SEED + 1) -> list[list[str]]:
-    """`count` tasks needing 1-5 of the 200 capabilities."""
-    rng = random.Random(seed)
-    return [rng.sample(CAPABILITIES, rng.randint(1, 5)) for _ in range(count)]
-
-
-def assign_payloads(count: int) -> list[bytes]:
-    encode = msgspec.json.encode
-    return [
-        encode({"task_id": f"task-{i}", "required_capabilities": caps}) for i, caps in enumerate(synthetic_tasks(count))
-    ]
-
-
-def cost_payloads(count: int, swarms: int, seed: int = SEED + 2) -> list[bytes]:
-    """Small costs on random swarms: a whole run spends a tiny fraction of any budget."""
-    rng = random.Random(seed)
-    encode = msgspec.json.encode
-    return [
-        encode(
-            {"swarm_id": swarm_id(rng.randrange(swarms)), "operation": "bench", "cost": rng.randint(1, 100) / 10_000}
-        )
-        for _ in range(count)
-    ]
 
 
 # -- /proc ------------------------------------------------------------------------------------------------------
@@ -289,33 +231,6 @@ async def serve_echo(url: str) -> None:
     _ready()
     await stop.wait()
     await nc.drain()
-
-
-def bench_config(swarms: int, *, durable: bool) -> Config:
-    """The governor's config: the synthetic capabilities and swarms (plus the probes), no metrics endpoint.
-
-    Swarms come in through the config, as in production: in-memory mode registers them when the core is built;
-    durable mode writes them to the ledger before it serves.
-    """
-    profiles = [*synthetic_swarms(swarms), *probe_swarms()]
-    raw = {
-        "capabilities": [*CAPABILITIES, PROBE_CAPABILITY],
-        "swarms": [
-            {
-                "swarm_id": p.swarm_id,
-                "capabilities": p.capabilities,
-                "cost_per_hour": p.cost_per_hour,
-                "reputation_score": p.reputation_score,
-                "initial_budget": p.current_budget_remaining,
-                "model": p.model,
-            }
-            for p in profiles
-        ],
-        "metrics": {"port": 0},
-        "nats": {"name": "bench-governor"},
-        "ledger": {"enabled": durable},
-    }
-    return msgspec.convert(raw, Config)
 
 
 async def serve_governor(url: str, swarms: int, *, durable: bool) -> None:
@@ -576,9 +491,6 @@ class Row:
             return None
         base = self.baseline.cells[concurrency].rps
         return self.cells[concurrency].rps / base if base else None
-
-
-Work = list[tuple[str, bytes]]
 
 
 async def measure(requester: Requester, work: Work, concurrency: int, seconds: float, pids: Pids) -> Cell:
@@ -1021,21 +933,6 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
             child.close()
             out.notes += [f"{what}: {line}" for line in child.logged()]
         server.stop()
-
-
-def workloads() -> dict[str, Work]:
-    """The payloads of every workload, the same in every process and run (seeded)."""
-    payloads = assign_payloads(4096)
-    rng = random.Random(SEED + 3)
-    assign_work: Work = [(f"{PREFIX}.assign", p) for p in payloads]
-    cost_work: Work = [(f"{PREFIX}.cost", p) for p in cost_payloads(4096, 1_000)]
-    work: dict[str, Work] = {
-        "echo": [(ECHO_SUBJECT, p) for p in payloads],
-        "assign": assign_work,
-        "cost": cost_work,
-        "mixed": [assign_work[i] if rng.random() < 0.8 else cost_work[i] for i in range(len(payloads))],
-    }
-    return work
 
 
 async def run_network(profile: Profile, log_dir: Path) -> Results:
