@@ -43,11 +43,15 @@ def synthetic_swarms(n: int, seed: int = SEED) -> Iterator[SwarmProfile]:
         )
 
 
+def probe_swarm_id(i: int) -> str:
+    return f"probe-{i:04d}"
+
+
 def probe_swarms() -> Iterator[SwarmProfile]:
     """Swarms with a budget of 1 USD that a cost of 2 USD trips: for the breaker-event latency."""
     for i in range(PROBE_SWARMS):
         yield SwarmProfile(
-            swarm_id=f"probe-{i:04d}",
+            swarm_id=probe_swarm_id(i),
             capabilities=[PROBE_CAPABILITY],
             cost_per_hour=1.0,
             reputation_score=1.0,
