@@ -43,18 +43,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from schemas.config import GovernorSection
 from schemas.policy import ResourcePolicy
+from worker.bench.children import COMMAND, Child, run_child, serve_echo, serve_governor
 from worker.bench.measure import (
     REQUEST_TIMEOUT_S,
     Pids,
@@ -71,10 +71,8 @@ from worker.bench.measure import (
 from worker.bench.workload import (
     CAPABILITIES,
     CAPABILITY_TYPES,
-    ECHO_SUBJECT,
     PROBE_SWARMS,
     Work,
-    bench_config,
     synthetic_swarms,
     synthetic_tasks,
     workloads,
@@ -82,7 +80,6 @@ from worker.bench.workload import (
 from worker.ops.natsserver import NatsServer
 
 CORE_SIZES = (100, 1_000, 10_000, 100_000)
-READY_TIMEOUT_S = 120.0
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 _T = TypeVar("_T")
 #: The loop `governor run` uses by default (`governor.event_loop`): the targets are judged on its rows.
@@ -157,70 +154,6 @@ QUICK = Profile(
     settle_s=1.0,
     sessions=QUICK_SESSIONS,
 )
-
-
-# -- child modes --------------------------------------------------------------------------------------------------
-
-
-def _run_child(main: Callable[[], Coroutine[Any, Any, None]], use_uvloop: bool) -> None:
-    if use_uvloop:
-        import uvloop
-
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
-
-
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT, SIGTERM, or the death of the parent (a killed bench leaves no child behind)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
-
-    async def watch_parent() -> None:
-        while True:  # no event tells of a parent's death: poll
-            await asyncio.sleep(0.5)
-            if os.getppid() != parent:
-                stop.set()
-                return
-
-    _background.add(loop.create_task(watch_parent()))
-    return stop
-
-
-_background: set[asyncio.Task[None]] = set()  # keeps the watcher task referenced
-
-
-def _ready(extra: str = "") -> None:
-    print(f"ready {os.getpid()} {rss_kib()} {extra}".rstrip(), flush=True)
-
-
-async def serve_echo(url: str) -> None:
-    """A bare nats-py responder: a queue subscription that answers with the request's own bytes."""
-    stop = _stop_on_signals()
-    nc = await nats.connect(url, name="bench-echo")
-    publish = nc.publish
-
-    async def handle(msg: Msg) -> None:
-        await publish(msg.reply, msg.data)
-
-    await nc.subscribe(ECHO_SUBJECT, queue="q", cb=handle)
-    await nc.flush()
-    _ready()
-    await stop.wait()
-    await nc.drain()
-
-
-async def serve_governor(url: str, swarms: int, *, durable: bool) -> None:
-    """The real worker (bus, actor, ledger when durable, metrics) with `swarms` synthetic swarms."""
-    from worker.service.app import Worker
-
-    stop = _stop_on_signals()
-    async with Worker(bench_config(swarms, durable=durable), servers=[url]) as worker:
-        _ready(str(len(worker.core)))
-        await stop.wait()
 
 
 def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
@@ -298,59 +231,6 @@ def holds_probe(core: Any, tasks: list[list[str]]) -> float:
     core.take_events()
     gc.collect()
     return (rss_kib() - before) * 1024 / max(1, held)
-
-
-# -- children, from the parent's side -----------------------------------------------------------------------------
-
-
-class Child:
-    """A child process that prints `ready PID RSS_KIB ...` once it serves; terminated (then killed) on close."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name.replace(' ', '-')}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.bench", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-        )
-        self.ready_rss_kib = 0
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        assert self.process.stdout is not None
-        stdout = self.process.stdout
-        try:
-            line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"{self.name} was not ready within {timeout:.0f}s; see {self.log_path}") from None
-        if not line.startswith(b"ready "):
-            self.process.wait(timeout=5)
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode} before serving:\n{tail}")
-        self.ready_rss_kib = int(line.split()[2])
-
-    def logged(self, limit: int = 5) -> list[str]:
-        """The first distinct lines the child wrote to stderr (its warnings and errors)."""
-        lines = dict.fromkeys(line.strip() for line in self.log_path.read_text(errors="replace").splitlines())
-        return [line for line in lines if line][:limit]
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
 
 
 async def measure_row(
@@ -541,9 +421,7 @@ def run_core(sizes: Sequence[int], samples: int, budget_s: float) -> list[dict[s
         _progress(f"decision core with {n:,} swarms")
         done = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "worker.bench",
+                *COMMAND,
                 "--core",
                 str(n),
                 "--samples",
@@ -795,9 +673,9 @@ def _child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.echo:
-        _run_child(lambda: serve_echo(args.echo), args.uvloop)
+        run_child(lambda: serve_echo(args.echo), args.uvloop)
     elif args.serve:
-        _run_child(lambda: serve_governor(args.serve, args.swarms, durable=not args.memory), args.uvloop)
+        run_child(lambda: serve_governor(args.serve, args.swarms, durable=not args.memory), args.uvloop)
     elif args.core is not None:
         print(json.dumps(core_probe(args.core, args.samples, args.budget_s)))
     else:
