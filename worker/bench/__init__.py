@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import importlib.util
 import json
 import os
 import shutil
@@ -44,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +50,6 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
-from schemas.config import GovernorSection
 from schemas.policy import ResourcePolicy
 from worker.bench.children import COMMAND, Child, run_child, serve_echo, serve_governor
 from worker.bench.measure import (
@@ -68,10 +65,10 @@ from worker.bench.measure import (
     rss_kib,
     settle,
 )
+from worker.bench.plan import CORE_SIZES, DEFAULT_LOOP, FULL, HAS_UVLOOP, QUICK, Profile, Session
 from worker.bench.workload import (
     CAPABILITIES,
     CAPABILITY_TYPES,
-    PROBE_SWARMS,
     Work,
     synthetic_swarms,
     synthetic_tasks,
@@ -79,81 +76,7 @@ from worker.bench.workload import (
 )
 from worker.ops.natsserver import NatsServer
 
-CORE_SIZES = (100, 1_000, 10_000, 100_000)
-HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 _T = TypeVar("_T")
-#: The loop `governor run` uses by default (`governor.event_loop`): the targets are judged on its rows.
-_CONFIGURED_LOOP = GovernorSection().event_loop
-DEFAULT_LOOP = ("uvloop" if HAS_UVLOOP else "asyncio") if _CONFIGURED_LOOP == "auto" else _CONFIGURED_LOOP
-
-
-@dataclass(frozen=True)
-class Session:
-    """One responder process (on a fresh nats-server) and the workloads driven through it."""
-
-    responder: str  # "echo" or "governor"
-    mode: str  # "-" for echo; "durable" (the default: ledger on JetStream) or "memory" for the governor
-    loop: str  # the responder's event loop: "asyncio" or "uvloop"
-    swarms: int | None
-    workloads: tuple[str, ...]
-    probe: bool = False  # also measure the breaker-trip event latency
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How long and how big: the full run or `--quick`."""
-
-    c1_s: float
-    cell_s: float
-    warmup_s: float
-    core_samples: int
-    core_budget_s: float  # per registry size; the 100,000-swarm core is slow enough to need a bound
-    probe_trips: int
-    settle_s: float  # a governor must answer every request this long before it is measured
-    sessions: tuple[Session, ...]
-    concurrencies: tuple[int, ...] = (1, 64, 256)
-
-
-ALL = ("assign", "cost", "mixed")
-BASE_SESSIONS = (
-    Session("echo", "-", "asyncio", None, ("echo",)),
-    Session("governor", "durable", "asyncio", 1_000, ALL, probe=True),
-    Session("governor", "memory", "asyncio", 1_000, ALL),
-)
-UVLOOP_SESSIONS = (
-    Session("echo", "-", "uvloop", None, ("echo",)),
-    Session("governor", "durable", "uvloop", 1_000, ALL),
-)
-# After the echo row of its loop, which is its baseline.
-LARGE_SESSIONS = (Session("governor", "durable", DEFAULT_LOOP, 100_000, ("assign",)),)
-# Under a minute: no 100,000-swarm governor over NATS (its start alone takes many seconds), fewer in-memory rows.
-QUICK_SESSIONS = (
-    Session("echo", "-", "asyncio", None, ("echo",)),
-    Session("governor", "durable", "asyncio", 1_000, ALL, probe=True),
-    Session("governor", "memory", "asyncio", 1_000, ("cost",)),
-    Session("echo", "-", "uvloop", None, ("echo",)),
-    Session("governor", "durable", "uvloop", 1_000, ("assign", "cost")),
-)
-FULL = Profile(
-    c1_s=3.0,
-    cell_s=4.0,
-    warmup_s=0.5,
-    core_samples=200_000,
-    core_budget_s=5.0,
-    probe_trips=PROBE_SWARMS,
-    settle_s=4.0,  # longer than the lease's TTL (3 s): a lease lost right after the start shows
-    sessions=BASE_SESSIONS + UVLOOP_SESSIONS + LARGE_SESSIONS,
-)
-QUICK = Profile(
-    c1_s=0.6,
-    cell_s=0.8,
-    warmup_s=0.2,
-    core_samples=50_000,
-    core_budget_s=1.0,
-    probe_trips=100,
-    settle_s=1.0,
-    sessions=QUICK_SESSIONS,
-)
 
 
 def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
