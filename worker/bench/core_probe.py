@@ -1,0 +1,121 @@
+"""The decision core measured on its own, one fresh process per registry size: `core_probe` in the child
+(`python -m worker.bench --core N` prints its JSON), `run_core` in the parent."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from schemas.policy import ResourcePolicy
+from worker.bench.children import COMMAND
+from worker.bench.measure import percentile, rss_kib
+from worker.bench.report import progress
+from worker.bench.workload import CAPABILITIES, synthetic_swarms, synthetic_tasks
+
+HOLDS = 10_000
+
+
+def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
+    """The decision core alone: resident memory per swarm and latency per `assign`, in this fresh process.
+
+    Times up to `samples` assigns (cycling through 5,000 tasks), stopping early (after at least 200) once
+    `budget_s` seconds are spent. The garbage collector stays on, as in the service.
+    """
+    from worker.core.governor import Governor
+
+    tasks = synthetic_tasks(5_000)
+    gc.collect()
+    before = rss_kib()
+    core = Governor(ResourcePolicy(), capabilities=CAPABILITIES)
+    started = time.perf_counter()
+    for i, profile in enumerate(synthetic_swarms(swarms)):
+        core.register_swarm(profile, now=0.0)
+        if i % 1024 == 0:
+            core.take_events()
+    build_s = time.perf_counter() - started
+    core.take_events()
+    gc.collect()
+    after = rss_kib()
+    timings: list[int] = []
+    assigned = 0
+    clock = time.perf_counter_ns
+    assign = core.assign
+    take_events = core.take_events
+    deadline = time.perf_counter() + budget_s
+    for i in range(samples):
+        if i >= 200 and i % 64 == 0 and time.perf_counter() > deadline:
+            break
+        task_id, caps = f"task-{i}", tasks[i % len(tasks)]
+        t0 = clock()
+        reply = assign(task_id, caps, now=1.0)
+        timings.append(clock() - t0)
+        take_events()
+        if reply.swarm_id is not None:
+            assigned += 1
+    timings.sort()
+    hold_bytes = holds_probe(core, tasks)
+    return {
+        "swarms": swarms,
+        "bytes_per_swarm": (after - before) * 1024 / swarms,
+        "p50_us": percentile(timings, 0.50) / 1000,
+        "p99_us": percentile(timings, 0.99) / 1000,
+        "max_us": timings[-1] / 1000,
+        "samples": len(timings),
+        "assigned": assigned / len(timings),
+        "build_s": build_s,
+        "bytes_per_hold": hold_bytes,
+    }
+
+
+def holds_probe(core: Any, tasks: list[list[str]]) -> float:
+    """Resident memory per open reservation: RSS before and after assigns that open 10,000 holds of a tiny
+    estimate (each with the assignment the core remembers for `assign_window_s`), in bytes per hold."""
+    core.configure(
+        msgspec.structs.replace(core.policy, max_holds_per_swarm=HOLDS, max_holds=HOLDS, max_cost_per_task=1e6),
+        list(core.vocabulary.extra),
+    )
+    gc.collect()
+    before = rss_kib()
+    held = 0
+    for i in range(20 * HOLDS):  # many synthetic tasks find no swarm: go on until 10,000 holds are open
+        if held >= HOLDS:
+            break
+        reply = core.assign(f"hold-{i}", tasks[i % len(tasks)], now=2.0, estimated_cost=0.0001)
+        held += len(reply.assignments)
+        if i % 1024 == 0:
+            core.take_events()
+    core.take_events()
+    gc.collect()
+    return (rss_kib() - before) * 1024 / max(1, held)
+
+
+def run_core(sizes: Sequence[int], samples: int, budget_s: float) -> list[dict[str, float]]:
+    """Each size in a fresh process, so that memory freed by a smaller run cannot hide a larger one's."""
+    results = []
+    for n in sizes:
+        progress(f"decision core with {n:,} swarms")
+        done = subprocess.run(
+            [
+                *COMMAND,
+                "--core",
+                str(n),
+                "--samples",
+                str(samples),
+                "--budget-s",
+                str(budget_s),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"core probe with {n} swarms failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+        results.append(json.loads(done.stdout))
+    return results
