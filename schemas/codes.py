@@ -48,6 +48,6 @@ WitnessOperation = Literal[
     "ledger_message_quarantined",
 ]
 
-MANUAL_TRIP_REASONS: frozenset[str] = frozenset(get_args(ManualTripReason))
+MANUAL_TRIP_REASONS: tuple[str, ...] = get_args(ManualTripReason)
 RECOVERABLE: frozenset[str] = frozenset(get_args(RecoverableTripReason))
 WITNESS_OPERATIONS: tuple[str, ...] = get_args(WitnessOperation)

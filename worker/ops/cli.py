@@ -28,6 +28,7 @@ import asyncio
 import os
 import sys
 
+from schemas.codes import MANUAL_TRIP_REASONS
 from worker import errors
 from worker.ops import commands, serve
 from worker.ops.commands import DEFAULT_URL, INBOX_PREFIX_ENV
@@ -95,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = client_command("trip", "trip a swarm's breaker by hand")
     p.add_argument("swarm")
-    p.add_argument(
-        "--reason", required=True, choices=["repeated_failures", "performance_degradation", "manual_override"]
-    )
+    p.add_argument("--reason", required=True, choices=MANUAL_TRIP_REASONS)
     p.add_argument("--requested-by", required=True)
 
     p = client_command("reset", "close a tripped breaker with a new budget (a human's decision)")
