@@ -7,37 +7,26 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.policy import PolicyRule, ResourcePolicy
-from schemas.types import Budget, CapabilityDef, CapabilityName, Cost, CostPerHour, ModelName, Ratio, SwarmId
+from schemas.policy import FailureThreshold, PolicyRule, ResourcePolicy
+from schemas.types import Budget, CapabilityDef, CapabilityName, CostPerHour, ModelName, Ratio, SwarmId
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base of every config section."""
 
 
-class GovernorSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class GovernorSection(ResourcePolicy, Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The default resource policy (every field of `ResourcePolicy`, with its limits) and the worker's settings."""
+
+    circuit_breaker_failure_threshold: FailureThreshold = msgspec.field(default=3, name="circuit_breaker_threshold")
+    """Written `circuit_breaker_threshold` in the config file (its documented name)."""
     default_budget: Budget = 25.0
-    min_capability_match: Ratio = 0.7
-    max_cost_per_task: Cost = 10.0
-    circuit_breaker_threshold: Annotated[int, Meta(ge=1, le=1_000_000)] = 3
-    max_swarms_per_task: Annotated[int, Meta(ge=1, le=64)] = 3
-    failure_window_s: Annotated[float, Meta(gt=0.0)] = 3600.0
     history_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
     subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")] = "governor"
     mailbox_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     dedupe_horizon_s: Annotated[float, Meta(gt=0.0)] = 7 * 86400.0
     """How long an applied `event_id` is remembered: a retry inside it is answered `duplicate`."""
     dedupe_limit: Annotated[int, Meta(ge=1, le=10_000_000)] = 200_000
-    reservation_ttl_s: Annotated[float, Meta(gt=0.0)] = 900.0
-    max_holds: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
-    max_holds_per_swarm: Annotated[int, Meta(ge=1, le=1_000_000)] = 1_000
-    assign_window_s: Annotated[float, Meta(gt=0.0, le=30 * 86400.0)] = 3600.0
-    breaker_cooldown_s: Annotated[float, Meta(gt=0.0)] = 300.0
-    breaker_max_cooldown_s: Annotated[float, Meta(gt=0.0)] = 3600.0
-    half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1
-    soft_budget_ratio: Ratio = 0.2
-    max_amount_usd: Annotated[float, Meta(gt=0.0)] = 1_000_000.0
-    """The largest cost, estimated cost or budget a request may carry (USD)."""
     max_request_bytes: Annotated[int, Meta(ge=4096, le=1_048_576)] = 65_536
     """Larger request bodies are refused (`invalid_request`) before they are decoded or queued: the ledger's
     messages stay far below the stream's limit, whatever padding a client adds."""

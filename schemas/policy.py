@@ -9,6 +9,9 @@ from msgspec import Meta
 
 from schemas.types import MAX_USD, NAME_PATTERN, Cost, ModelName, Ratio
 
+FailureThreshold = Annotated[int, Meta(ge=1, le=1_000_000)]
+"""Failures inside the window that trip a breaker."""
+
 
 class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Policy constraints for resource allocation (defaults are the seed's production policy)."""
@@ -16,7 +19,7 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_swarms_per_task: Annotated[int, Meta(ge=1, le=64)] = 3
     max_cost_per_task: Cost = 10.0
     min_capability_match: Ratio = 0.7
-    circuit_breaker_failure_threshold: Annotated[int, Meta(ge=1, le=1_000_000)] = 3
+    circuit_breaker_failure_threshold: FailureThreshold = 3
     failure_window_s: Annotated[float, Meta(gt=0.0, le=365 * 86400.0)] = 3600.0
     reservation_ttl_s: Annotated[float, Meta(gt=0.0, le=7 * 86400.0)] = 900.0
     """A hold made by an assign with `estimated_cost` is released if no cost settles it within this time."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import nats
 import yaml
 
 from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
+from tests.integration.helpers import answering, spawn_worker, stop_process
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer
 from worker.service.config import load_config
@@ -93,3 +95,30 @@ class TestReload:
         assert worker.config.governor.max_cost_per_task == 10.0
         assert worker.actor is not None
         assert worker.actor.core.policy.max_cost_per_task == 10.0
+
+
+class TestSighup:
+    async def test_sighup_reloads_the_file_and_a_bad_file_changes_nothing(
+        self, tmp_path: Path, nats_server: NatsServer, client: GovernorClient, recorder: Recorder
+    ) -> None:
+        """`kill -HUP` on `governor run` re-reads the file as `governor.reload` does (the actor reads it, the ledger
+        records it): the new policy is in force. A bad file afterwards is refused, witnessed, and changes nothing."""
+        path = write(tmp_path / "governor.yaml")
+        process = spawn_worker(nats_server.url, path, tmp_path / "worker.log")
+        try:
+            await answering(client.nc, timeout=30.0)
+            write(path, governor={"max_cost_per_task": 30.0})
+            process.send_signal(signal.SIGHUP)
+            witness = await recorder.wait_for("governor.witness.config_reloaded", timeout=10.0)
+            assert witness[0]["params"] == {"changed": True, "registered": []}
+            assert (await client.status()).policy.max_cost_per_task == 30.0
+            path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS, "governor": {"min_capability_match": 7}}))
+            process.send_signal(signal.SIGHUP)
+            rejected = await recorder.wait_for("governor.witness.request_rejected", timeout=10.0)
+            assert rejected[0]["params"]["subject"] == "signal.SIGHUP"
+            assert rejected[0]["params"]["code"] == "invalid_request"
+            assert "governor.min_capability_match" in rejected[0]["params"]["message"]
+            status = await client.status()
+            assert (status.policy.max_cost_per_task, status.policy.min_capability_match) == (30.0, 0.7)
+        finally:
+            stop_process(process)

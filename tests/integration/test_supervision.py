@@ -89,14 +89,14 @@ def break_actors(worker: Worker, launch: Any) -> None:
     """Every actor this worker starts from now on (this term's and the next ones') launches batches with `launch`."""
     assert worker.actor is not None
     worker.actor.launch = launch.__get__(worker.actor)  # type: ignore[method-assign]
-    serve = worker._serve
+    serve = worker.serve
 
     async def serve_broken(core: Any, term: asyncio.TaskGroup) -> tuple[Actor, asyncio.Task[None]]:
         actor, task = await serve(core, term)
         actor.launch = launch.__get__(actor)  # type: ignore[method-assign]
         return actor, task
 
-    worker._serve = serve_broken  # type: ignore[method-assign]
+    worker.serve = serve_broken  # type: ignore[method-assign]
 
 
 def metric(worker: Worker, name: str) -> float:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from schemas.ledger import LedgerEntry
+from schemas.ledger import CoreState, LedgerEntry
 from schemas.profiles import SwarmProfile
 from schemas.requests import CostRequest, StatusRequest
 from worker.core.governor import Governor
@@ -25,7 +25,7 @@ class FakeLedger:
     def __init__(self, fail_after: int | None, failure: Exception) -> None:
         self.seq = 0
         self.tail = 0
-        self.entries_since_snapshot = 0
+        self.since_snapshot = 0
         self.stream: list[list[LedgerEntry]] = []
         self.fail_after = fail_after
         self.failure = failure
@@ -43,8 +43,18 @@ class FakeLedger:
         write.future.set_result(self.tail)
         return write
 
-    def forget(self, write: Write) -> None:
-        return None
+    def landed(self, write: Write) -> None:
+        self.seq = write.last
+        self.since_snapshot += write.entries
+
+    def rewind(self, writes: Sequence[Write]) -> None:
+        self.tail = self.seq
+
+    def snapshot_bytes(self, state: CoreState) -> bytes:
+        raise AssertionError("no snapshot is taken in these tests")
+
+    async def save_snapshot(self, data: bytes, seq: int) -> None:
+        raise AssertionError("no snapshot is taken in these tests")
 
     async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
         for message in self.stream[self.seq :]:
@@ -93,7 +103,7 @@ def run(fail_after: int | None, failure: Exception) -> tuple[Governor, FakeLedge
     ledger = FakeLedger(fail_after, failure)
     outbox = Outbox()
     mailbox = Mailbox(10)
-    actor = Actor(core, mailbox, outbox, Metrics(CollectorRegistry()), clock=lambda: 1.0, ledger=ledger)  # type: ignore[arg-type]
+    actor = Actor(core, mailbox, outbox, Metrics(CollectorRegistry()), clock=lambda: 1.0, ledger=ledger)
     for command in (cost("e1", 1.0), cost("e2", 2.0), cost("e3", 3.0)):  # one batch: all wait before the actor runs
         assert mailbox.put(command)
     mailbox.close()
@@ -136,7 +146,7 @@ class ManualLedger:
     def __init__(self, deadline_s: float = 5.0) -> None:
         self.seq = 0
         self.tail = 0
-        self.entries_since_snapshot = 0
+        self.since_snapshot = 0
         self.deadline_s = deadline_s
         self.writes: list[tuple[Write, list[LedgerEntry]]] = []
         self.stream: list[list[LedgerEntry]] = []  # what landed, in sequence order
@@ -151,8 +161,18 @@ class ManualLedger:
         self.started.set()
         return write
 
-    def forget(self, write: Write) -> None:
-        return None
+    def landed(self, write: Write) -> None:
+        self.seq = write.last
+        self.since_snapshot += write.entries
+
+    def rewind(self, writes: Sequence[Write]) -> None:
+        self.tail = self.seq
+
+    def snapshot_bytes(self, state: CoreState) -> bytes:
+        raise AssertionError("no snapshot is taken in these tests")
+
+    async def save_snapshot(self, data: bytes, seq: int) -> None:
+        raise AssertionError("no snapshot is taken in these tests")
 
     def ack(self, i: int, *, land: bool = True) -> None:
         """Write i lands (at its sequence) and, unless `land` is False, is acknowledged."""
@@ -196,7 +216,7 @@ class Pipeline:
         self.mailbox = Mailbox(100)
         self.actor = Actor(
             self.core, self.mailbox, self.outbox, Metrics(CollectorRegistry()), clock=lambda: 1.0,
-            ledger=ledger, max_inflight=4,  # type: ignore[arg-type]
+            ledger=ledger, max_inflight=4,
         )  # fmt: skip
         self.task = asyncio.get_running_loop().create_task(self.actor.run())
 

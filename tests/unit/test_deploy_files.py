@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from schemas.endpoints import ENDPOINTS
 from worker.ops.natsserver import nats_server_binary
 from worker.service.config import load_config
 
@@ -260,6 +261,16 @@ class TestNatsServerConf:
         text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
         lines = ("store_dir: /data/jetstream", "listen: 0.0.0.0:4222", "http: 0.0.0.0:8222", "server_name:")
         assert [text.count(line) for line in lines] == [1, 1, 1, 1]
+
+    def test_the_request_exports_follow_the_endpoint_table(self) -> None:
+        """Each endpoint is exported once: operator-only ones to OPS alone, the others to COORD and OPS; and each
+        account imports exactly what it was exported."""
+        blocks = nats_conf_blocks()
+        exported = dict(re.findall(r'\{ service: "governor\.(\w+)",\s+accounts: \[([A-Z, ]+)\] \}', blocks["GOVERNOR"]))
+        assert exported == {e.name: "OPS" if e.operator_only else "COORD, OPS" for e in ENDPOINTS}
+        for account in ("COORD", "OPS"):
+            imported = re.findall(r'subject: "governor\.(\w+)" \}', blocks[account])
+            assert sorted(imported) == sorted(name for name, to in exported.items() if account in to), account
 
     def test_every_service_import_shares_the_requesters_identity(self) -> None:
         """Every service import has `share: true`, so the governor gets the server-stamped `Nats-Request-Info`."""

@@ -17,7 +17,8 @@ from worker import errors
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.rules import rule_conflicts
 from worker.ops.render import escape, explain_table, print_json, status_table
-from worker.service.config import NATS_URL_ENV, connect_options, load_config, profiles_of, redact
+from worker.service.bootstrap import profiles_of
+from worker.service.config import NATS_URL_ENV, connect_options, load_config, redact
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 INBOX_PREFIX_ENV = "IF_GOVERNOR_INBOX_PREFIX"
@@ -216,7 +217,7 @@ def check_config(args: argparse.Namespace) -> int:
     print(
         f"{args.file}: ok: {len(profiles)} swarms, {len(config.capabilities)} extra capabilities, "
         f"min_capability_match={g.min_capability_match}, max_cost_per_task={g.max_cost_per_task}, "
-        f"circuit_breaker_threshold={g.circuit_breaker_threshold}"
+        f"circuit_breaker_threshold={g.circuit_breaker_failure_threshold}"
     )
     for p in profiles:
         print(f"  {p.swarm_id}: {p.model}, {p.cost_per_hour:g} USD/h, budget {p.current_budget_remaining:g} USD")

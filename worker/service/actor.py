@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
@@ -22,11 +22,12 @@ from schemas.ledger import LedgerEntry
 from schemas.replies import AssignReply
 from schemas.requests import Request
 from worker.core.governor import Governor
-from worker.errors import DeadlineExceeded, GovernorError, Unavailable
+from worker.errors import DeadlineExceeded, GovernorError, InvalidRequest, Unavailable
 from worker.ops.metrics import Metrics
 from worker.service.dispatch import READ_ONLY, apply
+from worker.service.ports import Journal, Outbox, Reloads
 from worker.service.replay import catch_up, snapshot_of
-from worker.storage.journal import Ledger, LedgerError, LedgerFenced, LedgerUnavailable, Write
+from worker.storage.journal import LedgerError, LedgerFenced, LedgerUnavailable, Write
 
 log = logging.getLogger("if_governor.actor")
 
@@ -34,7 +35,7 @@ log = logging.getLogger("if_governor.actor")
 class Command:
     """A decoded request waiting for the actor, with what is needed to answer it and to write it to the ledger."""
 
-    __slots__ = ("identity", "kind", "raw", "received", "reply_to", "request", "subject", "trace_id")
+    __slots__ = ("identity", "kind", "note", "raw", "received", "reply_to", "request", "subject", "trace_id")
 
     def __init__(
         self,
@@ -55,20 +56,11 @@ class Command:
         self.kind = kind  # the endpoint name
         self.raw = raw  # the body as received: what the ledger records
         self.identity = identity  # the authenticated sender, where the deployment stamps one
+        self.note: object = None  # what the service attached for the command's effects (a reload: its config)
 
 
 HEARTBEAT_S = 1.0
 """An idle actor's loop still turns this often."""
-
-
-class Outbox(Protocol):
-    """Where the actor sends its effects (the bus adapter in production)."""
-
-    async def reply(self, command: Command, reply: msgspec.Struct) -> None: ...
-
-    async def reply_error(self, command: Command, error: GovernorError) -> None: ...
-
-    async def publish(self, events: list[Event]) -> None: ...
 
 
 class Mailbox:
@@ -171,10 +163,10 @@ class Actor:
         clock: Callable[[], float] = time.time,
         max_batch: int = 256,
         max_inflight: int = 4,
-        ledger: Ledger | None = None,
+        ledger: Journal | None = None,
         snapshot_every: int = 10_000,
         entitled: Callable[[], bool] | None = None,
-        on_reload: Callable[[Command], None] | None = None,
+        reloads: Reloads | None = None,
     ) -> None:
         self.core = core
         self.mailbox = mailbox
@@ -187,8 +179,8 @@ class Actor:
         self.snapshot_every = snapshot_every
         self.fenced = False
         """Set when this process is no longer the ledger's owner: everything is answered `unavailable`."""
-        self.on_reload = on_reload
-        """Called with each reload command the core applied (the worker then takes its config as in force)."""
+        self.reloads = reloads
+        """Reads the config for each reload command before it is written, and hears when the core applied it."""
         self.entitled = entitled
         """Whether this process may still serve (its lease is valid by its own clock), asked once per batch: a
         process that was frozen past its lease answers nothing, not even a read, from its stale state."""
@@ -253,6 +245,8 @@ class Actor:
                 self.metrics.expired.inc()
             elif self.fenced:
                 results[i] = Unavailable("this governor is not serving (it lost its lease); retry")
+            elif command.kind == "reload":
+                results[i] = self._read_config(command)
         ledger = self.ledger
         pending: list[int] = []
         write: Write | None = None
@@ -270,6 +264,16 @@ class Actor:
         else:
             self._flights.append(flight)
 
+    def _read_config(self, command: Command) -> GovernorError | None:
+        """Turn a reload request into the config as read now (what the ledger records); the refusal, if any."""
+        if self.reloads is None:
+            return InvalidRequest("this governor was started without a config file: nothing to reload")
+        try:
+            self.reloads.read(command)
+        except GovernorError as error:
+            return error
+        return None
+
     async def land(self, flight: _Flight) -> None:
         """The oldest flight's write completed (or ran out of time): apply and answer it, or fail it and all behind."""
         write = flight.write
@@ -279,9 +283,7 @@ class Actor:
             if error is not None:
                 await self._failed(flight, error)  # forgets every write in flight, this one too
                 return
-            self.ledger.forget(write)
-            self.ledger.seq = write.last
-            self.ledger.entries_since_snapshot += write.entries
+            self.ledger.landed(write)
         await self.apply(flight)
 
     async def apply(self, flight: _Flight) -> None:
@@ -294,8 +296,8 @@ class Actor:
             request = command.request
             try:
                 results[i] = apply(core, request, now, command.trace_id, command.identity)
-                if command.kind == "reload" and self.on_reload is not None:
-                    self.on_reload(command)
+                if command.kind == "reload" and self.reloads is not None:
+                    self.reloads.applied(command)
             except GovernorError as error:
                 results[i] = error
             except Exception as error:  # a bug: answer, log with context, keep serving the others
@@ -319,9 +321,7 @@ class Actor:
                 log.exception("publishing %d events failed", len(events))
         self.metrics.mailbox_depth.set(len(self.mailbox))
         # A snapshot costs time in proportion to the registry: take one at most every 2 entries per swarm.
-        if self.ledger is not None and self.ledger.entries_since_snapshot >= max(
-            self.snapshot_every, 2 * len(self.core)
-        ):
+        if self.ledger is not None and self.ledger.since_snapshot >= max(self.snapshot_every, 2 * len(self.core)):
             self._snapshot()
 
     async def _failed(self, head: _Flight, failure: LedgerError) -> None:
@@ -340,10 +340,7 @@ class Actor:
             if write is not None and not write.future.done():
                 await asyncio.wait([write.future], timeout=max(0.0, write.deadline - loop.time()))
         landed = any(f.write is not None and f.write.may_have_landed for f in failed)
-        for flight in failed:
-            if flight.write is not None:
-                ledger.forget(flight.write)
-        ledger.tail = ledger.seq
+        ledger.rewind([f.write for f in failed if f.write is not None])
         if isinstance(failure, LedgerFenced):
             log.error("ledger fenced: %s; no longer serving", failure)
             self.fenced = True

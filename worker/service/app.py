@@ -3,10 +3,9 @@
     async with Worker(config) as worker:
         await worker.wait_stopped()       # until stop() (e.g. from a SIGTERM handler)
 
-Durable mode (the default) is a loop: wait for JetStream; recover the core from the latest snapshot plus the
-ledger's tail; as a standby, keep replaying the ledger while trying to take the lease; once the lease is held,
-read the ledger to its end, reconcile the config, and serve; when the lease is lost, stop serving and start over.
-In-memory mode builds the core from the config and serves.
+Durable mode (the default) is a loop of terms (`worker.service.term`): recover, follow the ledger as a standby
+while trying to take the lease, serve while it is held, and start over when it is lost. In-memory mode builds the
+core from the config and serves.
 
 On exit it stops taking requests, lets the actor answer everything already in the mailbox, writes a snapshot,
 gives the lease up, flushes the connection and closes it. Tasks run in a TaskGroup owned by the worker: if one
@@ -31,18 +30,16 @@ from nats.aio.client import Client
 
 from schemas.config import Config
 from schemas.events import WitnessRecord
-from schemas.ledger import Configure, LedgerEntry, Reload
-from schemas.policy import PRESETS
-from schemas.requests import ReloadRequest, Request
+from schemas.requests import ReloadRequest
 from worker.core.governor import Governor
-from worker.errors import ConfigError, GovernorError, InvalidRequest, Unavailable
+from worker.errors import Unavailable
 from worker.ops.metrics import HttpEndpoint, Metrics
 from worker.service.actor import Actor, Command, Mailbox
+from worker.service.bootstrap import ConfigFile, build_core, empty_core
 from worker.service.bus import Bus
-from worker.service.config import connect_options, load_config, policy_of, profiles_of, redact, without_userinfo
-from worker.service.dispatch import register_request, replay_command
-from worker.service.replay import catch_up, recover, snapshot_of
-from worker.storage.journal import Ledger, LedgerGap, decode_entry, wait_for_jetstream
+from worker.service.config import connect_options, redact, without_userinfo
+from worker.service.term import Terms
+from worker.storage.journal import Ledger
 from worker.storage.lease import Lease
 
 log = logging.getLogger("if_governor.worker")
@@ -52,36 +49,6 @@ DRAIN_S = 30.0
 STUCK_AFTER_S = 10.0
 """A serving actor whose loop has not turned for this long (it turns at least every second) fails /healthz; for
 twice as long, its term ends and the lease is given up."""
-
-
-class ActorStuck(Exception):
-    """The serving actor stopped turning: its term ends."""
-
-
-def build_core(config: Config, now: float) -> Governor:
-    """An in-memory core with the config's policy and capabilities, and its swarms registered."""
-    core = empty_core(config)
-    core.configure(policy_of(config), config.capabilities, config.policies, config.rules)
-    for profile in profiles_of(config):
-        core.register_swarm(profile, now=now, trace_id="config")
-    return core
-
-
-def configure_body(config: Config) -> Configure:
-    """The `configure` ledger entry that the config describes."""
-    probe = Governor(capabilities=config.capabilities)
-    return Configure(
-        policy=policy_of(config),
-        capabilities=probe.vocabulary.extra,
-        policies={k: v for k, v in config.policies.items() if PRESETS.get(k) != v},
-        rules=list(config.rules),
-    )
-
-
-def empty_core(config: Config) -> Governor:
-    """The core a ledger replays into from its first entry (policy and capabilities come from the ledger)."""
-    g = config.governor
-    return Governor(history_limit=g.history_limit, dedupe_limit=g.dedupe_limit, dedupe_horizon_s=g.dedupe_horizon_s)
 
 
 class Worker:
@@ -130,7 +97,6 @@ class Worker:
         self._stop = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
         self._supervisor: asyncio.Task[None] | None = None
-        self._pending_reload: tuple[Request, Config] | None = None  # read from the file, not applied yet
         self._background: set[asyncio.Task[None]] = set()  # witness records of quarantined ledger messages
         self.actor: Actor | None = None
         """The actor of the current (or last) term."""
@@ -149,9 +115,9 @@ class Worker:
             return True
         if self._actor_task.done():
             return False
-        return self._stuck_for() < self.stuck_after
+        return self.stuck_for() < self.stuck_after
 
-    def _stuck_for(self) -> float:
+    def stuck_for(self) -> float:
         """Seconds since the serving actor's loop last turned."""
         assert self.actor is not None
         return asyncio.get_running_loop().time() - self.actor.turned
@@ -294,7 +260,7 @@ class Worker:
                 log.error("the connection to nats did not close within 10 s; left to the operating system")
         self.state = "stopped"
 
-    async def _serve(self, core: Governor, term: asyncio.TaskGroup) -> tuple[Actor, asyncio.Task[None]]:
+    async def serve(self, core: Governor, term: asyncio.TaskGroup) -> tuple[Actor, asyncio.Task[None]]:
         """Start the actor on `core` in the term's task group and subscribe: from now on requests are answered."""
         assert self.nc is not None
         self.core = core
@@ -305,7 +271,6 @@ class Worker:
             self.metrics,
             prefix=self.config.governor.subject_prefix,
             clock=self.clock,
-            prepare={"reload": self._prepare_reload},
             security=self.config.security,
             max_request_bytes=self.config.governor.max_request_bytes,
             pending_msgs=self.config.governor.pending_msgs_per_subject,
@@ -320,7 +285,7 @@ class Worker:
             ledger=self.ledger,
             snapshot_every=self.config.ledger.snapshot_every,
             entitled=self._lease_held if self.durable else None,
-            on_reload=self._reloaded,
+            reloads=ConfigFile(self.config_path, self._reloaded) if self.config_path is not None else None,
         )
         # The registry lives for the whole term: keep the cyclic GC from scanning it on every full collection
         # (with 100,000 swarms a full collection otherwise stalls the actor for tens of milliseconds).
@@ -341,7 +306,7 @@ class Worker:
     def _lease_held(self) -> bool:
         return self.lease is not None and self.lease.held
 
-    async def _unserve(self, actor: Actor, task: asyncio.Task[None], *, lost: bool) -> None:
+    async def unserve(self, actor: Actor, task: asyncio.Task[None], *, lost: bool) -> None:
         """Stop taking requests; answer what is queued (`unavailable` when the lease was lost or the actor died)."""
         self.state = "standby"
         gc.unfreeze()  # this term's registry may be replaced: let the collector see it again
@@ -368,124 +333,33 @@ class Worker:
         """Serve until stopped. The state lives only here: if the actor dies, the worker stops (and `governor
         run` exits non-zero) rather than serving on from the config's budgets."""
         async with asyncio.TaskGroup() as term:
-            actor, task = await self._serve(self.core, term)
+            actor, task = await self.serve(self.core, term)
             try:
-                await self._sleep(None, task=task)
+                await self.sleep(None, task=task)
             finally:
-                await self._unserve(actor, task, lost=False)
+                await self.unserve(actor, task, lost=False)
             if task.cancelled() or task.exception() is not None:
                 self.stop()
 
     async def _supervise_durable(self) -> None:
         assert self.storage_nc is not None and self.lease_nc is not None
         ledger_config = self.config.ledger
-        prefix = self.config.governor.subject_prefix
         self.ledger = ledger = Ledger(
             self.storage_nc,
             on_foreign=self._on_foreign,
-            prefix=prefix,
+            prefix=self.config.governor.subject_prefix,
             replicas=ledger_config.replicas,
             timeout=ledger_config.timeout_s,
             trim=ledger_config.trim,
         )
-        self.lease = lease = Lease(
+        self.lease = Lease(
             self.lease_nc,
             self.holder_id,
             bucket=ledger.stream + "_LEASE",
             ttl=ledger_config.lease_ttl_s,
             replicas=ledger_config.replicas,
         )
-        while not self._stop.is_set():
-            try:
-                served = await self._one_term(ledger, lease)
-            except Exception:
-                log.exception("governor cycle failed; starting over as a standby")
-                served = False
-            if not served and not self._stop.is_set():
-                await self._sleep(0.5)
-
-    async def _one_term(self, ledger: Ledger, lease: Lease) -> bool:
-        """Recover, wait for the lease as a standby, serve while it is held. True when it served to the end (a
-        lost lease included), False when it did not serve or one of its tasks failed."""
-        self.state = "standby"
-        await wait_for_jetstream(ledger, self._stop)
-        if self._stop.is_set():
-            return False
-        await lease.setup()
-        g = self.config.governor
-
-        async def recovered() -> Governor:
-            return await recover(
-                ledger,
-                lambda: empty_core(self.config),
-                lambda state: Governor.from_state(
-                    state,
-                    history_limit=g.history_limit,
-                    dedupe_limit=g.dedupe_limit,
-                    dedupe_horizon_s=g.dedupe_horizon_s,
-                ),
-            )
-
-        async def follow(core: Governor) -> Governor:
-            """Replay what the ledger gained; a standby that fell behind its trimmed part starts from the snapshot."""
-            try:
-                await catch_up(ledger, core)
-                return core
-            except LedgerGap as gap:
-                log.info("%s: recovering from the snapshot", gap)
-                return await recovered()
-
-        core = await recovered()
-        poll = min(0.5, lease.ttl / 4)
-        while not await lease.try_acquire():
-            if await self._sleep(poll):
-                return False
-            with contextlib.suppress(Exception):
-                core = await follow(core)
-        # The lease is renewed by its own task from now on, also while the ledger is read and the config reconciled.
-        # The renewer and the actor (with its snapshot writer) are this term's tasks: if one dies, the task group
-        # cancels the rest, the term stops serving at once and gives the lease up, and a fresh term starts.
-        lost_lease = asyncio.Event()
-        lost = failed = False
-        try:
-            async with asyncio.TaskGroup() as term:
-                renewer = term.create_task(self._hold(lease, lost_lease), name="governor-lease")
-                core = await follow(core)  # to the end: nobody else writes now
-                await self._reconcile(core, ledger)
-                if not lost_lease.is_set():
-                    actor, task = await self._serve(core, term)
-                    try:
-                        while not self._stop.is_set() and not lost_lease.is_set() and not actor.fenced:
-                            await self._sleep(min(lease.ttl / 4, self.stuck_after / 2), lost_lease, task)
-                            if task.done():
-                                break
-                            if self._stuck_for() > 2 * self.stuck_after:
-                                # /healthz has failed for `stuck_after` already: this term ends, and gives the
-                                # lease up, like a dead one
-                                task.cancel()
-                                raise ActorStuck(f"the actor has not turned for {2 * self.stuck_after:g}s")
-                    finally:
-                        lost = lost_lease.is_set() or actor.fenced
-                        if lost:
-                            self.metrics.lease_lost.inc()
-                            log.error("lease lost: no longer serving")
-                        await self._unserve(actor, task, lost=lost)
-                else:
-                    lost = True
-                renewer.cancel()
-        except* Exception as failure:
-            failed = True
-            self.state = "standby"
-            self.metrics.term_failures.inc()
-            cause = _first_leaf(failure)
-            log.error("this term failed (%r): no longer serving; a fresh term starts", cause, exc_info=cause)
-        if failed:
-            await lease.release()
-            return False  # the next term starts after a pause
-        if not lost:
-            await self._final_snapshot(ledger, core)
-            await lease.release()
-        return True
+        await Terms(self, ledger, self.lease).run()
 
     def _on_foreign(self, seq: int, reason: str) -> None:
         """A ledger message (or a snapshot, `seq` 0) that is not the governor's was passed over: count it and
@@ -504,86 +378,18 @@ class Worker:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _hold(self, lease: Lease, lost: asyncio.Event) -> None:
-        """Renew the lease every ttl/4 until it cannot be renewed in time; then set `lost`."""
-        while True:
-            await asyncio.sleep(lease.ttl / 4)
-            sent = time.perf_counter()
-            renewed = await lease.renew()
-            self.metrics.lease_renewal.observe(time.perf_counter() - sent)
-            if not renewed:
-                lost.set()
-                return
-
-    async def _reconcile(self, core: Governor, ledger: Ledger) -> None:
-        """Bring the config into the ledger: a changed policy or capability list, and swarms never seen before."""
-        now = self.clock()
-        encode = msgspec.json.encode
-        entries: list[LedgerEntry] = []
-        body = configure_body(self.config)
-        if (
-            core.policy != body.policy
-            or core.vocabulary.extra != body.capabilities
-            or core.rules != body.rules
-            or {k: v for k, v in core.policies.items() if PRESETS.get(k) != v} != body.policies
-        ):
-            entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
-        for p in profiles_of(self.config):
-            if not core.known(p.swarm_id):
-                entries.append(LedgerEntry("register", now, "config", msgspec.Raw(encode(register_request(p)))))
-        if not entries:
-            return
-        await ledger.append(entries)
-        for i, entry in enumerate(entries):  # their events stay in the core: published once serving starts
-            replay_command(core, decode_entry(entry.kind, entry.body), entry.now, entry.trace_id, entry.identity)
-            if i % 500 == 499:
-                await asyncio.sleep(0)  # let the lease be renewed during a long first registration
-        log.info("config reconciled into the ledger: %d entries", len(entries))
-
-    async def _final_snapshot(self, ledger: Ledger, core: Governor) -> None:
-        if ledger.entries_since_snapshot == 0:
-            return
-        try:
-            seq = ledger.seq
-            await asyncio.wait_for(ledger.save_snapshot(snapshot_of(ledger, core), seq), timeout=10)
-        except Exception as exc:
-            log.warning("final snapshot not stored (%s): the next start replays the tail", exc)
-
-    def _prepare_reload(self, request: Request) -> tuple[Request, bytes]:
-        """Re-read the config file into a `reload` command (what the ledger records is the config as read)."""
-        if self.config_path is None:
-            raise InvalidRequest("this governor was started without a config file: nothing to reload")
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            raise InvalidRequest(f"config not reloaded: {exc}") from None
-        reload = Reload(
-            configure=configure_body(config),
-            swarms=[register_request(p) for p in profiles_of(config)],
-            trace_id=request.trace_id,
-        )
-        # Later reconciliations (e.g. after a lease change) use the file as now read, once the reload is applied:
-        # a reload the ledger refused changes nothing, the config this process reconciles with included.
-        self._pending_reload = (reload, config)
-        return reload, msgspec.json.encode(reload)
-
-    def _reloaded(self, command: Command) -> None:
+    def _reloaded(self, config: Config) -> None:
         """A reload was applied (after the ledger took it): its config is the one in force from now on."""
-        pending = self._pending_reload
-        if pending is not None and pending[0] is command.request:
-            self.config = pending[1]
-            self._pending_reload = None
+        self.config = config
 
     def reload(self) -> bool:
-        """Queue a reload of the config file (SIGHUP). False when not serving or the file is bad (logged)."""
+        """Queue a reload of the config file (SIGHUP), as if `governor.reload` was asked. False when not serving
+        or the mailbox is full (logged); a bad file is refused by the actor (logged and witnessed)."""
         if not self.ready or self.bus is None:
             log.warning("reload ignored: not serving")
             return False
-        try:
-            request, raw = self._prepare_reload(ReloadRequest())
-        except GovernorError as exc:
-            log.error("%s", exc.message)
-            return False
+        request = ReloadRequest()
+        raw = msgspec.json.encode(request)
         command = Command(request, "", self.bus.new_trace_id(), "signal.SIGHUP", time.perf_counter(), "reload", raw)
         if not self.mailbox.put(command):
             log.error("reload not queued: the mailbox is full")
@@ -591,7 +397,16 @@ class Worker:
         log.info("config reload queued from %s", self.config_path)
         return True
 
-    async def _sleep(
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` was asked."""
+        return self._stop.is_set()
+
+    @property
+    def stop_event(self) -> asyncio.Event:
+        return self._stop
+
+    async def sleep(
         self, seconds: float | None, also: asyncio.Event | None = None, task: asyncio.Task[None] | None = None
     ) -> bool:
         """Sleep, or return early when stopping (True), when `also` is set or when `task` ends."""
@@ -606,9 +421,3 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
         return self._stop.is_set()
-
-
-def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
-    """The first exception that is not a group (the actor's own task group wraps what killed it)."""
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -125,7 +125,6 @@ class Bus:
         *,
         prefix: str = "governor",
         clock: Callable[[], float] = time.time,
-        prepare: dict[str, Callable[[Request], tuple[Request, bytes]]] | None = None,
         security: SecuritySection | None = None,
         max_request_bytes: int = 65_536,
         pending_msgs: int = 65_536,
@@ -146,8 +145,6 @@ class Bus:
         self._last_error: dict[str, str] = dict.fromkeys(ENDPOINTS, "")
         self._processing_ns: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self._replies: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
-        # Per endpoint, turns a decoded request into the command the ledger records (e.g. reload reads the config).
-        self.prepare = prepare or {}
         self._encode = msgspec.json.Encoder().encode
         self._trace_prefix = os.urandom(6).hex()
         self._trace_seq = count(1)
@@ -254,7 +251,6 @@ class Bus:
         mailbox = self.mailbox
         counts = self.metrics.received
         counts[name] = 0
-        prepare = self.prepare.get(name)
         perf = time.perf_counter
         reply_prefixes = self.reply_prefixes
         operator_only = name in OPERATOR_ONLY
@@ -324,15 +320,7 @@ class Bus:
                         Command(request, reply, trace_id, subject, received, name, identity=identity), error
                     )
                     return
-            if prepare is not None:
-                try:
-                    request, data = prepare(request)
-                except GovernorError as error:
-                    await self.reply_error(
-                        Command(request, reply, trace_id, subject, received, name, identity=identity), error
-                    )
-                    return
-            elif writes:  # the ledger records the request in its compact canonical form, never the bytes as sent
+            if writes:  # the ledger records the request in its compact canonical form, never the bytes as sent
                 data = encode(request)
             command = Command(request, reply, trace_id, subject, received, name, data, identity)
             if not mailbox.put(command):

@@ -17,8 +17,7 @@ import msgspec
 import yaml
 
 from schemas.config import Config, NatsSection, StorageLogin
-from schemas.policy import PRESETS, ResourcePolicy
-from schemas.profiles import SwarmProfile
+from schemas.policy import PRESETS
 from worker.core.capabilities import Vocabulary
 from worker.errors import ConfigError
 
@@ -96,13 +95,6 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     _check_swarms(config, source)
     _check_rules(config, source)
     _check_security(config, source)
-    try:  # the policy is written to the ledger and read back: it must pass its own limits
-        msgspec.convert(msgspec.to_builtins(policy_of(config)), ResourcePolicy)
-    except msgspec.ValidationError as exc:
-        match = _PATH.search(str(exc))
-        field = match.group("path") if match else ""
-        field = {"circuit_breaker_failure_threshold": "circuit_breaker_threshold"}.get(field, field)
-        raise ConfigError(f"{source}: governor.{field}: {_PATH.sub('', str(exc))}") from None
     return config
 
 
@@ -154,44 +146,6 @@ def _check_swarms(config: Config, source: str) -> None:
         for j, cap in enumerate(swarm.capabilities):
             if cap not in vocabulary:
                 raise ConfigError(f"{source}: swarms[{i}].capabilities[{j}]: {vocabulary.explain_unknown(cap)}")
-
-
-def policy_of(config: Config) -> ResourcePolicy:
-    """The resource policy the config describes."""
-    g = config.governor
-    return ResourcePolicy(
-        max_swarms_per_task=g.max_swarms_per_task,
-        max_cost_per_task=g.max_cost_per_task,
-        min_capability_match=g.min_capability_match,
-        circuit_breaker_failure_threshold=g.circuit_breaker_threshold,
-        failure_window_s=g.failure_window_s,
-        reservation_ttl_s=g.reservation_ttl_s,
-        breaker_cooldown_s=g.breaker_cooldown_s,
-        breaker_max_cooldown_s=g.breaker_max_cooldown_s,
-        half_open_probes=g.half_open_probes,
-        soft_budget_ratio=g.soft_budget_ratio,
-        max_amount_usd=g.max_amount_usd,
-        max_holds=g.max_holds,
-        max_holds_per_swarm=g.max_holds_per_swarm,
-        assign_window_s=g.assign_window_s,
-    )
-
-
-def profiles_of(config: Config) -> list[SwarmProfile]:
-    """The swarms the config registers at start, `initial_budget` defaulting to `default_budget`."""
-    return [
-        SwarmProfile(
-            swarm_id=s.swarm_id,
-            capabilities=list(s.capabilities),
-            cost_per_hour=s.cost_per_hour,
-            reputation_score=s.reputation_score,
-            current_budget_remaining=s.initial_budget
-            if s.initial_budget is not None
-            else config.governor.default_budget,
-            model=s.model,
-        )
-        for s in config.swarms
-    ]
 
 
 def connect_options(nats_config: NatsSection, *, storage: bool = False) -> dict[str, Any]:

@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 from worker.core.governor import Governor
 from worker.service.dispatch import replay_command
+from worker.service.ports import Journal
 from worker.storage.journal import RECOVER_ATTEMPTS, Ledger, LedgerGap
 
 log = logging.getLogger("if_governor.ledger")
 
 
-async def catch_up(ledger: Ledger, core: Governor, *, keep_events: bool = False) -> int:
+async def catch_up(ledger: Journal, core: Governor, *, keep_events: bool = False) -> int:
     """Apply every ledger message after `ledger.seq`, to the stream's end, to `core`.
 
     Returns how many messages were read (quarantined ones too: they are passed over). Their events are dropped
@@ -46,11 +47,10 @@ async def recover(
         state = await ledger.load_snapshot()
         if state is not None:
             core = from_state(state)
-            ledger.seq = state.seq
             log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
         else:
             core = empty_core()
-            ledger.seq = 0
+        ledger.begin_at(state.seq if state is not None else 0)
         try:
             replayed = await catch_up(ledger, core)
         except LedgerGap as gap:
@@ -59,12 +59,11 @@ async def recover(
             log.info("%s while recovering; reading the newer snapshot", gap)
             continue
         log.info("recovered to ledger sequence %d (%d messages replayed)", ledger.seq, replayed)
-        ledger.entries_since_snapshot = replayed
         return core
     raise AssertionError("unreachable")
 
 
-def snapshot_of(ledger: Ledger, core: Governor) -> bytes:
+def snapshot_of(ledger: Journal, core: Governor) -> bytes:
     """The core's state at the ledger's current sequence, ready for `ledger.save_snapshot` (taken synchronously,
     by the core's owner, so that it is consistent)."""
     return ledger.snapshot_bytes(core.export_state(ledger.seq))

@@ -34,7 +34,7 @@ import contextlib
 import itertools
 import logging
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -224,7 +224,8 @@ class Ledger:
         self.max_message = max_message
         self.seq = 0
         """The last ledger sequence applied to the core this ledger serves."""
-        self.entries_since_snapshot = 0
+        self.since_snapshot = 0
+        """Entries applied since the last snapshot was taken: the owner takes one when this grows large."""
         self.tail = 0
         """The last ledger sequence written or in flight: the next message must follow it."""
         self.snapshot_timeout = max(timeout, 10.0)
@@ -342,6 +343,24 @@ class Ledger:
         for token in write.tokens:
             self._waiting.pop(token, None)
 
+    def landed(self, write: Write) -> None:
+        """A write was acknowledged and its entries are applied now: `seq` follows it."""
+        self.forget(write)
+        self.seq = write.last
+        self.since_snapshot += write.entries
+
+    def rewind(self, writes: Iterable[Write]) -> None:
+        """Writes that were not all acknowledged: stop waiting for them; the next write follows `seq` again (what
+        landed of them is read back with `read_tail`)."""
+        for write in writes:
+            self.forget(write)
+        self.tail = self.seq
+
+    def begin_at(self, seq: int) -> None:
+        """Serve a core that holds the ledger up to `seq` (a snapshot's sequence, or 0 for an empty core)."""
+        self.seq = self.tail = seq
+        self.since_snapshot = 0
+
     async def append(self, entries: list[LedgerEntry]) -> None:
         """Write entries and wait for their acknowledgement; `seq` and `tail` follow what was acknowledged.
 
@@ -350,7 +369,7 @@ class Ledger:
         write = await self.start(entries)
         try:
             self.seq = await asyncio.wait_for(asyncio.shield(write.future), self.timeout)
-            self.entries_since_snapshot += write.entries
+            self.since_snapshot += write.entries
         except TimeoutError:
             raise LedgerAmbiguous(f"no acknowledgement within {self.timeout}s") from None
         finally:
@@ -423,7 +442,7 @@ class Ledger:
                     self._quarantine(seq, foreign.reason)
                     commands = []
                 self.seq = seq
-                self.entries_since_snapshot += 1
+                self.since_snapshot += 1
                 yield commands
         finally:
             self.tail = self.seq
@@ -444,7 +463,7 @@ class Ledger:
 
     def snapshot_bytes(self, state: CoreState) -> bytes:
         """A state (exported by the core's owner at `self.seq`, synchronously), compressed for `save_snapshot`."""
-        self.entries_since_snapshot = 0
+        self.since_snapshot = 0
         return zlib.compress(msgspec.msgpack.encode(state), 1)
 
     async def save_snapshot(self, data: bytes, seq: int) -> None:

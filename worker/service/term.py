@@ -1,0 +1,189 @@
+"""Durable mode, one term after another.
+
+A term recovers the core (the latest snapshot plus the ledger's tail) and, as a standby, follows the ledger while
+it tries to take the lease. Once the lease is held it reads the ledger to its end, brings the config into the
+ledger and serves, until the lease is lost, the actor dies or stops turning, or the worker stops. The lease
+renewer and the actor (with its snapshot writer) are the term's tasks, in one task group: if one dies, the others
+are cancelled, the term stops serving at once and gives the lease up, and a fresh term starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from schemas.ledger import LedgerEntry
+from schemas.policy import PRESETS
+from worker.core.governor import Governor
+from worker.service.bootstrap import configure_body, empty_core, profiles_of, restorer
+from worker.service.dispatch import register_request, replay_command
+from worker.service.replay import catch_up, recover, snapshot_of
+from worker.storage.journal import Ledger, LedgerGap, decode_entry, wait_for_jetstream
+from worker.storage.lease import Lease
+
+if TYPE_CHECKING:
+    from worker.service.app import Worker
+
+log = logging.getLogger("if_governor.worker")
+
+
+class ActorStuck(Exception):
+    """The serving actor stopped turning: its term ends."""
+
+
+class Terms:
+    """The durable worker's terms over one ledger and one lease."""
+
+    def __init__(self, worker: Worker, ledger: Ledger, lease: Lease) -> None:
+        self.worker = worker
+        self.ledger = ledger
+        self.lease = lease
+
+    async def run(self) -> None:
+        """Term after term until the worker stops; a failed term is logged and followed by a fresh one."""
+        worker = self.worker
+        while not worker.stopping:
+            try:
+                served = await self.one()
+            except Exception:
+                log.exception("governor cycle failed; starting over as a standby")
+                served = False
+            if not served and not worker.stopping:
+                await worker.sleep(0.5)
+
+    async def _recovered(self) -> Governor:
+        config = self.worker.config
+        return await recover(self.ledger, lambda: empty_core(config), restorer(config))
+
+    async def _follow(self, core: Governor) -> Governor:
+        """Replay what the ledger gained; a standby that fell behind its trimmed part starts from the snapshot."""
+        try:
+            await catch_up(self.ledger, core)
+            return core
+        except LedgerGap as gap:
+            log.info("%s: recovering from the snapshot", gap)
+            return await self._recovered()
+
+    async def one(self) -> bool:
+        """Recover, wait for the lease as a standby, serve while it is held. True when it served to the end (a
+        lost lease included), False when it did not serve or one of its tasks failed."""
+        worker, ledger, lease = self.worker, self.ledger, self.lease
+        worker.state = "standby"
+        await wait_for_jetstream(ledger, worker.stop_event)
+        if worker.stopping:
+            return False
+        await lease.setup()
+        core = await self._recovered()
+        poll = min(0.5, lease.ttl / 4)
+        while not await lease.try_acquire():
+            if await worker.sleep(poll):
+                return False
+            with contextlib.suppress(Exception):
+                core = await self._follow(core)
+        lost_lease = asyncio.Event()
+        lost = failed = False
+        try:
+            async with asyncio.TaskGroup() as term:
+                # Renewed by its own task from now on, also while the ledger is read and the config reconciled.
+                renewer = term.create_task(self._hold(lost_lease), name="governor-lease")
+                core = await self._follow(core)  # to the end: nobody else writes now
+                await self._reconcile(core)
+                if not lost_lease.is_set():
+                    lost = await self._serve(core, term, lost_lease)
+                else:
+                    lost = True
+                renewer.cancel()
+        except* Exception as failure:
+            failed = True
+            worker.state = "standby"
+            worker.metrics.term_failures.inc()
+            cause = _first_leaf(failure)
+            log.error("this term failed (%r): no longer serving; a fresh term starts", cause, exc_info=cause)
+        if failed:
+            await lease.release()
+            return False  # the next term starts after a pause
+        if not lost:
+            await self._final_snapshot(core)
+            await lease.release()
+        return True
+
+    async def _serve(self, core: Governor, term: asyncio.TaskGroup, lost_lease: asyncio.Event) -> bool:
+        """Serve until the worker stops, the lease is lost (True) or the actor ends or stops turning."""
+        worker = self.worker
+        actor, task = await worker.serve(core, term)
+        try:
+            while not worker.stopping and not lost_lease.is_set() and not actor.fenced:
+                await worker.sleep(min(self.lease.ttl / 4, worker.stuck_after / 2), lost_lease, task)
+                if task.done():
+                    break
+                if worker.stuck_for() > 2 * worker.stuck_after:
+                    # /healthz has failed for `stuck_after` already: this term ends, and gives the lease up, like
+                    # a dead one
+                    task.cancel()
+                    raise ActorStuck(f"the actor has not turned for {2 * worker.stuck_after:g}s")
+        finally:
+            lost = lost_lease.is_set() or actor.fenced
+            if lost:
+                worker.metrics.lease_lost.inc()
+                log.error("lease lost: no longer serving")
+            await worker.unserve(actor, task, lost=lost)
+        return lost
+
+    async def _hold(self, lost: asyncio.Event) -> None:
+        """Renew the lease every ttl/4 until it cannot be renewed in time; then set `lost`."""
+        lease, renewal = self.lease, self.worker.metrics.lease_renewal
+        while True:
+            await asyncio.sleep(lease.ttl / 4)
+            sent = time.perf_counter()
+            renewed = await lease.renew()
+            renewal.observe(time.perf_counter() - sent)
+            if not renewed:
+                lost.set()
+                return
+
+    async def _reconcile(self, core: Governor) -> None:
+        """Bring the config into the ledger: a changed policy or capability list, and swarms never seen before."""
+        worker = self.worker
+        now = worker.clock()
+        encode = msgspec.json.encode
+        entries: list[LedgerEntry] = []
+        body = configure_body(worker.config)
+        if (
+            core.policy != body.policy
+            or core.vocabulary.extra != body.capabilities
+            or core.rules != body.rules
+            or {k: v for k, v in core.policies.items() if PRESETS.get(k) != v} != body.policies
+        ):
+            entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
+        for p in profiles_of(worker.config):
+            if not core.known(p.swarm_id):
+                entries.append(LedgerEntry("register", now, "config", msgspec.Raw(encode(register_request(p)))))
+        if not entries:
+            return
+        await self.ledger.append(entries)
+        for i, entry in enumerate(entries):  # their events stay in the core: published once serving starts
+            replay_command(core, decode_entry(entry.kind, entry.body), entry.now, entry.trace_id, entry.identity)
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # let the lease be renewed during a long first registration
+        log.info("config reconciled into the ledger: %d entries", len(entries))
+
+    async def _final_snapshot(self, core: Governor) -> None:
+        ledger = self.ledger
+        if ledger.since_snapshot == 0:
+            return
+        try:
+            seq = ledger.seq
+            await asyncio.wait_for(ledger.save_snapshot(snapshot_of(ledger, core), seq), timeout=10)
+        except Exception as exc:
+            log.warning("final snapshot not stored (%s): the next start replays the tail", exc)
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first exception that is not a group (the actor's own task group wraps what killed it)."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
