@@ -2,14 +2,13 @@
 (`worker.service.replay`, which reads the ledger's entries and applies them here).
 
 Each endpoint name (`kind`) has one request type (the endpoint table, `schemas.endpoints`) and one decoder,
-built once. `apply` is the only translation of
-request fields into core arguments, so a replayed command does exactly what the live one did.
+built once. `apply` is the only translation of request fields into core arguments, one `match` over the request
+types, so a replayed command does exactly what the live one did.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -44,54 +43,6 @@ READ_ONLY = frozenset(e.name for e in ENDPOINTS if not e.changes_state)
 DECODERS: dict[str, msgspec.json.Decoder[Any]] = {k: msgspec.json.Decoder(t) for k, t in REQUEST_TYPES.items()}
 
 
-def _assign(core: Governor, r: AssignRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.assign(
-        r.task_id,
-        r.required_capabilities,
-        now=now,
-        max_cost=r.max_cost,
-        max_swarms=r.max_swarms,
-        explain=r.explain,
-        estimated_cost=r.estimated_cost,
-        trace_id=trace_id,
-        explain_limit=r.explain_limit,
-        explain_cursor=r.explain_cursor,
-        reassign=r.reassign,
-    )
-
-
-def _cost(core: Governor, r: CostRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.track_cost(
-        r.swarm_id, r.operation, r.cost, now=now, event_id=r.event_id, task_id=r.task_id, trace_id=trace_id
-    )
-
-
-def _reset(core: Governor, r: ResetRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.reset_circuit_breaker(
-        r.swarm_id, r.new_budget, approved_by=r.approved_by, now=now, event_id=r.event_id, trace_id=trace_id
-    )
-
-
-def _trip(core: Governor, r: TripRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.trip_circuit_breaker(
-        r.swarm_id, r.reason, now=now, requested_by=r.requested_by, event_id=r.event_id, trace_id=trace_id
-    )
-
-
-def _failure(core: Governor, r: FailureRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.record_failure(
-        r.swarm_id, now=now, task_id=r.task_id, error=r.error, event_id=r.event_id, trace_id=trace_id
-    )
-
-
-def _success(core: Governor, r: SuccessRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.record_success(r.swarm_id, now=now, task_id=r.task_id, event_id=r.event_id, trace_id=trace_id)
-
-
-def _reload(core: Governor, r: Reload, now: float, trace_id: str) -> msgspec.Struct:
-    return core.reload(r.configure, [profile_of(s) for s in r.swarms], now=now, trace_id=trace_id)
-
-
 def register_request(p: SwarmProfile) -> RegisterRequest:
     """The `register` command that registers this profile (the ledger records commands): the same fields."""
     return RegisterRequest(**msgspec.structs.asdict(p))
@@ -102,36 +53,52 @@ def profile_of(r: RegisterRequest) -> SwarmProfile:
     return SwarmProfile(**{name: getattr(r, name) for name in SwarmProfile.__struct_fields__})
 
 
-def _register(core: Governor, r: RegisterRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.register_swarm(profile_of(r), now=now, trace_id=trace_id, event_id=r.event_id)
-
-
-def _deregister(core: Governor, r: DeregisterRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.deregister_swarm(r.swarm_id, now=now, trace_id=trace_id, event_id=r.event_id)
-
-
-def _status(core: Governor, r: StatusRequest, now: float, trace_id: str) -> msgspec.Struct:
-    return core.status(now=now, trace_id=trace_id, limit=r.limit, cursor=r.cursor)
-
-
-def _history(core: Governor, r: HistoryRequest, now: float, trace_id: str) -> msgspec.Struct:
-    assignments, resets, next_cursor = core.history(r.limit, r.cursor)
-    return HistoryReply(assignments=assignments, resets=resets, next_cursor=next_cursor, trace_id=trace_id)
-
-
-_APPLY: dict[type[Any], Callable[[Governor, Any, float, str], msgspec.Struct]] = {
-    AssignRequest: _assign,
-    CostRequest: _cost,
-    ResetRequest: _reset,
-    TripRequest: _trip,
-    FailureRequest: _failure,
-    SuccessRequest: _success,
-    Reload: _reload,
-    RegisterRequest: _register,
-    DeregisterRequest: _deregister,
-    StatusRequest: _status,
-    HistoryRequest: _history,
-}
+def _apply(core: Governor, request: Request, now: float, trace_id: str) -> msgspec.Struct:
+    match request:
+        case AssignRequest() as r:
+            return core.assign(
+                r.task_id,
+                r.required_capabilities,
+                now=now,
+                max_cost=r.max_cost,
+                max_swarms=r.max_swarms,
+                explain=r.explain,
+                estimated_cost=r.estimated_cost,
+                trace_id=trace_id,
+                explain_limit=r.explain_limit,
+                explain_cursor=r.explain_cursor,
+                reassign=r.reassign,
+            )
+        case CostRequest() as r:
+            return core.track_cost(
+                r.swarm_id, r.operation, r.cost, now=now, event_id=r.event_id, task_id=r.task_id, trace_id=trace_id
+            )
+        case ResetRequest() as r:
+            return core.reset_circuit_breaker(
+                r.swarm_id, r.new_budget, approved_by=r.approved_by, now=now, event_id=r.event_id, trace_id=trace_id
+            )
+        case TripRequest() as r:
+            return core.trip_circuit_breaker(
+                r.swarm_id, r.reason, now=now, requested_by=r.requested_by, event_id=r.event_id, trace_id=trace_id
+            )
+        case FailureRequest() as r:
+            return core.record_failure(
+                r.swarm_id, now=now, task_id=r.task_id, error=r.error, event_id=r.event_id, trace_id=trace_id
+            )
+        case SuccessRequest() as r:
+            return core.record_success(r.swarm_id, now=now, task_id=r.task_id, event_id=r.event_id, trace_id=trace_id)
+        case Reload() as r:
+            return core.reload(r.configure, [profile_of(s) for s in r.swarms], now=now, trace_id=trace_id)
+        case RegisterRequest() as r:
+            return core.register_swarm(profile_of(r), now=now, trace_id=trace_id, event_id=r.event_id)
+        case DeregisterRequest() as r:
+            return core.deregister_swarm(r.swarm_id, now=now, trace_id=trace_id, event_id=r.event_id)
+        case StatusRequest() as r:
+            return core.status(now=now, trace_id=trace_id, limit=r.limit, cursor=r.cursor)
+        case HistoryRequest() as r:
+            assignments, resets, next_cursor = core.history(r.limit, r.cursor)
+            return HistoryReply(assignments=assignments, resets=resets, next_cursor=next_cursor, trace_id=trace_id)
+    raise TypeError(f"no core call for {type(request).__name__}")  # a reload not read from its file, say
 
 
 def apply(
@@ -139,10 +106,10 @@ def apply(
 ) -> msgspec.Struct:
     """Apply one request to the core, sent by `identity`; return its reply or raise its GovernorError."""
     if identity is None:  # the core's identity is unset between commands
-        return _APPLY[type(request)](core, request, now, trace_id)
+        return _apply(core, request, now, trace_id)
     core.identity = identity
     try:
-        return _APPLY[type(request)](core, request, now, trace_id)
+        return _apply(core, request, now, trace_id)
     finally:
         core.identity = msgspec.UNSET
 
