@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING
 
 from schemas.ledger import CoreState, SwarmState
 from schemas.policy import PRESETS
 from schemas.profiles import SwarmProfile
+from worker.core.parts import Parts
 from worker.core.registry import Swarm
 
-if TYPE_CHECKING:
-    from worker.core.governor import Governor
 
-
-def export(core: Governor, seq: int) -> CoreState:
+def export(core: Parts, seq: int) -> CoreState:
     """The core's whole state, as a snapshot covering ledger sequence `seq`."""
     registry, dedupe, history = core.registry, core.dedupe, core.history_log
     return CoreState(
@@ -53,7 +50,7 @@ def export(core: Governor, seq: int) -> CoreState:
     )
 
 
-def restore(core: Governor, state: CoreState) -> None:
+def restore(core: Parts, state: CoreState) -> None:
     """Fill an empty core (made with the state's policy and capabilities) with the rest of the state."""
     registry, dedupe = core.registry, core.dedupe
     for st in state.swarms:

@@ -1,0 +1,58 @@
+"""The stores one core holds, and what every command group of the façade shares: a context per command and
+the events it records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from schemas.events import Event, Identity
+from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
+from worker.core.breakers import Breakers
+from worker.core.capabilities import Vocabulary
+from worker.core.context import Context
+from worker.core.dedupe import Dedupe
+from worker.core.history import History
+from worker.core.registry import Registry
+from worker.core.reservations import Reservations
+
+
+class Parts:
+    """The registry, breakers, reservations, dedupe windows, history and configuration of one core."""
+
+    def __init__(
+        self,
+        policy: ResourcePolicy | None = None,
+        *,
+        capabilities: Iterable[str] = (),
+        history_limit: int = 1000,
+        dedupe_limit: int = 200_000,
+        dedupe_horizon_s: float = 7 * 86400.0,
+    ) -> None:
+        self.policy = policy if policy is not None else ResourcePolicy()
+        self.policies: dict[str, ResourcePolicy] = dict(PRESETS)
+        self.rules: list[PolicyRule] = []
+        self.vocabulary = Vocabulary(capabilities)
+        self.registry = Registry()
+        self.breakers = Breakers(self.registry)
+        self.reservations = Reservations()
+        self.dedupe = Dedupe(dedupe_limit, dedupe_horizon_s)
+        self.history_log = History(history_limit)
+        self._events: list[Event] = []
+        self.identity: Identity | msgspec.UnsetType = msgspec.UNSET
+        """The authenticated sender of the command being applied (set around each command by `dispatch.apply`):
+        it goes into that command's witness records, trip and reset events and reset history."""
+
+    def _context(self, now: float, trace_id: str) -> Context:
+        return Context(now, trace_id, self.identity, self._events)
+
+    @property
+    def evicted(self) -> dict[str, int]:
+        """Ids forgotten before their horizon because their kind's window was full (assignments under `assign`)."""
+        return self.dedupe.evicted
+
+    def take_events(self) -> list[Event]:
+        """Return the events recorded since the last call, oldest first, and forget them."""
+        events, self._events = self._events, []
+        return events
