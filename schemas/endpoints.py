@@ -68,6 +68,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("history", HistoryRequest, HistoryReply, changes_state=False, empty_body_ok=True),
 )
 BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
+BY_REQUEST: dict[type[Request], Endpoint] = {e.request: e for e in ENDPOINTS}
 
 #: What a ledger entry of each kind records: the request (a `reload` as the config was read), or a `configure`.
 ENTRY_TYPES: dict[str, type[msgspec.Struct]] = {

@@ -95,3 +95,12 @@ class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Event = BreakerTripped | BreakerReset | BreakerHalfOpen | BreakerClosed | Escalation | WitnessRecord
+
+#: Event type -> its subject under the prefix (witness records go to `<prefix>.witness.<operation>`).
+EVENT_SUBJECTS: dict[type[Event], str] = {
+    BreakerTripped: "events.breaker.tripped",
+    BreakerReset: "events.breaker.reset",
+    BreakerHalfOpen: "events.breaker.half_open",
+    BreakerClosed: "events.breaker.closed",
+    Escalation: "events.escalation",
+}

@@ -23,15 +23,8 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.events import (
-    BreakerClosed,
-    BreakerHalfOpen,
-    BreakerReset,
-    BreakerTripped,
-    Escalation,
-    Event,
-    WitnessRecord,
-)
+from schemas.endpoints import BY_NAME, BY_REQUEST
+from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
 from schemas.profiles import SwarmProfile
 from schemas.replies import (
     AssignReply,
@@ -45,6 +38,20 @@ from schemas.replies import (
     SuccessReply,
     SwarmReply,
     TripReply,
+)
+from schemas.requests import (
+    AssignRequest,
+    CostRequest,
+    DeregisterRequest,
+    FailureRequest,
+    HistoryRequest,
+    RegisterRequest,
+    ReloadRequest,
+    Request,
+    ResetRequest,
+    StatusRequest,
+    SuccessRequest,
+    TripRequest,
 )
 from worker import errors
 
@@ -141,10 +148,22 @@ class GovernorClient:
     ) -> None:
         await self.close()
 
-    async def call(self, name: str, body: dict[str, Any], reply_type: type[R], *, trace_id: str | None = None) -> R:
-        """Send one request; return its typed reply or raise the GovernorError subclass its code names."""
-        headers = {"X-IF-Trace-ID": trace_id} if trace_id else None
+    async def call(
+        self, name: str, body: dict[str, Any], reply_type: type[R] | None = None, *, trace_id: str | None = None
+    ) -> R:
+        """Send one request body (None values left out) to `<prefix>.<name>`; return its reply, typed as the endpoint
+        table says (or as `reply_type`), or raise the GovernorError subclass its code names."""
         payload = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
+        return await self._request(name, payload, reply_type or BY_NAME[name].reply, trace_id)  # type: ignore[arg-type]
+
+    async def send(self, request: Request, reply_type: type[R], *, trace_id: str | None = None) -> R:
+        """Send a request Struct to its endpoint (the endpoint table names it by the request's type)."""
+        endpoint = BY_REQUEST[type(request)]
+        assert endpoint.reply is reply_type, f"{endpoint.name} replies {endpoint.reply.__name__}"
+        return await self._request(endpoint.name, msgspec.json.encode(request), reply_type, trace_id)
+
+    async def _request(self, name: str, payload: bytes, reply_type: type[R], trace_id: str | None) -> R:
+        headers = {"X-IF-Trace-ID": trace_id} if trace_id else None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.retry_for
         delay = 0.05
@@ -176,16 +195,16 @@ class GovernorClient:
         reassign: bool = False,
     ) -> AssignReply:
         """Assign a task (a retry of the same `task_id` gets the same assignment; `reassign` moves it)."""
-        body = {
-            "task_id": task_id or f"task-{uuid.uuid4().hex[:12]}",
-            "required_capabilities": list(required_capabilities),
-            "max_cost": max_cost,
-            "max_swarms": max_swarms,
-            "explain": explain or None,
-            "estimated_cost": estimated_cost,
-            "reassign": reassign or None,
-        }
-        return await self.call("assign", body, AssignReply, trace_id=trace_id)
+        request = AssignRequest(
+            task_id=task_id or f"task-{uuid.uuid4().hex[:12]}",
+            required_capabilities=list(required_capabilities),
+            max_cost=max_cost,
+            explain=explain,
+            estimated_cost=estimated_cost,
+            reassign=reassign,
+            **_given(max_swarms=max_swarms),
+        )
+        return await self.send(request, AssignReply, trace_id=trace_id)
 
     async def cost(
         self,
@@ -197,34 +216,27 @@ class GovernorClient:
         task_id: str | None = None,
         trace_id: str | None = None,
     ) -> CostReply:
-        body = {
-            "swarm_id": swarm_id,
-            "operation": operation,
-            "cost": cost,
-            "event_id": event_id or _event_id(),
-            "task_id": task_id,
-        }
-        return await self.call("cost", body, CostReply, trace_id=trace_id)
+        request = CostRequest(
+            swarm_id=swarm_id, operation=operation, cost=cost, event_id=event_id or _event_id(), task_id=task_id
+        )
+        return await self.send(request, CostReply, trace_id=trace_id)
 
     async def reset(
         self, swarm_id: str, new_budget: float, *, approved_by: str, event_id: str | None = None
     ) -> ResetReply:
-        body = {
-            "swarm_id": swarm_id,
-            "new_budget": new_budget,
-            "approved_by": approved_by,
-            "event_id": event_id or _event_id(),
-        }
-        return await self.call("reset", body, ResetReply)
+        request = ResetRequest(
+            swarm_id=swarm_id, new_budget=new_budget, approved_by=approved_by, event_id=event_id or _event_id()
+        )
+        return await self.send(request, ResetReply)
 
     async def trip(self, swarm_id: str, reason: str, *, requested_by: str, event_id: str | None = None) -> TripReply:
-        body = {
-            "swarm_id": swarm_id,
-            "reason": reason,
-            "requested_by": requested_by,
-            "event_id": event_id or _event_id(),
-        }
-        return await self.call("trip", body, TripReply)
+        request = TripRequest(
+            swarm_id=swarm_id,
+            reason=reason,  # type: ignore[arg-type]  # the governor refuses a reason it does not know
+            requested_by=requested_by,
+            event_id=event_id or _event_id(),
+        )
+        return await self.send(request, TripReply)
 
     async def failure(
         self,
@@ -234,29 +246,28 @@ class GovernorClient:
         error: str | None = None,
         event_id: str | None = None,
     ) -> FailureReply:
-        body = {"swarm_id": swarm_id, "task_id": task_id, "error": error, "event_id": event_id or _event_id()}
-        return await self.call("failure", body, FailureReply)
+        request = FailureRequest(swarm_id=swarm_id, task_id=task_id, error=error, event_id=event_id or _event_id())
+        return await self.send(request, FailureReply)
 
     async def success(self, swarm_id: str, *, task_id: str | None = None, event_id: str | None = None) -> SuccessReply:
         """Report a task that succeeded (closes a half-open breaker)."""
-        return await self.call(
-            "success", {"swarm_id": swarm_id, "task_id": task_id, "event_id": event_id or _event_id()}, SuccessReply
-        )
+        request = SuccessRequest(swarm_id=swarm_id, task_id=task_id, event_id=event_id or _event_id())
+        return await self.send(request, SuccessReply)
 
     async def reload(self) -> ReloadReply:
         """Ask the governor to re-read its config file (operators only)."""
-        return await self.call("reload", {}, ReloadReply)
+        return await self.send(ReloadRequest(), ReloadReply)
 
     async def register(self, profile: SwarmProfile, *, event_id: str | None = None) -> SwarmReply:
-        body = {**msgspec.to_builtins(profile), "event_id": event_id or _event_id()}
-        return await self.call("register", body, SwarmReply)
+        request = RegisterRequest(**msgspec.structs.asdict(profile), event_id=event_id or _event_id())
+        return await self.send(request, SwarmReply)
 
     async def deregister(self, swarm_id: str, *, event_id: str | None = None) -> SwarmReply:
-        return await self.call("deregister", {"swarm_id": swarm_id, "event_id": event_id or _event_id()}, SwarmReply)
+        return await self.send(DeregisterRequest(swarm_id=swarm_id, event_id=event_id or _event_id()), SwarmReply)
 
     async def status_page(self, limit: int | None = None, cursor: str | None = None) -> StatusReply:
         """One page of `status` (the governor's default size when `limit` is None)."""
-        return await self.call("status", {"limit": limit, "cursor": cursor}, StatusReply)
+        return await self.send(StatusRequest(limit=limit, cursor=cursor), StatusReply)
 
     async def status(self, page_size: int = 1000) -> StatusReply:
         """The whole status: every page, followed and merged into one reply (`next_cursor` None)."""
@@ -277,7 +288,7 @@ class GovernorClient:
 
     async def history_page(self, limit: int | None = None, cursor: str | None = None) -> HistoryReply:
         """One page of `history`: up to `limit` of each kind older than `cursor` (None: the newest)."""
-        return await self.call("history", {"limit": limit, "cursor": cursor}, HistoryReply)
+        return await self.send(HistoryRequest(limit=limit, cursor=cursor), HistoryReply)
 
     async def history(self, limit: int | None = None, page_size: int = 500) -> HistoryReply:
         """The `limit` most recent assignments and resets (None: all the governor keeps), newest last, following
@@ -295,13 +306,7 @@ class GovernorClient:
 
     async def events(self, *, witness: bool = False) -> AsyncIterator[tuple[str, Event]]:
         """Breaker, reset and escalation events (and witness records with `witness`) as they arrive."""
-        types: dict[str, type[Any]] = {
-            f"{self.prefix}.events.breaker.tripped": BreakerTripped,
-            f"{self.prefix}.events.breaker.reset": BreakerReset,
-            f"{self.prefix}.events.breaker.half_open": BreakerHalfOpen,
-            f"{self.prefix}.events.breaker.closed": BreakerClosed,
-            f"{self.prefix}.events.escalation": Escalation,
-        }
+        types: dict[str, type[Any]] = {f"{self.prefix}.{subject}": t for t, subject in EVENT_SUBJECTS.items()}
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def enqueue(msg: Msg) -> None:
@@ -319,6 +324,11 @@ class GovernorClient:
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields given (not None): the others keep the request's defaults."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _event_id() -> str:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from schemas.events import Event, WitnessRecord
+from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
 from schemas.ledger import Reload
 from schemas.replies import ErrorBody, ErrorReply
 from worker.core.governor import Governor
@@ -192,7 +192,7 @@ class TestJsonSchemas:
     def test_every_event_type_has_a_subject(self) -> None:
         """Every member of `schemas.events.Event` but the witness record has an event subject."""
         events = set(schema.event_types())
-        assert events - {WitnessRecord} == set(schema.EVENT_SUBJECTS)
+        assert events - {WitnessRecord} == set(EVENT_SUBJECTS)
 
     @pytest.mark.parametrize("path", sorted((DEPLOY / "schemas").glob("*.json")), ids=lambda p: p.stem)
     def test_structure(self, path: Path) -> None:
@@ -270,7 +270,7 @@ class TestPayloads:
 
     def test_readme_examples_validate(self, validator: Any) -> None:
         """The event, witness and error payloads quoted in the README validate against their schemas."""
-        by_subject = {f"{schema.PREFIX}.{subject}": t.__name__ for t, subject in schema.EVENT_SUBJECTS.items()}
+        by_subject = {f"{schema.PREFIX}.{subject}": t.__name__ for t, subject in EVENT_SUBJECTS.items()}
         line = re.compile(r"(governor\.(?:events|witness)\.[a-z_.]+) (\{.*\})$")
         checked: list[str] = []
         for match in map(line.search, README.read_text(encoding="utf-8").splitlines()):
@@ -340,7 +340,7 @@ class TestAsyncApi:
             for op in document["operations"].values()
             if op["action"] == "send"
         }
-        expected = {f"governor.{subject}" for subject in schema.EVENT_SUBJECTS.values()}
+        expected = {f"governor.{subject}" for subject in EVENT_SUBJECTS.values()}
         assert sent == expected | {"governor.witness.{operation}"}
         witness = document["channels"]["witnessRecord"]
         assert "operation" in witness["parameters"]
@@ -396,5 +396,5 @@ class TestAsyncApi:
             if isinstance(event, WitnessRecord):
                 assert subject == f"governor.witness.{event.operation}"
             else:
-                assert subject == f"governor.{schema.EVENT_SUBJECTS[type(event)]}"
+                assert subject == f"governor.{EVENT_SUBJECTS[type(event)]}"
             assert payload == msgspec.json.encode(event)

@@ -20,14 +20,11 @@ import yaml
 
 from schemas.codes import WITNESS_OPERATIONS
 from schemas.endpoints import BY_NAME
-from schemas.events import (
-    Event,
-    WitnessRecord,
-)
+from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
 from schemas.replies import ErrorReply
+from worker import __version__ as VERSION
 from worker.errors import GovernorError
-from worker.service import bus
-from worker.service.bus import TRACE_HEADER, VERSION
+from worker.service.bus import TRACE_HEADER
 from worker.service.dispatch import REQUEST_TYPES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -39,7 +36,6 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
 
 #: Where each event is published, after `<prefix>.` (witness records go to `witness.<operation>`).
-EVENT_SUBJECTS = bus.EVENT_SUBJECTS
 WITNESS_SUBJECT = "witness.{operation}"
 
 #: Operations named in witness subjects, as examples for the `operation` channel parameter (not a closed list).

@@ -14,12 +14,11 @@ here), and could count neither the errors the actor answers nor the time to the 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from itertools import count
 from typing import Any
 
@@ -30,12 +29,9 @@ from nats.aio.subscription import Subscription
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from schemas.config import SecuritySection
-from schemas.discovery import EndpointInfo, EndpointStats, InfoResponse, PingResponse, StatsResponse
 from schemas.endpoints import ENDPOINTS as TABLE
 from schemas.events import (
-    BreakerClosed,
-    BreakerHalfOpen,
-    BreakerReset,
+    EVENT_SUBJECTS,
     BreakerTripped,
     Escalation,
     Event,
@@ -46,7 +42,6 @@ from schemas.events import (
 from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from schemas.types import TRACE_ID_PATTERN, TraceId
-from worker import __version__
 from worker.errors import (
     Forbidden,
     GovernorError,
@@ -58,14 +53,11 @@ from worker.errors import (
 )
 from worker.ops.metrics import Metrics
 from worker.service.actor import Command, Mailbox
+from worker.service.discovery import QUEUE_GROUP, VERBS, Discovery
 from worker.service.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
 
 log = logging.getLogger("if_governor.bus")
 
-VERSION = __version__
-SERVICE = "governor"
-DESCRIPTION = "IF.governor: capability-aware task assignment and budget governance"
-QUEUE_GROUP = "q"
 TRACE_HEADER = "X-IF-Trace-ID"
 MAX_TRACE_ID = 128
 YIELD_EVERY = 128
@@ -79,15 +71,6 @@ REPLY_PREFIXES = ("_INBOX.", "_R_.")
 """Reply subjects always answered: nats clients' inboxes and the response mappings of service imports."""
 #: Requests that change breakers, the registry or the config: operators only (from the endpoint table).
 OPERATOR_ONLY = frozenset(e.name for e in TABLE if e.operator_only)
-#: Event type -> its subject under the prefix (witness records go to `<prefix>.witness.<operation>`).
-EVENT_SUBJECTS: dict[type[Any], str] = {
-    BreakerTripped: "events.breaker.tripped",
-    BreakerReset: "events.breaker.reset",
-    BreakerHalfOpen: "events.breaker.half_open",
-    BreakerClosed: "events.breaker.closed",
-    Escalation: "events.escalation",
-}
-
 #: Requests whose every field is optional: an empty body means `{}`.
 EMPTY_BODY_OK = frozenset(e.name for e in TABLE if e.empty_body_ok)
 
@@ -136,15 +119,9 @@ class Bus:
         self.metrics = metrics
         self.prefix = prefix
         self.clock = clock
-        self.service_id = os.urandom(11).hex()
+        self.discovery = Discovery(prefix)
         self._subscriptions: list[Subscription] = []
         self._since_yield = 0  # requests handled since the intake last let the event loop run others
-        self._started = ""
-        # Per endpoint, for $SRV.STATS: errors answered, the last one, and nanoseconds from receipt to reply.
-        self._errors: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
-        self._last_error: dict[str, str] = dict.fromkeys(ENDPOINTS, "")
-        self._processing_ns: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
-        self._replies: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self._encode = msgspec.json.Encoder().encode
         self._trace_prefix = os.urandom(6).hex()
         self._trace_seq = count(1)
@@ -164,10 +141,10 @@ class Bus:
     async def start(self) -> None:
         """Subscribe the endpoints and discovery; from now on requests flow into the mailbox."""
         subscribe = self.nc.subscribe
-        self._started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        for verb, answer in (("PING", self._ping), ("INFO", self._info), ("STATS", self._stats)):
-            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE}", f"$SRV.{verb}.{SERVICE}.{self.service_id}"):
-                self._subscriptions.append(await subscribe(subject, cb=answer))
+        discovery = self.discovery
+        for verb, answer in zip(VERBS, (discovery.ping, discovery.info, self._stats), strict=True):
+            for subject in discovery.subjects(verb):
+                self._subscriptions.append(await subscribe(subject, cb=self._discovery_handler(answer)))
         for name in ENDPOINTS:
             sub = await subscribe(
                 f"{self.prefix}.{name}",
@@ -188,49 +165,17 @@ class Bus:
     # -- discovery (the NATS micro protocol) --------------------------------------------------------------------
 
     @property
-    def _metadata(self) -> dict[str, str]:
-        return {"subject_prefix": self.prefix}
+    def service_id(self) -> str:
+        return self.discovery.service_id
 
-    async def _ping(self, msg: Msg) -> None:
-        ping = PingResponse(name=SERVICE, id=self.service_id, version=VERSION, metadata=self._metadata)
-        await self._answer(msg, ping)
+    def _stats(self) -> msgspec.Struct:
+        return self.discovery.stats(self.metrics.received)
 
-    async def _info(self, msg: Msg) -> None:
-        endpoints = [EndpointInfo(name=n, subject=f"{self.prefix}.{n}", queue_group=QUEUE_GROUP) for n in ENDPOINTS]
-        info = InfoResponse(
-            name=SERVICE,
-            id=self.service_id,
-            version=VERSION,
-            metadata=self._metadata,
-            description=DESCRIPTION,
-            endpoints=endpoints,
-        )
-        await self._answer(msg, info)
+    def _discovery_handler(self, answer: Callable[[], msgspec.Struct]) -> Callable[[Msg], Awaitable[None]]:
+        async def handle(msg: Msg) -> None:
+            await self._answer(msg, answer())
 
-    async def _stats(self, msg: Msg) -> None:
-        received = self.metrics.received
-        endpoints = [
-            EndpointStats(
-                name=n,
-                subject=f"{self.prefix}.{n}",
-                queue_group=QUEUE_GROUP,
-                num_requests=received.get(n, 0),
-                num_errors=self._errors[n],
-                last_error=self._last_error[n],
-                processing_time=self._processing_ns[n],
-                average_processing_time=self._processing_ns[n] // max(1, self._replies[n]),
-            )
-            for n in ENDPOINTS
-        ]
-        stats = StatsResponse(
-            name=SERVICE,
-            id=self.service_id,
-            version=VERSION,
-            metadata=self._metadata,
-            started=self._started,
-            endpoints=endpoints,
-        )
-        await self._answer(msg, stats)
+        return handle
 
     async def _answer(self, msg: Msg, body: msgspec.Struct) -> None:
         reply = msg.reply
@@ -403,10 +348,7 @@ class Bus:
 
     def _replied(self, command: Command) -> None:
         """Count a reply sent and the time from receipt to it, for $SRV.STATS."""
-        kind = command.kind
-        if kind in self._replies:
-            self._processing_ns[kind] += int((time.perf_counter() - command.received) * 1e9)
-            self._replies[kind] += 1
+        self.discovery.replied(command.kind, int((time.perf_counter() - command.received) * 1e9))
 
     async def reply_error(self, command: Command, error: GovernorError) -> None:
         """The one place that turns an error into an error reply, counts it and witnesses it."""
@@ -435,9 +377,7 @@ class Bus:
     ) -> None:
         """Count a refusal (metrics and $SRV.STATS), log it at DEBUG and witness it (`request_rejected`)."""
         self.metrics.rejected.labels(code).inc()
-        if kind in self._errors:
-            self._errors[kind] += 1
-            self._last_error[kind] = f"{code}: {message}"
+        self.discovery.refused(kind, code, message)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("refused %s: %s: %s", subject, code, message, extra={"trace_id": trace_id})
         record = WitnessRecord(
