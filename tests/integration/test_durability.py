@@ -36,7 +36,9 @@ from worker.errors import Unavailable
 from worker.ops.natsserver import NatsServer
 from worker.service.app import Worker
 from worker.service.replay import catch_up, recover
-from worker.storage.journal import LEGACY_SNAPSHOT_NAME, Ledger, LedgerGap, snapshot_name, stream_name
+from worker.storage.entries import LedgerGap
+from worker.storage.journal import Ledger, stream_name
+from worker.storage.snapshots import LEGACY_SNAPSHOT_NAME, snapshot_name
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIAL = 1_000_000.0

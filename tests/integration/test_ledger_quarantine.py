@@ -36,7 +36,9 @@ from worker.service.app import Worker
 from worker.service.dispatch import register_request
 from worker.service.replay import recover
 from worker.service.replay import snapshot_of as state_snapshot
-from worker.storage.journal import Ledger, LedgerGap, snapshot_name, stream_name
+from worker.storage.entries import LedgerGap
+from worker.storage.journal import Ledger, stream_name
+from worker.storage.snapshots import snapshot_name
 from worker.storage.verify import Problem, verify
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,7 +16,8 @@ from worker.core.governor import Governor
 from worker.errors import GovernorError
 from worker.ops.metrics import Metrics
 from worker.service.actor import Actor, Command, Mailbox
-from worker.storage.journal import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, Write, decode_entry
+from worker.storage.entries import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, decode_entry
+from worker.storage.journal import Write
 
 
 class FakeLedger:

@@ -13,15 +13,8 @@ from schemas.requests import CostRequest
 from tests.unit.helpers import NOW
 from worker.core.governor import Governor
 from worker.service.dispatch import replay_command
-from worker.storage.journal import (
-    MAX_REASON,
-    LedgerForeign,
-    decode_message,
-    decode_snapshot,
-    short_reason,
-    snapshot_name,
-    snapshot_seq,
-)
+from worker.storage.entries import MAX_REASON, LedgerForeign, decode_message, decode_snapshot, short_reason
+from worker.storage.snapshots import snapshot_name, snapshot_seq
 from worker.storage.verify import Problem, Report, problem
 
 COST = b'{"swarm_id":"a","operation":"op","cost":1.25,"event_id":"e1"}'

@@ -27,7 +27,8 @@ from worker.ops.metrics import Metrics
 from worker.service.dispatch import READ_ONLY, apply
 from worker.service.ports import Journal, Outbox, Reloads
 from worker.service.replay import catch_up, snapshot_of
-from worker.storage.journal import LedgerError, LedgerFenced, LedgerUnavailable, Write
+from worker.storage.entries import LedgerError, LedgerFenced, LedgerUnavailable
+from worker.storage.journal import Write
 
 log = logging.getLogger("if_governor.actor")
 

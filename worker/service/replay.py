@@ -13,7 +13,8 @@ from collections.abc import Callable
 from worker.core.governor import Governor
 from worker.service.dispatch import replay_command
 from worker.service.ports import Journal
-from worker.storage.journal import RECOVER_ATTEMPTS, Ledger, LedgerGap
+from worker.storage.entries import LedgerGap
+from worker.storage.journal import RECOVER_ATTEMPTS, Ledger
 
 log = logging.getLogger("if_governor.ledger")
 

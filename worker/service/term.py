@@ -23,7 +23,8 @@ from worker.core.governor import Governor
 from worker.service.bootstrap import configure_body, empty_core, profiles_of, restorer
 from worker.service.dispatch import register_request, replay_command
 from worker.service.replay import catch_up, recover, snapshot_of
-from worker.storage.journal import Ledger, LedgerGap, decode_entry, wait_for_jetstream
+from worker.storage.entries import LedgerGap, decode_entry
+from worker.storage.journal import Ledger, wait_for_jetstream
 from worker.storage.lease import Lease
 
 if TYPE_CHECKING:

@@ -1,41 +1,29 @@
-"""The durable ledger: a JetStream stream of accepted commands, snapshots of the core, and recovery.
+"""The durable ledger: a JetStream stream of accepted commands, and the snapshots of the core beside it.
 
 Write-ahead: the actor appends a batch of commands and waits for JetStream's acknowledgement *before* it applies
 them and replies. Every message names the sequence it expects to follow (`Nats-Expected-Last-Sequence`), so only
 one writer can ever extend the ledger: a second writer's append is refused (`LedgerFenced`), never interleaved.
 Writes are pipelined (`start`): the next batch is published while earlier ones wait for their acks; the core still
-applies nothing that is not acknowledged, in ledger order.
+applies nothing that is not acknowledged, in ledger order. The ledger keeps its own counters: what is applied
+(`seq`, moved by `landed` and `read_tail`), what is written or in flight (`tail`, put back by `rewind`), and the
+entries since the last snapshot (`since_snapshot`).
 
-    LedgerError
-    ├── LedgerUnavailable   the batch was certainly not written (no JetStream, stream missing, refused)
-    ├── LedgerAmbiguous     no acknowledgement in time: the batch may or may not be in the stream
-    ├── LedgerFenced        another writer extended the ledger: this process is no longer its owner
-    ├── LedgerGap           a reader fell behind the trimmed part: it must start again from the snapshot
-    └── LedgerForeign       a message or snapshot the governor cannot replay (raised by `decode_message`)
-
-The state is the snapshot (a JetStream object store) plus the stream's tail after it. Storage never sees the core:
-`read_tail` yields the decoded commands and `load_snapshot` the stored state; `worker.service.replay` applies them.
-Snapshots are stored under their sequence and never overwritten; the two newest are kept, and the ledger entries up
-to the older one are purged (`trim`): the stream holds about two snapshot intervals, and a standby that fell
-further behind reloads the newest snapshot.
+The state is the newest snapshot (`worker.storage.snapshots`) plus the stream's tail after it. Storage never sees
+the core: `read_tail` yields the decoded commands and `load_snapshot` the stored state; `worker.service.replay`
+applies them.
 
 Reading fails safe, not dead: a ledger message that is not a batch the governor wrote (say, a reply some client
 aimed at the ledger's subject), or that holds an entry of an unknown kind or a body that is not its kind's request,
 is quarantined: logged, counted (`foreign`), reported (`on_foreign`) and passed over whole, every time it is read,
-so the state is exactly what the other messages make. A snapshot that does not decode is reported the same way
-(sequence 0) and the one before it is read instead, or the ledger from its start.
+so the state is exactly what the other messages make (`worker.storage.entries` decodes and names the errors).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import itertools
 import logging
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
 
 import msgspec
 import nats.errors
@@ -45,102 +33,26 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.object_store import OBJ_ALL_META_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
+from nats.js.object_store import ObjectStore
 
-from schemas.endpoints import ENTRY_TYPES
-from schemas.ledger import Configure, CoreState, LedgerBatch, LedgerEntry
+from schemas.ledger import Configure, LedgerBatch, LedgerEntry
 from schemas.requests import Request
+from worker.storage.entries import (
+    LedgerAmbiguous,
+    LedgerError,
+    LedgerFenced,
+    LedgerForeign,
+    LedgerGap,
+    LedgerUnavailable,
+    decode_message,
+    short_reason,
+)
+from worker.storage.snapshots import SnapshotStore
 
 log = logging.getLogger("if_governor.ledger")
 
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
-SNAPSHOT_PREFIX = "seq-"
-LEGACY_SNAPSHOT_NAME = "latest"  # the one overwritten snapshot of earlier versions, read when no other exists
-SNAPSHOT_READ_ATTEMPTS = 3
 RECOVER_ATTEMPTS = 3
-MAX_REASON = 200  # characters of a quarantine reason: a foreign message chooses what its error messages quote
-
-
-class LedgerError(Exception):
-    """The ledger could not take a batch."""
-
-
-class LedgerUnavailable(LedgerError):
-    """The batch was certainly not written."""
-
-
-class LedgerAmbiguous(LedgerError):
-    """No acknowledgement in time: the batch may or may not be in the stream."""
-
-
-class LedgerFenced(LedgerError):
-    """Another writer extended the ledger."""
-
-
-class LedgerGap(LedgerError):
-    """The entries after what was applied were trimmed (a newer snapshot holds them): recover from the snapshot."""
-
-
-class LedgerForeign(LedgerError):
-    """A ledger message or snapshot that the governor cannot replay: `reason` says why, in a few words."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-_decode_batch = msgspec.json.Decoder(LedgerBatch).decode
-_decode_state = msgspec.msgpack.Decoder(CoreState).decode
-
-
-_ENTRY_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {k: msgspec.json.Decoder(t) for k, t in ENTRY_TYPES.items()}
-
-
-def decode_entry(kind: str, body: bytes) -> Request | Configure:
-    """The command a ledger entry records: KeyError when `kind` is not one the governor writes, msgspec.DecodeError
-    when the body is not that kind's request (the ledger quarantines such an entry's message instead of replaying it).
-    """
-    command: Request | Configure = _ENTRY_DECODERS[kind].decode(body)
-    return command
-
-
-def decode_message(data: bytes) -> list[tuple[LedgerEntry, Request | Configure]]:
-    """A ledger message's entries, each with the command it records; `LedgerForeign` when the message is not a
-    `LedgerBatch`, or when any entry's kind is unknown or its body is not that kind's request (nothing of such a
-    message is replayed: every entry is decoded before any is applied)."""
-    try:
-        batch = _decode_batch(data)
-    except msgspec.DecodeError as exc:
-        raise LedgerForeign(f"not a ledger batch: {exc}") from None
-    commands: list[tuple[LedgerEntry, Request | Configure]] = []
-    for i, entry in enumerate(batch.entries):
-        try:
-            commands.append((entry, decode_entry(entry.kind, entry.body)))
-        except KeyError:
-            raise LedgerForeign(f"entry {i}: unknown kind {entry.kind[:40]!r}") from None
-        except msgspec.DecodeError as exc:
-            raise LedgerForeign(f"entry {i} ({entry.kind}): {exc}") from None
-    return commands
-
-
-def decode_snapshot(data: bytes) -> CoreState:
-    """A stored snapshot's state; `LedgerForeign` when it is empty or does not decode."""
-    if not data:
-        raise LedgerForeign("is empty")
-    try:
-        return _decode_state(zlib.decompress(data))
-    except (zlib.error, msgspec.DecodeError) as exc:
-        raise LedgerForeign(f"does not decode: {exc}") from None
-
-
-class _ObjectMeta(msgspec.Struct):
-    """The description the object store keeps of an object (only the fields read here)."""
-
-    name: str = ""
-    deleted: bool = False
-
-
-_decode_meta = msgspec.json.Decoder(_ObjectMeta).decode
 
 
 class _AckError(msgspec.Struct):
@@ -201,7 +113,7 @@ def stream_name(prefix: str) -> str:
     return prefix.replace(".", "_").replace("-", "_").upper() + "_LEDGER"
 
 
-class Ledger:
+class Ledger(SnapshotStore):
     """Appends, snapshots and replays the governor's ledger on one NATS connection."""
 
     def __init__(
@@ -458,178 +370,6 @@ class Ledger:
             log.warning("%s: passed over", reason)
         if self.on_foreign is not None:
             self.on_foreign(seq, reason)
-
-    # -- snapshots ------------------------------------------------------------------------------------------------
-
-    def snapshot_bytes(self, state: CoreState) -> bytes:
-        """A state (exported by the core's owner at `self.seq`, synchronously), compressed for `save_snapshot`."""
-        self.since_snapshot = 0
-        return zlib.compress(msgspec.msgpack.encode(state), 1)
-
-    async def save_snapshot(self, data: bytes, seq: int) -> None:
-        """Store the snapshot taken at ledger sequence `seq` under a name of its own; keep the two newest snapshots
-        and (with `trim`) purge the ledger entries up to the older of them.
-
-        Snapshots are never overwritten: a process that lost its lease while storing one (its publishes buffered
-        across a partition, say) can only add an older snapshot, which recovery passes over and the next save
-        deletes. The trim point comes from what the store holds, so the newest snapshot is always followed by every
-        entry after it.
-        """
-        assert self._snapshots is not None
-        await self._snapshots.put(snapshot_name(seq), data)
-        try:
-            seqs = await self._stored_snapshots()
-            for old in seqs[:-2]:
-                await self._delete_snapshot(snapshot_name(old))
-            if not self._legacy_removed:
-                await self._delete_snapshot(LEGACY_SNAPSHOT_NAME)
-                self._legacy_removed = True
-            if self.trim and len(seqs) >= 2:
-                await self.js.purge_stream(self.stream, seq=seqs[-2] + 1)  # purges the entries up to seqs[-2]
-        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-            log.warning("old snapshots or ledger entries not removed (%s): they are after the next snapshot", exc)
-
-    async def _stored_snapshots(self) -> list[int]:
-        """The sequences of the snapshots in the store, oldest first."""
-        live, _ = await self.snapshot_objects()
-        return sorted(seq for seq in map(snapshot_seq, live) if seq is not None)
-
-    async def snapshot_objects(self) -> tuple[list[str], list[tuple[str, str]]]:
-        """The names of the objects in the snapshot store, and (name, reason) of those whose description does not
-        decode (the object store's own listing would stop at such a description and wait forever)."""
-        stream = OBJ_STREAM_TEMPLATE.format(bucket=self.snapshot_bucket)
-        metas = OBJ_ALL_META_PRE_TEMPLATE.format(bucket=self.snapshot_bucket)
-        try:
-            await self.js.get_last_msg(stream, metas)
-        except nats.js.errors.NotFoundError:
-            return [], []
-        sub = await self.js.subscribe(
-            metas,
-            stream=stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
-        )
-        live: list[str] = []
-        unreadable: list[tuple[str, str]] = []
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=self.snapshot_timeout)
-                name = _object_name(msg.subject)
-                try:
-                    if not _decode_meta(msg.data).deleted:
-                        live.append(name)
-                except msgspec.DecodeError as exc:
-                    unreadable.append((name, f"its description does not decode: {exc}"))
-                if msg.metadata.num_pending == 0:
-                    return live, unreadable
-        finally:
-            await sub.unsubscribe()
-
-    async def _delete_snapshot(self, name: str) -> None:
-        """Delete a snapshot and its deletion marker, so that the store holds only the live snapshots."""
-        assert self._snapshots is not None
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self._snapshots.delete(name)
-        bucket = self.snapshot_bucket
-        meta = OBJ_META_PRE_TEMPLATE.format(bucket=bucket, obj=base64.urlsafe_b64encode(name.encode()).decode())
-        await self.js.purge_stream(OBJ_STREAM_TEMPLATE.format(bucket=bucket), subject=meta)
-
-    async def load_snapshot(self) -> CoreState | None:
-        """The newest snapshot that can be read, or None (then the ledger is replayed from its start).
-
-        A snapshot that does not decode (its description, its data, or data that do not match their digest) is
-        reported (`on_foreign`, sequence 0) and passed over for the one before it. A snapshot deleted while it is read
-        loses its chunks under the reader (the object store's `get` would then wait forever): each attempt is
-        bounded, and the next one lists again; one still listed that times out a second time is broken, not deleted,
-        and is passed over as well.
-        """
-        passed_over: set[str] = set()
-        timed_out: set[str] = set()
-        attempt = 0
-        while True:
-            names = await self._readable_snapshots(passed_over)
-            if not names:
-                return None
-            name = names[0]
-            try:
-                return await self.read_snapshot(name)
-            except LedgerForeign as foreign:
-                passed_over.add(name)
-                self._quarantine(0, f"snapshot {name} {foreign.reason}")
-                continue
-            except nats.js.errors.ObjectNotFoundError:
-                log.info("snapshot %s deleted before it was read (attempt %d); listing again", name, attempt + 1)
-            except TimeoutError:
-                if name in timed_out:
-                    passed_over.add(name)
-                    self._quarantine(0, f"snapshot {name} could not be read in {self.snapshot_timeout:g}s, twice")
-                    continue
-                timed_out.add(name)
-                log.warning(
-                    "snapshot %s not read within %.1fs (attempt %d of %d): deleted while being read?",
-                    name,
-                    self.snapshot_timeout,
-                    attempt + 1,
-                    SNAPSHOT_READ_ATTEMPTS,
-                )
-            attempt += 1
-            if attempt == SNAPSHOT_READ_ATTEMPTS:
-                raise LedgerUnavailable(f"no snapshot could be read in {SNAPSHOT_READ_ATTEMPTS} attempts")
-
-    async def _readable_snapshots(self, passed_over: set[str]) -> list[str]:
-        """The snapshots to try, newest first (the `latest` of earlier versions last), except those passed over; a
-        description that does not decode is reported and passed over here."""
-        live, unreadable = await self.snapshot_objects()
-        for name, reason in unreadable:
-            if name not in passed_over:
-                passed_over.add(name)
-                self._quarantine(0, f"snapshot {name}: {reason}")
-        seqs = sorted(seq for seq in map(snapshot_seq, live) if seq is not None)
-        names = [snapshot_name(seq) for seq in reversed(seqs)]
-        if LEGACY_SNAPSHOT_NAME in live:
-            names.append(LEGACY_SNAPSHOT_NAME)
-        return [name for name in names if name not in passed_over]
-
-    async def read_snapshot(self, name: str) -> CoreState:
-        """One stored snapshot's state, read within `snapshot_timeout`: `LedgerForeign` when it does not decode,
-        `ObjectNotFoundError` when it is gone, TimeoutError when it was deleted while being read."""
-        assert self._snapshots is not None
-        try:
-            result = await asyncio.wait_for(self._snapshots.get(name), self.snapshot_timeout)
-        except nats.js.errors.BadObjectMetaError:
-            raise LedgerForeign("has a description that does not decode") from None
-        except nats.js.errors.DigestMismatchError:
-            raise LedgerForeign("does not match its digest") from None
-        except (ValueError, TypeError, AttributeError) as exc:  # what nats-py raises on a description it did not write
-            raise LedgerForeign(f"has a description the object store did not write ({type(exc).__name__})") from None
-        return decode_snapshot(result.data or b"")
-
-
-def snapshot_name(seq: int) -> str:
-    """A snapshot's object name: its ledger sequence, zero-padded so that names sort as sequences do."""
-    return f"{SNAPSHOT_PREFIX}{seq:020d}"
-
-
-def short_reason(text: str) -> str:
-    """`text` on one printable line of at most `MAX_REASON` characters: a foreign message or object name chooses
-    what a reason quotes, and must not start a line of its own or hide what an operator reads."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
-
-
-def snapshot_seq(name: str) -> int | None:
-    """The ledger sequence a snapshot's object name gives, or None when it is no such name."""
-    digits = name[len(SNAPSHOT_PREFIX) :]
-    return int(digits) if name.startswith(SNAPSHOT_PREFIX) and digits.isdigit() and digits.isascii() else None
-
-
-def _object_name(meta_subject: str) -> str:
-    """The object name an object store's description subject (`$O.<bucket>.M.<base64 name>`) encodes."""
-    token = meta_subject.rsplit(".", 1)[-1]
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        return token
 
 
 async def wait_for_jetstream(ledger: Ledger, stop: asyncio.Event, *, interval: float = 0.5) -> None:

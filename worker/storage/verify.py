@@ -18,14 +18,9 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from worker.storage.journal import (
-    LEGACY_SNAPSHOT_NAME,
-    Ledger,
-    LedgerForeign,
-    decode_message,
-    short_reason,
-    snapshot_seq,
-)
+from worker.storage.entries import LedgerForeign, decode_message, short_reason
+from worker.storage.journal import Ledger
+from worker.storage.snapshots import LEGACY_SNAPSHOT_NAME, snapshot_seq
 
 
 class Problem(msgspec.Struct, frozen=True):
