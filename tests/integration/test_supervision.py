@@ -23,8 +23,9 @@ from schemas.config import Config
 from tests.conftest import SEED_SWARMS
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer, free_port
-from worker.service.actor import Actor, Command
+from worker.service.actor import Actor
 from worker.service.app import Worker
+from worker.service.mailbox import Command
 
 ASSIGN = msgspec.json.encode({"task_id": "t", "required_capabilities": ["integration:sip"], "max_cost": 20.0})
 

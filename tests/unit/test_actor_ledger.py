@@ -15,7 +15,8 @@ from schemas.requests import CostRequest, StatusRequest
 from worker.core.governor import Governor
 from worker.errors import GovernorError
 from worker.ops.metrics import Metrics
-from worker.service.actor import Actor, Command, Mailbox
+from worker.service.actor import Actor
+from worker.service.mailbox import Command, Mailbox
 from worker.storage.entries import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, decode_entry
 from worker.storage.journal import Write
 

@@ -23,9 +23,9 @@ from schemas.replies import ErrorBody, ErrorReply
 from worker.core.governor import Governor
 from worker.ops import contract as schema
 from worker.ops.metrics import Metrics
-from worker.service.actor import Mailbox
 from worker.service.bus import Bus
 from worker.service.dispatch import DECODERS, REQUEST_TYPES, apply
+from worker.service.mailbox import Mailbox
 
 try:
     import jsonschema

@@ -34,10 +34,11 @@ from schemas.requests import ReloadRequest
 from worker.core.governor import Governor
 from worker.errors import Unavailable
 from worker.ops.metrics import HttpEndpoint, Metrics
-from worker.service.actor import Actor, Command, Mailbox
+from worker.service.actor import Actor
 from worker.service.bootstrap import ConfigFile, build_core, empty_core
 from worker.service.bus import Bus
 from worker.service.config import connect_options, redact, without_userinfo
+from worker.service.mailbox import Command, Mailbox
 from worker.service.term import Terms
 from worker.storage.journal import Ledger
 from worker.storage.lease import Lease

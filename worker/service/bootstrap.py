@@ -14,9 +14,9 @@ from schemas.profiles import SwarmProfile
 from worker.core.capabilities import Vocabulary
 from worker.core.governor import Governor
 from worker.errors import ConfigError, InvalidRequest
-from worker.service.actor import Command
 from worker.service.config import load_config
 from worker.service.dispatch import register_request
+from worker.service.mailbox import Command
 
 
 def policy_of(config: Config) -> ResourcePolicy:

@@ -52,9 +52,9 @@ from worker.errors import (
     ReplyTooLarge,
 )
 from worker.ops.metrics import Metrics
-from worker.service.actor import Command, Mailbox
 from worker.service.discovery import QUEUE_GROUP, VERBS, Discovery
 from worker.service.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
+from worker.service.mailbox import Command, Mailbox
 
 log = logging.getLogger("if_governor.bus")
 

@@ -5,7 +5,7 @@ unit tests pass fakes."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -13,10 +13,8 @@ from schemas.events import Event
 from schemas.ledger import Configure, CoreState, LedgerEntry
 from schemas.requests import Request
 from worker.errors import GovernorError
+from worker.service.mailbox import Command
 from worker.storage.journal import Write
-
-if TYPE_CHECKING:
-    from worker.service.actor import Command
 
 
 class Outbox(Protocol):
