@@ -21,29 +21,14 @@ from worker.storage.entries import LedgerAmbiguous, LedgerFenced, LedgerUnavaila
 from worker.storage.journal import Write
 
 
-class FakeLedger:
-    """Keeps messages in a list; can fail after writing some of them, like a batch split over two messages."""
+class StreamLedger:
+    """The ledger's counters over a list of messages (what landed, in sequence order), as `Journal` keeps them."""
 
-    def __init__(self, fail_after: int | None, failure: Exception) -> None:
+    def __init__(self) -> None:
         self.seq = 0
         self.tail = 0
         self.since_snapshot = 0
         self.stream: list[list[LedgerEntry]] = []
-        self.fail_after = fail_after
-        self.failure = failure
-
-    async def start(self, entries: list[LedgerEntry]) -> Write:
-        loop = asyncio.get_running_loop()
-        write = Write(self.tail + 1, len(entries), len(entries), loop.create_future(), loop.time() + 5.0)
-        for entry in entries:  # one message per entry, to make a partial write possible
-            if self.fail_after is not None and len(self.stream) >= self.fail_after:
-                write.fail(self.failure)  # type: ignore[arg-type]
-                return write
-            self.stream.append([entry])
-            self.tail = len(self.stream)
-            write.acked += 1
-        write.future.set_result(self.tail)
-        return write
 
     def landed(self, write: Write) -> None:
         self.seq = write.last
@@ -63,6 +48,28 @@ class FakeLedger:
             self.seq += 1
             yield [(entry, decode_entry(entry.kind, entry.body)) for entry in message]
         self.tail = self.seq
+
+
+class FakeLedger(StreamLedger):
+    """Keeps messages in a list; can fail after writing some of them, like a batch split over two messages."""
+
+    def __init__(self, fail_after: int | None, failure: Exception) -> None:
+        super().__init__()
+        self.fail_after = fail_after
+        self.failure = failure
+
+    async def start(self, entries: list[LedgerEntry]) -> Write:
+        loop = asyncio.get_running_loop()
+        write = Write(self.tail + 1, len(entries), len(entries), loop.create_future(), loop.time() + 5.0)
+        for entry in entries:  # one message per entry, to make a partial write possible
+            if self.fail_after is not None and len(self.stream) >= self.fail_after:
+                write.fail(self.failure)  # type: ignore[arg-type]
+                return write
+            self.stream.append([entry])
+            self.tail = len(self.stream)
+            write.acked += 1
+        write.future.set_result(self.tail)
+        return write
 
 
 class Outbox:
@@ -142,16 +149,13 @@ class TestWriteAhead:
         assert core.track_cost("a", "op", 1.0, now=2.0, event_id="e2").duplicate is True
 
 
-class ManualLedger:
+class ManualLedger(StreamLedger):
     """A ledger whose acknowledgements the test gives, one write at a time, in any order."""
 
     def __init__(self, deadline_s: float = 5.0) -> None:
-        self.seq = 0
-        self.tail = 0
-        self.since_snapshot = 0
+        super().__init__()
         self.deadline_s = deadline_s
         self.writes: list[tuple[Write, list[LedgerEntry]]] = []
-        self.stream: list[list[LedgerEntry]] = []  # what landed, in sequence order
         self.started = asyncio.Event()
 
     async def start(self, entries: list[LedgerEntry]) -> Write:
@@ -162,19 +166,6 @@ class ManualLedger:
         self.writes.append((write, entries))
         self.started.set()
         return write
-
-    def landed(self, write: Write) -> None:
-        self.seq = write.last
-        self.since_snapshot += write.entries
-
-    def rewind(self, writes: Sequence[Write]) -> None:
-        self.tail = self.seq
-
-    def snapshot_bytes(self, state: CoreState) -> bytes:
-        raise AssertionError("no snapshot is taken in these tests")
-
-    async def save_snapshot(self, data: bytes, seq: int) -> None:
-        raise AssertionError("no snapshot is taken in these tests")
 
     def ack(self, i: int, *, land: bool = True) -> None:
         """Write i lands (at its sequence) and, unless `land` is False, is acknowledged."""
@@ -187,12 +178,6 @@ class ManualLedger:
 
     def fail(self, i: int, error: Exception) -> None:
         self.writes[i][0].fail(error)  # type: ignore[arg-type]
-
-    async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
-        for message in self.stream[self.seq :]:
-            self.seq += 1
-            yield [(entry, decode_entry(entry.kind, entry.body)) for entry in message]
-        self.tail = self.seq
 
 
 def status() -> Command:
