@@ -32,8 +32,8 @@ from tests.conftest import WorkerFactory, make_config
 from worker.client import ERRORS_BY_CODE
 from worker.ops.natsserver import NatsServer
 from worker.service.app import Worker
-from worker.service.bus import TRACE_HEADER
 from worker.service.dispatch import READ_ONLY, REQUEST_TYPES
+from worker.service.effects import TRACE_HEADER
 
 MESSAGES_PER_RUN = 10_000
 IN_FLIGHT = 500

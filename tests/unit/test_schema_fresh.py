@@ -390,7 +390,7 @@ class TestAsyncApi:
         _, events = run_scenario()
         nc = _CapturingConnection()
         bus = Bus(nc, Mailbox(1), Metrics(CollectorRegistry()))  # type: ignore[arg-type]
-        await bus.publish(events)
+        await bus.effects.publish(events)
         assert len(nc.published) == len(events)
         for (subject, payload), event in zip(nc.published, events, strict=True):
             if isinstance(event, WitnessRecord):

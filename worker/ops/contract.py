@@ -24,8 +24,8 @@ from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
 from schemas.replies import ErrorReply
 from worker import __version__ as VERSION
 from worker.errors import GovernorError
-from worker.service.bus import TRACE_HEADER
 from worker.service.dispatch import REQUEST_TYPES
+from worker.service.effects import TRACE_HEADER
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 PREFIX = "governor"

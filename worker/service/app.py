@@ -280,7 +280,7 @@ class Worker:
         actor = Actor(
             core,
             self.mailbox,
-            self.bus,
+            self.bus.effects,
             self.metrics,
             clock=self.clock,
             ledger=self.ledger,
@@ -297,7 +297,7 @@ class Worker:
         await self.bus.start()
         startup_events = core.take_events()  # e.g. the config's swarms registered at start
         if startup_events:
-            await self.bus.publish(startup_events)
+            await self.bus.effects.publish(startup_events)
         self.state = "serving"
         self._serving.set()
         where = ", ".join(redact(u) for u in self.servers)
@@ -328,7 +328,7 @@ class Worker:
         error = Unavailable("this governor stopped serving (its actor failed); retry")
         while queued := self.mailbox.take_now(256):
             for command in queued:
-                await self.bus.reply_error(command, error)
+                await self.bus.effects.reply_error(command, error)
 
     async def _supervise_memory(self) -> None:
         """Serve until stopped. The state lives only here: if the actor dies, the worker stops (and `governor

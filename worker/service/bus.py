@@ -26,39 +26,29 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from schemas.config import SecuritySection
 from schemas.endpoints import ENDPOINTS as TABLE
 from schemas.events import (
-    EVENT_SUBJECTS,
-    BreakerTripped,
-    Escalation,
-    Event,
     Identity,
-    Severity,
-    WitnessRecord,
 )
-from schemas.replies import ErrorBody, ErrorReply
 from schemas.requests import Request
 from schemas.types import TRACE_ID_PATTERN, TraceId
 from worker.errors import (
     Forbidden,
-    GovernorError,
     InvalidBudget,
     InvalidCost,
     InvalidRequest,
     Overloaded,
-    ReplyTooLarge,
 )
 from worker.ops.metrics import Metrics
 from worker.service.discovery import QUEUE_GROUP, VERBS, Discovery
 from worker.service.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
+from worker.service.effects import TRACE_HEADER, Effects
 from worker.service.mailbox import Command, Mailbox
 
 log = logging.getLogger("if_governor.bus")
 
-TRACE_HEADER = "X-IF-Trace-ID"
 MAX_TRACE_ID = 128
 YIELD_EVERY = 128
 """The intake lets the event loop run other tasks after this many requests in a row."""
@@ -98,7 +88,8 @@ def decode_error(exc: msgspec.MsgspecError | UnicodeDecodeError | RecursionError
 
 
 class Bus:
-    """Subscriptions, decoding and effects on one NATS connection."""
+    """The intake on one NATS connection: subscriptions, decoding and checks, commands into the mailbox; what it
+    sends (replies, refusals, events) goes through `effects`."""
 
     def __init__(
         self,
@@ -114,18 +105,17 @@ class Bus:
         pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.nc = nc
-        self._publish = nc.publish
         self.mailbox = mailbox
         self.metrics = metrics
         self.prefix = prefix
         self.clock = clock
         self.discovery = Discovery(prefix)
+        self.effects = Effects(nc, metrics, self.discovery, prefix=prefix, clock=clock)
         self._subscriptions: list[Subscription] = []
         self._since_yield = 0  # requests handled since the intake last let the event loop run others
         self._encode = msgspec.json.Encoder().encode
         self._trace_prefix = os.urandom(6).hex()
         self._trace_seq = count(1)
-        self._event_subjects = {t: f"{prefix}.{suffix}" for t, suffix in EVENT_SUBJECTS.items()}
         self.security = security or SecuritySection()
         self.max_request_bytes = max_request_bytes
         self.pending_msgs = pending_msgs
@@ -184,7 +174,7 @@ class Bus:
         if not reply.startswith(self.reply_prefixes):
             await self.refuse_reply_subject("", msg.subject, reply)
             return
-        await self._send(reply, self._encode(body), None, "", "discovery")
+        await self.effects.send(reply, self._encode(body), None, "", "discovery")
 
     def new_trace_id(self) -> str:
         return f"{self._trace_prefix}{next(self._trace_seq):08x}"
@@ -252,7 +242,7 @@ class Bus:
                 if trace is None and len(data) <= max_bytes:  # an oversized body is not parsed, not even for this
                     trace = _body_trace_id(data)
                 trace = trace or self.new_trace_id()
-                await self.reply_error(
+                await self.effects.reply_error(
                     Command(_NO_REQUEST, reply, trace, subject, received, name, identity=identity), error
                 )
                 return
@@ -261,7 +251,7 @@ class Bus:
                 try:
                     self._check_approver(request, identity)
                 except Forbidden as error:
-                    await self.reply_error(
+                    await self.effects.reply_error(
                         Command(request, reply, trace_id, subject, received, name, identity=identity), error
                     )
                     return
@@ -269,7 +259,7 @@ class Bus:
                 data = encode(request)
             command = Command(request, reply, trace_id, subject, received, name, data, identity)
             if not mailbox.put(command):
-                await self.reply_error(command, Overloaded("the governor's mailbox is full; retry later"))
+                await self.effects.reply_error(command, Overloaded("the governor's mailbox is full; retry later"))
 
         return handle
 
@@ -306,117 +296,7 @@ class Bus:
         """A request whose reply subject is no inbox: not answered (the reply could land in the governor's own
         storage or event subjects, sent with its credentials), counted and witnessed."""
         message = f"reply subject {reply[:128]!r} is no inbox: not answered"
-        await self._refused(kind, subject, "reply_subject_refused", message, self.new_trace_id(), None, "MEDIUM")
-
-    # -- effects ----------------------------------------------------------------------------------------------
-
-    async def reply(self, command: Command, reply: msgspec.Struct) -> None:
-        """Send an ok reply (a plain publish, with no reply subject, gets none); one larger than the server's
-        max_payload is answered `reply_too_large` instead. Never raises: a failed publish is counted and logged."""
-        if not command.reply_to:
-            return
-        data = self._encode(reply)
-        limit = self.nc.max_payload
-        if limit and len(data) > limit:
-            await self.reply_error(
-                command,
-                ReplyTooLarge(
-                    f"the reply would be {len(data)} bytes, over the server's max_payload of {limit}: "
-                    "ask for a smaller page (limit)"
-                ),
-            )
-            return
-        try:
-            await self._publish(command.reply_to, data)
-        except Exception as exc:
-            self._failed("reply", command.reply_to, exc, command.trace_id)
-            return
-        self._replied(command)
-
-    async def _send(self, subject: str, data: bytes, headers: dict[str, str] | None, trace_id: str, kind: str) -> bool:
-        """Publish; False (counted by kind and logged with the trace id) when the connection refused it."""
-        try:
-            await self.nc.publish(subject, data, headers=headers)
-            return True
-        except Exception as exc:  # e.g. MaxPayloadError, a closed or draining connection: never the actor's end
-            self._failed(kind, subject, exc, trace_id)
-            return False
-
-    def _failed(self, kind: str, subject: str, exc: Exception, trace_id: str) -> None:
-        self.metrics.publish_failures.labels(kind).inc()
-        log.error("%s to %s not sent: %r", kind, subject, exc, extra={"trace_id": trace_id})
-
-    def _replied(self, command: Command) -> None:
-        """Count a reply sent and the time from receipt to it, for $SRV.STATS."""
-        self.discovery.replied(command.kind, int((time.perf_counter() - command.received) * 1e9))
-
-    async def reply_error(self, command: Command, error: GovernorError) -> None:
-        """The one place that turns an error into an error reply, counts it and witnesses it."""
-        if command.reply_to:
-            body = ErrorReply(error=ErrorBody(code=error.code, message=error.message), trace_id=command.trace_id)
-            headers = {
-                ERROR_HEADER: _header_safe(error.message),
-                ERROR_CODE_HEADER: str(error.status),
-                TRACE_HEADER: command.trace_id,
-            }
-            if await self._send(command.reply_to, self._encode(body), headers, command.trace_id, "reply"):
-                self._replied(command)
-        await self._refused(
-            command.kind, command.subject, error.code, error.message, command.trace_id, command.identity, "INFO"
-        )
-
-    async def _refused(
-        self,
-        kind: str,
-        subject: str,
-        code: str,
-        message: str,
-        trace_id: str,
-        identity: Identity | None,
-        severity: Severity,
-    ) -> None:
-        """Count a refusal (metrics and $SRV.STATS), log it at DEBUG and witness it (`request_rejected`)."""
-        self.metrics.rejected.labels(code).inc()
-        self.discovery.refused(kind, code, message)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("refused %s: %s: %s", subject, code, message, extra={"trace_id": trace_id})
-        record = WitnessRecord(
-            operation="request_rejected",
-            params={"subject": subject, "code": code, "message": message},
-            timestamp=self.clock(),
-            severity=severity,
-            trace_id=trace_id,
-            identity=identity if identity is not None else msgspec.UNSET,
-        )
-        await self._send(f"{self.prefix}.witness.request_rejected", self._encode(record), None, trace_id, "event")
-
-    async def publish(self, events: list[Event]) -> None:
-        """Publish the events a batch caused, in order (a refused publish is counted and logged, never raised)."""
-        publish = self._publish
-        encode = self._encode
-        subjects = self._event_subjects
-        witness = f"{self.prefix}.witness."
-        debug = log.isEnabledFor(logging.DEBUG)
-        for event in events:
-            if isinstance(event, WitnessRecord):
-                data = encode(event)
-                subject = witness + event.operation
-                try:
-                    await publish(subject, data)
-                except Exception as exc:  # refused by the connection: counted, logged, the others still go
-                    self._failed("event", subject, exc, event.trace_id)
-                if debug:  # every witness record, one line each, at DEBUG (one per request: too many for INFO)
-                    log.debug("%s %s", event.operation, data.decode(), extra={"trace_id": event.trace_id})
-            else:
-                data = encode(event)
-                subject = subjects[type(event)]
-                try:
-                    await publish(subject, data)
-                except Exception as exc:
-                    self._failed("event", subject, exc, event.trace_id)
-                # Breaker transitions and escalations: one line each at INFO (WARNING for a trip).
-                level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
-                log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})
+        await self.effects.refused(kind, subject, "reply_subject_refused", message, self.new_trace_id(), None, "MEDIUM")
 
 
 class _NoRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -452,8 +332,3 @@ def _body_trace_id(data: bytes) -> str | None:
         return _decode_trace(data).trace_id
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
-
-
-def _header_safe(text: str, limit: int = 512) -> str:
-    """A header value: one line, bounded."""
-    return " ".join(text.split())[:limit]
