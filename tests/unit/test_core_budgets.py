@@ -10,9 +10,8 @@ import pytest
 
 from schemas.events import BreakerReset, BreakerTripped, Escalation, EscalationContext, WitnessRecord
 from schemas.policy import PRESETS, ResourcePolicy
-from schemas.profiles import SwarmProfile
 from schemas.replies import BreakerState, CostReply, FailureReply, ResetReply, TripReply
-from tests.unit.helpers import NOW, governed
+from tests.factories import NOW, governed, profile
 from worker.core.governor import Governor
 from worker.errors import (
     AlreadyRegistered,
@@ -28,23 +27,6 @@ from worker.errors import (
 
 SIP = "integration:sip"
 PYTHON = "code-analysis:python"
-
-
-def profile(
-    swarm_id: str,
-    budget: float = 25.0,
-    capabilities: list[str] | None = None,
-    cost_per_hour: float = 2.0,
-    reputation_score: float = 0.9,
-) -> SwarmProfile:
-    return SwarmProfile(
-        swarm_id=swarm_id,
-        capabilities=capabilities if capabilities is not None else [SIP],
-        cost_per_hour=cost_per_hour,
-        reputation_score=reputation_score,
-        current_budget_remaining=budget,
-        model="haiku",
-    )
 
 
 def tripped_events(events: Sequence[object]) -> list[BreakerTripped]:

@@ -7,9 +7,8 @@ import pytest
 
 from schemas.events import WitnessRecord
 from schemas.policy import PRESETS, ResourcePolicy
-from schemas.profiles import SwarmProfile
 from schemas.replies import Assignment, AssignmentRecord
-from tests.unit.helpers import NOW, governed
+from tests.factories import NOW, governed, profile
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.governor import Governor
 from worker.errors import InvalidRequest, UnknownCapability
@@ -23,24 +22,6 @@ CPP = "code-analysis:cpp"
 SECURITY = "architecture:security"
 WRITING = "docs:technical-writing"
 FIVE = [SIP, NDI, WEBRTC, H323, PYTHON]
-
-
-def profile(
-    swarm_id: str,
-    capabilities: list[str],
-    cost_per_hour: float = 2.0,
-    reputation_score: float = 0.9,
-    budget: float = 25.0,
-    model: str = "haiku",
-) -> SwarmProfile:
-    return SwarmProfile(
-        swarm_id=swarm_id,
-        capabilities=capabilities,
-        cost_per_hour=cost_per_hour,
-        reputation_score=reputation_score,
-        current_budget_remaining=budget,
-        model=model,
-    )
 
 
 def explain(governor: Governor, required: list[str], **kwargs: object) -> dict[str, str]:
@@ -520,8 +501,10 @@ class TestSeedScenarios:
     def test_scenario_1_basic_task_assignment(self) -> None:
         """Scenario 1: the SIP task goes to session-4-sip (score 0.95 / 15) and its cost is tracked."""
         governor = governed(
-            profile("session-4-sip", [SIP, H323], 15.0, 0.95, 25.0, "sonnet"),
-            profile("session-1-ndi", [NDI], 2.0, 0.90, 25.0, "haiku"),
+            profile(
+                "session-4-sip", [SIP, H323], cost_per_hour=15.0, reputation_score=0.95, budget=25.0, model="sonnet"
+            ),
+            profile("session-1-ndi", [NDI], cost_per_hour=2.0, reputation_score=0.90, budget=25.0, model="haiku"),
         )
         reply = governor.assign("task-1", [SIP], now=NOW, max_cost=20.0)
         assert reply.swarm_id == "session-4-sip"
@@ -532,7 +515,9 @@ class TestSeedScenarios:
 
     def test_scenario_2_budget_exhaustion_and_circuit_breaker(self) -> None:
         """Scenario 2: 5.0 − 2.0 − 2.0 − 2.0 = −1.0 trips the breaker; nothing qualifies until a reset of 25.0."""
-        governor = governed(profile("session-test", [PYTHON], 15.0, 0.95, 5.0, "sonnet"))
+        governor = governed(
+            profile("session-test", [PYTHON], cost_per_hour=15.0, reputation_score=0.95, budget=5.0, model="sonnet")
+        )
         remaining = []
         for i in (1, 2, 3):
             assert governor.find_qualified_swarm([PYTHON], 20.0) == "session-test"
@@ -548,10 +533,12 @@ class TestSeedScenarios:
     def test_scenario_3_multi_swarm_task_distribution(self) -> None:
         """Scenario 3: each single-protocol task goes to the one swarm that holds that protocol."""
         governor = governed(
-            profile("session-1-ndi", [NDI], 2.0, 0.90, 25.0, "haiku"),
-            profile("session-2-webrtc", [WEBRTC], 15.0, 0.92, 25.0, "sonnet"),
-            profile("session-3-h323", [H323], 2.0, 0.88, 25.0, "haiku"),
-            profile("session-4-sip", [SIP], 15.0, 0.95, 25.0, "sonnet"),
+            profile("session-1-ndi", [NDI], cost_per_hour=2.0, reputation_score=0.90, budget=25.0, model="haiku"),
+            profile(
+                "session-2-webrtc", [WEBRTC], cost_per_hour=15.0, reputation_score=0.92, budget=25.0, model="sonnet"
+            ),
+            profile("session-3-h323", [H323], cost_per_hour=2.0, reputation_score=0.88, budget=25.0, model="haiku"),
+            profile("session-4-sip", [SIP], cost_per_hour=15.0, reputation_score=0.95, budget=25.0, model="sonnet"),
         )
         expected = {
             NDI: ("session-1-ndi", 0.90 / 2.0),
@@ -566,9 +553,9 @@ class TestSeedScenarios:
     def test_scenario_4_cost_optimization(self) -> None:
         """Scenario 4: haiku (0.60) beats sonnet (0.0633..) and opus (0.0133..) for the same capability."""
         governor = governed(
-            profile("haiku-swarm", [PYTHON], 1.5, 0.90, 25.0, "haiku"),
-            profile("sonnet-swarm", [PYTHON], 15.0, 0.95, 25.0, "sonnet"),
-            profile("opus-swarm", [PYTHON], 75.0, 1.0, 25.0, "opus"),
+            profile("haiku-swarm", [PYTHON], cost_per_hour=1.5, reputation_score=0.90, budget=25.0, model="haiku"),
+            profile("sonnet-swarm", [PYTHON], cost_per_hour=15.0, reputation_score=0.95, budget=25.0, model="sonnet"),
+            profile("opus-swarm", [PYTHON], cost_per_hour=75.0, reputation_score=1.0, budget=25.0, model="opus"),
         )
         assert governor.find_qualified_swarm([PYTHON], 100.0) == "haiku-swarm"
         reply = governor.assign("task-1", [PYTHON], now=NOW, max_cost=100.0, max_swarms=3)

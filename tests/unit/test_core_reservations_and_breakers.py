@@ -8,34 +8,12 @@ from hypothesis import strategies as st
 
 from schemas.events import BreakerClosed, BreakerHalfOpen, BreakerTripped, Escalation, WitnessRecord
 from schemas.policy import ResourcePolicy
-from schemas.profiles import SwarmProfile
 from schemas.replies import HoldStatus, SwarmExplanation
+from tests.factories import NOW, governed, profile
 from worker.core.governor import Governor, to_micros
 
-NOW = 1_700_000_000.0
 SIP = "integration:sip"
 PY = "code-analysis:python"
-
-
-def profile(
-    swarm_id: str, *, budget: float = 25.0, cost: float = 2.0, rep: float = 0.9, caps: list[str] | None = None
-) -> SwarmProfile:
-    return SwarmProfile(
-        swarm_id=swarm_id,
-        capabilities=caps or [SIP],
-        cost_per_hour=cost,
-        reputation_score=rep,
-        current_budget_remaining=budget,
-        model="haiku",
-    )
-
-
-def governed(*profiles: SwarmProfile, **policy: float) -> Governor:
-    governor = Governor(ResourcePolicy(**policy))  # type: ignore[arg-type]
-    for p in profiles:
-        governor.register_swarm(p, now=NOW)
-    governor.take_events()
-    return governor
 
 
 def operations(governor: Governor) -> list[str]:
@@ -55,7 +33,7 @@ class TestReservations:
 
     def test_swarm_qualifies_only_if_available_budget_covers_estimate(self) -> None:
         """Available budget is remaining minus open holds: a second hold that does not fit goes elsewhere."""
-        governor = governed(profile("a", budget=10.0), profile("b", budget=10.0, cost=4.0))
+        governor = governed(profile("a", budget=10.0), profile("b", budget=10.0, cost_per_hour=4.0))
         assert governor.assign("t1", [SIP], now=NOW, estimated_cost=7.0).swarm_id == "a"
         assert governor.assign("t2", [SIP], now=NOW, estimated_cost=7.0).swarm_id == "b"
         reply = governor.assign("t3", [SIP], now=NOW, estimated_cost=7.0, explain=True)
@@ -76,7 +54,7 @@ class TestReservations:
 
     def test_unsettled_hold_released_after_ttl(self) -> None:
         """A hold no cost settles is released at its TTL, and a witness record says so."""
-        governor = governed(profile("a", budget=10.0), reservation_ttl_s=60.0)
+        governor = governed(profile("a", budget=10.0), policy=ResourcePolicy(reservation_ttl_s=60.0))
         governor.assign("t1", [SIP], now=NOW, estimated_cost=9.0)
         governor.take_events()
         assert governor.status(now=NOW + 60.0).holds == []  # not open any more, even before a sweep
@@ -100,7 +78,11 @@ class TestReservations:
     def test_holds_never_exceed_budget_nor_outlive_ttl(self, steps: list[tuple[str, int, int]]) -> None:
         """Any interleaving of assigns, reassigns, costs and clock steps: holds fit the budget at admission and
         expire on time (a repeated assign of a task admits nothing: it is answered with the earlier assignment)."""
-        governor = governed(profile("a", budget=20.0), profile("b", budget=15.0, cost=3.0), reservation_ttl_s=300.0)
+        governor = governed(
+            profile("a", budget=20.0),
+            profile("b", budget=15.0, cost_per_hour=3.0),
+            policy=ResourcePolicy(reservation_ttl_s=300.0),
+        )
         now = NOW
         for op, task, amount in steps:
             if op == "clock":
@@ -121,8 +103,9 @@ class TestReservations:
 
 
 class TestHalfOpen:
-    def failing(self, **policy: float) -> Governor:
-        governor = governed(profile("a"), **policy)
+    def failing(self, policy: ResourcePolicy) -> Governor:
+        """Swarm `a` under `policy`, its breaker tripped by three failures at NOW, NOW + 1 and NOW + 2."""
+        governor = governed(profile("a"), policy=policy)
         for i in range(3):
             governor.record_failure("a", now=NOW + i)
         governor.take_events()
@@ -130,7 +113,7 @@ class TestHalfOpen:
 
     def test_probe_admitted_after_cooldown_and_success_closes(self) -> None:
         """After the cool-down the breaker turns half-open, admits one probe, and a success closes it."""
-        governor = self.failing(breaker_cooldown_s=60.0)
+        governor = self.failing(ResourcePolicy(breaker_cooldown_s=60.0))
         assert governor.assign("early", [SIP], now=NOW + 61.0).swarm_id is None  # cool-down runs from the trip
         governor.take_events()
         reply = governor.assign("probe", [SIP], now=NOW + 62.0)
@@ -148,7 +131,7 @@ class TestHalfOpen:
 
     def test_failed_probe_reopens_with_doubled_capped_cooldown(self) -> None:
         """A failure while half-open re-opens the breaker with the cool-down doubled, never above the cap."""
-        governor = self.failing(breaker_cooldown_s=60.0, breaker_max_cooldown_s=100.0)
+        governor = self.failing(ResourcePolicy(breaker_cooldown_s=60.0, breaker_max_cooldown_s=100.0))
         governor.assign("probe", [SIP], now=NOW + 62.0)
         governor.record_failure("a", now=NOW + 63.0)
         breaker = governor.get_circuit_breaker_status()["a"]
@@ -157,7 +140,7 @@ class TestHalfOpen:
 
     def test_budget_trip_needs_a_human(self) -> None:
         """A budget trip never turns half-open, and exhausting a recovering swarm makes it a budget trip."""
-        governor = self.failing(breaker_cooldown_s=60.0)
+        governor = self.failing(ResourcePolicy(breaker_cooldown_s=60.0))
         governor.track_cost("a", "op", 30.0, now=NOW + 10.0)
         assert governor.get_circuit_breaker_status()["a"].reason == "budget_exhausted"
         assert governor.assign("probe", [SIP], now=NOW + 10_000.0).swarm_id is None
@@ -185,7 +168,7 @@ class TestSoftBudget:
 class TestExplain:
     def test_every_swarm_with_coverage_score_and_filter(self) -> None:
         """Explain lists every registered swarm, in order, with coverage, score and the first failing filter."""
-        governor = governed(profile("a", caps=[SIP, PY]), profile("b", caps=[PY], cost=4.0))
+        governor = governed(profile("a", capabilities=[SIP, PY]), profile("b", capabilities=[PY], cost_per_hour=4.0))
         reply = governor.assign("t", [SIP, PY], now=NOW, explain=True)
         assert reply.explanation == [
             SwarmExplanation(swarm_id="a", capability_match=1.0, score=0.45, rejected_by=None),
@@ -198,7 +181,7 @@ class TestExplain:
 class TestSnapshots:
     def test_state_round_trips(self) -> None:
         """Export then import gives the same status, holds, breakers and dedupe memory."""
-        governor = governed(profile("a", budget=10.0), profile("b"), breaker_cooldown_s=60.0)
+        governor = governed(profile("a", budget=10.0), profile("b"), policy=ResourcePolicy(breaker_cooldown_s=60.0))
         governor.assign("t1", [SIP], now=NOW, estimated_cost=3.0)
         for i in range(3):
             governor.record_failure("b", now=NOW + i)
@@ -216,7 +199,7 @@ class TestConfiguredMaximum:
         """Costs, estimates and budgets above `max_amount_usd` are refused and change nothing."""
         from worker.errors import InvalidBudget, InvalidCost
 
-        governor = governed(profile("a", budget=50.0), max_amount_usd=100.0)
+        governor = governed(profile("a", budget=50.0), policy=ResourcePolicy(max_amount_usd=100.0))
         for call in (
             lambda: governor.track_cost("a", "op", 100.01, now=NOW),
             lambda: governor.assign("t", [SIP], now=NOW, estimated_cost=100.5),
