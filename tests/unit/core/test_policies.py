@@ -1,18 +1,19 @@
-"""Declarative policy rules: a named policy per task by capability pattern, with model restrictions; reload."""
+"""Policies: the three presets, a named policy per task chosen by capability rules (with model restrictions),
+and reload."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from schemas.ledger import Configure
 from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
-from tests.factories import NOW, governed, profile
+from tests.factories import NOW, SIP, governed, profile
 from worker.core.governor import Governor, rule_conflicts
 from worker.errors import InvalidRequest
 
 SEC = "architecture:security"
 PAT = "architecture:patterns"
-SIP = "integration:sip"
 
 
 def ruled(rules: list[PolicyRule], policies: dict[str, ResourcePolicy] | None = None) -> Governor:
@@ -24,6 +25,68 @@ def ruled(rules: list[PolicyRule], policies: dict[str, ResourcePolicy] | None = 
     )
     governor.configure(ResourcePolicy(), [], policies, rules)
     return governor
+
+
+class TestPresets:
+    def test_strict(self) -> None:
+        """The strict preset is the seed's: 1 swarm, 5.0, 0.9, threshold 2."""
+        assert PRESETS["strict"] == ResourcePolicy(
+            max_swarms_per_task=1, max_cost_per_task=5.0, min_capability_match=0.9, circuit_breaker_failure_threshold=2
+        )
+
+    def test_permissive(self) -> None:
+        """The permissive preset is the seed's: 5 swarms, 50.0, 0.6, threshold 5."""
+        assert PRESETS["permissive"] == ResourcePolicy(
+            max_swarms_per_task=5,
+            max_cost_per_task=50.0,
+            min_capability_match=0.6,
+            circuit_breaker_failure_threshold=5,
+        )
+
+    def test_production(self) -> None:
+        """The production preset is the seed's (3 swarms, 10.0, 0.7, threshold 3) and the default policy."""
+        assert PRESETS["production"] == ResourcePolicy(
+            max_swarms_per_task=3,
+            max_cost_per_task=10.0,
+            min_capability_match=0.7,
+            circuit_breaker_failure_threshold=3,
+        )
+        assert PRESETS["production"] == ResourcePolicy()
+        assert Governor().policy == PRESETS["production"]
+
+    def test_exact_field_values(self) -> None:
+        """Each preset's seed fields, as builtins, are exactly the seed's numbers, with the default 3600 s window."""
+        seed_fields = (
+            "max_swarms_per_task",
+            "max_cost_per_task",
+            "min_capability_match",
+            "circuit_breaker_failure_threshold",
+            "failure_window_s",
+        )
+        presets = {name: msgspec.to_builtins(p) for name, p in PRESETS.items()}
+        assert {name: {f: p[f] for f in seed_fields} for name, p in presets.items()} == {
+            "strict": {
+                "max_swarms_per_task": 1,
+                "max_cost_per_task": 5.0,
+                "min_capability_match": 0.9,
+                "circuit_breaker_failure_threshold": 2,
+                "failure_window_s": 3600.0,
+            },
+            "permissive": {
+                "max_swarms_per_task": 5,
+                "max_cost_per_task": 50.0,
+                "min_capability_match": 0.6,
+                "circuit_breaker_failure_threshold": 5,
+                "failure_window_s": 3600.0,
+            },
+            "production": {
+                "max_swarms_per_task": 3,
+                "max_cost_per_task": 10.0,
+                "min_capability_match": 0.7,
+                "circuit_breaker_failure_threshold": 3,
+                "failure_window_s": 3600.0,
+            },
+        }
 
 
 class TestRules:

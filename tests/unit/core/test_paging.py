@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from schemas.profiles import SwarmProfile
 from schemas.requests import PAGE_DEFAULT
-from tests.factories import NOW, governed, profile
+from tests.factories import NOW, SIP, governed, profile
 from worker.core.governor import Governor
-
-SIP = "integration:sip"
 
 
 def numbered(i: int) -> SwarmProfile:
@@ -17,6 +15,7 @@ def numbered(i: int) -> SwarmProfile:
 
 
 def status_walk(core: Governor, limit: int | None = None) -> list[list[str]]:
+    """The swarm ids of every status page, from the first to the last."""
     pages: list[list[str]] = []
     cursor: str | None = None
     while True:
@@ -127,16 +126,6 @@ class TestHistoryPages:
         assert [r.task_id for r in a1 + a2 + a3] == ["t1", "t2", "t0"]
         assert [r.approved_by for r in r1 + r2 + r3] == ["op3", "op4", "op1", "op2", "op0"]
         assert cursor3 is None
-
-    def test_positions_survive_a_snapshot(self) -> None:
-        """A cursor taken before a snapshot still continues the same walk on the restored core."""
-        core = governed(numbered(0))
-        for i in range(6):
-            core.assign(f"t{i}", [SIP], now=NOW, max_cost=100.0)
-        _, _, cursor = core.history(2, None)
-        restored = Governor.from_state(core.export_state())
-        page, _, _ = restored.history(2, cursor)
-        assert [r.task_id for r in page] == ["t2", "t3"]
 
 
 class TestExplainPages:

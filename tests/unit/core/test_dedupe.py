@@ -1,21 +1,91 @@
-"""Retries are safe: a task's assignment is keyed by its `task_id`, every other changing request by its `event_id`,
-in bounded windows that one client cannot flush; and reservations are bounded per swarm and in all."""
+"""Retries are safe: a task's assignment is keyed by its `task_id`, every other changing request by its
+`event_id`, in bounded windows that one client cannot flush."""
 
 from __future__ import annotations
 
 import pytest
 
-from schemas.events import WitnessRecord
 from schemas.policy import ResourcePolicy
-from tests.factories import NOW, governed, profile
-from worker.core.governor import Governor
-from worker.errors import AlreadyTripped, HoldLimit
+from schemas.replies import CostReply, FailureReply, ResetReply
+from tests.factories import NOW, SIP, governed, profile
+from tests.unit.core.helpers import recorded
+from worker.errors import AlreadyTripped, InvalidCost, NotTripped
 
-SIP = "integration:sip"
 
+class TestDeduplication:
+    def test_duplicate_cost(self) -> None:
+        """A cost with a seen event_id replies duplicate=True, deducts nothing and records nothing."""
+        governor = governed(profile("a"))
+        governor.track_cost("a", "op", 2.0, now=NOW, event_id="e1")
+        governor.take_events()
+        reply = governor.track_cost("a", "op", 2.0, now=NOW, event_id="e1")
+        assert reply == CostReply(swarm_id="a", remaining=23.0, tripped=False, duplicate=True)
+        assert governor.get_swarm_profile("a").operations_count == 1
+        assert governor.take_events() == []
 
-def operations(core: Governor) -> list[str]:
-    return [e.operation for e in core.take_events() if isinstance(e, WitnessRecord)]
+    def test_duplicate_cost_after_trip_reports_tripped(self) -> None:
+        """A duplicate of the cost that tripped the breaker replies tripped=True and trips nothing again."""
+        governor = governed(profile("a", budget=1.0))
+        governor.track_cost("a", "op", 1.0, now=NOW, event_id="e1")
+        governor.take_events()
+        assert governor.track_cost("a", "op", 1.0, now=NOW, event_id="e1") == CostReply(
+            swarm_id="a", remaining=0.0, tripped=True, duplicate=True
+        )
+        assert governor.take_events() == []
+
+    def test_duplicate_failure(self) -> None:
+        """A failure with a seen event_id replies duplicate=True and does not count again."""
+        governor = governed(profile("a"))
+        governor.record_failure("a", now=NOW, event_id="f1")
+        governor.take_events()
+        for _ in range(3):
+            reply = governor.record_failure("a", now=NOW + 1, event_id="f1")
+            assert reply == FailureReply(swarm_id="a", failures_in_window=1, tripped=False, duplicate=True)
+        assert governor.get_circuit_breaker_status() == {}
+        assert governor.take_events() == []
+
+    def test_duplicate_reset(self) -> None:
+        """A reset with a seen event_id replies duplicate=True, even though the breaker is now closed."""
+        governor = governed(profile("a", budget=1.0))
+        governor.track_cost("a", "op", 1.0, now=NOW)
+        governor.reset_circuit_breaker("a", 10.0, approved_by="alice", now=NOW, event_id="r1")
+        governor.track_cost("a", "op", 4.0, now=NOW)
+        governor.take_events()
+        reply = governor.reset_circuit_breaker("a", 10.0, approved_by="alice", now=NOW, event_id="r1")
+        assert reply == ResetReply(swarm_id="a", remaining=6.0, duplicate=True)
+        assert governor.take_events() == []
+
+    def test_kinds_do_not_collide(self) -> None:
+        """The same event_id used for a cost and for a failure is applied once for each."""
+        governor = governed(profile("a"))
+        governor.track_cost("a", "op", 1.0, now=NOW, event_id="same")
+        assert governor.record_failure("a", now=NOW, event_id="same").duplicate is False
+
+    def test_rejected_call_does_not_consume_event_id(self) -> None:
+        """A cost refused as invalid leaves its event_id free for the corrected retry."""
+        governor = governed(profile("a"))
+        with pytest.raises(InvalidCost):
+            governor.track_cost("a", "op", -1.0, now=NOW, event_id="e1")
+        assert governor.track_cost("a", "op", 1.0, now=NOW, event_id="e1").duplicate is False
+        assert governor.get_budget_report() == {"a": 24.0}
+
+    def test_refused_reset_does_not_consume_event_id(self) -> None:
+        """A reset refused as NotTripped does not remember its event_id; the later valid reset applies."""
+        governor = governed(profile("a", budget=1.0))
+        with pytest.raises(NotTripped):
+            governor.reset_circuit_breaker("a", 10.0, approved_by="alice", now=NOW, event_id="r1")
+        governor.track_cost("a", "op", 1.0, now=NOW)
+        reply = governor.reset_circuit_breaker("a", 10.0, approved_by="alice", now=NOW, event_id="r1")
+        assert reply == ResetReply(swarm_id="a", remaining=10.0)
+
+    def test_bounded_memory_forgets_oldest(self) -> None:
+        """With dedupe_limit 2, the oldest of three ids is forgotten and applies again."""
+        governor = governed(profile("a"), dedupe_limit=2)
+        for event_id in ("e1", "e2", "e3"):
+            governor.track_cost("a", "op", 1.0, now=NOW, event_id=event_id)
+        assert governor.track_cost("a", "op", 1.0, now=NOW, event_id="e3").duplicate is True
+        assert governor.track_cost("a", "op", 1.0, now=NOW, event_id="e1").duplicate is False
+        assert governor.get_budget_report() == {"a": 21.0}
 
 
 class TestRepeatedAssign:
@@ -29,7 +99,7 @@ class TestRepeatedAssign:
         assert (again.swarm_id, again.assignments, again.duplicate) == ("a", first.assignments, True)
         assert [(h.task_id, h.swarm_id, h.amount) for h in core.status(now=NOW + 1).holds] == [("t1", "a", 4.0)]
         assert [r.task_id for r in core.get_assignment_history()] == ["t1"]
-        assert operations(core) == []
+        assert recorded(core) == []
 
     def test_a_repeat_takes_no_second_probe_of_a_half_open_swarm(self) -> None:
         """A half-open swarm with one probe: the task that took it, asked again, gets it again; another task does
@@ -65,16 +135,6 @@ class TestRepeatedAssign:
         core.register_swarm(profile("b", budget=10.0), now=NOW)
         assert core.assign("t1", [SIP], now=NOW).swarm_id == "b"
 
-    def test_assignments_survive_a_snapshot(self) -> None:
-        """A task assigned before a snapshot is a duplicate on the restored core."""
-        core = governed(profile("a", budget=10.0), profile("b", budget=10.0))
-        core.assign("t1", [SIP], now=NOW)
-        restored = Governor.from_state(core.export_state())
-        assert (restored.assign("t1", [SIP], now=NOW).duplicate, restored.get_assignment_history()[-1].task_id) == (
-            True,
-            "t1",
-        )
-
 
 class TestDedupeWindows:
     def test_a_flood_of_cost_ids_cannot_push_a_reset_id_out(self) -> None:
@@ -102,28 +162,3 @@ class TestDedupeWindows:
         assert core.deregister_swarm("b", now=NOW, event_id="d1").duplicate is False
         assert core.deregister_swarm("b", now=NOW, event_id="d1").duplicate is True
         assert len(core) == 1
-
-
-class TestHoldLimits:
-    def test_holds_per_swarm_are_bounded(self) -> None:
-        """A swarm with two open holds (the limit) refuses a third, saying why; a settled hold frees a place."""
-        core = governed(profile("a", budget=100.0), policy=ResourcePolicy(max_holds_per_swarm=2))
-        core.assign("t1", [SIP], now=NOW, estimated_cost=1.0)
-        core.assign("t2", [SIP], now=NOW, estimated_cost=1.0)
-        with pytest.raises(HoldLimit) as refused:
-            core.assign("t3", [SIP], now=NOW, estimated_cost=1.0)
-        assert refused.value.message == (
-            "swarm 'a' has 2 open reservations, the most the policy allows is 2: settle or release some first"
-        )
-        core.track_cost("a", "op", 0.5, now=NOW, task_id="t1")
-        assert core.assign("t3", [SIP], now=NOW, estimated_cost=1.0).swarm_id == "a"
-
-    def test_holds_in_all_are_bounded(self) -> None:
-        """With at most three holds in all, a fourth on another swarm is refused; an assign without an estimate
-        still works."""
-        core = governed(profile("a", budget=100.0), profile("b", budget=100.0), policy=ResourcePolicy(max_holds=3))
-        for i in range(3):
-            core.assign(f"t{i}", [SIP], now=NOW, estimated_cost=1.0)
-        with pytest.raises(HoldLimit):
-            core.assign("t3", [SIP], now=NOW, estimated_cost=1.0)
-        assert core.assign("t4", [SIP], now=NOW).swarm_id == "a"
