@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
+from tests.factories import EXAMPLE_SWARMS, make_config
 from worker.client import GovernorClient
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer
@@ -32,32 +33,6 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
-SEED_SWARMS: list[dict[str, Any]] = [
-    {
-        "swarm_id": "session-4-sip",
-        "capabilities": ["integration:sip", "integration:h323", "architecture:security"],
-        "cost_per_hour": 15.0,
-        "reputation_score": 0.95,
-        "initial_budget": 25.0,
-        "model": "sonnet",
-    },
-    {
-        "swarm_id": "session-1-ndi",
-        "capabilities": ["integration:ndi", "code-analysis:cpp"],
-        "cost_per_hour": 2.0,
-        "reputation_score": 0.90,
-        "initial_budget": 25.0,
-        "model": "haiku",
-    },
-]
-
-
-def make_config(swarms: list[dict[str, Any]] | None = None, **governor: Any) -> Config:
-    """A Config from plain values (metrics endpoint off unless a test asks for it)."""
-    raw: dict[str, Any] = {"governor": governor, "swarms": swarms or [], "metrics": {"port": 0}}
-    return msgspec.convert(raw, Config)
-
-
 WorkerFactory = Callable[..., Any]
 
 
@@ -73,7 +48,7 @@ async def start_worker(nats_server: NatsServer, nc: Client) -> AsyncIterator[Wor
 
     async def start(config: Config | None = None, **kwargs: Any) -> Worker:
         worker = Worker(
-            config or make_config(SEED_SWARMS),
+            config or make_config(EXAMPLE_SWARMS),
             servers=[nats_server.url],
             metrics=Metrics(CollectorRegistry()),
             **kwargs,

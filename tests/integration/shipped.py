@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from schemas.ledger import Configure, LedgerBatch, LedgerEntry, Reload
+from tests.factories import make_config
 from tests.integration.helpers import spawn_worker, stop_process
 from worker.client import GovernorClient
 from worker.ops.metrics import Metrics
@@ -216,8 +217,7 @@ def governor_config(server: ShippedServer, swarms: list[dict[str, Any]]) -> Conf
     nats_section: dict[str, Any] = {"user": "governor", "password": server.passwords["governor"]}
     if STORAGE_USER in server.passwords:
         nats_section["storage"] = {"user": STORAGE_USER, "password": server.passwords[STORAGE_USER]}
-    raw = {"nats": nats_section, "metrics": {"port": 0}, "swarms": swarms, "security": shipped_security()}
-    return msgspec.convert(raw, Config)
+    return make_config(swarms, nats=nats_section, security=shipped_security())
 
 
 async def start_governor(server: ShippedServer, swarms: list[dict[str, Any]], *, wait: bool = True) -> Worker:

@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
+from tests.factories import swarm_entry
 from worker.client import GovernorClient
 from worker.ops.cli import main as governor_cli
 from worker.ops.metrics import Metrics
@@ -41,14 +42,9 @@ from worker.service.app import Worker
 from worker.service.config import connect_options, load_config
 
 START_TIMEOUT = 20.0
-SWARM = {
-    "swarm_id": "sip",
-    "capabilities": ["integration:sip"],
-    "cost_per_hour": 5.0,
-    "reputation_score": 0.9,
-    "initial_budget": 25.0,
-    "model": "sonnet",
-}
+SWARM = swarm_entry(
+    "sip", ["integration:sip"], cost_per_hour=5.0, reputation_score=0.9, initial_budget=25.0, model="sonnet"
+)
 #: The documented environment variable of each `nats:` key.
 ENV_NAMES = {
     "creds": "IF_GOVERNOR_NATS_CREDS",

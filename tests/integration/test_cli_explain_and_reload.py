@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import SEED_SWARMS, WorkerFactory
+from tests.conftest import WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
 from worker.ops.natsserver import NatsServer
 from worker.service.config import load_config
 
@@ -47,9 +48,7 @@ class TestCommands:
 
     async def test_success_closes_half_open_breaker(self, nats_server: NatsServer, start_worker: WorkerFactory) -> None:
         """After failures and the cool-down, a probe is assigned and `success` closes the breaker."""
-        from tests.conftest import make_config
-
-        await start_worker(make_config(SEED_SWARMS, breaker_cooldown_s=0.2))
+        await start_worker(make_config(EXAMPLE_SWARMS, breaker_cooldown_s=0.2))
         for _ in range(3):
             assert (await governor(nats_server.url, "failure", "session-1-ndi"))[0] == 0
         await asyncio.sleep(0.3)
@@ -65,10 +64,10 @@ class TestCommands:
     async def test_reload(self, tmp_path: Path, nats_server: NatsServer, start_worker: WorkerFactory) -> None:
         """`reload` makes the worker re-read its config file and says what changed."""
         path = tmp_path / "governor.yaml"
-        path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS}))
+        path.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS}))
         await start_worker(load_config(path), config_path=str(path))
-        extra = {**SEED_SWARMS[1], "swarm_id": "session-7"}
-        path.write_text(yaml.safe_dump({"swarms": [*SEED_SWARMS, extra], "governor": {"max_cost_per_task": 20.0}}))
+        extra = {**EXAMPLE_SWARMS[1], "swarm_id": "session-7"}
+        path.write_text(yaml.safe_dump({"swarms": [*EXAMPLE_SWARMS, extra], "governor": {"max_cost_per_task": 20.0}}))
         assert await governor(nats_server.url, "reload") == (
             0,
             "config reloaded: policy/rules changed; new swarms: session-7\n",

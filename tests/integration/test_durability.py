@@ -27,8 +27,7 @@ import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.config import LedgerSection
-from tests.conftest import SEED_SWARMS, make_config
+from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
 from tests.integration.helpers import answering, spawn_worker
 from worker.client import GovernorClient
 from worker.core.governor import Governor
@@ -50,14 +49,14 @@ pytestmark = pytest.mark.timeout(300)
 def write_config(path: Path, **ledger: Any) -> Path:
     config = {
         "swarms": [
-            {
-                "swarm_id": s,
-                "capabilities": ["code-analysis:python"],
-                "cost_per_hour": 2.0,
-                "reputation_score": 0.9,
-                "initial_budget": INITIAL,
-                "model": "haiku",
-            }
+            swarm_entry(
+                s,
+                ["code-analysis:python"],
+                cost_per_hour=2.0,
+                reputation_score=0.9,
+                initial_budget=INITIAL,
+                model="haiku",
+            )
             for s in SWARMS
         ],
         "metrics": {"port": 0},
@@ -340,7 +339,7 @@ class TestHotStandby:
 class TestFailClosed:
     async def test_cost_refused_while_jetstream_cannot_take_it(self, nats_server: NatsServer) -> None:
         """With the ledger stream gone, a cost is answered `unavailable` and changes nothing."""
-        async with Worker(make_config(SEED_SWARMS), servers=[nats_server.url], serve_metrics=False) as worker:
+        async with Worker(make_config(EXAMPLE_SWARMS), servers=[nats_server.url], serve_metrics=False) as worker:
             nc = await nats.connect(nats_server.url)
             try:
                 client = GovernorClient(nc)
@@ -425,7 +424,7 @@ class TestSnapshots:
 class TestTrim:
     async def test_trimmed_after_snapshots_and_recovered_exactly(self, nats_server: NatsServer) -> None:
         """Snapshots trim the ledger; a restart, a retried old event_id and a reader behind the trim stay exact."""
-        config = msgspec.structs.replace(make_config(SEED_SWARMS), ledger=LedgerSection(snapshot_every=5))
+        config = make_config(EXAMPLE_SWARMS, ledger={"snapshot_every": 5})
         nc = await nats.connect(nats_server.url)
         try:
             client = GovernorClient(nc)

@@ -9,27 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 
 from schemas.config import Config
-from tests.conftest import Recorder, WorkerFactory, make_config
+from schemas.profiles import SwarmProfile
+from tests.conftest import Recorder, WorkerFactory
+from tests.factories import make_config, profile, swarm_entry
 from tests.integration.helpers import answering, project
 
 PYTHON = "code-analysis:python"
-
-
-def profile(
-    swarm_id: str, capabilities: list[str], cost_per_hour: float, reputation: float, budget: float, model: str
-) -> dict[str, Any]:
-    """A `governor.register` body in the seed's SwarmProfile field order."""
-    return {
-        "swarm_id": swarm_id,
-        "capabilities": capabilities,
-        "cost_per_hour": cost_per_hour,
-        "reputation_score": reputation,
-        "current_budget_remaining": budget,
-        "model": model,
-    }
 
 
 async def start(start_worker: WorkerFactory, nc: Client, config: Config) -> None:
@@ -52,8 +41,9 @@ class Governor:
         assert reply["ok"] is True, reply
         return reply
 
-    async def register(self, body: dict[str, Any]) -> None:
-        assert (await self.call("register", body))["swarm_id"] == body["swarm_id"]
+    async def register(self, swarm: SwarmProfile) -> None:
+        """`governor.register` with the profile's fields as its body."""
+        assert (await self.call("register", msgspec.to_builtins(swarm)))["swarm_id"] == swarm.swarm_id
 
     async def find_qualified_swarm(self, capabilities: list[str], max_cost: float) -> str | None:
         """The seed's `find_qualified_swarm(required_capabilities, max_cost)`, over `governor.assign`."""
@@ -75,9 +65,25 @@ class TestScenario1BasicAssignment:
         await start(start_worker, nc, make_config([]))
         gov = Governor(nc)
         await gov.register(
-            profile("session-4-sip", ["integration:sip", "integration:h323"], 15.0, 0.95, 25.0, "sonnet")
+            profile(
+                "session-4-sip",
+                ["integration:sip", "integration:h323"],
+                cost_per_hour=15.0,
+                reputation_score=0.95,
+                budget=25.0,
+                model="sonnet",
+            )
         )
-        await gov.register(profile("session-1-ndi", ["integration:ndi"], 2.0, 0.90, 25.0, "haiku"))
+        await gov.register(
+            profile(
+                "session-1-ndi",
+                ["integration:ndi"],
+                cost_per_hour=2.0,
+                reputation_score=0.90,
+                budget=25.0,
+                model="haiku",
+            )
+        )
 
         swarm_id = await gov.find_qualified_swarm(["integration:sip"], max_cost=20.0)
         assert swarm_id == "session-4-sip"
@@ -94,7 +100,9 @@ class TestScenario2BudgetExhaustion:
         """Three $2 tasks exhaust a $5 budget: the breaker trips and escalates, blocks work, and a reset restores it."""
         await start(start_worker, nc, make_config([]))
         gov = Governor(nc)
-        await gov.register(profile("session-test", [PYTHON], 15.0, 0.95, 5.0, "sonnet"))
+        await gov.register(
+            profile("session-test", [PYTHON], cost_per_hour=15.0, reputation_score=0.95, budget=5.0, model="sonnet")
+        )
 
         remaining = []
         for task in (1, 2, 3):
@@ -165,14 +173,7 @@ class TestScenario3MultiSwarmDistribution:
             ("session-4-sip", "integration:sip", 15.0, 0.95, "sonnet"),
         ]
         swarms = [
-            {
-                "swarm_id": swarm_id,
-                "capabilities": [cap],
-                "cost_per_hour": cost,
-                "reputation_score": rep,
-                "initial_budget": 25.0,
-                "model": model,
-            }
+            swarm_entry(swarm_id, [cap], cost_per_hour=cost, reputation_score=rep, initial_budget=25.0, model=model)
             for swarm_id, cap, cost, rep, model in sessions
         ]
         await start(start_worker, nc, make_config(swarms))
@@ -189,9 +190,15 @@ class TestScenario4CostOptimisation:
         """Among haiku, sonnet and opus python swarms the haiku one wins on value, with the seed's scores."""
         await start(start_worker, nc, make_config([]))
         gov = Governor(nc)
-        await gov.register(profile("haiku-swarm", [PYTHON], 1.5, 0.90, 25.0, "haiku"))
-        await gov.register(profile("sonnet-swarm", [PYTHON], 15.0, 0.95, 25.0, "sonnet"))
-        await gov.register(profile("opus-swarm", [PYTHON], 75.0, 1.0, 25.0, "opus"))
+        await gov.register(
+            profile("haiku-swarm", [PYTHON], cost_per_hour=1.5, reputation_score=0.90, budget=25.0, model="haiku")
+        )
+        await gov.register(
+            profile("sonnet-swarm", [PYTHON], cost_per_hour=15.0, reputation_score=0.95, budget=25.0, model="sonnet")
+        )
+        await gov.register(
+            profile("opus-swarm", [PYTHON], cost_per_hour=75.0, reputation_score=1.0, budget=25.0, model="opus")
+        )
 
         assert await gov.find_qualified_swarm([PYTHON], 100.0) == "haiku-swarm"
         ranked = await gov.call(

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 import schemas.config
 from schemas.config import Config
+from tests.factories import make_config, swarm_entry
 from worker.client import GovernorClient
 from worker.ops.cli import main as governor_cli
 from worker.ops.metrics import Metrics
@@ -37,14 +38,9 @@ from worker.service.app import Worker
 START_TIMEOUT = 20.0
 REFUSAL_WAIT = 1.0
 """Seconds a request whose reply the server will never deliver waits for it."""
-SWARM = {
-    "swarm_id": "sip",
-    "capabilities": ["integration:sip"],
-    "cost_per_hour": 5.0,
-    "reputation_score": 0.9,
-    "initial_budget": 25.0,
-    "model": "sonnet",
-}
+SWARM = swarm_entry(
+    "sip", ["integration:sip"], cost_per_hour=5.0, reputation_score=0.9, initial_budget=25.0, model="sonnet"
+)
 COORDINATOR_PUBLISH = '["governor.assign", "governor.cost", "governor.status", "governor.history"]'
 
 
@@ -67,16 +63,14 @@ def governor_config(url: str, password: str) -> Config:
     The worker answers only reply subjects under `_INBOX.` and `_R_.` plus `security.reply_prefixes`, in the
     versions that have that key; in those, per-user inboxes must be listed there.
     """
-    raw: dict[str, Any] = {
-        "nats": {"servers": [url], "user": "governor", "password": password},
-        "metrics": {"port": 0},
-        "ledger": {"enabled": False},
-        "swarms": [SWARM],
-    }
     security = getattr(schemas.config, "SecuritySection", None)
-    if security is not None and "reply_prefixes" in security.__struct_fields__:
-        raw["security"] = {"reply_prefixes": ["_INBOX_"]}
-    return msgspec.convert(raw, Config)
+    answers_inboxes = security is not None and "reply_prefixes" in security.__struct_fields__
+    return make_config(
+        [SWARM],
+        nats={"servers": [url], "user": "governor", "password": password},
+        ledger={"enabled": False},
+        security={"reply_prefixes": ["_INBOX_"]} if answers_inboxes else None,
+    )
 
 
 @dataclass

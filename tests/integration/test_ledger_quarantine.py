@@ -22,11 +22,10 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.config import Config, LedgerSection
+from schemas.config import Config
 from schemas.ledger import LedgerBatch, LedgerEntry
-from schemas.profiles import SwarmProfile
 from schemas.requests import CostRequest
-from tests.conftest import SEED_SWARMS, make_config
+from tests.factories import EXAMPLE_SWARMS, make_config, profile
 from tests.integration.helpers import answering
 from worker.client import GovernorClient
 from worker.core.governor import Governor
@@ -72,7 +71,8 @@ REASONS = [
 
 
 def durable_config() -> Config:
-    return msgspec.structs.replace(make_config(SEED_SWARMS), ledger=LedgerSection(lease_ttl_s=1.0))
+    """The example swarms, durable with a lease of 1 s."""
+    return make_config(EXAMPLE_SWARMS, ledger={"lease_ttl_s": 1.0})
 
 
 @pytest.fixture
@@ -286,14 +286,7 @@ class TestVerifyCommand:
 
 # -- a plain Ledger: its snapshots, and what verify finds ------------------------------------------------------
 
-PROFILE = SwarmProfile(
-    swarm_id="s1",
-    capabilities=["code-analysis:python"],
-    cost_per_hour=2.0,
-    reputation_score=0.9,
-    current_budget_remaining=25.0,
-    model="haiku",
-)
+PROFILE = profile("s1", ["code-analysis:python"], cost_per_hour=2.0, reputation_score=0.9, budget=25.0, model="haiku")
 
 
 def register() -> LedgerEntry:

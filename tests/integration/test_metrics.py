@@ -19,7 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.config import Config
-from tests.conftest import SEED_SWARMS, WorkerFactory
+from tests.conftest import WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
 from worker import errors
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer, free_port
@@ -35,9 +36,8 @@ NDI = "session-1-ndi"
 
 
 def metrics_config(port: int) -> Config:
-    """The seed's two swarms, with the metrics endpoint on loopback at `port`."""
-    raw: dict[str, Any] = {"swarms": SEED_SWARMS, "metrics": {"host": "127.0.0.1", "port": port}}
-    return msgspec.convert(raw, Config)
+    """The example swarms, with the metrics endpoint on loopback at `port`."""
+    return make_config(EXAMPLE_SWARMS, metrics={"host": "127.0.0.1", "port": port})
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

@@ -24,8 +24,8 @@ from nats.aio.msg import Msg
 
 from schemas.events import BreakerReset, BreakerTripped, Escalation
 from schemas.ledger import LedgerEntry
-from schemas.profiles import SwarmProfile
 from schemas.replies import StatusReply
+from tests.factories import profile
 from tests.integration.helpers import GOVERNOR_REPLY_TARGETS, stop_process
 from tests.integration.shipped import (
     REPO,
@@ -73,13 +73,8 @@ SWARMS: list[dict[str, Any]] = [
         "model": "haiku",
     },
 ]
-NEW_SWARM = SwarmProfile(
-    swarm_id="webrtc",
-    capabilities=["integration:webrtc"],
-    cost_per_hour=3.0,
-    reputation_score=0.8,
-    current_budget_remaining=10.0,
-    model="haiku",
+NEW_SWARM = profile(
+    "webrtc", ["integration:webrtc"], cost_per_hour=3.0, reputation_score=0.8, budget=10.0, model="haiku"
 )
 #: Requests only an operator may send, each one that the governor would apply if the server let it through.
 OPERATOR_ONLY: dict[str, dict[str, Any]] = {

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import yaml
 
-from schemas.config import Config
-from tests.conftest import SEED_SWARMS, WorkerFactory
+from tests.conftest import WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer, free_port
 
@@ -110,7 +109,7 @@ class TestPrometheus:
         """Prometheus scrapes the worker, and after a budget trip over NATS reports CircuitBreakerTripped firing
         for that swarm only."""
         port, target = prometheus
-        config = msgspec.convert({"swarms": SEED_SWARMS, "metrics": {"host": "127.0.0.1", "port": target}}, Config)
+        config = make_config(EXAMPLE_SWARMS, metrics={"host": "127.0.0.1", "port": target})
         await start_worker(config)
         await poll("the governor's targets up", lambda a: a["data"]["result"], port, "/api/v1/query", query="up==1")
         series = f'if_governor_circuit_breaker_status{{swarm_id="{SIP}"}} == 0'

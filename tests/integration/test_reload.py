@@ -9,7 +9,8 @@ import msgspec
 import nats
 import yaml
 
-from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
+from tests.conftest import Recorder, WorkerFactory
+from tests.factories import EXAMPLE_SWARMS
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer
 from worker.service.config import load_config
@@ -17,7 +18,7 @@ from worker.storage.journal import stream_name
 
 
 def write(path: Path, **extra: Any) -> Path:
-    path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS, "metrics": {"port": 0}, **extra}))
+    path.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS, "metrics": {"port": 0}, **extra}))
     return path
 
 
@@ -29,10 +30,10 @@ class TestReload:
         path = write(tmp_path / "governor.yaml")
         await start_worker(load_config(path), config_path=str(path))
         await client.cost("session-1-ndi", "op", 5.0)
-        new_swarm = {**SEED_SWARMS[1], "swarm_id": "session-9-ndi", "cost_per_hour": 1.0}
+        new_swarm = {**EXAMPLE_SWARMS[1], "swarm_id": "session-9-ndi", "cost_per_hour": 1.0}
         write(
             tmp_path / "governor.yaml",
-            swarms=[*SEED_SWARMS, new_swarm],
+            swarms=[*EXAMPLE_SWARMS, new_swarm],
             governor={"max_cost_per_task": 30.0},
             rules=[{"match": "integration:ndi", "policy": "default", "models": ["haiku"]}],
         )
@@ -52,7 +53,7 @@ class TestReload:
         path = write(tmp_path / "governor.yaml")
         await start_worker(load_config(path), config_path=str(path))
         before = msgspec.structs.replace(await client.status(), trace_id="")
-        path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS, "governor": {"min_capability_match": 7}}))
+        path.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS, "governor": {"min_capability_match": 7}}))
         msg = await client.nc.request("governor.reload", b"{}", timeout=5)
         reply = msgspec.json.decode(msg.data)
         assert reply["error"]["code"] == "invalid_request"

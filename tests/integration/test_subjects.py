@@ -19,7 +19,8 @@ from nats.aio.msg import Msg
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
 from schemas.config import Config
-from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory, make_config
+from tests.conftest import Recorder, WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
 from tests.integration.helpers import answering, project
 
 ERROR_HEADER = "Nats-Service-Error"
@@ -29,6 +30,7 @@ TRACE_HEADER = "X-IF-Trace-ID"
 SUBJECTS = ("assign", "cost", "reset", "trip", "failure", "register", "deregister", "status", "history")
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
+PYTHON = "code-analysis:python"
 WITNESS_KEYS = {"component", "operation", "params", "timestamp", "severity", "trace_id"}
 
 NEW_SWARM: dict[str, Any] = {
@@ -284,25 +286,14 @@ class TestAssign:
 
     async def test_explain_lists_every_reason_code(self, start: Start, raw_api: Api) -> None:
         """With `explain`, each swarm that does not qualify is listed with the first filter it failed, in seed order."""
-
-        def python(swarm_id: str, cost: float, budget: float, caps: list[str] | None = None) -> dict[str, Any]:
-            return {
-                "swarm_id": swarm_id,
-                "capabilities": caps or ["code-analysis:python"],
-                "cost_per_hour": cost,
-                "reputation_score": 0.9,
-                "initial_budget": budget,
-                "model": "haiku",
-            }
-
         await start(
             make_config(
                 [
-                    python("below", 2.0, 25.0, ["integration:sip"]),
-                    python("pricey", 50.0, 25.0),
-                    python("broke", 2.0, 1.0),
-                    python("halted", 2.0, 25.0),
-                    python("fine", 2.0, 25.0),
+                    swarm_entry("below", ["integration:sip"], cost_per_hour=2.0, initial_budget=25.0),
+                    swarm_entry("pricey", [PYTHON], cost_per_hour=50.0, initial_budget=25.0),
+                    swarm_entry("broke", [PYTHON], cost_per_hour=2.0, initial_budget=1.0),
+                    swarm_entry("halted", [PYTHON], cost_per_hour=2.0, initial_budget=25.0),
+                    swarm_entry("fine", [PYTHON], cost_per_hour=2.0, initial_budget=25.0),
                 ]
             )
         )
@@ -322,26 +313,12 @@ class TestAssign:
 
     async def test_max_swarms(self, start: Start, raw_api: Api) -> None:
         """`max_swarms` returns up to that many by score, ties to the earliest registered, never over the policy's 3."""
-
-        def python(swarm_id: str, cost: float, reputation: float) -> dict[str, Any]:
-            return {
-                "swarm_id": swarm_id,
-                "capabilities": ["code-analysis:python"],
-                "cost_per_hour": cost,
-                "reputation_score": reputation,
-                "model": "m",
-            }
-
-        await start(
-            make_config(
-                [
-                    python("mid", 15.0, 0.95),
-                    python("tie-a", 2.0, 0.9),
-                    python("tie-b", 2.0, 0.9),
-                    python("cheap", 1.5, 0.9),
-                ]
-            )
-        )
+        prices = {"mid": (15.0, 0.95), "tie-a": (2.0, 0.9), "tie-b": (2.0, 0.9), "cheap": (1.5, 0.9)}
+        swarms = [
+            swarm_entry(swarm_id, [PYTHON], cost_per_hour=cost, reputation_score=rep, initial_budget=None, model="m")
+            for swarm_id, (cost, rep) in prices.items()
+        ]
+        await start(make_config(swarms))
         body = {"task_id": "t-5", "required_capabilities": ["code-analysis:python"], "max_cost": 100.0}
         two = await raw_api.ok("assign", {**body, "max_swarms": 2})
         assert two["swarm_id"] == "cheap"
@@ -661,7 +638,7 @@ class TestStatus:
                 "budget_remaining": 25.0,
                 "breaker": None,
             }
-            for s in SEED_SWARMS
+            for s in EXAMPLE_SWARMS
         ]
         assert [project(s, e) for s, e in zip(reply["swarms"], expected_swarms, strict=True)] == expected_swarms
         assert reply["budgets"] == {SIP: 25.0, NDI: 25.0}
@@ -930,7 +907,7 @@ class TestDiscovery:
 
     async def test_subject_prefix(self, start: Start, nc: Client) -> None:
         """With `subject_prefix: fleet`, the endpoints and events live under `fleet.`."""
-        await start(make_config(SEED_SWARMS, subject_prefix="fleet"))
+        await start(make_config(EXAMPLE_SWARMS, subject_prefix="fleet"))
         recorder = Recorder()
         await nc.subscribe("fleet.events.>", cb=recorder._on)
         await nc.flush()

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
-from tests.conftest import SEED_SWARMS
+from tests.factories import EXAMPLE_SWARMS, make_config
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer, free_port
 from worker.service.actor import Actor, Command
@@ -30,12 +30,8 @@ ASSIGN = msgspec.json.encode({"task_id": "t", "required_capabilities": ["integra
 
 
 def config(metrics_port: int = 0) -> Config:
-    raw = {
-        "swarms": SEED_SWARMS,
-        "metrics": {"host": "127.0.0.1", "port": metrics_port},
-        "ledger": {"lease_ttl_s": 2.0},
-    }
-    return msgspec.convert(raw, Config)
+    """The example swarms, durable with a 2 s lease, the metrics endpoint on loopback at `metrics_port` (0: off)."""
+    return make_config(EXAMPLE_SWARMS, metrics={"host": "127.0.0.1", "port": metrics_port}, ledger={"lease_ttl_s": 2.0})
 
 
 def probe(port: int, path: str) -> int:
@@ -165,13 +161,11 @@ class TestSupervision:
         """Without a ledger the state lives only in the actor: when it dies, the worker stops and the task that
         owns it fails with what killed it (`governor run` exits non-zero), instead of serving on from the
         config's budgets."""
-        raw = {"swarms": SEED_SWARMS, "metrics": {"port": 0}, "ledger": {"enabled": False}}
+        in_memory = make_config(EXAMPLE_SWARMS, ledger={"enabled": False})
         started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
 
         async def run() -> None:  # like `governor run`: the worker is owned by a task of its own
-            async with Worker(
-                msgspec.convert(raw, Config), servers=[nats_server.url], metrics=Metrics(CollectorRegistry())
-            ) as worker:
+            async with Worker(in_memory, servers=[nats_server.url], metrics=Metrics(CollectorRegistry())) as worker:
                 started.set_result(worker)
                 await worker.wait_stopped()
 

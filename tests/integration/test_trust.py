@@ -18,9 +18,9 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.config import Config
 from schemas.ledger import LedgerBatch
-from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
+from tests.conftest import Recorder, WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
 from tests.integration.helpers import GOVERNOR_REPLY_TARGETS
 from worker.ops.natsserver import NatsServer
 from worker.service.app import Worker
@@ -39,11 +39,6 @@ ATTACKS: tuple[tuple[str, dict[str, Any] | None], ...] = (
     ("$SRV.INFO.governor", None),
 )
 OPERATOR = {"acc": "OPS", "user": "operator", "name": "cli"}
-
-
-def config(**security: Any) -> Config:
-    raw = {"swarms": SEED_SWARMS, "metrics": {"port": 0}, "security": security}
-    return msgspec.convert(raw, Config)
 
 
 def info_header(info: dict[str, Any]) -> dict[str, str]:
@@ -74,7 +69,7 @@ class TestReplySubjects:
         """A request whose reply subject is the ledger, the lease key, the snapshot store, the JetStream API, an
         event or witness subject (or a look-alike inbox) is not answered there, changes nothing, is counted and
         witnessed, and operator requests sent at the same time are all answered."""
-        worker = await start_worker(config())
+        worker = await start_worker(make_config(EXAMPLE_SWARMS))
         spy = await nats.connect(nats_server.url)
         landed: list[Msg] = []
 
@@ -132,13 +127,13 @@ class TestReplySubjects:
     ) -> None:
         """After replies were aimed at the ledger, a fresh worker on the same stream recovers and serves with the
         budgets exact to the cent."""
-        first = await start_worker(config())
+        first = await start_worker(make_config(EXAMPLE_SWARMS))
         for i in range(7):
             body = {"swarm_id": NDI, "operation": "op", "cost": 1.13, "event_id": f"c{i}"}
             await nc.publish("governor.cost", msgspec.json.encode(body), reply="governor.ledger")
             await request(nc, "governor.cost", {**body, "event_id": f"ok{i}"})
         await first.__aexit__(None, None, None)
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         status = await request(nc, "governor.status", {})
         assert status["budgets"] == {SIP: 25.0, NDI: 17.09}
 
@@ -146,7 +141,7 @@ class TestReplySubjects:
         self, start_worker: WorkerFactory, nats_server: NatsServer
     ) -> None:
         """A client with its own inbox prefix is answered when the config names that prefix, and only then."""
-        await start_worker(config(reply_prefixes=["_INBOX_alice."]))
+        await start_worker(make_config(EXAMPLE_SWARMS, security={"reply_prefixes": ["_INBOX_alice."]}))
         alice = await nats.connect(nats_server.url, inbox_prefix=b"_INBOX_alice")
         bob = await nats.connect(nats_server.url, inbox_prefix=b"_INBOX_bob")
         try:
@@ -165,7 +160,7 @@ class TestRequestInfo:
         """Where the server is not said to stamp `Nats-Request-Info`, a reset carrying one claims an identity
         nobody checked: refused (`forbidden`, 403) and nothing changes; other subjects ignore the header and
         record no identity."""
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         assert (await request(nc, "governor.cost", {"swarm_id": SIP, "operation": "op", "cost": 30.0}))["tripped"]
         msg = await nc.request(
             "governor.reset",
@@ -193,7 +188,7 @@ class TestRequestInfo:
         stamp, or naming another approver (with `require_authenticated_approver`) is refused, and the refusal's
         witness record names who sent it."""
         settings = {"trust_request_info": True, "operator_accounts": ["OPS"], "require_authenticated_approver": True}
-        first = await start_worker(config(**settings))
+        first = await start_worker(make_config(EXAMPLE_SWARMS, security=settings))
         coordinator = {"acc": "COORD", "user": "coordinator"}
         coordinator_identity = {"account": "COORD", "user": "coordinator"}
         operator_identity = {"account": "OPS", "user": "operator"}
@@ -218,7 +213,7 @@ class TestRequestInfo:
         assert [(r["approved_by"], r["identity"]) for r in history["resets"]] == [("operator", identity)]
 
         await first.__aexit__(None, None, None)
-        await start_worker(config(**settings))
+        await start_worker(make_config(EXAMPLE_SWARMS, security=settings))
         history = await request(nc, "governor.history", {})
         assert [(r["approved_by"], r["identity"]) for r in history["resets"]] == [("operator", identity)]
 
@@ -228,7 +223,7 @@ class TestTraceIds:
         """A body `trace_id` holding CR/LF in a request refused for another reason is not echoed in the reply
         (nor its header): the governor answers with a trace id of its own; a header trace id with a space is
         refused `invalid_request`."""
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         body = msgspec.json.encode({"swarm_id": SIP, "operation": "op", "cost": -1.0, "trace_id": "evil\r\nline"})
         msg = await nc.request("governor.cost", body, timeout=5)
         reply = msgspec.json.decode(msg.data)
