@@ -13,9 +13,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from tests.conftest import WorkerFactory
 from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
-from tests.integration.test_trust import ledger_messages
+from tests.integration.helpers import WorkerFactory, ledger_messages
 from worker.client import GovernorClient
 
 NDI = "session-1-ndi"

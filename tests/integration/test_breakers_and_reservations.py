@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import Recorder, WorkerFactory
 from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import Recorder, WorkerFactory
 from worker.client import GovernorClient
 
 

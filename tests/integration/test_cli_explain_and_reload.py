@@ -4,26 +4,21 @@ nats-server."""
 from __future__ import annotations
 
 import asyncio
-import sys
+import os
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import WorkerFactory
 from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerFactory, run_cli
 from worker.ops.natsserver import NatsServer
 from worker.service.config import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 async def governor(url: str, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args, "--nats-url", url,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    return process.returncode or 0, out.decode()
+    """`governor ARGS... --nats-url URL` with the test run's environment: (exit status, stdout and stderr)."""
+    result = await run_cli(*args, "--nats-url", url, env=os.environ, merge_stderr=True)
+    return result.returncode, result.stdout
 
 
 class TestCommands:

@@ -39,8 +39,8 @@ from schemas.replies import (
     SwarmStatus,
     TripReply,
 )
-from tests.conftest import WorkerFactory
 from tests.factories import EXAMPLE_SWARMS, make_config, profile
+from tests.integration.helpers import WorkerFactory
 from worker import errors
 from worker.client import ERRORS_BY_CODE, GovernorClient
 from worker.ops import contract as schema

@@ -12,9 +12,7 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
 import time
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
-from tests.integration.helpers import answering, spawn_worker
+from tests.integration.helpers import WorkerProcess, answering, empty_snapshot, start_worker_process
 from worker.client import GovernorClient
 from worker.core.governor import Governor
 from worker.errors import Unavailable
@@ -37,7 +35,6 @@ from worker.service.app import Worker
 from worker.service.replay import catch_up, recover
 from worker.storage.journal import LEGACY_SNAPSHOT_NAME, Ledger, LedgerGap, snapshot_name, stream_name
 
-ROOT = Path(__file__).resolve().parents[2]
 INITIAL = 1_000_000.0
 SWARMS = [f"swarm-{i}" for i in range(8)]
 EVENTS = 10_000
@@ -66,36 +63,9 @@ def write_config(path: Path, **ledger: Any) -> Path:
     return path
 
 
-class WorkerProcess:
-    """`governor run` as a child process against a given NATS URL."""
-
-    def __init__(self, url: str, config: Path, log: Path) -> None:
-        self.url = url
-        self.config = config
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        self.process = spawn_worker(self.url, self.config, self.log, env={"IF_GOVERNOR_METRICS_PORT": "0"})
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no snapshot, no lease release."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def terminate(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+def launch(url: str, config: Path, log: Path) -> WorkerProcess:
+    """`governor run` on `config` against `url` (with no metrics endpoint), its output in `log`."""
+    return start_worker_process(url, config, log, env={"IF_GOVERNOR_METRICS_PORT": "0"})
 
 
 @pytest.fixture
@@ -107,19 +77,11 @@ def processes() -> Iterator[list[WorkerProcess]]:
         p.kill()
 
 
-async def wait_serving(url: str, timeout: float = 30.0) -> float:
-    """Wait until some governor answers `status`; return how long it took."""
-    start = time.monotonic()
+async def wait_serving(url: str, timeout: float = 30.0) -> None:
+    """Wait until some governor answers `status` ok, on a connection of its own."""
     nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    msg = await nc.request("governor.status", b"{}", timeout=0.5)
-                    if msgspec.json.decode(msg.data).get("ok"):
-                        return time.monotonic() - start
-                except Exception:
-                    await asyncio.sleep(0.05)
+        await answering(nc, timeout=timeout)
     finally:
         await nc.close()
 
@@ -211,7 +173,7 @@ async def budgets(url: str) -> dict[str, float]:
 async def start_serving(tmp_path: Path, url: str, processes: list[WorkerProcess], log: str = "worker.log") -> Path:
     """Write the test config, start a `governor run` on it and wait until it serves; the config's path."""
     config = write_config(tmp_path / "governor.yaml")
-    processes.append(WorkerProcess(url, config, tmp_path / log).start())
+    processes.append(launch(url, config, tmp_path / log))
     await wait_serving(url)
     return config
 
@@ -239,11 +201,11 @@ class TestCrashRecovery:
         config = await start_serving(tmp_path, nats_server.url, processes)
         load, task = await load_a_third(nats_server.url)
         processes[-1].kill()
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        processes.append(launch(nats_server.url, config, tmp_path / "worker.log"))
         await asyncio.wait_for(task, timeout=240)
 
         await assert_each_event_once(nats_server.url, load)
-        assert processes[-1].terminate() == 0
+        assert processes[-1].stop(timeout=20.0) == 0
 
     async def test_nats_server_killed_mid_load_loses_and_duplicates_nothing(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
@@ -257,8 +219,8 @@ class TestCrashRecovery:
         await asyncio.wait_for(task, timeout=240)
 
         await assert_each_event_once(nats_server.url, load)
-        assert processes[-1].process is not None and processes[-1].process.poll() is None  # it survived
-        assert processes[-1].terminate() == 0
+        assert processes[-1].process.poll() is None  # it survived
+        assert processes[-1].stop(timeout=20.0) == 0
 
     async def test_clean_restart_recovers_from_snapshot_and_tail(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
@@ -269,8 +231,8 @@ class TestCrashRecovery:
         await load.run()
         before = await budgets(nats_server.url)
         assert before == load.expected_budgets()
-        assert processes[-1].terminate() == 0
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        assert processes[-1].stop(timeout=20.0) == 0
+        processes.append(launch(nats_server.url, config, tmp_path / "worker.log"))
         await wait_serving(nats_server.url)
         assert await budgets(nats_server.url) == before
 
@@ -281,7 +243,7 @@ class TestHotStandby:
     ) -> None:
         """Kill -9 of the lease holder: the standby serves, no request is answered twice, budgets are exact."""
         config = await start_serving(tmp_path, nats_server.url, processes, log="a.log")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "b.log").start())
+        processes.append(launch(nats_server.url, config, tmp_path / "b.log"))
         load, task = await load_a_third(nats_server.url)
         processes[0].kill()
         killed_at = time.monotonic()
@@ -297,7 +259,7 @@ class TestHotStandby:
         print(f"standby took over {takeover:.2f}s after the holder was killed (lease_ttl_s 2.0)")
         await assert_each_event_once(nats_server.url, load)
         assert "lease acquired" in (tmp_path / "b.log").read_text()
-        assert processes[1].terminate() == 0
+        assert processes[1].stop(timeout=20.0) == 0
 
     async def test_a_frozen_holder_is_replaced_and_answers_nothing_stale_when_it_resumes(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
@@ -306,10 +268,9 @@ class TestHotStandby:
         retried event is applied once; when the frozen process resumes it learns it lost the lease, answers no
         request from its stale state, and stays up as a standby."""
         config = await start_serving(tmp_path, nats_server.url, processes, log="a.log")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "b.log").start())
+        processes.append(launch(nats_server.url, config, tmp_path / "b.log"))
         load, task = await load_a_third(nats_server.url)
         frozen = processes[0].process
-        assert frozen is not None
         os.kill(frozen.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
@@ -332,8 +293,8 @@ class TestHotStandby:
         resumed = (tmp_path / "a.log").read_text()
         assert "no longer serving" in resumed, resumed[-3000:]
         assert frozen.poll() is None  # resumed, as a standby
-        assert processes[1].terminate() == 0
-        assert processes[0].terminate() == 0
+        assert processes[1].stop(timeout=20.0) == 0
+        assert processes[0].stop(timeout=20.0) == 0
 
 
 class TestFailClosed:
@@ -358,10 +319,6 @@ class TestFailClosed:
                     await nc.close()
 
 
-def snapshot_of(seq: int) -> bytes:
-    return zlib.compress(msgspec.msgpack.encode(Governor().export_state(seq)))
-
-
 class TestSnapshots:
     @pytest.fixture
     async def ledger(self, nats_server: NatsServer) -> AsyncIterator[Ledger]:
@@ -379,10 +336,10 @@ class TestSnapshots:
         read gives up on it in time and reads the newest (the object store alone would wait forever)."""
         store = ledger._snapshots
         assert store is not None
-        await ledger.save_snapshot(snapshot_of(7), 7)
+        await ledger.save_snapshot(empty_snapshot(7), 7)
         stale = await store.get_info(snapshot_name(7))
-        await ledger.save_snapshot(snapshot_of(9), 9)
-        await ledger.save_snapshot(snapshot_of(11), 11)  # keeps 9 and 11: 7 and its chunks are gone
+        await ledger.save_snapshot(empty_snapshot(9), 9)
+        await ledger.save_snapshot(empty_snapshot(11), 11)  # keeps 9 and 11: 7 and its chunks are gone
         get_info = store.get_info
         calls = 0
 
@@ -399,13 +356,13 @@ class TestSnapshots:
     async def test_a_late_older_snapshot_is_passed_over_then_deleted(self, ledger: Ledger) -> None:
         """A process that lost its lease stores an older snapshot late: recovery reads the newest; the next save
         deletes the stale one, and the store keeps the two newest."""
-        await ledger.save_snapshot(snapshot_of(10), 10)
-        await ledger.save_snapshot(snapshot_of(20), 20)
+        await ledger.save_snapshot(empty_snapshot(10), 10)
+        await ledger.save_snapshot(empty_snapshot(20), 20)
         assert ledger._snapshots is not None
-        await ledger._snapshots.put(snapshot_name(5), snapshot_of(5))  # the stale writer
+        await ledger._snapshots.put(snapshot_name(5), empty_snapshot(5))  # the stale writer
         state = await ledger.load_snapshot()
         assert state is not None and state.seq == 20
-        await ledger.save_snapshot(snapshot_of(30), 30)
+        await ledger.save_snapshot(empty_snapshot(30), 30)
         assert await ledger._stored_snapshots() == [20, 30]
         store_stream = await ledger.js.stream_info("OBJ_SNAPTEST_LEDGER_SNAPSHOTS")
         assert store_stream.state.messages == 4  # two snapshots of one chunk each, with their descriptions: no markers
@@ -413,10 +370,10 @@ class TestSnapshots:
     async def test_an_earlier_versions_snapshot_is_read_then_replaced(self, ledger: Ledger) -> None:
         """A store holding only the single `latest` snapshot of earlier versions is read; the first save removes it."""
         assert ledger._snapshots is not None
-        await ledger._snapshots.put(LEGACY_SNAPSHOT_NAME, snapshot_of(4))
+        await ledger._snapshots.put(LEGACY_SNAPSHOT_NAME, empty_snapshot(4))
         state = await ledger.load_snapshot()
         assert state is not None and state.seq == 4
-        await ledger.save_snapshot(snapshot_of(8), 8)
+        await ledger.save_snapshot(empty_snapshot(8), 8)
         names = {info.name for info in await ledger._snapshots.list(ignore_deletes=True)}
         assert names == {snapshot_name(8)}
 

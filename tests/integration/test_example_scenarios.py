@@ -12,19 +12,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from schemas.config import Config
 from schemas.profiles import SwarmProfile
-from tests.conftest import Recorder, WorkerFactory
 from tests.factories import make_config, profile, swarm_entry
-from tests.integration.helpers import answering, project
+from tests.integration.helpers import Recorder, WorkerFactory, project
 
 PYTHON = "code-analysis:python"
-
-
-async def start(start_worker: WorkerFactory, nc: Client, config: Config) -> None:
-    """Start the worker and wait until it answers on the test's connection (see `helpers.answering`)."""
-    await start_worker(config)
-    await answering(nc)
 
 
 class Governor:
@@ -62,7 +54,7 @@ class Governor:
 class TestScenario1BasicAssignment:
     async def test_sip_task_goes_to_the_sip_swarm(self, start_worker: WorkerFactory, nc: Client) -> None:
         """A SIP task under $20/h goes to session-4-sip, and its $2.50 cost leaves $22.50 of $25."""
-        await start(start_worker, nc, make_config([]))
+        await start_worker(make_config([]))
         gov = Governor(nc)
         await gov.register(
             profile(
@@ -98,7 +90,7 @@ class TestScenario2BudgetExhaustion:
         self, start_worker: WorkerFactory, nc: Client, recorder: Recorder
     ) -> None:
         """Three $2 tasks exhaust a $5 budget: the breaker trips and escalates, blocks work, and a reset restores it."""
-        await start(start_worker, nc, make_config([]))
+        await start_worker(make_config([]))
         gov = Governor(nc)
         await gov.register(
             profile("session-test", [PYTHON], cost_per_hour=15.0, reputation_score=0.95, budget=5.0, model="sonnet")
@@ -159,8 +151,8 @@ class TestScenario2BudgetExhaustion:
         assert reset_event["reset_at"] >= tripped_at
 
         assert await gov.find_qualified_swarm([PYTHON], 20.0) == "session-test"
-        assert len(recorder.on("governor.events.breaker.tripped")) == 1
-        assert len(recorder.on("governor.events.escalation")) == 1
+        assert len(recorder.bodies("governor.events.breaker.tripped")) == 1
+        assert len(recorder.bodies("governor.events.escalation")) == 1
 
 
 class TestScenario3MultiSwarmDistribution:
@@ -176,7 +168,7 @@ class TestScenario3MultiSwarmDistribution:
             swarm_entry(swarm_id, [cap], cost_per_hour=cost, reputation_score=rep, initial_budget=25.0, model=model)
             for swarm_id, cap, cost, rep, model in sessions
         ]
-        await start(start_worker, nc, make_config(swarms))
+        await start_worker(make_config(swarms))
         gov = Governor(nc)
 
         results = [(cap, await gov.find_qualified_swarm([cap], max_cost=20.0)) for _, cap, _, _, _ in sessions]
@@ -188,7 +180,7 @@ class TestScenario3MultiSwarmDistribution:
 class TestScenario4CostOptimisation:
     async def test_cheapest_good_swarm_wins(self, start_worker: WorkerFactory, nc: Client) -> None:
         """Among haiku, sonnet and opus python swarms the haiku one wins on value, with the seed's scores."""
-        await start(start_worker, nc, make_config([]))
+        await start_worker(make_config([]))
         gov = Governor(nc)
         await gov.register(
             profile("haiku-swarm", [PYTHON], cost_per_hour=1.5, reputation_score=0.90, budget=25.0, model="haiku")

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import WorkerFactory
 from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerFactory, stop_process
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer, free_port
 
@@ -70,12 +70,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[int, int]]:
     try:
         yield port, target
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()
 
 

@@ -9,8 +9,8 @@ import msgspec
 import nats
 import yaml
 
-from tests.conftest import Recorder, WorkerFactory
 from tests.factories import EXAMPLE_SWARMS
+from tests.integration.helpers import Recorder, WorkerFactory
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer
 from worker.service.config import load_config

@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from tests.conftest import WorkerFactory
 from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerFactory
 from worker.client import GovernorClient
 from worker.service.app import Worker
 

@@ -8,8 +8,6 @@ of the system, the lease and the standby, is the real one.
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import http_get
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer, free_port
 from worker.service.actor import Actor, Command
@@ -35,11 +34,9 @@ def config(metrics_port: int = 0) -> Config:
 
 
 def probe(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    """The HTTP status the probe at `path` answers."""
+    status, _ = http_get(port, path, timeout=2)
+    return status
 
 
 async def wait_for_probe(port: int, path: str, status: int, timeout: float = 10.0) -> None:

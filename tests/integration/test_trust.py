@@ -16,15 +16,12 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from schemas.ledger import LedgerBatch
-from tests.conftest import Recorder, WorkerFactory
 from tests.factories import EXAMPLE_SWARMS, make_config
-from tests.integration.helpers import GOVERNOR_REPLY_TARGETS
+from tests.integration.helpers import GOVERNOR_REPLY_TARGETS, Recorder, WorkerFactory, ledger_messages, record
 from worker.ops.natsserver import NatsServer
 from worker.service.app import Worker
-from worker.storage.journal import stream_name
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
@@ -49,14 +46,6 @@ async def request(nc: Client, subject: str, body: dict[str, Any], headers: dict[
     return msgspec.json.decode((await nc.request(subject, msgspec.json.encode(body), timeout=5, headers=headers)).data)
 
 
-async def ledger_messages(nc: Client) -> list[bytes]:
-    """Every message the ledger stream holds, oldest first."""
-    js = nc.jetstream()
-    name = stream_name("governor")
-    state = (await js.stream_info(name)).state
-    return [(await js.get_msg(name, seq)).data or b"" for seq in range(state.first_seq, state.last_seq + 1)]
-
-
 def rejected(worker: Worker, code: str) -> float:
     value = worker.metrics.registry.get_sample_value("if_governor_requests_rejected_total", {"code": code})
     return value or 0.0
@@ -71,16 +60,7 @@ class TestReplySubjects:
         witnessed, and operator requests sent at the same time are all answered."""
         worker = await start_worker(make_config(EXAMPLE_SWARMS))
         spy = await nats.connect(nats_server.url)
-        landed: list[Msg] = []
-
-        async def on(msg: Msg) -> None:
-            # The governor's answers, not the attacker's requests (which carry the hostile reply subject).
-            if not msg.reply and (b"attack" in msg.data or b"_response" in msg.data):
-                landed.append(msg)
-
-        for subject in HOSTILE_REPLIES:
-            await spy.subscribe(subject, cb=on)
-        await spy.flush()
+        arrived = await record(spy, *HOSTILE_REPLIES)
         holder_before = (await (await nc.jetstream().key_value("GOVERNOR_LEDGER_LEASE")).get("holder")).value
 
         async def attack() -> None:
@@ -104,13 +84,15 @@ class TestReplySubjects:
         await asyncio.sleep(0.5)  # what the worker would have sent has arrived by now
         await spy.close()
 
+        # The governor's answers, not the attacker's requests (which carry the hostile reply subject).
+        landed = [m for m in arrived.messages if not m.reply and (b"attack" in m.data or b"_response" in m.data)]
         assert landed == []
         assert [a["ok"] for a in answers] == [True] * 20
         attacks = len(HOSTILE_REPLIES) * len(ATTACKS)
         assert rejected(worker, "reply_subject_refused") == attacks
         witnessed = [
             r
-            for r in recorder.on("governor.witness.request_rejected")
+            for r in recorder.bodies("governor.witness.request_rejected")
             if r["params"]["code"] == "reply_subject_refused"
         ]
         assert len(witnessed) == attacks

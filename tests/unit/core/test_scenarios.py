@@ -11,10 +11,6 @@ NDI = "integration:ndi"
 WEBRTC = "integration:webrtc"
 H323 = "integration:h323"
 PYTHON = "code-analysis:python"
-CPP = "code-analysis:cpp"
-SECURITY = "architecture:security"
-WRITING = "docs:technical-writing"
-FIVE = [SIP, NDI, WEBRTC, H323, PYTHON]
 
 
 class TestSeedScenarios:
