@@ -71,7 +71,7 @@ class TestBenchQuick:
         assert 0 < float(match.group(1)) <= float(match.group(2))
 
     def test_prints_a_verdict_for_every_target(self, bench_output: str) -> None:
-        """The targets section names each of issue 4's targets with met, NOT MET or not measured."""
+        """The targets section names each of the bench's targets with met, NOT MET or not measured."""
         section = bench_output.split("target (issue 4)", 1)[1]
         verdicts = re.findall(r"(NOT MET|not measured|met)\s*$", section, flags=re.MULTILINE)
         for target in TARGETS:

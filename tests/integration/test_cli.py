@@ -26,7 +26,7 @@ import yaml
 from tests.integration.helpers import COMMAND_TIMEOUT, REPO, cli_env, run_cli, start_cli
 from worker.ops.natsserver import NatsServer, free_port
 
-SEED_CONFIG = REPO / "deploy" / "governor.yaml"
+EXAMPLE_CONFIG = REPO / "deploy" / "governor.yaml"
 
 
 def listening(port: int) -> bool:
@@ -52,7 +52,7 @@ def pids_using(marker: str) -> list[int]:
 class RunningGovernor:
     """`governor run --nats-port P --data-dir D --config deploy/governor.yaml` as a subprocess."""
 
-    def __init__(self, tmp_path: Path, *extra: str, config: Path = SEED_CONFIG) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, config: Path = EXAMPLE_CONFIG) -> None:
         self.port = free_port()
         self.data_dir = tmp_path / "governor-nats"
         self.url = f"nats://127.0.0.1:{self.port}"
@@ -112,7 +112,7 @@ class RunningGovernor:
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[RunningGovernor]:
-    """`governor run` on the seed's config with its bundled nats-server, serving; killed after the test."""
+    """`governor run` on deploy/governor.yaml with its bundled nats-server, serving; killed after the test."""
     gov = RunningGovernor(tmp_path)
     try:
         await gov.start()
@@ -177,7 +177,7 @@ class TestRun:
     async def test_event_loop_auto_takes_uvloop_when_installed(self, tmp_path: Path) -> None:
         """`governor.event_loop: auto` runs on uvloop when it is importable (else on asyncio)."""
         expected = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-        config = yaml.safe_load(SEED_CONFIG.read_text())
+        config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
         config["governor"]["event_loop"] = "auto"
         path = tmp_path / "auto.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -309,9 +309,9 @@ class TestOperatorSession:
 # -- check-config ----------------------------------------------------------------------------------------------
 
 
-def seed_config() -> dict[str, Any]:
-    """The seed's example config as plain data, to break one field at a time."""
-    loaded: dict[str, Any] = yaml.safe_load(SEED_CONFIG.read_text())
+def example_config() -> dict[str, Any]:
+    """The example config (deploy/governor.yaml) as plain data, to break one field at a time."""
+    loaded: dict[str, Any] = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     return loaded
 
 
@@ -328,11 +328,11 @@ def broken_capability(config: dict[str, Any]) -> None:
 
 
 class TestCheckConfig:
-    async def test_seed_config_is_valid(self) -> None:
+    async def test_example_config_is_valid(self) -> None:
         """`check-config deploy/governor.yaml` exits 0 and summarises the two swarms."""
-        result = await run_cli("check-config", str(SEED_CONFIG))
+        result = await run_cli("check-config", str(EXAMPLE_CONFIG))
         assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[0].startswith(f"{SEED_CONFIG}: ok: 2 swarms")
+        assert result.stdout.splitlines()[0].startswith(f"{EXAMPLE_CONFIG}: ok: 2 swarms")
 
     @pytest.mark.parametrize(
         ("breaks", "names"),
@@ -345,7 +345,7 @@ class TestCheckConfig:
     )
     async def test_bad_field(self, tmp_path: Path, breaks: Any, names: list[str]) -> None:
         """A config with one bad field exits 2 with one line naming the file and the field."""
-        config = seed_config()
+        config = example_config()
         breaks(config)
         path = tmp_path / "governor.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -367,7 +367,7 @@ class TestCheckConfig:
     async def test_bad_environment_variable(self) -> None:
         """`IF_GOVERNOR_MIN_CAPABILITY_MATCH=abc` exits 2 naming the variable."""
         env = cli_env(IF_GOVERNOR_MIN_CAPABILITY_MATCH="abc")
-        result = await run_cli("check-config", str(SEED_CONFIG), env=env)
+        result = await run_cli("check-config", str(EXAMPLE_CONFIG), env=env)
         assert result.returncode == 2
         assert result.error_line.startswith("error: config: IF_GOVERNOR_MIN_CAPABILITY_MATCH (environment): ")
 

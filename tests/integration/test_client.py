@@ -61,7 +61,7 @@ PROBE_TRACE = "client-test-stream-probe"
 
 @pytest.fixture
 async def gov(start_worker: WorkerFactory, nats_server: NatsServer) -> AsyncIterator[GovernorClient]:
-    """A serving worker with the seed's two swarms, and a client connected after it serves."""
+    """A serving worker with the two example swarms, and a client connected after it serves."""
     await start_worker()
     async with await GovernorClient.connect(nats_server.url, timeout=5.0) as client:
         yield client

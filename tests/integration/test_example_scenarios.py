@@ -1,4 +1,4 @@
-"""The seed document's four "Example Scenarios", played over a real nats-server through the governor's subjects.
+"""The four "Example Scenarios" of `IF.governor.md`, played over a real nats-server through the governor's subjects.
 
 Swarms are registered the way a deployment would: over `governor.register` (scenarios 1, 2 and 4) or from the
 config (scenario 3). Events are checked as a subscriber receives them.
@@ -38,7 +38,7 @@ class Governor:
         assert (await self.call("register", msgspec.to_builtins(swarm)))["swarm_id"] == swarm.swarm_id
 
     async def find_qualified_swarm(self, capabilities: list[str], max_cost: float) -> str | None:
-        """The seed's `find_qualified_swarm(required_capabilities, max_cost)`, over `governor.assign`."""
+        """`IF.governor.md`'s `find_qualified_swarm(required_capabilities, max_cost)`, over `governor.assign`."""
         self.tasks += 1
         body = {"task_id": f"task-{self.tasks}", "required_capabilities": capabilities, "max_cost": max_cost}
         swarm_id: str | None = (await self.call("assign", body))["swarm_id"]
@@ -47,7 +47,7 @@ class Governor:
     async def track_cost(
         self, swarm_id: str, operation: str, cost: float, *, trace_id: str | None = None
     ) -> dict[str, Any]:
-        """The seed's `track_cost(swarm_id, operation, cost)`, over `governor.cost`."""
+        """`IF.governor.md`'s `track_cost(swarm_id, operation, cost)`, over `governor.cost`."""
         return await self.call("cost", {"swarm_id": swarm_id, "operation": operation, "cost": cost}, trace_id=trace_id)
 
 
@@ -123,7 +123,7 @@ class TestScenario2BudgetExhaustion:
             "context": {"type": "circuit_breaker", "reason": "budget_exhausted", "timestamp": tripped_at},
             "trace_id": "scenario-2-task-3",
         }
-        # Events only grow: fields added after issue 2 (each with a default) may follow the seed's.
+        # Events only grow: fields added later (each with a default) may follow the ones `IF.governor.md` names.
         assert project(escalation, expected_escalation) == expected_escalation
         assert isinstance(tripped_at, float)
 
@@ -179,7 +179,7 @@ class TestScenario3MultiSwarmDistribution:
 
 class TestScenario4CostOptimisation:
     async def test_cheapest_good_swarm_wins(self, start_worker: WorkerFactory, nc: Client) -> None:
-        """Among haiku, sonnet and opus python swarms the haiku one wins on value, with the seed's scores."""
+        """Among haiku, sonnet and opus python swarms the haiku one wins on value, with `IF.governor.md`'s scores."""
         await start_worker(make_config([]))
         gov = Governor(nc)
         await gov.register(

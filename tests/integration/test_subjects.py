@@ -1,4 +1,4 @@
-"""Every subject of issue 2 over a real nats-server: ok replies, every error code with its headers, unchanged state
+"""Every request subject over a real nats-server: ok replies, every error code with its headers, unchanged state
 after each rejected request, trace ids, witness records and `nats.micro` discovery.
 
 Malformed bodies go through raw `nc.request(...)` so that the bytes on the wire are exactly the ones under test.
@@ -118,7 +118,7 @@ async def wait_for_trace(recorder: Recorder, subject: str, trace_id: str, timeou
 
 @pytest.fixture
 async def api(start_worker: WorkerFactory, nc: Client, recorder: Recorder) -> Api:
-    """A governor with the seed's two swarms (session-4-sip and session-1-ndi, $25 each) and a raw client."""
+    """A governor with the two example swarms (session-4-sip and session-1-ndi, $25 each) and a raw client."""
     await start_worker()
     return Api(nc, recorder)
 
@@ -130,7 +130,7 @@ def raw_api(nc: Client, recorder: Recorder) -> Api:
 
 
 async def exhaust(api: Api, swarm_id: str = SIP, amount: float = 25.0) -> None:
-    """Spend a seed swarm's whole budget so that its breaker trips."""
+    """Spend an example swarm's whole budget so that its breaker trips."""
     reply = await api.ok("cost", {"swarm_id": swarm_id, "operation": "exhaust", "cost": amount})
     assert reply["tripped"] is True
 
@@ -268,7 +268,7 @@ class TestAssign:
         assert project(reply, expected) == expected
 
     async def test_explain_lists_every_reason_code(self, start_worker: WorkerFactory, raw_api: Api) -> None:
-        """With `explain`, each swarm that does not qualify is listed with the first filter it failed, in seed order."""
+        """With `explain`, each swarm that does not qualify is listed with the first filter it failed, in order."""
         await start_worker(
             make_config(
                 [
@@ -607,7 +607,7 @@ class TestDeregister:
 
 
 class TestStatus:
-    async def test_seed_swarms(self, api: Api) -> None:
+    async def test_example_swarms(self, api: Api) -> None:
         """Status lists profiles with live budget and breaker, the budgets, no breakers and the production policy."""
         reply = await api.ok("status", {})
         expected_swarms = [
@@ -768,7 +768,7 @@ class TestTraceId:
 
 class TestWitness:
     async def test_every_operation(self, api: Api, recorder: Recorder) -> None:
-        """Every operation of issue 2 publishes its witness record with the seed's shape and its severity."""
+        """Every operation publishes its witness record in the shape of `IF.governor.md`, with its severity."""
         steps: list[tuple[str, dict[str, Any], str]] = [
             ("assign", {"task_id": "w-1", "required_capabilities": ["integration:ndi"]}, "task_assigned"),
             ("assign", {"task_id": "w-2", "required_capabilities": ["infra:kubernetes"]}, "no_qualified_swarm"),
@@ -803,7 +803,7 @@ class TestWitness:
         }
 
     async def test_trip_record_params(self, api: Api, recorder: Recorder) -> None:
-        """The trip record has the seed's params: swarm, reason, the budget left and the operations count."""
+        """The trip record has `IF.governor.md`'s params: swarm, reason, the budget left and the operations count."""
         await api.ok("cost", {"swarm_id": SIP, "operation": "op-1", "cost": 20.0})
         await api.ok("cost", {"swarm_id": SIP, "operation": "op-2", "cost": 7.5}, trace_id="trip-1")
         record = await wait_for_trace(recorder, "governor.witness.circuit_breaker_tripped", "trip-1")
@@ -825,7 +825,7 @@ class TestDiscovery:
         )
 
     async def test_info_lists_the_nine_endpoints(self, api: Api, nc: Client) -> None:
-        """`$SRV.INFO.governor` lists issue 2's nine endpoints with their subjects."""
+        """`$SRV.INFO.governor` lists the nine endpoints with their subjects."""
         reply = json.loads((await nc.request("$SRV.INFO.governor", b"", timeout=5.0)).data)
         assert reply["type"] == "io.nats.micro.v1.info_response"
         endpoints = {e["name"]: e["subject"] for e in reply["endpoints"]}

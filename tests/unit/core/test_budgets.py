@@ -116,8 +116,9 @@ class TestTrackCost:
             ),
         ]
 
-    def test_escalation_has_the_seed_shape(self) -> None:
-        """The escalation encodes as the seed's `{"type": "ESCALATE", ..., "context": {...}}` with a trace id."""
+    def test_escalation_has_the_documented_shape(self) -> None:
+        """The escalation encodes as in `IF.governor.md`, `{"type": "ESCALATE", ..., "context": {...}}`, with a
+        trace id."""
         governor = governed(profile("a", budget=1.0))
         governor.track_cost("a", "op", 1.0, now=NOW, trace_id="tr")
         (escalation,) = [e for e in governor.take_events() if isinstance(e, Escalation)]

@@ -183,7 +183,7 @@ class TestScoring:
         assert reply.assignments[0].score == (0.8 * 0.6) / 3.0
 
     def test_highest_score_wins_over_higher_reputation(self) -> None:
-        """The seed's example: Haiku (0.45) beats Sonnet (0.0633..) despite the lower reputation."""
+        """`IF.governor.md`'s example: Haiku (0.45) beats Sonnet (0.0633..) despite the lower reputation."""
         governor = governed(
             profile("swarm-b", [SIP, H323, SECURITY, PYTHON], cost_per_hour=15.0, reputation_score=0.95),
             profile("swarm-a", [SIP, H323], cost_per_hour=2.0, reputation_score=0.90),
@@ -339,8 +339,8 @@ class TestExplain:
 
 
 class TestCapabilities:
-    def test_seed_has_22_builtin_capabilities(self) -> None:
-        """The vocabulary starts with the seed's 22 `category:skill` names."""
+    def test_22_builtin_capabilities(self) -> None:
+        """The vocabulary starts with the 22 `category:skill` names of `IF.governor.md`."""
         assert len(BUILTIN_CAPABILITIES) == 22
         assert len(set(BUILTIN_CAPABILITIES)) == 22
         assert len(Governor().vocabulary) == 22
@@ -403,8 +403,8 @@ class TestCapabilities:
 
 
 class TestValidateCapabilityMatch:
-    def test_seed_example(self) -> None:
-        """The seed's example: required [sip] against [sip, h323] is (True, 1.0)."""
+    def test_the_documented_example(self) -> None:
+        """`IF.governor.md`'s example: required [sip] against [sip, h323] is (True, 1.0)."""
         assert Governor().validate_capability_match([SIP], [SIP, H323]) == (True, 1.0)
 
     def test_four_of_five(self) -> None:

@@ -29,13 +29,13 @@ def ruled(rules: list[PolicyRule], policies: dict[str, ResourcePolicy] | None = 
 
 class TestPresets:
     def test_strict(self) -> None:
-        """The strict preset is the seed's: 1 swarm, 5.0, 0.9, threshold 2."""
+        """The strict preset is `IF.governor.md`'s: 1 swarm, 5.0, 0.9, threshold 2."""
         assert PRESETS["strict"] == ResourcePolicy(
             max_swarms_per_task=1, max_cost_per_task=5.0, min_capability_match=0.9, circuit_breaker_failure_threshold=2
         )
 
     def test_permissive(self) -> None:
-        """The permissive preset is the seed's: 5 swarms, 50.0, 0.6, threshold 5."""
+        """The permissive preset is `IF.governor.md`'s: 5 swarms, 50.0, 0.6, threshold 5."""
         assert PRESETS["permissive"] == ResourcePolicy(
             max_swarms_per_task=5,
             max_cost_per_task=50.0,
@@ -44,7 +44,7 @@ class TestPresets:
         )
 
     def test_production(self) -> None:
-        """The production preset is the seed's (3 swarms, 10.0, 0.7, threshold 3) and the default policy."""
+        """The production preset is `IF.governor.md`'s (3 swarms, 10.0, 0.7, threshold 3) and the default policy."""
         assert PRESETS["production"] == ResourcePolicy(
             max_swarms_per_task=3,
             max_cost_per_task=10.0,
@@ -55,8 +55,8 @@ class TestPresets:
         assert Governor().policy == PRESETS["production"]
 
     def test_exact_field_values(self) -> None:
-        """Each preset's seed fields, as builtins, are exactly the seed's numbers, with the default 3600 s window."""
-        seed_fields = (
+        """Each preset's fields that `IF.governor.md` names are exactly its numbers, with the default 3600 s window."""
+        documented_fields = (
             "max_swarms_per_task",
             "max_cost_per_task",
             "min_capability_match",
@@ -64,7 +64,7 @@ class TestPresets:
             "failure_window_s",
         )
         presets = {name: msgspec.to_builtins(p) for name, p in PRESETS.items()}
-        assert {name: {f: p[f] for f in seed_fields} for name, p in presets.items()} == {
+        assert {name: {f: p[f] for f in documented_fields} for name, p in presets.items()} == {
             "strict": {
                 "max_swarms_per_task": 1,
                 "max_cost_per_task": 5.0,

@@ -104,7 +104,7 @@ def build(specs: list[Spec], policy: ResourcePolicy) -> tuple[Governor, list[Spe
 def reference(
     order: list[Spec], required: list[str], max_cost: float, max_swarms: int, policy: ResourcePolicy
 ) -> tuple[list[tuple[str, float, float]], dict[str, str]]:
-    """Scan every swarm, filter in the seed's order, score, sort by (-score, registration order)."""
+    """Scan every swarm, filter in the order `IF.governor.md` gives, score, sort by (-score, registration order)."""
     req = set(required)
     ranked: list[tuple[float, int, str, float]] = []
     rejected: dict[str, str] = {}

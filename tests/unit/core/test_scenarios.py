@@ -13,7 +13,7 @@ H323 = "integration:h323"
 PYTHON = "code-analysis:python"
 
 
-class TestSeedScenarios:
+class TestExampleScenarios:
     def test_scenario_1_basic_task_assignment(self) -> None:
         """Scenario 1: the SIP task goes to session-4-sip (score 0.95 / 15) and its cost is tracked."""
         governor = governed(
