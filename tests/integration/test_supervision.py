@@ -92,6 +92,16 @@ def break_actors(worker: Worker, launch: Any) -> None:
     worker._serve = serve_broken  # type: ignore[method-assign]
 
 
+async def die(self: Actor, batch: list[Command]) -> None:
+    """A batch launch that kills the actor."""
+    raise RuntimeError("injected fault")
+
+
+async def hang(self: Actor, batch: list[Command]) -> None:
+    """A batch launch that never returns: the actor stops turning."""
+    await asyncio.Event().wait()
+
+
 def metric(worker: Worker, name: str) -> float:
     return worker.metrics.registry.get_sample_value(name) or 0.0
 
@@ -106,9 +116,6 @@ class TestSupervision:
         assert holder.http is not None
         port = holder.http.port
         assert await asyncio.to_thread(probe, port, "/readyz") == 200
-
-        async def die(self: Actor, batch: list[Command]) -> None:
-            raise RuntimeError("injected fault")
 
         break_actors(holder, die)
         nc = await nats.connect(nats_server.url)
@@ -133,9 +140,6 @@ class TestSupervision:
         holder, standby = workers
         assert holder.http is not None
         port = holder.http.port
-
-        async def hang(self: Actor, batch: list[Command]) -> None:
-            await asyncio.Event().wait()
 
         break_actors(holder, hang)
         nc = await nats.connect(nats_server.url)
@@ -169,9 +173,6 @@ class TestSupervision:
         owner = asyncio.ensure_future(run())
         worker = await started
 
-        async def die(self: Actor, batch: list[Command]) -> None:
-            raise RuntimeError("injected fault")
-
         break_actors(worker, die)
         nc = await nats.connect(nats_server.url)
         try:
@@ -193,9 +194,6 @@ class TestSupervision:
         monkeypatch.setattr("worker.service.app.DRAIN_S", 1.0)
         worker = Worker(config(), servers=[nats_server.url], metrics=Metrics(CollectorRegistry()))
         await worker.__aenter__()
-
-        async def hang(self: Actor, batch: list[Command]) -> None:
-            await asyncio.Event().wait()
 
         break_actors(worker, hang)
         nc = await nats.connect(nats_server.url)
