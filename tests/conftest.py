@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import Recorder, WorkerFactory, answering, record
 from worker.client import GovernorClient
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer
@@ -32,48 +31,17 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
-SEED_SWARMS: list[dict[str, Any]] = [
-    {
-        "swarm_id": "session-4-sip",
-        "capabilities": ["integration:sip", "integration:h323", "architecture:security"],
-        "cost_per_hour": 15.0,
-        "reputation_score": 0.95,
-        "initial_budget": 25.0,
-        "model": "sonnet",
-    },
-    {
-        "swarm_id": "session-1-ndi",
-        "capabilities": ["integration:ndi", "code-analysis:cpp"],
-        "cost_per_hour": 2.0,
-        "reputation_score": 0.90,
-        "initial_budget": 25.0,
-        "model": "haiku",
-    },
-]
-
-
-def make_config(swarms: list[dict[str, Any]] | None = None, **governor: Any) -> Config:
-    """A Config from plain values (metrics endpoint off unless a test asks for it)."""
-    raw: dict[str, Any] = {"governor": governor, "swarms": swarms or [], "metrics": {"port": 0}}
-    return msgspec.convert(raw, Config)
-
-
-WorkerFactory = Callable[..., Any]
-
-
 @pytest.fixture
 async def start_worker(nats_server: NatsServer, nc: Client) -> AsyncIterator[WorkerFactory]:
     """Start a Worker against the test's nats-server: `await start_worker(config)`; stopped after the test.
 
     It returns once the worker answers on the test's connection `nc` (see `answering` for why).
     """
-    from tests.integration.helpers import answering
-
     started: list[Worker] = []
 
     async def start(config: Config | None = None, **kwargs: Any) -> Worker:
         worker = Worker(
-            config or make_config(SEED_SWARMS),
+            config or make_config(EXAMPLE_SWARMS),
             servers=[nats_server.url],
             metrics=Metrics(CollectorRegistry()),
             **kwargs,
@@ -104,38 +72,7 @@ async def client(nc: Client) -> GovernorClient:
     return GovernorClient(nc, timeout=5.0)
 
 
-class Recorder:
-    """Collects every message on a subject pattern, in arrival order."""
-
-    def __init__(self) -> None:
-        self.messages: list[Msg] = []
-        self._changed = asyncio.Event()
-
-    async def _on(self, msg: Msg) -> None:
-        self.messages.append(msg)
-        self._changed.set()
-
-    def on(self, subject: str) -> list[dict[str, Any]]:
-        """The decoded bodies received on exactly `subject`."""
-        return [msgspec.json.decode(m.data) for m in self.messages if m.subject == subject]
-
-    def subjects(self) -> list[str]:
-        return [m.subject for m in self.messages]
-
-    async def wait_for(self, subject: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Wait until `count` messages arrived on `subject`; return them."""
-        async with asyncio.timeout(timeout):
-            while len(self.on(subject)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.on(subject)
-
-
 @pytest.fixture
 async def recorder(nc: Client) -> Recorder:
     """Records every event and witness record the governor publishes."""
-    rec = Recorder()
-    await nc.subscribe("governor.events.>", cb=rec._on)
-    await nc.subscribe("governor.witness.>", cb=rec._on)
-    await nc.flush()
-    return rec
+    return await record(nc, "governor.events.>", "governor.witness.>")

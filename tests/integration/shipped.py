@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,12 @@ import nats
 import pytest
 import yaml
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from schemas.ledger import Configure, LedgerBatch, LedgerEntry, Reload
-from tests.integration.helpers import spawn_worker, stop_process
+from tests.factories import make_config
+from tests.integration.helpers import REPO, ServerErrors, stop_process
 from worker.client import GovernorClient
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import _die_with_parent, free_port, nats_server_binary
@@ -40,7 +39,6 @@ from worker.service.app import Worker
 from worker.service.dispatch import DECODERS
 from worker.storage.journal import stream_name
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "deploy" / "nats-server.conf"
 SHIPPED_CONFIGMAP = REPO / "deploy" / "kubernetes" / "configmap.yaml"
 #: Each role's user and the NATS account the shipped config puts it in.
@@ -216,8 +214,7 @@ def governor_config(server: ShippedServer, swarms: list[dict[str, Any]]) -> Conf
     nats_section: dict[str, Any] = {"user": "governor", "password": server.passwords["governor"]}
     if STORAGE_USER in server.passwords:
         nats_section["storage"] = {"user": STORAGE_USER, "password": server.passwords[STORAGE_USER]}
-    raw = {"nats": nats_section, "metrics": {"port": 0}, "swarms": swarms, "security": shipped_security()}
-    return msgspec.convert(raw, Config)
+    return make_config(swarms, nats=nats_section, security=shipped_security())
 
 
 async def start_governor(server: ShippedServer, swarms: list[dict[str, Any]], *, wait: bool = True) -> Worker:
@@ -251,17 +248,6 @@ async def start_governor(server: ShippedServer, swarms: list[dict[str, Any]], *,
     return worker
 
 
-@dataclass
-class WorkerProcess:
-    """`python -m worker run --config FILE --nats-url URL` in a child process, logged in as `governor`."""
-
-    process: subprocess.Popen[bytes]
-    log_file: Path
-
-    def log(self) -> str:
-        return self.log_file.read_text(encoding="utf-8", errors="replace")
-
-
 def write_worker_config(server: ShippedServer, path: Path, swarms: list[dict[str, Any]]) -> Path:
     """A config file for `governor run`: the `governor` login in `nats:`, the shipped security settings."""
     raw = {
@@ -274,57 +260,7 @@ def write_worker_config(server: ShippedServer, path: Path, swarms: list[dict[str
     return path
 
 
-def start_worker_process(server: ShippedServer, config: Path, log_file: Path) -> WorkerProcess:
-    """Start `governor run` on `config` against the shipped server (the URL carries no credentials)."""
-    return WorkerProcess(spawn_worker(server.url, config, log_file), log_file)
-
-
-async def wait_answering(client: GovernorClient, worker: WorkerProcess | None = None) -> None:
-    """Wait until the governor answers `status` on `client` (no responders: not serving yet), within START_TIMEOUT;
-    fail with the worker's log if its process exits first."""
-    async with asyncio.timeout(START_TIMEOUT):
-        while True:
-            if worker is not None and worker.process.poll() is not None:
-                pytest.fail(f"the worker exited with {worker.process.returncode}:\n{worker.log()}")
-            try:
-                await client.status()
-                return
-            except (NoRespondersError, nats.errors.TimeoutError):
-                await asyncio.sleep(0.05)
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait until `condition()` holds, checked every 50 ms, failing with `what` after `timeout` seconds (for state
-    that no message announces, such as how far a standby has replayed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout:g}s: {what}")
-        await asyncio.sleep(0.05)
-
-
 # -- clients ------------------------------------------------------------------------------------------------------
-
-
-class ServerErrors:
-    """The asynchronous errors a connection got from the server (its `error_cb`), in order."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self._changed = asyncio.Event()
-
-    async def on_error(self, exc: Exception) -> None:
-        self.messages.append(str(exc))
-        self._changed.set()
-
-    async def wait_for(self, message: str, timeout: float = 5.0) -> None:
-        """Wait until the server sent exactly `message`."""
-        async with asyncio.timeout(timeout):
-            while message not in self.messages:
-                self._changed.clear()
-                await self._changed.wait()
 
 
 @dataclass
@@ -371,46 +307,6 @@ def publish_violation(subject: str) -> str:
 def subscription_violation(subject: str) -> str:
     """The error nats-py reports for a refused subscription (lower-cased, like `publish_violation`)."""
     return f'nats: permissions violation for subscription to "{subject.lower()}"'
-
-
-@dataclass
-class Recorder:
-    """Every message a subscriber received, in arrival order."""
-
-    messages: list[Msg] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def on(self, msg: Msg) -> None:
-        self.messages.append(msg)
-        self._changed.set()
-
-    def subjects(self) -> list[str]:
-        return [m.subject for m in self.messages]
-
-    def bodies(self, subject: str) -> list[dict[str, Any]]:
-        """The decoded bodies received on exactly `subject`."""
-        return [msgspec.json.decode(m.data) for m in self.messages if m.subject == subject]
-
-    async def wait_for(self, subject: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Wait until `count` messages arrived on `subject`; return them."""
-        await self.wait_until(lambda: len(self.bodies(subject)) >= count, timeout)
-        return self.bodies(subject)
-
-    async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until `condition()` holds, checked after each message."""
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-async def record(login: Login, *subjects: str) -> Recorder:
-    """Subscribe `login` to `subjects`; the subscriptions are in place when this returns."""
-    seen = Recorder()
-    for subject in subjects:
-        await login.nc.subscribe(subject, cb=seen.on)
-    await login.nc.flush()
-    return seen
 
 
 # -- the governor's storage, read with its own login --------------------------------------------------------------

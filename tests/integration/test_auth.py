@@ -7,7 +7,6 @@ both in the config file's `nats:` section and through the `IF_GOVERNOR_NATS_*` e
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import ipaddress
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import nats
 import nkeys
 import pytest
@@ -30,25 +28,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
+from tests.factories import make_config, swarm_entry
+from tests.integration.helpers import serve
 from worker.client import GovernorClient
 from worker.ops.cli import main as governor_cli
-from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer
-from worker.service.app import Worker
 from worker.service.config import connect_options, load_config
 
 START_TIMEOUT = 20.0
-SWARM = {
-    "swarm_id": "sip",
-    "capabilities": ["integration:sip"],
-    "cost_per_hour": 5.0,
-    "reputation_score": 0.9,
-    "initial_budget": 25.0,
-    "model": "sonnet",
-}
+SWARM = swarm_entry(
+    "sip", ["integration:sip"], cost_per_hour=5.0, reputation_score=0.9, initial_budget=25.0, model="sonnet"
+)
 #: The documented environment variable of each `nats:` key.
 ENV_NAMES = {
     "creds": "IF_GOVERNOR_NATS_CREDS",
@@ -322,14 +314,6 @@ def config_from_env(tmp_path: Path, url: str, nats_keys: dict[str, Any]) -> Conf
 SOURCES = {"file": config_from_file, "env": config_from_env}
 
 
-async def serve(config: Config) -> Worker:
-    """A worker started on `config` (servers from the config), within START_TIMEOUT."""
-    worker = Worker(config, metrics=Metrics(CollectorRegistry()))
-    async with asyncio.timeout(START_TIMEOUT):
-        await worker.__aenter__()
-    return worker
-
-
 async def refuses_anonymous(url: str) -> bool:
     """True when a connection with no credentials (and no client certificate) is refused."""
     try:
@@ -352,7 +336,7 @@ class TestLogin:
         assert await refuses_anonymous(url)
         config = SOURCES[source](tmp_path, url, secured.auth.nats)
         assert {k: getattr(config.nats, k) for k in secured.auth.nats} == secured.auth.nats
-        worker = await serve(config)
+        worker = await serve(config, timeout=START_TIMEOUT)
         try:
             async with await GovernorClient.connect(url, **connect_options(config.nats)) as client:
                 cost = await client.cost("sip", "sip_integration", 2.5)
@@ -367,11 +351,9 @@ class TestLogin:
 
 
 def _wrong_password_config(url: str) -> Config:
-    raw = {
-        "nats": {"servers": [url], "user": "governor", "password": WRONG_PASSWORD, "connect_timeout_s": 1.5},
-        "metrics": {"port": 0},
-    }
-    return msgspec.convert(raw, Config)
+    return make_config(
+        nats={"servers": [url], "user": "governor", "password": WRONG_PASSWORD, "connect_timeout_s": 1.5}
+    )
 
 
 WRONG_PASSWORD = "wrong-" + "s3cr3t" * 4
@@ -396,7 +378,7 @@ class TestSecretsStayOut:
         caplog.set_level(logging.DEBUG)
         url = secured.server.url
         with pytest.raises(ConnectionError) as raised:
-            await serve(_wrong_password_config(url))
+            await serve(_wrong_password_config(url), timeout=START_TIMEOUT)
         assert str(raised.value) == f"cannot reach NATS at {url} within 1.5s"
         shown = _error_text(raised.value) + caplog.text
         assert "Authorization Violation" in caplog.text
@@ -409,9 +391,9 @@ class TestSecretsStayOut:
         caplog.set_level(logging.DEBUG)
         port = secured.server.port
         url = f"nats://governor:{WRONG_PASSWORD}@127.0.0.1:{port}"
-        config = msgspec.convert({"nats": {"servers": [url], "connect_timeout_s": 1.5}, "metrics": {"port": 0}}, Config)
+        config = make_config(nats={"servers": [url], "connect_timeout_s": 1.5})
         with pytest.raises(ConnectionError) as raised:
-            await serve(config)
+            await serve(config, timeout=START_TIMEOUT)
         assert str(raised.value) == f"cannot reach NATS at nats://***@127.0.0.1:{port} within 1.5s"
         assert WRONG_PASSWORD not in _error_text(raised.value) + caplog.text
 
@@ -422,12 +404,9 @@ class TestSecretsStayOut:
         """A refused token ends the start with an error that shows neither the token tried nor the right one."""
         caplog.set_level(logging.DEBUG)
         wrong = "tk-" + "n0t-the-t0ken" * 3
-        raw = {
-            "nats": {"servers": [secured.server.url], "token": wrong, "connect_timeout_s": 1.5},
-            "metrics": {"port": 0},
-        }
+        config = make_config(nats={"servers": [secured.server.url], "token": wrong, "connect_timeout_s": 1.5})
         with pytest.raises(ConnectionError) as raised:
-            await serve(msgspec.convert(raw, Config))
+            await serve(config, timeout=START_TIMEOUT)
         for secret in (wrong, *secured.auth.secrets):
             assert secret not in _error_text(raised.value) + caplog.text
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.helpers import run_cli
+
 TARGETS = (
     "assign c64 >= 0.8x echo",
     "assign c64 >= 0.5x echo",
@@ -25,43 +22,17 @@ TARGETS = (
 
 
 def run_bench(*args: str) -> str:
-    """The standard output of one `python -m worker bench ARGS` run (it must exit 0 within 180 s)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "worker", "bench", *args],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: nothing of it outlives the test
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        stdout, stderr = _stop(process)
-        pytest.fail(f"bench did not finish within 180 s:\n{stdout}\n{stderr}")
-    finally:
-        if process.poll() is None:
-            _stop(process)
-    assert process.returncode == 0, f"bench exited {process.returncode}:\n{stdout}\n{stderr}"
-    return stdout
+    """The standard output of one `python -m worker bench ARGS` run (it must exit 0 within 180 s), with the test
+    run's environment."""
+    result = asyncio.run(run_cli("bench", *args, env=os.environ, timeout=180))
+    assert result.returncode == 0, f"bench exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def bench_output() -> str:
     """The standard output of one `python -m worker bench --quick` run."""
     return run_bench("--quick")
-
-
-def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
-    """SIGTERM (the bench then stops its nats-server and children), SIGKILL to the group if that is not enough."""
-    process.terminate()
-    try:
-        return process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return process.communicate()
 
 
 def _network_rows(output: str) -> set[tuple[str, str, str]]:
@@ -100,7 +71,7 @@ class TestBenchQuick:
         assert 0 < float(match.group(1)) <= float(match.group(2))
 
     def test_prints_a_verdict_for_every_target(self, bench_output: str) -> None:
-        """The targets section names each of issue 4's targets with met, NOT MET or not measured."""
+        """The targets section names each of the bench's targets with met, NOT MET or not measured."""
         section = bench_output.split("target (issue 4)", 1)[1]
         verdicts = re.findall(r"(NOT MET|not measured|met)\s*$", section, flags=re.MULTILINE)
         for target in TARGETS:

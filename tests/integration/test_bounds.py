@@ -13,9 +13,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from schemas.config import Config
-from tests.conftest import SEED_SWARMS, WorkerFactory, make_config
-from tests.integration.test_trust import ledger_messages
+from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
+from tests.integration.helpers import WorkerFactory, ledger_messages
 from worker.client import GovernorClient
 
 NDI = "session-1-ndi"
@@ -35,7 +34,7 @@ class TestRequestSize:
     ) -> None:
         """A valid cost padded with whitespace to 600 KB is refused `invalid_request` (naming the limit) and
         changes nothing, while 20 ordinary costs sent at the same moment are all applied."""
-        await start_worker(make_config(SEED_SWARMS))
+        await start_worker(make_config(EXAMPLE_SWARMS))
         padded = msgspec.json.encode(cost("padded", 5.0))[:-1] + b" " * 600_000 + b"}"
         replies = await asyncio.gather(
             request(nc, "governor.cost", padded),
@@ -55,7 +54,7 @@ class TestRequestSize:
     ) -> None:
         """A cost padded to 60 KB (under the limit) is applied, and its ledger entry holds the compact request:
         every ledger message stays under 2 KB."""
-        await start_worker(make_config(SEED_SWARMS))
+        await start_worker(make_config(EXAMPLE_SWARMS))
         padded = b"  \n " * 15_000 + msgspec.json.encode(cost("padded", 2.0))
         assert (await request(nc, "governor.cost", padded))["remaining"] == 23.0
         sizes = [len(data) for data in await ledger_messages(nc)]
@@ -63,21 +62,18 @@ class TestRequestSize:
 
 
 def many_swarms(count: int, capabilities: list[str] | None = None) -> list[dict[str, Any]]:
+    """`count` swarms `s00000`, `s00001`, ... of 100.0 USD each, costing 1.0 to 97.0 an hour."""
     return [
-        {
-            "swarm_id": f"s{i:05d}",
-            "capabilities": capabilities or ["integration:sip"],
-            "cost_per_hour": 1.0 + i % 97,
-            "reputation_score": 0.9,
-            "initial_budget": 100.0,
-            "model": "haiku",
-        }
+        swarm_entry(
+            f"s{i:05d}",
+            capabilities or ["integration:sip"],
+            cost_per_hour=1.0 + i % 97,
+            reputation_score=0.9,
+            initial_budget=100.0,
+            model="haiku",
+        )
         for i in range(count)
     ]
-
-
-def config_of(swarms: list[dict[str, Any]], **raw: Any) -> Config:
-    return msgspec.convert({"swarms": swarms, "metrics": {"port": 0}, **raw}, Config)
 
 
 def assign(task_id: str, **extra: Any) -> bytes:
@@ -91,7 +87,7 @@ class TestLargeReplies:
         """With 12,000 swarms and 6,000 assignments, `status`, `assign` with `explain` and `history` are answered
         in pages (every reply under max_payload; a walk sees every swarm once) or `reply_too_large`, and 20
         assigns right after are answered."""
-        worker = await start_worker(config_of(many_swarms(12_000), governor={"history_limit": 20_000}))
+        worker = await start_worker(make_config(many_swarms(12_000), history_limit=20_000))
         limit = nc.max_payload
         first = (await nc.request("governor.status", b"{}", timeout=10)).data
         assert len(first) < limit
@@ -137,7 +133,7 @@ class TestLargeReplies:
         """A page of 200 swarms of 64 long capabilities each (1.6 MB) is answered `reply_too_large` (413), and the
         governor goes on answering."""
         capabilities = [f"integration:{'x' * 100}-{i:03d}" for i in range(64)]
-        worker = await start_worker(config_of(many_swarms(200, capabilities), capabilities=capabilities))
+        worker = await start_worker(make_config(many_swarms(200, capabilities), capabilities=capabilities))
         msg = await nc.request("governor.status", msgspec.json.encode({"limit": 1000}), timeout=10)
         reply = msgspec.json.decode(msg.data)
         assert (reply["ok"], reply["error"]["code"], (msg.headers or {})["Nats-Service-Error-Code"]) == (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory, make_config
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import Recorder, WorkerFactory
 from worker.client import GovernorClient
 
 
@@ -44,7 +45,7 @@ class TestOverNats:
         self, start_worker: WorkerFactory, client: GovernorClient, recorder: Recorder
     ) -> None:
         """A failure trip turns half-open after the cool-down (event), and a success closes it (event)."""
-        await start_worker(make_config(SEED_SWARMS, breaker_cooldown_s=0.2))
+        await start_worker(make_config(EXAMPLE_SWARMS, breaker_cooldown_s=0.2))
         for _ in range(3):
             await client.failure("session-1-ndi")
         await asyncio.sleep(0.3)

@@ -15,9 +15,7 @@ import os
 import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,10 @@ import nats
 import pytest
 import yaml
 
+from tests.integration.helpers import COMMAND_TIMEOUT, REPO, cli_env, run_cli, start_cli
 from worker.ops.natsserver import NatsServer, free_port
 
-REPO = Path(__file__).resolve().parents[2]
-SEED_CONFIG = REPO / "deploy" / "governor.yaml"
-COMMAND_TIMEOUT = 30.0
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a `governor` subprocess: no inherited `IF_GOVERNOR_*`, no metrics port to clash on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IF_GOVERNOR_")}
-    env["IF_GOVERNOR_METRICS_PORT"] = "0"
-    env.update(extra)
-    return env
+EXAMPLE_CONFIG = REPO / "deploy" / "governor.yaml"
 
 
 def listening(port: int) -> bool:
@@ -60,47 +49,10 @@ def pids_using(marker: str) -> list[int]:
     return found
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def error_line(self) -> str:
-        """The one line an error must print (on stderr), checked to be the only one."""
-        lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1, self.stderr
-        return lines[0]
-
-
-async def governor(*args: str, env: dict[str, str] | None = None, timeout: float = COMMAND_TIMEOUT) -> Result:
-    """Run `python -m worker ARGS...` to completion (stdin not a terminal) and return what it printed."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        cwd=REPO,
-        env=env or cli_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
-
-
 class RunningGovernor:
     """`governor run --nats-port P --data-dir D --config deploy/governor.yaml` as a subprocess."""
 
-    def __init__(self, tmp_path: Path, *extra: str, config: Path = SEED_CONFIG) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, config: Path = EXAMPLE_CONFIG) -> None:
         self.port = free_port()
         self.data_dir = tmp_path / "governor-nats"
         self.url = f"nats://127.0.0.1:{self.port}"
@@ -112,17 +64,7 @@ class RunningGovernor:
 
     async def start(self) -> None:
         with self.stderr_path.open("wb") as stderr:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                *self.args,
-                cwd=REPO,
-                env=cli_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-            )
+            self.proc = await start_cli(*self.args, stderr=stderr)
 
     async def line(self, prefix: str, timeout: float = COMMAND_TIMEOUT) -> str:
         """Read stdout until a line starting with `prefix`; return it."""
@@ -170,7 +112,7 @@ class RunningGovernor:
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[RunningGovernor]:
-    """`governor run` on the seed's config with its bundled nats-server, serving; killed after the test."""
+    """`governor run` on deploy/governor.yaml with its bundled nats-server, serving; killed after the test."""
     gov = RunningGovernor(tmp_path)
     try:
         await gov.start()
@@ -235,7 +177,7 @@ class TestRun:
     async def test_event_loop_auto_takes_uvloop_when_installed(self, tmp_path: Path) -> None:
         """`governor.event_loop: auto` runs on uvloop when it is importable (else on asyncio)."""
         expected = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-        config = yaml.safe_load(SEED_CONFIG.read_text())
+        config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
         config["governor"]["event_loop"] = "auto"
         path = tmp_path / "auto.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -252,9 +194,7 @@ class TestRun:
         bad = tmp_path / "bad.yaml"
         bad.write_text("governor:\n  min_capability_match: 7\n")
         port = free_port()
-        result = await governor(
-            "run", "--config", str(bad), "--nats-port", str(port), "--data-dir", str(tmp_path / "d")
-        )
+        result = await run_cli("run", "--config", str(bad), "--nats-port", str(port), "--data-dir", str(tmp_path / "d"))
         assert result.returncode == 2
         assert str(bad) in result.error_line and "governor.min_capability_match" in result.error_line
         assert not listening(port)
@@ -268,13 +208,13 @@ class TestOperatorSession:
     async def test_assign_cost_status_reset(self, running: RunningGovernor) -> None:
         """Assign, spend the budget until the breaker trips, see it in status, reset it: each command exits 0."""
         url = ["--nats-url", running.url]
-        assign = await governor("assign", "integration:sip", "--max-cost", "20", "--task-id", "t-1", *url)
+        assign = await run_cli("assign", "integration:sip", "--max-cost", "20", "--task-id", "t-1", *url)
         assert (assign.returncode, assign.stdout) == (0, "task t-1 -> session-4-sip  (match 1.00, score 0.0633)\n")
 
-        cost = await governor("cost", "session-4-sip", "op", "25", *url)
+        cost = await run_cli("cost", "session-4-sip", "op", "25", *url)
         assert (cost.returncode, cost.stdout) == (0, "session-4-sip: remaining 0.00 USD, breaker TRIPPED\n")
 
-        status = await governor("status", *url)
+        status = await run_cli("status", *url)
         assert status.returncode == 0
         assert table_row(status.stdout, "session-4-sip")[:6] == [
             "session-4-sip",
@@ -286,31 +226,17 @@ class TestOperatorSession:
         ]
         assert table_row(status.stdout, "session-1-ndi")[4:6] == ["25.00", "closed"]
 
-        reset = await governor("reset", "session-4-sip", "--budget", "25", "--approved-by", "alice", "--yes", *url)
+        reset = await run_cli("reset", "session-4-sip", "--budget", "25", "--approved-by", "alice", "--yes", *url)
         assert (reset.returncode, reset.stdout) == (
             0,
             "session-4-sip: breaker closed, budget 25.00 USD (approved by alice)\n",
         )
-        after = await governor("status", *url)
+        after = await run_cli("status", *url)
         assert table_row(after.stdout, "session-4-sip")[4:6] == ["25.00", "closed"]
 
     async def test_watch_prints_an_event(self, running: RunningGovernor) -> None:
         """`watch --count 1` prints the first event it receives, as subject and JSON, and exits 0."""
-        watch = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "watch",
-            "--count",
-            "1",
-            "--nats-url",
-            running.url,
-            cwd=REPO,
-            env=cli_env(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        watch = await start_cli("watch", "--count", "1", "--nats-url", running.url)
         try:
             assert watch.stdout is not None
             first = await asyncio.wait_for(watch.stdout.readline(), COMMAND_TIMEOUT)
@@ -342,7 +268,7 @@ class TestOperatorSession:
 
     async def test_unknown_capability(self, running: RunningGovernor) -> None:
         """An unknown capability prints one error line with a suggestion and exits 1."""
-        result = await governor("assign", "integration:sipp", "--nats-url", running.url)
+        result = await run_cli("assign", "integration:sipp", "--nats-url", running.url)
         assert result.returncode == 1
         assert result.error_line.startswith("error: unknown_capability: unknown capability 'integration:sipp'")
         assert "did you mean" in result.error_line and "'integration:sip'" in result.error_line
@@ -350,7 +276,7 @@ class TestOperatorSession:
 
     async def test_unknown_swarm(self, running: RunningGovernor) -> None:
         """A cost for an unknown swarm prints one error line and exits 1."""
-        result = await governor("cost", "ghost", "op", "1", "--nats-url", running.url)
+        result = await run_cli("cost", "ghost", "op", "1", "--nats-url", running.url)
         assert result.returncode == 1
         assert result.error_line == "error: unknown_swarm: no swarm 'ghost' is registered"
 
@@ -358,7 +284,7 @@ class TestOperatorSession:
         """`reset` without `--yes` and without a terminal refuses with one line, exit 2, and the breaker stays open."""
         tripped = await request(running.url, "cost", {"swarm_id": "session-4-sip", "operation": "op", "cost": 25.0})
         assert tripped["tripped"] is True
-        result = await governor(
+        result = await run_cli(
             "reset", "session-4-sip", "--budget", "25", "--approved-by", "alice", "--nats-url", running.url
         )
         assert result.returncode == 2
@@ -369,13 +295,13 @@ class TestOperatorSession:
     async def test_nothing_listening(self) -> None:
         """A command against a URL where nothing listens prints one line naming the URL and exits 1."""
         url = f"nats://127.0.0.1:{free_port()}"
-        result = await governor("status", "--nats-url", url, timeout=20)
+        result = await run_cli("status", "--nats-url", url, timeout=20)
         assert result.returncode == 1
         assert result.error_line.startswith(f"error: cannot connect to {url}")
 
     async def test_no_governor_serving(self, nats_server: NatsServer) -> None:
         """A command against a nats-server where no governor serves prints one line and exits 1."""
-        result = await governor("status", "--nats-url", nats_server.url)
+        result = await run_cli("status", "--nats-url", nats_server.url)
         assert result.returncode == 1
         assert result.error_line == f"error: no governor is serving governor.* on {nats_server.url}"
 
@@ -383,9 +309,9 @@ class TestOperatorSession:
 # -- check-config ----------------------------------------------------------------------------------------------
 
 
-def seed_config() -> dict[str, Any]:
-    """The seed's example config as plain data, to break one field at a time."""
-    loaded: dict[str, Any] = yaml.safe_load(SEED_CONFIG.read_text())
+def example_config() -> dict[str, Any]:
+    """The example config (deploy/governor.yaml) as plain data, to break one field at a time."""
+    loaded: dict[str, Any] = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     return loaded
 
 
@@ -402,11 +328,11 @@ def broken_capability(config: dict[str, Any]) -> None:
 
 
 class TestCheckConfig:
-    async def test_seed_config_is_valid(self) -> None:
+    async def test_example_config_is_valid(self) -> None:
         """`check-config deploy/governor.yaml` exits 0 and summarises the two swarms."""
-        result = await governor("check-config", str(SEED_CONFIG))
+        result = await run_cli("check-config", str(EXAMPLE_CONFIG))
         assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[0].startswith(f"{SEED_CONFIG}: ok: 2 swarms")
+        assert result.stdout.splitlines()[0].startswith(f"{EXAMPLE_CONFIG}: ok: 2 swarms")
 
     @pytest.mark.parametrize(
         ("breaks", "names"),
@@ -419,11 +345,11 @@ class TestCheckConfig:
     )
     async def test_bad_field(self, tmp_path: Path, breaks: Any, names: list[str]) -> None:
         """A config with one bad field exits 2 with one line naming the file and the field."""
-        config = seed_config()
+        config = example_config()
         breaks(config)
         path = tmp_path / "governor.yaml"
         path.write_text(yaml.safe_dump(config))
-        result = await governor("check-config", str(path))
+        result = await run_cli("check-config", str(path))
         assert result.returncode == 2
         line = result.error_line
         assert line.startswith(f"error: config: {path}: ")
@@ -434,20 +360,20 @@ class TestCheckConfig:
         """A file that is not YAML exits 2 naming the file and the line."""
         path = tmp_path / "governor.yaml"
         path.write_text("governor:\n  default_budget: 25.0\n swarms: [\n")
-        result = await governor("check-config", str(path))
+        result = await run_cli("check-config", str(path))
         assert result.returncode == 2
         assert result.error_line.startswith(f"error: config: {path}: not valid YAML (line 3")
 
     async def test_bad_environment_variable(self) -> None:
         """`IF_GOVERNOR_MIN_CAPABILITY_MATCH=abc` exits 2 naming the variable."""
         env = cli_env(IF_GOVERNOR_MIN_CAPABILITY_MATCH="abc")
-        result = await governor("check-config", str(SEED_CONFIG), env=env)
+        result = await run_cli("check-config", str(EXAMPLE_CONFIG), env=env)
         assert result.returncode == 2
         assert result.error_line.startswith("error: config: IF_GOVERNOR_MIN_CAPABILITY_MATCH (environment): ")
 
     async def test_missing_file(self, tmp_path: Path) -> None:
         """A config path that does not exist exits 2 naming it."""
         path = tmp_path / "nope.yaml"
-        result = await governor("check-config", str(path))
+        result = await run_cli("check-config", str(path))
         assert result.returncode == 2
         assert result.error_line.startswith(f"error: config: {path}: cannot read")

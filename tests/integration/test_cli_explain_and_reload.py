@@ -4,25 +4,21 @@ nats-server."""
 from __future__ import annotations
 
 import asyncio
-import sys
+import os
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import SEED_SWARMS, WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerFactory, run_cli
 from worker.ops.natsserver import NatsServer
 from worker.service.config import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 async def governor(url: str, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args, "--nats-url", url,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    return process.returncode or 0, out.decode()
+    """`governor ARGS... --nats-url URL` with the test run's environment: (exit status, stdout and stderr)."""
+    result = await run_cli(*args, "--nats-url", url, env=os.environ, merge_stderr=True)
+    return result.returncode, result.stdout
 
 
 class TestCommands:
@@ -47,9 +43,7 @@ class TestCommands:
 
     async def test_success_closes_half_open_breaker(self, nats_server: NatsServer, start_worker: WorkerFactory) -> None:
         """After failures and the cool-down, a probe is assigned and `success` closes the breaker."""
-        from tests.conftest import make_config
-
-        await start_worker(make_config(SEED_SWARMS, breaker_cooldown_s=0.2))
+        await start_worker(make_config(EXAMPLE_SWARMS, breaker_cooldown_s=0.2))
         for _ in range(3):
             assert (await governor(nats_server.url, "failure", "session-1-ndi"))[0] == 0
         await asyncio.sleep(0.3)
@@ -65,10 +59,10 @@ class TestCommands:
     async def test_reload(self, tmp_path: Path, nats_server: NatsServer, start_worker: WorkerFactory) -> None:
         """`reload` makes the worker re-read its config file and says what changed."""
         path = tmp_path / "governor.yaml"
-        path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS}))
+        path.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS}))
         await start_worker(load_config(path), config_path=str(path))
-        extra = {**SEED_SWARMS[1], "swarm_id": "session-7"}
-        path.write_text(yaml.safe_dump({"swarms": [*SEED_SWARMS, extra], "governor": {"max_cost_per_task": 20.0}}))
+        extra = {**EXAMPLE_SWARMS[1], "swarm_id": "session-7"}
+        path.write_text(yaml.safe_dump({"swarms": [*EXAMPLE_SWARMS, extra], "governor": {"max_cost_per_task": 20.0}}))
         assert await governor(nats_server.url, "reload") == (
             0,
             "config reloaded: policy/rules changed; new swarms: session-7\n",

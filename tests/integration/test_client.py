@@ -25,7 +25,6 @@ from schemas.events import (
     WitnessRecord,
 )
 from schemas.policy import ResourcePolicy
-from schemas.profiles import SwarmProfile
 from schemas.replies import (
     Assignment,
     AssignmentRecord,
@@ -40,7 +39,8 @@ from schemas.replies import (
     SwarmStatus,
     TripReply,
 )
-from tests.conftest import SEED_SWARMS, WorkerFactory, make_config
+from tests.factories import EXAMPLE_SWARMS, make_config, profile
+from tests.integration.helpers import WorkerFactory
 from worker import errors
 from worker.client import ERRORS_BY_CODE, GovernorClient
 from worker.ops import contract as schema
@@ -48,12 +48,12 @@ from worker.ops.natsserver import NatsServer
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
-WEBRTC = SwarmProfile(
-    swarm_id="session-2-webrtc",
-    capabilities=["integration:webrtc", "docs:technical-writing"],
+WEBRTC = profile(
+    "session-2-webrtc",
+    ["integration:webrtc", "docs:technical-writing"],
     cost_per_hour=8.0,
     reputation_score=0.92,
-    current_budget_remaining=25.0,
+    budget=25.0,
     model="sonnet",
 )
 PROBE_TRACE = "client-test-stream-probe"
@@ -61,7 +61,7 @@ PROBE_TRACE = "client-test-stream-probe"
 
 @pytest.fixture
 async def gov(start_worker: WorkerFactory, nats_server: NatsServer) -> AsyncIterator[GovernorClient]:
-    """A serving worker with the seed's two swarms, and a client connected after it serves."""
+    """A serving worker with the two example swarms, and a client connected after it serves."""
     await start_worker()
     async with await GovernorClient.connect(nats_server.url, timeout=5.0) as client:
         yield client
@@ -326,7 +326,7 @@ class TestEvents:
     async def test_half_open_and_closed_events(self, start_worker: WorkerFactory, nats_server: NatsServer) -> None:
         """After a failure trip and its cool-down, `events()` yields BreakerHalfOpen, then BreakerClosed once
         `success` reports the probe task done."""
-        await start_worker(make_config(SEED_SWARMS, breaker_cooldown_s=0.2))
+        await start_worker(make_config(EXAMPLE_SWARMS, breaker_cooldown_s=0.2))
         async with await GovernorClient.connect(nats_server.url, timeout=5.0) as gov:
             stream = await open_stream(gov, witness=False)
             try:

@@ -12,9 +12,7 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
 import time
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,9 +25,8 @@ import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.config import LedgerSection
-from tests.conftest import SEED_SWARMS, make_config
-from tests.integration.helpers import answering, spawn_worker
+from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
+from tests.integration.helpers import WorkerProcess, answering, empty_snapshot, start_worker_process
 from worker.client import GovernorClient
 from worker.core.governor import Governor
 from worker.errors import Unavailable
@@ -40,7 +37,6 @@ from worker.storage.entries import LedgerGap
 from worker.storage.journal import Ledger, stream_name
 from worker.storage.snapshots import LEGACY_SNAPSHOT_NAME, snapshot_name
 
-ROOT = Path(__file__).resolve().parents[2]
 INITIAL = 1_000_000.0
 SWARMS = [f"swarm-{i}" for i in range(8)]
 EVENTS = 10_000
@@ -52,14 +48,14 @@ pytestmark = pytest.mark.timeout(300)
 def write_config(path: Path, **ledger: Any) -> Path:
     config = {
         "swarms": [
-            {
-                "swarm_id": s,
-                "capabilities": ["code-analysis:python"],
-                "cost_per_hour": 2.0,
-                "reputation_score": 0.9,
-                "initial_budget": INITIAL,
-                "model": "haiku",
-            }
+            swarm_entry(
+                s,
+                ["code-analysis:python"],
+                cost_per_hour=2.0,
+                reputation_score=0.9,
+                initial_budget=INITIAL,
+                model="haiku",
+            )
             for s in SWARMS
         ],
         "metrics": {"port": 0},
@@ -69,36 +65,9 @@ def write_config(path: Path, **ledger: Any) -> Path:
     return path
 
 
-class WorkerProcess:
-    """`governor run` as a child process against a given NATS URL."""
-
-    def __init__(self, url: str, config: Path, log: Path) -> None:
-        self.url = url
-        self.config = config
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        self.process = spawn_worker(self.url, self.config, self.log, env={"IF_GOVERNOR_METRICS_PORT": "0"})
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no snapshot, no lease release."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def terminate(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+def launch(url: str, config: Path, log: Path) -> WorkerProcess:
+    """`governor run` on `config` against `url` (with no metrics endpoint), its output in `log`."""
+    return start_worker_process(url, config, log, env={"IF_GOVERNOR_METRICS_PORT": "0"})
 
 
 @pytest.fixture
@@ -110,19 +79,11 @@ def processes() -> Iterator[list[WorkerProcess]]:
         p.kill()
 
 
-async def wait_serving(url: str, timeout: float = 30.0) -> float:
-    """Wait until some governor answers `status`; return how long it took."""
-    start = time.monotonic()
+async def wait_serving(url: str, timeout: float = 30.0) -> None:
+    """Wait until some governor answers `status` ok, on a connection of its own."""
     nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    msg = await nc.request("governor.status", b"{}", timeout=0.5)
-                    if msgspec.json.decode(msg.data).get("ok"):
-                        return time.monotonic() - start
-                except Exception:
-                    await asyncio.sleep(0.05)
+        await answering(nc, timeout=timeout)
     finally:
         await nc.close()
 
@@ -214,7 +175,7 @@ async def budgets(url: str) -> dict[str, float]:
 async def start_serving(tmp_path: Path, url: str, processes: list[WorkerProcess], log: str = "worker.log") -> Path:
     """Write the test config, start a `governor run` on it and wait until it serves; the config's path."""
     config = write_config(tmp_path / "governor.yaml")
-    processes.append(WorkerProcess(url, config, tmp_path / log).start())
+    processes.append(launch(url, config, tmp_path / log))
     await wait_serving(url)
     return config
 
@@ -242,11 +203,11 @@ class TestCrashRecovery:
         config = await start_serving(tmp_path, nats_server.url, processes)
         load, task = await load_a_third(nats_server.url)
         processes[-1].kill()
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        processes.append(launch(nats_server.url, config, tmp_path / "worker.log"))
         await asyncio.wait_for(task, timeout=240)
 
         await assert_each_event_once(nats_server.url, load)
-        assert processes[-1].terminate() == 0
+        assert processes[-1].stop(timeout=20.0) == 0
 
     async def test_nats_server_killed_mid_load_loses_and_duplicates_nothing(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
@@ -260,8 +221,8 @@ class TestCrashRecovery:
         await asyncio.wait_for(task, timeout=240)
 
         await assert_each_event_once(nats_server.url, load)
-        assert processes[-1].process is not None and processes[-1].process.poll() is None  # it survived
-        assert processes[-1].terminate() == 0
+        assert processes[-1].process.poll() is None  # it survived
+        assert processes[-1].stop(timeout=20.0) == 0
 
     async def test_clean_restart_recovers_from_snapshot_and_tail(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
@@ -272,8 +233,8 @@ class TestCrashRecovery:
         await load.run()
         before = await budgets(nats_server.url)
         assert before == load.expected_budgets()
-        assert processes[-1].terminate() == 0
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "worker.log").start())
+        assert processes[-1].stop(timeout=20.0) == 0
+        processes.append(launch(nats_server.url, config, tmp_path / "worker.log"))
         await wait_serving(nats_server.url)
         assert await budgets(nats_server.url) == before
 
@@ -284,7 +245,7 @@ class TestHotStandby:
     ) -> None:
         """Kill -9 of the lease holder: the standby serves, no request is answered twice, budgets are exact."""
         config = await start_serving(tmp_path, nats_server.url, processes, log="a.log")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "b.log").start())
+        processes.append(launch(nats_server.url, config, tmp_path / "b.log"))
         load, task = await load_a_third(nats_server.url)
         processes[0].kill()
         killed_at = time.monotonic()
@@ -300,7 +261,7 @@ class TestHotStandby:
         print(f"standby took over {takeover:.2f}s after the holder was killed (lease_ttl_s 2.0)")
         await assert_each_event_once(nats_server.url, load)
         assert "lease acquired" in (tmp_path / "b.log").read_text()
-        assert processes[1].terminate() == 0
+        assert processes[1].stop(timeout=20.0) == 0
 
     async def test_a_frozen_holder_is_replaced_and_answers_nothing_stale_when_it_resumes(
         self, tmp_path: Path, nats_server: NatsServer, processes: list[WorkerProcess]
@@ -309,10 +270,9 @@ class TestHotStandby:
         retried event is applied once; when the frozen process resumes it learns it lost the lease, answers no
         request from its stale state, and stays up as a standby."""
         config = await start_serving(tmp_path, nats_server.url, processes, log="a.log")
-        processes.append(WorkerProcess(nats_server.url, config, tmp_path / "b.log").start())
+        processes.append(launch(nats_server.url, config, tmp_path / "b.log"))
         load, task = await load_a_third(nats_server.url)
         frozen = processes[0].process
-        assert frozen is not None
         os.kill(frozen.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
@@ -335,14 +295,14 @@ class TestHotStandby:
         resumed = (tmp_path / "a.log").read_text()
         assert "no longer serving" in resumed, resumed[-3000:]
         assert frozen.poll() is None  # resumed, as a standby
-        assert processes[1].terminate() == 0
-        assert processes[0].terminate() == 0
+        assert processes[1].stop(timeout=20.0) == 0
+        assert processes[0].stop(timeout=20.0) == 0
 
 
 class TestFailClosed:
     async def test_cost_refused_while_jetstream_cannot_take_it(self, nats_server: NatsServer) -> None:
         """With the ledger stream gone, a cost is answered `unavailable` and changes nothing."""
-        async with Worker(make_config(SEED_SWARMS), servers=[nats_server.url], serve_metrics=False) as worker:
+        async with Worker(make_config(EXAMPLE_SWARMS), servers=[nats_server.url], serve_metrics=False) as worker:
             nc = await nats.connect(nats_server.url)
             try:
                 client = GovernorClient(nc)
@@ -359,10 +319,6 @@ class TestFailClosed:
             finally:
                 with contextlib.suppress(Exception):
                     await nc.close()
-
-
-def snapshot_of(seq: int) -> bytes:
-    return zlib.compress(msgspec.msgpack.encode(Governor().export_state(seq)))
 
 
 class TestSnapshots:
@@ -382,10 +338,10 @@ class TestSnapshots:
         read gives up on it in time and reads the newest (the object store alone would wait forever)."""
         store = ledger._snapshots
         assert store is not None
-        await ledger.save_snapshot(snapshot_of(7), 7)
+        await ledger.save_snapshot(empty_snapshot(7), 7)
         stale = await store.get_info(snapshot_name(7))
-        await ledger.save_snapshot(snapshot_of(9), 9)
-        await ledger.save_snapshot(snapshot_of(11), 11)  # keeps 9 and 11: 7 and its chunks are gone
+        await ledger.save_snapshot(empty_snapshot(9), 9)
+        await ledger.save_snapshot(empty_snapshot(11), 11)  # keeps 9 and 11: 7 and its chunks are gone
         get_info = store.get_info
         calls = 0
 
@@ -402,13 +358,13 @@ class TestSnapshots:
     async def test_a_late_older_snapshot_is_passed_over_then_deleted(self, ledger: Ledger) -> None:
         """A process that lost its lease stores an older snapshot late: recovery reads the newest; the next save
         deletes the stale one, and the store keeps the two newest."""
-        await ledger.save_snapshot(snapshot_of(10), 10)
-        await ledger.save_snapshot(snapshot_of(20), 20)
+        await ledger.save_snapshot(empty_snapshot(10), 10)
+        await ledger.save_snapshot(empty_snapshot(20), 20)
         assert ledger._snapshots is not None
-        await ledger._snapshots.put(snapshot_name(5), snapshot_of(5))  # the stale writer
+        await ledger._snapshots.put(snapshot_name(5), empty_snapshot(5))  # the stale writer
         state = await ledger.load_snapshot()
         assert state is not None and state.seq == 20
-        await ledger.save_snapshot(snapshot_of(30), 30)
+        await ledger.save_snapshot(empty_snapshot(30), 30)
         assert await ledger._stored_snapshots() == [20, 30]
         store_stream = await ledger.js.stream_info("OBJ_SNAPTEST_LEDGER_SNAPSHOTS")
         assert store_stream.state.messages == 4  # two snapshots of one chunk each, with their descriptions: no markers
@@ -416,10 +372,10 @@ class TestSnapshots:
     async def test_an_earlier_versions_snapshot_is_read_then_replaced(self, ledger: Ledger) -> None:
         """A store holding only the single `latest` snapshot of earlier versions is read; the first save removes it."""
         assert ledger._snapshots is not None
-        await ledger._snapshots.put(LEGACY_SNAPSHOT_NAME, snapshot_of(4))
+        await ledger._snapshots.put(LEGACY_SNAPSHOT_NAME, empty_snapshot(4))
         state = await ledger.load_snapshot()
         assert state is not None and state.seq == 4
-        await ledger.save_snapshot(snapshot_of(8), 8)
+        await ledger.save_snapshot(empty_snapshot(8), 8)
         names = {info.name for info in await ledger._snapshots.list(ignore_deletes=True)}
         assert names == {snapshot_name(8)}
 
@@ -427,7 +383,7 @@ class TestSnapshots:
 class TestTrim:
     async def test_trimmed_after_snapshots_and_recovered_exactly(self, nats_server: NatsServer) -> None:
         """Snapshots trim the ledger; a restart, a retried old event_id and a reader behind the trim stay exact."""
-        config = msgspec.structs.replace(make_config(SEED_SWARMS), ledger=LedgerSection(snapshot_every=5))
+        config = make_config(EXAMPLE_SWARMS, ledger={"snapshot_every": 5})
         nc = await nats.connect(nats_server.url)
         try:
             client = GovernorClient(nc)

@@ -1,4 +1,4 @@
-"""The seed document's four "Example Scenarios", played over a real nats-server through the governor's subjects.
+"""The four "Example Scenarios" of `IF.governor.md`, played over a real nats-server through the governor's subjects.
 
 Swarms are registered the way a deployment would: over `governor.register` (scenarios 1, 2 and 4) or from the
 config (scenario 3). Events are checked as a subscriber receives them.
@@ -9,33 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 
-from schemas.config import Config
-from tests.conftest import Recorder, WorkerFactory, make_config
-from tests.integration.helpers import answering, project
+from schemas.profiles import SwarmProfile
+from tests.factories import make_config, profile, swarm_entry
+from tests.integration.helpers import Recorder, WorkerFactory, project
 
 PYTHON = "code-analysis:python"
-
-
-def profile(
-    swarm_id: str, capabilities: list[str], cost_per_hour: float, reputation: float, budget: float, model: str
-) -> dict[str, Any]:
-    """A `governor.register` body in the seed's SwarmProfile field order."""
-    return {
-        "swarm_id": swarm_id,
-        "capabilities": capabilities,
-        "cost_per_hour": cost_per_hour,
-        "reputation_score": reputation,
-        "current_budget_remaining": budget,
-        "model": model,
-    }
-
-
-async def start(start_worker: WorkerFactory, nc: Client, config: Config) -> None:
-    """Start the worker and wait until it answers on the test's connection (see `helpers.answering`)."""
-    await start_worker(config)
-    await answering(nc)
 
 
 class Governor:
@@ -52,11 +33,12 @@ class Governor:
         assert reply["ok"] is True, reply
         return reply
 
-    async def register(self, body: dict[str, Any]) -> None:
-        assert (await self.call("register", body))["swarm_id"] == body["swarm_id"]
+    async def register(self, swarm: SwarmProfile) -> None:
+        """`governor.register` with the profile's fields as its body."""
+        assert (await self.call("register", msgspec.to_builtins(swarm)))["swarm_id"] == swarm.swarm_id
 
     async def find_qualified_swarm(self, capabilities: list[str], max_cost: float) -> str | None:
-        """The seed's `find_qualified_swarm(required_capabilities, max_cost)`, over `governor.assign`."""
+        """`IF.governor.md`'s `find_qualified_swarm(required_capabilities, max_cost)`, over `governor.assign`."""
         self.tasks += 1
         body = {"task_id": f"task-{self.tasks}", "required_capabilities": capabilities, "max_cost": max_cost}
         swarm_id: str | None = (await self.call("assign", body))["swarm_id"]
@@ -65,19 +47,35 @@ class Governor:
     async def track_cost(
         self, swarm_id: str, operation: str, cost: float, *, trace_id: str | None = None
     ) -> dict[str, Any]:
-        """The seed's `track_cost(swarm_id, operation, cost)`, over `governor.cost`."""
+        """`IF.governor.md`'s `track_cost(swarm_id, operation, cost)`, over `governor.cost`."""
         return await self.call("cost", {"swarm_id": swarm_id, "operation": operation, "cost": cost}, trace_id=trace_id)
 
 
 class TestScenario1BasicAssignment:
     async def test_sip_task_goes_to_the_sip_swarm(self, start_worker: WorkerFactory, nc: Client) -> None:
         """A SIP task under $20/h goes to session-4-sip, and its $2.50 cost leaves $22.50 of $25."""
-        await start(start_worker, nc, make_config([]))
+        await start_worker(make_config([]))
         gov = Governor(nc)
         await gov.register(
-            profile("session-4-sip", ["integration:sip", "integration:h323"], 15.0, 0.95, 25.0, "sonnet")
+            profile(
+                "session-4-sip",
+                ["integration:sip", "integration:h323"],
+                cost_per_hour=15.0,
+                reputation_score=0.95,
+                budget=25.0,
+                model="sonnet",
+            )
         )
-        await gov.register(profile("session-1-ndi", ["integration:ndi"], 2.0, 0.90, 25.0, "haiku"))
+        await gov.register(
+            profile(
+                "session-1-ndi",
+                ["integration:ndi"],
+                cost_per_hour=2.0,
+                reputation_score=0.90,
+                budget=25.0,
+                model="haiku",
+            )
+        )
 
         swarm_id = await gov.find_qualified_swarm(["integration:sip"], max_cost=20.0)
         assert swarm_id == "session-4-sip"
@@ -92,9 +90,11 @@ class TestScenario2BudgetExhaustion:
         self, start_worker: WorkerFactory, nc: Client, recorder: Recorder
     ) -> None:
         """Three $2 tasks exhaust a $5 budget: the breaker trips and escalates, blocks work, and a reset restores it."""
-        await start(start_worker, nc, make_config([]))
+        await start_worker(make_config([]))
         gov = Governor(nc)
-        await gov.register(profile("session-test", [PYTHON], 15.0, 0.95, 5.0, "sonnet"))
+        await gov.register(
+            profile("session-test", [PYTHON], cost_per_hour=15.0, reputation_score=0.95, budget=5.0, model="sonnet")
+        )
 
         remaining = []
         for task in (1, 2, 3):
@@ -123,7 +123,7 @@ class TestScenario2BudgetExhaustion:
             "context": {"type": "circuit_breaker", "reason": "budget_exhausted", "timestamp": tripped_at},
             "trace_id": "scenario-2-task-3",
         }
-        # Events only grow: fields added after issue 2 (each with a default) may follow the seed's.
+        # Events only grow: fields added later (each with a default) may follow the ones `IF.governor.md` names.
         assert project(escalation, expected_escalation) == expected_escalation
         assert isinstance(tripped_at, float)
 
@@ -151,8 +151,8 @@ class TestScenario2BudgetExhaustion:
         assert reset_event["reset_at"] >= tripped_at
 
         assert await gov.find_qualified_swarm([PYTHON], 20.0) == "session-test"
-        assert len(recorder.on("governor.events.breaker.tripped")) == 1
-        assert len(recorder.on("governor.events.escalation")) == 1
+        assert len(recorder.bodies("governor.events.breaker.tripped")) == 1
+        assert len(recorder.bodies("governor.events.escalation")) == 1
 
 
 class TestScenario3MultiSwarmDistribution:
@@ -165,17 +165,10 @@ class TestScenario3MultiSwarmDistribution:
             ("session-4-sip", "integration:sip", 15.0, 0.95, "sonnet"),
         ]
         swarms = [
-            {
-                "swarm_id": swarm_id,
-                "capabilities": [cap],
-                "cost_per_hour": cost,
-                "reputation_score": rep,
-                "initial_budget": 25.0,
-                "model": model,
-            }
+            swarm_entry(swarm_id, [cap], cost_per_hour=cost, reputation_score=rep, initial_budget=25.0, model=model)
             for swarm_id, cap, cost, rep, model in sessions
         ]
-        await start(start_worker, nc, make_config(swarms))
+        await start_worker(make_config(swarms))
         gov = Governor(nc)
 
         results = [(cap, await gov.find_qualified_swarm([cap], max_cost=20.0)) for _, cap, _, _, _ in sessions]
@@ -186,12 +179,18 @@ class TestScenario3MultiSwarmDistribution:
 
 class TestScenario4CostOptimisation:
     async def test_cheapest_good_swarm_wins(self, start_worker: WorkerFactory, nc: Client) -> None:
-        """Among haiku, sonnet and opus python swarms the haiku one wins on value, with the seed's scores."""
-        await start(start_worker, nc, make_config([]))
+        """Among haiku, sonnet and opus python swarms the haiku one wins on value, with `IF.governor.md`'s scores."""
+        await start_worker(make_config([]))
         gov = Governor(nc)
-        await gov.register(profile("haiku-swarm", [PYTHON], 1.5, 0.90, 25.0, "haiku"))
-        await gov.register(profile("sonnet-swarm", [PYTHON], 15.0, 0.95, 25.0, "sonnet"))
-        await gov.register(profile("opus-swarm", [PYTHON], 75.0, 1.0, 25.0, "opus"))
+        await gov.register(
+            profile("haiku-swarm", [PYTHON], cost_per_hour=1.5, reputation_score=0.90, budget=25.0, model="haiku")
+        )
+        await gov.register(
+            profile("sonnet-swarm", [PYTHON], cost_per_hour=15.0, reputation_score=0.95, budget=25.0, model="sonnet")
+        )
+        await gov.register(
+            profile("opus-swarm", [PYTHON], cost_per_hour=75.0, reputation_score=1.0, budget=25.0, model="opus")
+        )
 
         assert await gov.find_qualified_swarm([PYTHON], 100.0) == "haiku-swarm"
         ranked = await gov.call(

@@ -28,7 +28,8 @@ from nats.aio.msg import Msg
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from schemas.types import MAX_USD
-from tests.conftest import WorkerFactory, make_config
+from tests.factories import make_config
+from tests.integration.helpers import WorkerFactory
 from worker.client import ERRORS_BY_CODE
 from worker.ops.natsserver import NatsServer
 from worker.service.app import Worker

@@ -23,28 +23,22 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry
 
 import schemas.config
 from schemas.config import Config
+from tests.factories import make_config, swarm_entry
+from tests.integration.helpers import Recorder, ServerErrors, serve
 from worker.client import GovernorClient
 from worker.ops.cli import main as governor_cli
-from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer
 from worker.service.app import Worker
 
 START_TIMEOUT = 20.0
 REFUSAL_WAIT = 1.0
 """Seconds a request whose reply the server will never deliver waits for it."""
-SWARM = {
-    "swarm_id": "sip",
-    "capabilities": ["integration:sip"],
-    "cost_per_hour": 5.0,
-    "reputation_score": 0.9,
-    "initial_budget": 25.0,
-    "model": "sonnet",
-}
+SWARM = swarm_entry(
+    "sip", ["integration:sip"], cost_per_hour=5.0, reputation_score=0.9, initial_budget=25.0, model="sonnet"
+)
 COORDINATOR_PUBLISH = '["governor.assign", "governor.cost", "governor.status", "governor.history"]'
 
 
@@ -67,16 +61,14 @@ def governor_config(url: str, password: str) -> Config:
     The worker answers only reply subjects under `_INBOX.` and `_R_.` plus `security.reply_prefixes`, in the
     versions that have that key; in those, per-user inboxes must be listed there.
     """
-    raw: dict[str, Any] = {
-        "nats": {"servers": [url], "user": "governor", "password": password},
-        "metrics": {"port": 0},
-        "ledger": {"enabled": False},
-        "swarms": [SWARM],
-    }
     security = getattr(schemas.config, "SecuritySection", None)
-    if security is not None and "reply_prefixes" in security.__struct_fields__:
-        raw["security"] = {"reply_prefixes": ["_INBOX_"]}
-    return msgspec.convert(raw, Config)
+    answers_inboxes = security is not None and "reply_prefixes" in security.__struct_fields__
+    return make_config(
+        [SWARM],
+        nats={"servers": [url], "user": "governor", "password": password},
+        ledger={"enabled": False},
+        security={"reply_prefixes": ["_INBOX_"]} if answers_inboxes else None,
+    )
 
 
 @dataclass
@@ -125,42 +117,19 @@ def inbox_server(tmp_path: Path) -> Iterator[tuple[NatsServer, dict[str, str]]]:
 async def deployment(inbox_server: tuple[NatsServer, dict[str, str]]) -> AsyncIterator[Deployment]:
     """The governor serving on the per-user-inbox server; stopped after the test."""
     server, passwords = inbox_server
-    worker = Worker(governor_config(server.url, passwords["governor"]), metrics=Metrics(CollectorRegistry()))
-    async with asyncio.timeout(START_TIMEOUT):
-        await worker.__aenter__()
+    worker = await serve(governor_config(server.url, passwords["governor"]), timeout=START_TIMEOUT)
     try:
         yield Deployment(server, passwords, worker)
     finally:
         await worker.__aexit__(None, None, None)
 
 
-class Listener:
-    """A raw connection that records every message it receives and every error the server sends it."""
-
-    def __init__(self) -> None:
-        self.messages: list[Msg] = []
-        self.errors: list[str] = []
-        self._error_arrived = asyncio.Event()
-
-    async def on_message(self, msg: Msg) -> None:
-        self.messages.append(msg)
-
-    async def on_error(self, exc: Exception) -> None:
-        self.errors.append(str(exc))
-        self._error_arrived.set()
-
-    async def wait_for_error(self, timeout: float = 5.0) -> list[str]:
-        async with asyncio.timeout(timeout):
-            await self._error_arrived.wait()
-        return self.errors
-
-
-async def connect(deployment: Deployment, user: str, listener: Listener, inbox_prefix: str) -> Client:
-    """A plain nats-py connection as `user`, replies under `inbox_prefix`, errors reported to `listener`."""
+async def connect(deployment: Deployment, user: str, errors: ServerErrors, inbox_prefix: str) -> Client:
+    """A plain nats-py connection as `user`, replies under `inbox_prefix`, the server's errors kept in `errors`."""
     return await nats.connect(
         deployment.url,
         inbox_prefix=inbox_prefix,
-        error_cb=listener.on_error,
+        error_cb=errors.on_error,
         allow_reconnect=False,
         **deployment.login(user),
     )
@@ -195,45 +164,43 @@ async def own_reply(bob: Client) -> str:
 class TestPerUserInboxes:
     async def test_alice_gets_her_replies_on_her_prefix(self, deployment: Deployment) -> None:
         """With `inbox_prefix="_INBOX_alice"` every request of alice's is answered, on `_INBOX_alice.` subjects."""
-        watcher = Listener()
-        alice_raw = await connect(deployment, "alice", watcher, "_INBOX_alice")
+        watcher, errors = Recorder(), ServerErrors()
+        alice_raw = await connect(deployment, "alice", errors, "_INBOX_alice")
         try:
-            await alice_raw.subscribe("_INBOX_alice.>", cb=watcher.on_message)
+            await alice_raw.subscribe("_INBOX_alice.>", cb=watcher.receive)
             await alice_raw.flush()
             assert await alice_session(deployment) == ALICE_GETS
             await own_reply(alice_raw)
         finally:
             await alice_raw.drain()
-        subjects = [m.subject for m in watcher.messages]
+        subjects = watcher.subjects()
         assert (len(subjects), [s for s in subjects if not s.startswith("_INBOX_alice.")]) == (5, [])
-        assert watcher.errors == []
+        assert errors.messages == []
 
     async def test_bob_sees_none_of_alices_replies(self, deployment: Deployment) -> None:
         """Bob, subscribed to all he may (`_INBOX_bob.>`), receives only his own reply while alice is answered."""
-        spy = Listener()
-        bob = await connect(deployment, "bob", spy, "_INBOX_bob")
+        spy, errors = Recorder(), ServerErrors()
+        bob = await connect(deployment, "bob", errors, "_INBOX_bob")
         try:
-            await bob.subscribe("_INBOX_bob.>", cb=spy.on_message)
+            await bob.subscribe("_INBOX_bob.>", cb=spy.receive)
             await bob.flush()
             assert await alice_session(deployment) == ALICE_GETS
             mine = await own_reply(bob)
         finally:
             await bob.drain()
         assert mine.startswith("_INBOX_bob.")
-        assert ([m.subject for m in spy.messages], spy.errors) == ([mine], [])
+        assert (spy.subjects(), errors.messages) == ([mine], [])
 
     @pytest.mark.parametrize("subject", ["_INBOX.>", "_INBOX_alice.>", ">"])
     async def test_bob_is_refused_other_inboxes(self, deployment: Deployment, subject: str) -> None:
         """The server refuses bob a subscription to the shared or alice's inboxes, and none of her replies arrive."""
-        spy = Listener()
-        bob = await connect(deployment, "bob", spy, "_INBOX_bob")
+        spy, errors = Recorder(), ServerErrors()
+        bob = await connect(deployment, "bob", errors, "_INBOX_bob")
         try:
-            await bob.subscribe(subject, cb=spy.on_message)
+            await bob.subscribe(subject, cb=spy.receive)
             await bob.flush()
             # nats-py lower-cases the server's error; the server's log keeps the subject as sent
-            assert await spy.wait_for_error() == [
-                f'nats: permissions violation for subscription to "{subject.lower()}"'
-            ]
+            assert await errors.first() == [f'nats: permissions violation for subscription to "{subject.lower()}"']
             assert await deployment.refused_subscriptions("bob") == [subject]
             assert await alice_session(deployment) == ALICE_GETS
             await own_reply(bob)
@@ -243,8 +210,8 @@ class TestPerUserInboxes:
 
     async def test_alice_without_her_prefix_gets_no_reply(self, deployment: Deployment) -> None:
         """On nats-py's default `_INBOX.` alice's inbox subscription is refused, so her request is never answered."""
-        spy = Listener()
-        alice = await connect(deployment, "alice", spy, "_INBOX")
+        errors = ServerErrors()
+        alice = await connect(deployment, "alice", errors, "_INBOX")
         try:
             with pytest.raises(nats.errors.TimeoutError):
                 await alice.request("governor.status", b"{}", timeout=REFUSAL_WAIT)
@@ -252,7 +219,7 @@ class TestPerUserInboxes:
         finally:
             await alice.close()
         assert (len(refused), re.fullmatch(r"_INBOX\.[A-Za-z0-9]{22}\.\*", refused[0]) is not None) == (1, True)
-        assert spy.errors == [f'nats: permissions violation for subscription to "{refused[0].lower()}"']
+        assert errors.messages == [f'nats: permissions violation for subscription to "{refused[0].lower()}"']
 
 
 class TestCommandLine:

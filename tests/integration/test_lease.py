@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import nats
 import pytest
 from nats.aio.client import Client
 
-from worker.ops.natsserver import NatsServer
 from worker.storage.journal import Ledger, stream_name
 from worker.storage.lease import KEY, Lease
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def lease(nc: Client, holder: str) -> Lease:

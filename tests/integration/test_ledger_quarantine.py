@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import sys
 import zlib
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats.errors
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from schemas.config import Config, LedgerSection
+from schemas.config import Config
 from schemas.ledger import LedgerBatch, LedgerEntry
-from schemas.profiles import SwarmProfile
 from schemas.requests import CostRequest
-from tests.conftest import SEED_SWARMS, make_config
-from tests.integration.helpers import answering
+from tests.factories import EXAMPLE_SWARMS, make_config, profile
+from tests.integration.helpers import answering, empty_snapshot, record, run_cli
 from worker.client import GovernorClient
 from worker.core.governor import Governor
 from worker.errors import Unavailable
@@ -43,8 +38,8 @@ from worker.storage.verify import Problem, verify
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
 LEDGER = "governor.ledger"
+QUARANTINED = "governor.witness.ledger_message_quarantined"
 STREAM = stream_name("governor")
 NOW = 1_700_000_000.0
 GARBAGE = b"\x00\xff not json"
@@ -74,7 +69,8 @@ REASONS = [
 
 
 def durable_config() -> Config:
-    return msgspec.structs.replace(make_config(SEED_SWARMS), ledger=LedgerSection(lease_ttl_s=1.0))
+    """The example swarms, durable with a lease of 1 s."""
+    return make_config(EXAMPLE_SWARMS, ledger={"lease_ttl_s": 1.0})
 
 
 @pytest.fixture
@@ -141,24 +137,15 @@ class TestWorkerRecovery:
         status_reply = await first_term(nats_server.url, nc)
         seqs = await poison(nc, status_reply)
         assert seqs == [4, 5, 6, 7]
-        witnessed: list[dict[str, Any]] = []
-        all_witnessed = asyncio.Event()
-
-        async def witness(msg: Msg) -> None:
-            witnessed.append(msgspec.json.decode(msg.data))
-            if len(witnessed) == 4:
-                all_witnessed.set()
-
-        await nc.subscribe("governor.witness.ledger_message_quarantined", cb=witness)
-        await nc.flush()
+        quarantined = await record(nc, QUARANTINED)
 
         async with Worker(durable_config(), servers=[nats_server.url], serve_metrics=False) as second:
             await answering(nc)
             assert reported == list(zip(seqs, REASONS, strict=True))
             assert second.ledger is not None and second.ledger.foreign == 4
             assert second.metrics.registry.get_sample_value("if_governor_ledger_quarantined_total") == 4.0
-            async with asyncio.timeout(5):  # published when recovery read them, on the worker's own connection
-                await all_witnessed.wait()
+            # published when recovery read them, on the worker's own connection
+            witnessed = await quarantined.wait_for(QUARANTINED, 4, timeout=5)
             assert [(w["params"]["seq"], w["params"]["reason"], w["severity"]) for w in witnessed] == [
                 (seq, reason, "HIGH") for seq, reason in zip(seqs, REASONS, strict=True)
             ]
@@ -226,36 +213,11 @@ class TestWorkerRecovery:
             assert (await client.status()).budgets == {"session-4-sip": 25.0, "session-1-ndi": 22.75}
 
 
-def cli_env() -> dict[str, str]:
-    """A `governor` subprocess's environment: no inherited `IF_GOVERNOR_*`."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("IF_GOVERNOR_")}
-
-
 async def governor_verify(url: str) -> tuple[int, str]:
-    """Run `python -m worker ledger verify --nats-url URL`: (exit code, stdout)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "ledger",
-        "verify",
-        "--nats-url",
-        url,
-        cwd=ROOT,
-        env=cli_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    assert err == b"", err
-    return proc.returncode, out.decode()
+    """Run `governor ledger verify --nats-url URL`, which must print nothing on stderr: (exit code, stdout)."""
+    result = await run_cli("ledger", "verify", "--nats-url", url)
+    assert result.stderr == "", result.stderr
+    return result.returncode, result.stdout
 
 
 class TestVerifyCommand:
@@ -288,14 +250,7 @@ class TestVerifyCommand:
 
 # -- a plain Ledger: its snapshots, and what verify finds ------------------------------------------------------
 
-PROFILE = SwarmProfile(
-    swarm_id="s1",
-    capabilities=["code-analysis:python"],
-    cost_per_hour=2.0,
-    reputation_score=0.9,
-    current_budget_remaining=25.0,
-    model="haiku",
-)
+PROFILE = profile("s1", ["code-analysis:python"], cost_per_hour=2.0, reputation_score=0.9, budget=25.0, model="haiku")
 
 
 def register() -> LedgerEntry:
@@ -307,13 +262,17 @@ def cost(amount: float, event_id: str) -> LedgerEntry:
     return LedgerEntry("cost", NOW, "t", msgspec.Raw(msgspec.json.encode(body)))
 
 
-def snapshot_of(seq: int) -> bytes:
-    return zlib.compress(msgspec.msgpack.encode(Governor().export_state(seq)))
-
-
 def meta_subject(ledger: Ledger, name: str) -> str:
     """The subject of an object's description in the snapshot store."""
     return f"$O.{ledger.snapshot_bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+async def read_back(nc: Client) -> tuple[Governor, Ledger, Reported]:
+    """A fresh reader of the `falltest` ledger recovers a core: the core, the reader, and what it passed over."""
+    seen: Reported = []
+    reader = Ledger(nc, prefix="falltest", timeout=2.0, on_foreign=lambda seq, why: seen.append((seq, why)))
+    await reader.setup()
+    return await recover(reader, Governor), reader, seen
 
 
 class TestSnapshotFallback:
@@ -338,10 +297,7 @@ class TestSnapshotFallback:
         """A garbage description of the newest snapshot is reported with sequence 0 and the older snapshot plus its
         tail give the exact budget (the object store's own listing would have waited forever on it)."""
         await publish_raw(nc, meta_subject(writer, snapshot_name(3)), [GARBAGE], stream="OBJ_FALLTEST_LEDGER_SNAPSHOTS")
-        seen: Reported = []
-        reader = Ledger(nc, prefix="falltest", timeout=2.0, on_foreign=lambda seq, why: seen.append((seq, why)))
-        await reader.setup()
-        core = await recover(reader, Governor)
+        core, reader, seen = await read_back(nc)
         assert core.get_budget_report() == {"s1": 18.0}
         assert seen == [
             (
@@ -358,10 +314,7 @@ class TestSnapshotFallback:
         assert writer._snapshots is not None
         await writer._snapshots.put(snapshot_name(2), b"")
         await writer._snapshots.put(snapshot_name(3), zlib.compress(b"\x01"))
-        seen: Reported = []
-        reader = Ledger(nc, prefix="falltest", timeout=2.0, on_foreign=lambda seq, why: seen.append((seq, why)))
-        await reader.setup()
-        core = await recover(reader, Governor)
+        core, _, seen = await read_back(nc)
         assert core.get_budget_report() == {"s1": 18.0}
         assert seen == [
             (0, f"snapshot {snapshot_name(3)} does not decode: Expected `object`, got `int`"),
@@ -404,7 +357,7 @@ class TestVerify:
 
     async def test_a_snapshot_beyond_the_end_is_reported(self, nc: Client, ledger: Ledger) -> None:
         """A snapshot at a sequence the stream never reached is reported and not counted as a snapshot."""
-        await ledger.save_snapshot(snapshot_of(99), 99)
+        await ledger.save_snapshot(empty_snapshot(99), 99)
         report = await verify(Ledger(nc, prefix="verifytest"))
         assert report.snapshots == []
         assert report.problems == [
@@ -416,8 +369,8 @@ class TestVerify:
         no snapshot are each reported; the one good snapshot is counted."""
         assert ledger._snapshots is not None
         await ledger._snapshots.put(snapshot_name(1), b"garbage")
-        await ledger._snapshots.put(snapshot_name(2), snapshot_of(1))
-        await ledger._snapshots.put(snapshot_name(3), snapshot_of(3))
+        await ledger._snapshots.put(snapshot_name(2), empty_snapshot(1))
+        await ledger._snapshots.put(snapshot_name(3), empty_snapshot(3))
         await ledger._snapshots.put("notes", b"hello")
         await publish_raw(nc, meta_subject(ledger, "seq-x"), [b"{"], stream="OBJ_VERIFYTEST_LEDGER_SNAPSHOTS")
         report = await verify(Ledger(nc, prefix="verifytest"))

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tests.conftest import Recorder, WorkerFactory
+from tests.integration.helpers import Recorder, WorkerFactory
 from worker.client import GovernorClient
 from worker.ops.logs import setup_logging
 

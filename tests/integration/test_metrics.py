@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.config import Config
-from tests.conftest import SEED_SWARMS, WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerFactory, http_get
 from worker import errors
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer, free_port
@@ -35,23 +34,13 @@ NDI = "session-1-ndi"
 
 
 def metrics_config(port: int) -> Config:
-    """The seed's two swarms, with the metrics endpoint on loopback at `port`."""
-    raw: dict[str, Any] = {"swarms": SEED_SWARMS, "metrics": {"host": "127.0.0.1", "port": port}}
-    return msgspec.convert(raw, Config)
+    """The example swarms, with the metrics endpoint on loopback at `port`."""
+    return make_config(EXAMPLE_SWARMS, metrics={"host": "127.0.0.1", "port": port})
 
 
-async def http_get(port: int, path: str) -> tuple[int, str]:
+async def get_page(port: int, path: str) -> tuple[int, str]:
     """GET http://127.0.0.1:<port><path> with a real HTTP client; (status, body)."""
-
-    def get() -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read().decode()
-
-    return await asyncio.to_thread(get)
+    return await asyncio.to_thread(http_get, port, path)
 
 
 class Scrape:
@@ -76,7 +65,7 @@ class Scrape:
 
 
 async def scrape(port: int) -> Scrape:
-    status, body = await http_get(port, "/metrics")
+    status, body = await get_page(port, "/metrics")
     assert status == 200
     return Scrape(body)
 
@@ -190,11 +179,11 @@ class TestProbes:
         """A serving worker answers 200 on /healthz and /readyz, and 404 on any other path."""
         worker, port, _ = served
         assert worker.ready
-        assert await http_get(port, "/healthz") == (200, "ok\n")
-        assert await http_get(port, "/readyz") == (200, "ready\n")
-        assert await http_get(port, "/readyz?verbose=1") == (200, "ready\n")
-        assert await http_get(port, "/nope") == (404, "not found\n")
-        assert await http_get(port, "/metrics/extra") == (404, "not found\n")
+        assert await get_page(port, "/healthz") == (200, "ok\n")
+        assert await get_page(port, "/readyz") == (200, "ready\n")
+        assert await get_page(port, "/readyz?verbose=1") == (200, "ready\n")
+        assert await get_page(port, "/nope") == (404, "not found\n")
+        assert await get_page(port, "/metrics/extra") == (404, "not found\n")
 
     async def test_standby_is_live_but_not_ready(
         self, served: tuple[Worker, int, GovernorClient], start_worker: WorkerFactory
@@ -209,7 +198,7 @@ class TestProbes:
             await asyncio.sleep(0.02)
         await asyncio.sleep(1.0)  # several lease polls: it must still not serve
         assert standby.state == "standby"
-        assert await http_get(standby_port, "/healthz") == (200, "ok\n")
-        assert await http_get(standby_port, "/readyz") == (503, "not ready\n")
-        assert await http_get(serving_port, "/readyz") == (200, "ready\n")
+        assert await get_page(standby_port, "/healthz") == (200, "ok\n")
+        assert await get_page(standby_port, "/readyz") == (503, "not ready\n")
+        assert await get_page(serving_port, "/readyz") == (200, "ready\n")
         assert (await client.status()).swarms[0].swarm_id == SIP

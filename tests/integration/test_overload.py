@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +21,7 @@ import yaml
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER
 
-from tests.integration.helpers import spawn_worker, stop_process
+from tests.integration.helpers import WorkerProcess, http_get, spawn_worker
 from worker.ops.natsserver import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,12 +64,10 @@ SWARMS = [
 
 
 @dataclass
-class WorkerProcess:
-    """`python -m worker run` in a child process, with its metrics endpoint."""
+class MeteredWorker(WorkerProcess):
+    """`python -m worker run` in a child process, with its metrics endpoint and its mailbox size."""
 
-    process: subprocess.Popen[bytes]
-    metrics_port: int
-    log_file: Path
+    metrics_port: int = 0
     mailbox: int = MAILBOX
 
     def memory_kb(self, field: str = "VmRSS") -> int:
@@ -84,11 +79,7 @@ class WorkerProcess:
 
     def get(self, path: str) -> tuple[int, str]:
         """An HTTP GET on the metrics endpoint: (status, body)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, ""
+        return http_get(self.metrics_port, path, timeout=2)
 
     def scrape(self, series: str) -> float:
         """One series as scraped from `/metrics` (name and labels as exposed), 0 when it does not exist yet."""
@@ -98,7 +89,7 @@ class WorkerProcess:
         return float(match.group(1)) if match else 0.0
 
 
-def start_worker_process(tmp_path: Path, nats_url: str, mailbox: int | None = MAILBOX) -> WorkerProcess:
+def start_with_mailbox(tmp_path: Path, nats_url: str, mailbox: int | None = MAILBOX) -> MeteredWorker:
     """The worker with this mailbox size (None: the default config's)."""
     metrics_port = free_port()
     config = tmp_path / "governor.yaml"
@@ -115,27 +106,27 @@ def start_worker_process(tmp_path: Path, nats_url: str, mailbox: int | None = MA
         )
     )
     log_file = tmp_path / "worker.log"
-    return WorkerProcess(spawn_worker(nats_url, config, log_file), metrics_port, log_file)
+    return MeteredWorker(spawn_worker(nats_url, config, log_file), log_file, metrics_port)
 
 
 @pytest.fixture(params=[MAILBOX, None], ids=["mailbox-8", "default-config"])
-def worker_process(request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer) -> Iterator[WorkerProcess]:
+def worker_process(request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer) -> Iterator[MeteredWorker]:
     """The worker in a child process (a small mailbox, or the default config), against the test's nats-server;
     stopped after the test."""
-    running = start_worker_process(tmp_path, nats_server.url, request.param)
+    running = start_with_mailbox(tmp_path, nats_server.url, request.param)
     running.mailbox = request.param or DEFAULT_MAILBOX
     try:
         yield running
     finally:
-        stop_process(running.process)
+        running.stop()
 
 
-async def wait_ready(worker: WorkerProcess) -> None:
+async def wait_ready(worker: MeteredWorker) -> None:
     """Wait until `/readyz` answers 200 (the worker serves), failing with its log if it exits first."""
     async with asyncio.timeout(START_TIMEOUT):
         while True:
             if worker.process.poll() is not None:
-                pytest.fail(f"the worker exited with {worker.process.returncode}:\n{worker.log_file.read_text()}")
+                pytest.fail(f"the worker exited with {worker.process.returncode}:\n{worker.log()}")
             try:
                 status, _ = await asyncio.to_thread(worker.get, "/readyz")
             except OSError:
@@ -186,7 +177,7 @@ async def request(nc: Client, subject: str, body: bytes) -> dict[str, Any]:
 
 class TestOverload:
     async def test_flood_is_refused_at_once_with_flat_memory_and_counted(
-        self, worker_process: WorkerProcess, nats_server: NatsServer
+        self, worker_process: MeteredWorker, nats_server: NatsServer
     ) -> None:
         """Five floods of 20,000 requests, against a mailbox of 8 and against the default config, get ok or
         `overloaded` (503), peak memory stays flat, the refusals are counted in metrics, the lease is never lost,
@@ -220,6 +211,6 @@ class TestOverload:
         )
         assert scraped == float(sum(r.overloaded for r in results))
         assert await asyncio.to_thread(worker_process.scrape, "if_governor_lease_lost_total") == 0.0
-        log_text = worker_process.log_file.read_text()
+        log_text = worker_process.log()
         assert [line for line in log_text.splitlines() if " WARNING " in line or " ERROR " in line] == [], log_text
         assert worker_process.process.poll() is None

@@ -24,29 +24,32 @@ from nats.aio.msg import Msg
 
 from schemas.events import BreakerReset, BreakerTripped, Escalation
 from schemas.ledger import LedgerEntry
-from schemas.profiles import SwarmProfile
 from schemas.replies import StatusReply
-from tests.integration.helpers import GOVERNOR_REPLY_TARGETS, stop_process
-from tests.integration.shipped import (
+from tests.factories import profile
+from tests.integration.helpers import (
+    GOVERNOR_REPLY_TARGETS,
     REPO,
+    Recorder,
+    answering,
+    eventually,
+    record,
+    start_worker_process,
+)
+from tests.integration.shipped import (
+    START_TIMEOUT,
     STORAGE_LOGIN_USERS,
     STORAGE_USER,
     Login,
     LoginFactory,
-    Recorder,
     ShippedServer,
     connect,
-    eventually,
     identity,
     lease_holder,
     ledger_entries,
     publish_violation,
-    record,
     start_governor,
     start_shipped_server,
-    start_worker_process,
     subscription_violation,
-    wait_answering,
     write_worker_config,
 )
 from worker.service.app import Worker
@@ -73,13 +76,8 @@ SWARMS: list[dict[str, Any]] = [
         "model": "haiku",
     },
 ]
-NEW_SWARM = SwarmProfile(
-    swarm_id="webrtc",
-    capabilities=["integration:webrtc"],
-    cost_per_hour=3.0,
-    reputation_score=0.8,
-    current_budget_remaining=10.0,
-    model="haiku",
+NEW_SWARM = profile(
+    "webrtc", ["integration:webrtc"], cost_per_hour=3.0, reputation_score=0.8, budget=10.0, model="haiku"
 )
 #: Requests only an operator may send, each one that the governor would apply if the server let it through.
 OPERATOR_ONLY: dict[str, dict[str, Any]] = {
@@ -276,7 +274,7 @@ class TestGovernorUser:
         await second.nc.flush()
         coordinator = await login("coordinator")
         inbox = coordinator.nc.new_inbox()
-        answers = await record(coordinator, inbox)
+        answers = await record(coordinator.nc, inbox)
         await coordinator.nc.publish("$SRV.PING", b"", reply=inbox)
         pings = await answers.wait_for(inbox, count=2)
         assert governor.bus is not None
@@ -342,7 +340,7 @@ class TestCoordinator:
         self, governor: Worker, login: LoginFactory
     ) -> None:
         """A coordinator's publish to an event or witness subject is dropped before any consumer sees it."""
-        seen = await record(await login("witness"), "governor.events.>", "governor.witness.>")
+        seen = await record((await login("witness")).nc, "governor.events.>", "governor.witness.>")
         coordinator = await login("coordinator")
         forged = {"swarm_id": "sip", "new_budget": 1e6, "approved_by": "mallory", "reset_at": 0.0, "trace_id": "x"}
         await coordinator.nc.publish("governor.events.breaker.reset", msgspec.json.encode(forged))
@@ -378,7 +376,7 @@ class TestIdentity:
         """From the `operator` login, a reset approved by "mallory" (or a trip requested by her) is refused
         `forbidden` and changes nothing; one approved by "operator" is recorded with the identity OPS/operator in
         the reset event, the witness record, `governor.history` and the ledger."""
-        seen = await record(await login("witness"), "governor.events.>", "governor.witness.>")
+        seen = await record((await login("witness")).nc, "governor.events.>", "governor.witness.>")
         operator = await login("operator")
         await operator.client().trip("sip", "manual_override", requested_by="operator")
         before = blank_trace(await operator.client().status())
@@ -413,7 +411,7 @@ class TestIdentity:
         """A `Nats-Request-Info` header a client writes itself never reaches the governor: a coordinator claiming
         OPS/operator is recorded as COORD/coordinator, and an operator claiming to be "alice" cannot approve as
         her."""
-        seen = await record(await login("witness"), "governor.witness.>")
+        seen = await record((await login("witness")).nc, "governor.witness.>")
         coordinator = await login("coordinator")
         body = {"swarm_id": "ndi", "operation": "op", "cost": 1.25, "trace_id": "forged-1"}
         cost = msgspec.json.decode((await request(coordinator, "governor.cost", body, info_header(FORGED_INFO))).data)
@@ -440,7 +438,7 @@ class TestReplySubjects:
         worker and the witness without a forged event, and 20 costs and a reset sent at the same time by an
         operator are all answered."""
         witness = await login("witness")
-        seen = await record(witness, "governor.events.>", "governor.witness.>")
+        seen = await record(witness.nc, "governor.events.>", "governor.witness.>")
         governor_login = await login("governor")
         holder = await lease_holder(governor_login.nc)
         assert holder == governor.holder_id.encode()
@@ -491,9 +489,9 @@ class TestSnooping:
         those reads no operator reply and no ledger or JetStream traffic while an operator trips, resets and spends,
         the governor writes its ledger and a standby replays it."""
         snooper = await login("coordinator")
-        seen = await record(snooper, *SNOOP_ALLOWED)
+        seen = await record(snooper.nc, *SNOOP_ALLOWED)
         for subject in SNOOP_REFUSED:
-            await snooper.nc.subscribe(subject, cb=seen.on)
+            await snooper.nc.subscribe(subject, cb=seen.receive)
         for subject in SNOOP_REFUSED:
             await snooper.wait_error(subscription_violation(subject))
         standby = await start_governor(shipped, SWARMS, wait=False)
@@ -537,7 +535,7 @@ class TestReadOnlyConsumers:
         """A witness or alerting user receives the trip and the reset, whose event and record name the approver
         and the identity the server authenticated."""
         consumer = await login(role)
-        seen = await record(consumer, "governor.events.>", "governor.witness.>")
+        seen = await record(consumer.nc, "governor.events.>", "governor.witness.>")
         operator = (await login("operator")).client()
         await operator.trip("ndi", "manual_override", requested_by="operator")
         await operator.reset("ndi", 30.0, approved_by="operator")
@@ -588,12 +586,12 @@ class TestRecovery:
         with SIGKILL and started again recovers from its ledger with every budget exact to the cent, each
         acknowledged cost applied once, the reset's identity kept, and the lease taken by the new process."""
         config = write_worker_config(shipped, tmp_path / "governor.yaml", SWARMS)
-        first = start_worker_process(shipped, config, tmp_path / "worker.log")
+        first = start_worker_process(shipped.url, config, tmp_path / "worker.log")
         try:
             operator = await login("operator")
             coordinator = await login("coordinator")
-            await wait_answering(operator.client(), first)
-            await wait_answering(coordinator.client(), first)
+            await answering(operator.nc, timeout=START_TIMEOUT, worker=first)
+            await answering(coordinator.nc, timeout=START_TIMEOUT, worker=first)
             await operator.client().trip("sip", "manual_override", requested_by="operator")
             await attack(coordinator)
             await attack(operator)
@@ -602,14 +600,13 @@ class TestRecovery:
             await operator.client().reset("sip", 40.0, approved_by="operator")
             await operator.client().cost("sip", "op", 2.34, event_id="s0")
         finally:
-            first.process.kill()
-            first.process.wait(timeout=10)
+            first.kill()
         assert first.process.returncode == -9
 
-        second = start_worker_process(shipped, config, tmp_path / "worker.log")
+        second = start_worker_process(shipped.url, config, tmp_path / "worker.log")
         try:
-            await wait_answering(operator.client(), second)
-            await wait_answering(coordinator.client(), second)
+            await answering(operator.nc, timeout=START_TIMEOUT, worker=second)
+            await answering(coordinator.nc, timeout=START_TIMEOUT, worker=second)
             status = await operator.client().status()
             expected_ndi = round(25.0 - 2 * len(HOSTILE_REPLIES) * ATTACK_COST - 7 * 1.13, 2)
             assert (status.budgets, status.breakers) == ({"sip": 37.66, "ndi": expected_ndi}, {})
@@ -629,7 +626,7 @@ class TestRecovery:
             holder = await lease_holder(governor_login.nc)
             assert holder.decode().startswith(f"{socket.gethostname()}-{second.process.pid}-")
         finally:
-            stop_process(second.process)
+            second.stop()
         assert second.process.returncode == 0, second.log()
         assert shipped.violations("governor") == []
 
@@ -653,7 +650,7 @@ class TestStorageLogin:
             try:
                 # The operator's connection predates this worker: wait out the known no-responders blink while the
                 # new subscriptions' interest reaches it (tests/integration/helpers.py, `answering`).
-                await wait_answering(operator.client())
+                await answering(operator.nc, timeout=START_TIMEOUT)
                 status = await operator.client().status()
                 assert (status.budgets, status.breakers) == ({"sip": 40.0, "ndi": 23.87}, {})
                 assert (server.violations("governor"), server.violations(STORAGE_USER)) == ([], [])

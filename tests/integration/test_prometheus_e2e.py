@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import yaml
 
-from schemas.config import Config
-from tests.conftest import SEED_SWARMS, WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerFactory, stop_process
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer, free_port
 
@@ -71,12 +70,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[int, int]]:
     try:
         yield port, target
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()
 
 
@@ -110,7 +104,7 @@ class TestPrometheus:
         """Prometheus scrapes the worker, and after a budget trip over NATS reports CircuitBreakerTripped firing
         for that swarm only."""
         port, target = prometheus
-        config = msgspec.convert({"swarms": SEED_SWARMS, "metrics": {"host": "127.0.0.1", "port": target}}, Config)
+        config = make_config(EXAMPLE_SWARMS, metrics={"host": "127.0.0.1", "port": target})
         await start_worker(config)
         await poll("the governor's targets up", lambda a: a["data"]["result"], port, "/api/v1/query", query="up==1")
         series = f'if_governor_circuit_breaker_status{{swarm_id="{SIP}"}} == 0'

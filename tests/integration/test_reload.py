@@ -10,8 +10,8 @@ import msgspec
 import nats
 import yaml
 
-from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
-from tests.integration.helpers import answering, spawn_worker, stop_process
+from tests.factories import EXAMPLE_SWARMS
+from tests.integration.helpers import Recorder, WorkerFactory, answering, spawn_worker, stop_process
 from worker.client import GovernorClient
 from worker.ops.natsserver import NatsServer
 from worker.service.config import load_config
@@ -19,7 +19,7 @@ from worker.storage.journal import stream_name
 
 
 def write(path: Path, **extra: Any) -> Path:
-    path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS, "metrics": {"port": 0}, **extra}))
+    path.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS, "metrics": {"port": 0}, **extra}))
     return path
 
 
@@ -31,10 +31,10 @@ class TestReload:
         path = write(tmp_path / "governor.yaml")
         await start_worker(load_config(path), config_path=str(path))
         await client.cost("session-1-ndi", "op", 5.0)
-        new_swarm = {**SEED_SWARMS[1], "swarm_id": "session-9-ndi", "cost_per_hour": 1.0}
+        new_swarm = {**EXAMPLE_SWARMS[1], "swarm_id": "session-9-ndi", "cost_per_hour": 1.0}
         write(
             tmp_path / "governor.yaml",
-            swarms=[*SEED_SWARMS, new_swarm],
+            swarms=[*EXAMPLE_SWARMS, new_swarm],
             governor={"max_cost_per_task": 30.0},
             rules=[{"match": "integration:ndi", "policy": "default", "models": ["haiku"]}],
         )
@@ -54,7 +54,7 @@ class TestReload:
         path = write(tmp_path / "governor.yaml")
         await start_worker(load_config(path), config_path=str(path))
         before = msgspec.structs.replace(await client.status(), trace_id="")
-        path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS, "governor": {"min_capability_match": 7}}))
+        path.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS, "governor": {"min_capability_match": 7}}))
         msg = await client.nc.request("governor.reload", b"{}", timeout=5)
         reply = msgspec.json.decode(msg.data)
         assert reply["error"]["code"] == "invalid_request"
@@ -112,7 +112,7 @@ class TestSighup:
             witness = await recorder.wait_for("governor.witness.config_reloaded", timeout=10.0)
             assert witness[0]["params"] == {"changed": True, "registered": []}
             assert (await client.status()).policy.max_cost_per_task == 30.0
-            path.write_text(yaml.safe_dump({"swarms": SEED_SWARMS, "governor": {"min_capability_match": 7}}))
+            path.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS, "governor": {"min_capability_match": 7}}))
             process.send_signal(signal.SIGHUP)
             rejected = await recorder.wait_for("governor.witness.request_rejected", timeout=10.0)
             assert rejected[0]["params"]["subject"] == "signal.SIGHUP"

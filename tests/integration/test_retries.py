@@ -9,17 +9,13 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from schemas.config import Config
-from tests.conftest import SEED_SWARMS, WorkerFactory
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerFactory
 from worker.client import GovernorClient
 from worker.service.app import Worker
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
-
-
-def config(**governor: Any) -> Config:
-    return msgspec.convert({"swarms": SEED_SWARMS, "metrics": {"port": 0}, "governor": governor}, Config)
 
 
 async def request(nc: Client, subject: str, body: dict[str, Any]) -> Any:
@@ -35,11 +31,11 @@ class TestAssignRetries:
     ) -> None:
         """The same assign three times (once after a restart): one assignment, one hold, one history entry; the
         retries are answered with it, marked `duplicate`."""
-        first_worker = await start_worker(config())
+        first_worker = await start_worker(make_config(EXAMPLE_SWARMS))
         first = await request(nc, "governor.assign", ASSIGN)
         again = await request(nc, "governor.assign", ASSIGN)
         await first_worker.__aexit__(None, None, None)
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         after_restart = await request(nc, "governor.assign", ASSIGN)
         assert (first["swarm_id"], "duplicate" in first) == (NDI, False)
         for retry in (again, after_restart):
@@ -52,7 +48,7 @@ class TestAssignRetries:
     async def test_reassign_moves_the_task_with_its_hold(self, start_worker: WorkerFactory, nc: Client) -> None:
         """`reassign: true` releases the task's hold and assigns it afresh: a budget of 25 with a hold of 6 takes
         the same task at 20, and one hold remains."""
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         await request(nc, "governor.assign", ASSIGN)
         moved = await request(nc, "governor.assign", {**ASSIGN, "estimated_cost": 20.0, "reassign": True})
         assert (moved["ok"], moved["swarm_id"], "duplicate" in moved) == (True, NDI, False)
@@ -66,7 +62,7 @@ class TestDedupeFlush:
     ) -> None:
         """A client sends 300 zero-cost costs with fresh ids into a window of 100: the reset's id is still known
         (its retry is `duplicate`, the budget unchanged), and the cost ids pushed out are counted."""
-        worker: Worker = await start_worker(config(dedupe_limit=100))
+        worker: Worker = await start_worker(make_config(EXAMPLE_SWARMS, dedupe_limit=100))
         await request(nc, "governor.cost", {"swarm_id": NDI, "operation": "op", "cost": 30.0, "event_id": "c0"})
         reset = {"swarm_id": NDI, "new_budget": 10.0, "approved_by": "alice", "event_id": "r1"}
         assert (await request(nc, "governor.reset", reset))["remaining"] == 10.0
@@ -90,7 +86,7 @@ class TestClientRetries:
         sent = asyncio.ensure_future(client.cost(NDI, "op", 2.0, event_id="retried"))
         await asyncio.sleep(1.0)
         assert not sent.done()
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         reply = await sent
         assert (reply.remaining, reply.duplicate) == (23.0, False)
         again = await client.cost(NDI, "op", 2.0, event_id="retried")

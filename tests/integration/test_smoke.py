@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import Recorder, WorkerFactory
+from tests.integration.helpers import Recorder, WorkerFactory
 from worker.client import GovernorClient
 
 

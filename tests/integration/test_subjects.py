@@ -1,4 +1,4 @@
-"""Every subject of issue 2 over a real nats-server: ok replies, every error code with its headers, unchanged state
+"""Every request subject over a real nats-server: ok replies, every error code with its headers, unchanged state
 after each rejected request, trace ids, witness records and `nats.micro` discovery.
 
 Malformed bodies go through raw `nc.request(...)` so that the bytes on the wire are exactly the ones under test.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
-from schemas.config import Config
-from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory, make_config
-from tests.integration.helpers import answering, project
+from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
+from tests.integration.helpers import Recorder, WorkerFactory, project
 
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
@@ -29,6 +27,7 @@ TRACE_HEADER = "X-IF-Trace-ID"
 SUBJECTS = ("assign", "cost", "reset", "trip", "failure", "register", "deregister", "status", "history")
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
+PYTHON = "code-analysis:python"
 WITNESS_KEYS = {"component", "operation", "params", "timestamp", "severity", "trace_id"}
 
 NEW_SWARM: dict[str, Any] = {
@@ -117,35 +116,21 @@ async def wait_for_trace(recorder: Recorder, subject: str, trace_id: str, timeou
             count = len(messages) + 1
 
 
-Start = Callable[..., Awaitable[None]]
-
-
 @pytest.fixture
-def start(start_worker: WorkerFactory, nc: Client) -> Start:
-    """Start a worker (`await start(config)`) and wait until it answers on the test's connection."""
-
-    async def start_and_wait(config: Config | None = None) -> None:
-        await start_worker(config)
-        await answering(nc, config.governor.subject_prefix if config is not None else "governor")
-
-    return start_and_wait
-
-
-@pytest.fixture
-async def api(start: Start, nc: Client, recorder: Recorder) -> Api:
-    """A governor with the seed's two swarms (session-4-sip and session-1-ndi, $25 each) and a raw client."""
-    await start()
+async def api(start_worker: WorkerFactory, nc: Client, recorder: Recorder) -> Api:
+    """A governor with the two example swarms (session-4-sip and session-1-ndi, $25 each) and a raw client."""
+    await start_worker()
     return Api(nc, recorder)
 
 
 @pytest.fixture
 def raw_api(nc: Client, recorder: Recorder) -> Api:
-    """A raw client for tests that start the worker with their own config (through `start`)."""
+    """A raw client for tests that start the worker with their own config (through `start_worker`)."""
     return Api(nc, recorder)
 
 
 async def exhaust(api: Api, swarm_id: str = SIP, amount: float = 25.0) -> None:
-    """Spend a seed swarm's whole budget so that its breaker trips."""
+    """Spend an example swarm's whole budget so that its breaker trips."""
     reply = await api.ok("cost", {"swarm_id": swarm_id, "operation": "exhaust", "cost": amount})
     assert reply["tripped"] is True
 
@@ -256,7 +241,7 @@ class TestAssign:
         assert project(reply, expected) == expected
         assert "rejected" not in reply
 
-    async def test_partial_coverage_above_threshold(self, start: Start, raw_api: Api) -> None:
+    async def test_partial_coverage_above_threshold(self, start_worker: WorkerFactory, raw_api: Api) -> None:
         """A swarm holding 3 of 4 required capabilities qualifies with coverage 0.75 and score 0.75 × rep / cost."""
         swarm = {
             "swarm_id": "polyglot",
@@ -265,7 +250,7 @@ class TestAssign:
             "reputation_score": 0.8,
             "model": "haiku",
         }
-        await start(make_config([swarm]))
+        await start_worker(make_config([swarm]))
         required = ["code-analysis:python", "code-analysis:rust", "code-analysis:go", "code-analysis:cpp"]
         reply = await raw_api.ok("assign", {"task_id": "t-2", "required_capabilities": required})
         expected = [{"swarm_id": "polyglot", "capability_match": 0.75, "score": 0.75 * 0.8 / 2.0}]
@@ -282,27 +267,16 @@ class TestAssign:
         }
         assert project(reply, expected) == expected
 
-    async def test_explain_lists_every_reason_code(self, start: Start, raw_api: Api) -> None:
-        """With `explain`, each swarm that does not qualify is listed with the first filter it failed, in seed order."""
-
-        def python(swarm_id: str, cost: float, budget: float, caps: list[str] | None = None) -> dict[str, Any]:
-            return {
-                "swarm_id": swarm_id,
-                "capabilities": caps or ["code-analysis:python"],
-                "cost_per_hour": cost,
-                "reputation_score": 0.9,
-                "initial_budget": budget,
-                "model": "haiku",
-            }
-
-        await start(
+    async def test_explain_lists_every_reason_code(self, start_worker: WorkerFactory, raw_api: Api) -> None:
+        """With `explain`, each swarm that does not qualify is listed with the first filter it failed, in order."""
+        await start_worker(
             make_config(
                 [
-                    python("below", 2.0, 25.0, ["integration:sip"]),
-                    python("pricey", 50.0, 25.0),
-                    python("broke", 2.0, 1.0),
-                    python("halted", 2.0, 25.0),
-                    python("fine", 2.0, 25.0),
+                    swarm_entry("below", ["integration:sip"], cost_per_hour=2.0, initial_budget=25.0),
+                    swarm_entry("pricey", [PYTHON], cost_per_hour=50.0, initial_budget=25.0),
+                    swarm_entry("broke", [PYTHON], cost_per_hour=2.0, initial_budget=1.0),
+                    swarm_entry("halted", [PYTHON], cost_per_hour=2.0, initial_budget=25.0),
+                    swarm_entry("fine", [PYTHON], cost_per_hour=2.0, initial_budget=25.0),
                 ]
             )
         )
@@ -320,28 +294,14 @@ class TestAssign:
         without = await raw_api.ok("assign", {**body, "explain": False})
         assert "rejected" not in without
 
-    async def test_max_swarms(self, start: Start, raw_api: Api) -> None:
+    async def test_max_swarms(self, start_worker: WorkerFactory, raw_api: Api) -> None:
         """`max_swarms` returns up to that many by score, ties to the earliest registered, never over the policy's 3."""
-
-        def python(swarm_id: str, cost: float, reputation: float) -> dict[str, Any]:
-            return {
-                "swarm_id": swarm_id,
-                "capabilities": ["code-analysis:python"],
-                "cost_per_hour": cost,
-                "reputation_score": reputation,
-                "model": "m",
-            }
-
-        await start(
-            make_config(
-                [
-                    python("mid", 15.0, 0.95),
-                    python("tie-a", 2.0, 0.9),
-                    python("tie-b", 2.0, 0.9),
-                    python("cheap", 1.5, 0.9),
-                ]
-            )
-        )
+        prices = {"mid": (15.0, 0.95), "tie-a": (2.0, 0.9), "tie-b": (2.0, 0.9), "cheap": (1.5, 0.9)}
+        swarms = [
+            swarm_entry(swarm_id, [PYTHON], cost_per_hour=cost, reputation_score=rep, initial_budget=None, model="m")
+            for swarm_id, (cost, rep) in prices.items()
+        ]
+        await start_worker(make_config(swarms))
         body = {"task_id": "t-5", "required_capabilities": ["code-analysis:python"], "max_cost": 100.0}
         two = await raw_api.ok("assign", {**body, "max_swarms": 2})
         assert two["swarm_id"] == "cheap"
@@ -401,8 +361,8 @@ class TestCost:
         second = await api.ok("cost", {"swarm_id": SIP, "operation": "op-2", "cost": 1.5})
         assert project(second, {"remaining": -1.5, "tripped": True}) == {"remaining": -1.5, "tripped": True}
         await wait_for_trace(recorder, "governor.witness.cost_tracked", second["trace_id"])
-        assert len(recorder.on("governor.events.breaker.tripped")) == 1
-        assert len(recorder.on("governor.events.escalation")) == 1
+        assert len(recorder.bodies("governor.events.breaker.tripped")) == 1
+        assert len(recorder.bodies("governor.events.escalation")) == 1
         status = await api.ok("status", {})
         assert status["budgets"][SIP] == -1.5
         assert status["breakers"][SIP]["reason"] == "budget_exhausted"
@@ -647,7 +607,7 @@ class TestDeregister:
 
 
 class TestStatus:
-    async def test_seed_swarms(self, api: Api) -> None:
+    async def test_example_swarms(self, api: Api) -> None:
         """Status lists profiles with live budget and breaker, the budgets, no breakers and the production policy."""
         reply = await api.ok("status", {})
         expected_swarms = [
@@ -661,7 +621,7 @@ class TestStatus:
                 "budget_remaining": 25.0,
                 "breaker": None,
             }
-            for s in SEED_SWARMS
+            for s in EXAMPLE_SWARMS
         ]
         assert [project(s, e) for s, e in zip(reply["swarms"], expected_swarms, strict=True)] == expected_swarms
         assert reply["budgets"] == {SIP: 25.0, NDI: 25.0}
@@ -686,9 +646,9 @@ class TestStatus:
         assert project(status["swarms"][0]["breaker"], breaker) == breaker
         assert status["swarms"][1]["breaker"] is None
 
-    async def test_policy_from_config(self, start: Start, raw_api: Api) -> None:
+    async def test_policy_from_config(self, start_worker: WorkerFactory, raw_api: Api) -> None:
         """The policy in status is the one the config sets."""
-        await start(make_config([], min_capability_match=0.5, max_cost_per_task=8.0, max_swarms_per_task=2))
+        await start_worker(make_config([], min_capability_match=0.5, max_cost_per_task=8.0, max_swarms_per_task=2))
         status = await raw_api.ok("status", {})
         policy = {
             "max_swarms_per_task": 2,
@@ -808,7 +768,7 @@ class TestTraceId:
 
 class TestWitness:
     async def test_every_operation(self, api: Api, recorder: Recorder) -> None:
-        """Every operation of issue 2 publishes its witness record with the seed's shape and its severity."""
+        """Every operation publishes its witness record in the shape of `IF.governor.md`, with its severity."""
         steps: list[tuple[str, dict[str, Any], str]] = [
             ("assign", {"task_id": "w-1", "required_capabilities": ["integration:ndi"]}, "task_assigned"),
             ("assign", {"task_id": "w-2", "required_capabilities": ["infra:kubernetes"]}, "no_qualified_swarm"),
@@ -843,7 +803,7 @@ class TestWitness:
         }
 
     async def test_trip_record_params(self, api: Api, recorder: Recorder) -> None:
-        """The trip record has the seed's params: swarm, reason, the budget left and the operations count."""
+        """The trip record has `IF.governor.md`'s params: swarm, reason, the budget left and the operations count."""
         await api.ok("cost", {"swarm_id": SIP, "operation": "op-1", "cost": 20.0})
         await api.ok("cost", {"swarm_id": SIP, "operation": "op-2", "cost": 7.5}, trace_id="trip-1")
         record = await wait_for_trace(recorder, "governor.witness.circuit_breaker_tripped", "trip-1")
@@ -865,7 +825,7 @@ class TestDiscovery:
         )
 
     async def test_info_lists_the_nine_endpoints(self, api: Api, nc: Client) -> None:
-        """`$SRV.INFO.governor` lists issue 2's nine endpoints with their subjects."""
+        """`$SRV.INFO.governor` lists the nine endpoints with their subjects."""
         reply = json.loads((await nc.request("$SRV.INFO.governor", b"", timeout=5.0)).data)
         assert reply["type"] == "io.nats.micro.v1.info_response"
         endpoints = {e["name"]: e["subject"] for e in reply["endpoints"]}
@@ -928,11 +888,11 @@ class TestDiscovery:
         assert {e.name for e in info.endpoints} == {e.name for e in stats.endpoints} >= set(SUBJECTS)
         assert all(e.queue_group == "q" for e in info.endpoints)
 
-    async def test_subject_prefix(self, start: Start, nc: Client) -> None:
+    async def test_subject_prefix(self, start_worker: WorkerFactory, nc: Client) -> None:
         """With `subject_prefix: fleet`, the endpoints and events live under `fleet.`."""
-        await start(make_config(SEED_SWARMS, subject_prefix="fleet"))
+        await start_worker(make_config(EXAMPLE_SWARMS, subject_prefix="fleet"))
         recorder = Recorder()
-        await nc.subscribe("fleet.events.>", cb=recorder._on)
+        await nc.subscribe("fleet.events.>", cb=recorder.receive)
         await nc.flush()
         api = Api(nc, recorder, prefix="fleet")
         await api.ok("trip", {"swarm_id": SIP, "reason": "manual_override", "requested_by": "bob"}, trace_id="pfx")

@@ -8,8 +8,6 @@ of the system, the lease and the standby, is the real one.
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +18,8 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
-from tests.conftest import SEED_SWARMS
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import http_get
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer, free_port
 from worker.service.actor import Actor
@@ -31,20 +30,14 @@ ASSIGN = msgspec.json.encode({"task_id": "t", "required_capabilities": ["integra
 
 
 def config(metrics_port: int = 0) -> Config:
-    raw = {
-        "swarms": SEED_SWARMS,
-        "metrics": {"host": "127.0.0.1", "port": metrics_port},
-        "ledger": {"lease_ttl_s": 2.0},
-    }
-    return msgspec.convert(raw, Config)
+    """The example swarms, durable with a 2 s lease, the metrics endpoint on loopback at `metrics_port` (0: off)."""
+    return make_config(EXAMPLE_SWARMS, metrics={"host": "127.0.0.1", "port": metrics_port}, ledger={"lease_ttl_s": 2.0})
 
 
 def probe(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    """The HTTP status the probe at `path` answers."""
+    status, _ = http_get(port, path, timeout=2)
+    return status
 
 
 async def wait_for_probe(port: int, path: str, status: int, timeout: float = 10.0) -> None:
@@ -100,6 +93,16 @@ def break_actors(worker: Worker, launch: Any) -> None:
     worker.serve = serve_broken  # type: ignore[method-assign]
 
 
+async def die(self: Actor, batch: list[Command]) -> None:
+    """A batch launch that kills the actor."""
+    raise RuntimeError("injected fault")
+
+
+async def hang(self: Actor, batch: list[Command]) -> None:
+    """A batch launch that never returns: the actor stops turning."""
+    await asyncio.Event().wait()
+
+
 def metric(worker: Worker, name: str) -> float:
     return worker.metrics.registry.get_sample_value(name) or 0.0
 
@@ -114,9 +117,6 @@ class TestSupervision:
         assert holder.http is not None
         port = holder.http.port
         assert await asyncio.to_thread(probe, port, "/readyz") == 200
-
-        async def die(self: Actor, batch: list[Command]) -> None:
-            raise RuntimeError("injected fault")
 
         break_actors(holder, die)
         nc = await nats.connect(nats_server.url)
@@ -142,9 +142,6 @@ class TestSupervision:
         assert holder.http is not None
         port = holder.http.port
 
-        async def hang(self: Actor, batch: list[Command]) -> None:
-            await asyncio.Event().wait()
-
         break_actors(holder, hang)
         nc = await nats.connect(nats_server.url)
         try:
@@ -166,21 +163,16 @@ class TestSupervision:
         """Without a ledger the state lives only in the actor: when it dies, the worker stops and the task that
         owns it fails with what killed it (`governor run` exits non-zero), instead of serving on from the
         config's budgets."""
-        raw = {"swarms": SEED_SWARMS, "metrics": {"port": 0}, "ledger": {"enabled": False}}
+        in_memory = make_config(EXAMPLE_SWARMS, ledger={"enabled": False})
         started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
 
         async def run() -> None:  # like `governor run`: the worker is owned by a task of its own
-            async with Worker(
-                msgspec.convert(raw, Config), servers=[nats_server.url], metrics=Metrics(CollectorRegistry())
-            ) as worker:
+            async with Worker(in_memory, servers=[nats_server.url], metrics=Metrics(CollectorRegistry())) as worker:
                 started.set_result(worker)
                 await worker.wait_stopped()
 
         owner = asyncio.ensure_future(run())
         worker = await started
-
-        async def die(self: Actor, batch: list[Command]) -> None:
-            raise RuntimeError("injected fault")
 
         break_actors(worker, die)
         nc = await nats.connect(nats_server.url)
@@ -203,9 +195,6 @@ class TestSupervision:
         monkeypatch.setattr("worker.service.app.DRAIN_S", 1.0)
         worker = Worker(config(), servers=[nats_server.url], metrics=Metrics(CollectorRegistry()))
         await worker.__aenter__()
-
-        async def hang(self: Actor, batch: list[Command]) -> None:
-            await asyncio.Event().wait()
 
         break_actors(worker, hang)
         nc = await nats.connect(nats_server.url)

@@ -16,15 +16,12 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from schemas.config import Config
 from schemas.ledger import LedgerBatch
-from tests.conftest import SEED_SWARMS, Recorder, WorkerFactory
-from tests.integration.helpers import GOVERNOR_REPLY_TARGETS
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import GOVERNOR_REPLY_TARGETS, Recorder, WorkerFactory, ledger_messages, record
 from worker.ops.natsserver import NatsServer
 from worker.service.app import Worker
-from worker.storage.journal import stream_name
 
 SIP = "session-4-sip"
 NDI = "session-1-ndi"
@@ -41,25 +38,12 @@ ATTACKS: tuple[tuple[str, dict[str, Any] | None], ...] = (
 OPERATOR = {"acc": "OPS", "user": "operator", "name": "cli"}
 
 
-def config(**security: Any) -> Config:
-    raw = {"swarms": SEED_SWARMS, "metrics": {"port": 0}, "security": security}
-    return msgspec.convert(raw, Config)
-
-
 def info_header(info: dict[str, Any]) -> dict[str, str]:
     return {"Nats-Request-Info": msgspec.json.encode(info).decode()}
 
 
 async def request(nc: Client, subject: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     return msgspec.json.decode((await nc.request(subject, msgspec.json.encode(body), timeout=5, headers=headers)).data)
-
-
-async def ledger_messages(nc: Client) -> list[bytes]:
-    """Every message the ledger stream holds, oldest first."""
-    js = nc.jetstream()
-    name = stream_name("governor")
-    state = (await js.stream_info(name)).state
-    return [(await js.get_msg(name, seq)).data or b"" for seq in range(state.first_seq, state.last_seq + 1)]
 
 
 def rejected(worker: Worker, code: str) -> float:
@@ -74,18 +58,9 @@ class TestReplySubjects:
         """A request whose reply subject is the ledger, the lease key, the snapshot store, the JetStream API, an
         event or witness subject (or a look-alike inbox) is not answered there, changes nothing, is counted and
         witnessed, and operator requests sent at the same time are all answered."""
-        worker = await start_worker(config())
+        worker = await start_worker(make_config(EXAMPLE_SWARMS))
         spy = await nats.connect(nats_server.url)
-        landed: list[Msg] = []
-
-        async def on(msg: Msg) -> None:
-            # The governor's answers, not the attacker's requests (which carry the hostile reply subject).
-            if not msg.reply and (b"attack" in msg.data or b"_response" in msg.data):
-                landed.append(msg)
-
-        for subject in HOSTILE_REPLIES:
-            await spy.subscribe(subject, cb=on)
-        await spy.flush()
+        arrived = await record(spy, *HOSTILE_REPLIES)
         holder_before = (await (await nc.jetstream().key_value("GOVERNOR_LEDGER_LEASE")).get("holder")).value
 
         async def attack() -> None:
@@ -109,13 +84,15 @@ class TestReplySubjects:
         await asyncio.sleep(0.5)  # what the worker would have sent has arrived by now
         await spy.close()
 
+        # The governor's answers, not the attacker's requests (which carry the hostile reply subject).
+        landed = [m for m in arrived.messages if not m.reply and (b"attack" in m.data or b"_response" in m.data)]
         assert landed == []
         assert [a["ok"] for a in answers] == [True] * 20
         attacks = len(HOSTILE_REPLIES) * len(ATTACKS)
         assert rejected(worker, "reply_subject_refused") == attacks
         witnessed = [
             r
-            for r in recorder.on("governor.witness.request_rejected")
+            for r in recorder.bodies("governor.witness.request_rejected")
             if r["params"]["code"] == "reply_subject_refused"
         ]
         assert len(witnessed) == attacks
@@ -132,13 +109,13 @@ class TestReplySubjects:
     ) -> None:
         """After replies were aimed at the ledger, a fresh worker on the same stream recovers and serves with the
         budgets exact to the cent."""
-        first = await start_worker(config())
+        first = await start_worker(make_config(EXAMPLE_SWARMS))
         for i in range(7):
             body = {"swarm_id": NDI, "operation": "op", "cost": 1.13, "event_id": f"c{i}"}
             await nc.publish("governor.cost", msgspec.json.encode(body), reply="governor.ledger")
             await request(nc, "governor.cost", {**body, "event_id": f"ok{i}"})
         await first.__aexit__(None, None, None)
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         status = await request(nc, "governor.status", {})
         assert status["budgets"] == {SIP: 25.0, NDI: 17.09}
 
@@ -146,7 +123,7 @@ class TestReplySubjects:
         self, start_worker: WorkerFactory, nats_server: NatsServer
     ) -> None:
         """A client with its own inbox prefix is answered when the config names that prefix, and only then."""
-        await start_worker(config(reply_prefixes=["_INBOX_alice."]))
+        await start_worker(make_config(EXAMPLE_SWARMS, security={"reply_prefixes": ["_INBOX_alice."]}))
         alice = await nats.connect(nats_server.url, inbox_prefix=b"_INBOX_alice")
         bob = await nats.connect(nats_server.url, inbox_prefix=b"_INBOX_bob")
         try:
@@ -165,7 +142,7 @@ class TestRequestInfo:
         """Where the server is not said to stamp `Nats-Request-Info`, a reset carrying one claims an identity
         nobody checked: refused (`forbidden`, 403) and nothing changes; other subjects ignore the header and
         record no identity."""
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         assert (await request(nc, "governor.cost", {"swarm_id": SIP, "operation": "op", "cost": 30.0}))["tripped"]
         msg = await nc.request(
             "governor.reset",
@@ -193,7 +170,7 @@ class TestRequestInfo:
         stamp, or naming another approver (with `require_authenticated_approver`) is refused, and the refusal's
         witness record names who sent it."""
         settings = {"trust_request_info": True, "operator_accounts": ["OPS"], "require_authenticated_approver": True}
-        first = await start_worker(config(**settings))
+        first = await start_worker(make_config(EXAMPLE_SWARMS, security=settings))
         coordinator = {"acc": "COORD", "user": "coordinator"}
         coordinator_identity = {"account": "COORD", "user": "coordinator"}
         operator_identity = {"account": "OPS", "user": "operator"}
@@ -218,7 +195,7 @@ class TestRequestInfo:
         assert [(r["approved_by"], r["identity"]) for r in history["resets"]] == [("operator", identity)]
 
         await first.__aexit__(None, None, None)
-        await start_worker(config(**settings))
+        await start_worker(make_config(EXAMPLE_SWARMS, security=settings))
         history = await request(nc, "governor.history", {})
         assert [(r["approved_by"], r["identity"]) for r in history["resets"]] == [("operator", identity)]
 
@@ -228,7 +205,7 @@ class TestTraceIds:
         """A body `trace_id` holding CR/LF in a request refused for another reason is not echoed in the reply
         (nor its header): the governor answers with a trace id of its own; a header trace id with a space is
         refused `invalid_request`."""
-        await start_worker(config())
+        await start_worker(make_config(EXAMPLE_SWARMS))
         body = msgspec.json.encode({"swarm_id": SIP, "operation": "op", "cost": -1.0, "trace_id": "evil\r\nline"})
         msg = await nc.request("governor.cost", body, timeout=5)
         reply = msgspec.json.decode(msg.data)

@@ -10,8 +10,8 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from schemas.ledger import CoreState, LedgerEntry
-from schemas.profiles import SwarmProfile
 from schemas.requests import CostRequest, StatusRequest
+from tests.factories import profile
 from worker.core.governor import Governor
 from worker.errors import GovernorError
 from worker.ops.metrics import Metrics
@@ -97,13 +97,7 @@ def cost(event_id: str, amount: float) -> Command:
 def one_swarm() -> Governor:
     """A core with swarm `a`, 100 USD."""
     core = Governor()
-    core.register_swarm(
-        SwarmProfile(
-            swarm_id="a", capabilities=["integration:sip"], cost_per_hour=1.0, reputation_score=1.0,
-            current_budget_remaining=100.0, model="m",
-        ),
-        now=0.0,
-    )  # fmt: skip
+    core.register_swarm(profile("a", cost_per_hour=1.0, reputation_score=1.0, budget=100.0, model="m"), now=0.0)
     return core
 
 

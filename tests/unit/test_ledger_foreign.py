@@ -10,7 +10,7 @@ import pytest
 from schemas.ledger import Configure, LedgerBatch, LedgerEntry
 from schemas.policy import PolicyRule, ResourcePolicy
 from schemas.requests import CostRequest
-from tests.unit.helpers import NOW
+from tests.factories import NOW
 from worker.core.governor import Governor
 from worker.service.dispatch import replay_command
 from worker.storage.entries import MAX_REASON, LedgerForeign, decode_message, decode_snapshot, short_reason

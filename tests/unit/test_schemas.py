@@ -153,8 +153,8 @@ class TestRequestDecoding:
         """A cost of exactly 0 is valid."""
         assert msgspec.json.Decoder(CostRequest).decode(body(COST, cost=0)).cost == 0.0
 
-    def test_register_matches_seed_profile(self) -> None:
-        """The seed's session-4-sip profile decodes as a RegisterRequest and as a SwarmProfile alike."""
+    def test_register_matches_the_example_profile(self) -> None:
+        """`IF.governor.md`'s session-4-sip profile decodes as a RegisterRequest and as a SwarmProfile alike."""
         request = msgspec.json.Decoder(RegisterRequest).decode(body(REGISTER))
         swarm = msgspec.json.Decoder(SwarmProfile).decode(body(REGISTER))
         assert {k: v for k, v in msgspec.to_builtins(request).items() if k in REGISTER} == REGISTER

@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from schemas.events import BreakerTripped
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
+from tests.factories import NOW, governed, profile
 from worker.core import matching
 from worker.core.governor import Governor
-
-NOW = 1_700_000_000.0
 
 POOL = (
     "integration:sip",
@@ -48,13 +47,12 @@ class Spec:
     reregister: bool  # deregistered and registered again, which moves it to the end of the order
 
     def profile(self) -> SwarmProfile:
-        return SwarmProfile(
-            swarm_id=self.swarm_id,
-            capabilities=self.capabilities,
+        return profile(
+            self.swarm_id,
+            self.capabilities,
             cost_per_hour=self.cost_per_hour,
             reputation_score=self.reputation_score,
-            current_budget_remaining=self.budget,
-            model="haiku",
+            budget=self.budget,
         )
 
 
@@ -89,9 +87,7 @@ policies = st.builds(
 
 def build(specs: list[Spec], policy: ResourcePolicy) -> tuple[Governor, list[Spec]]:
     """Register the specs, re-register the flagged ones, apply trips and exhaustion; return the registry order."""
-    governor = Governor(policy)
-    for spec in specs:
-        governor.register_swarm(spec.profile(), now=NOW)
+    governor = governed(*(spec.profile() for spec in specs), policy=policy)
     moved = [s for s in specs if s.reregister]
     for spec in moved:
         governor.deregister_swarm(spec.swarm_id, now=NOW)
@@ -108,7 +104,7 @@ def build(specs: list[Spec], policy: ResourcePolicy) -> tuple[Governor, list[Spe
 def reference(
     order: list[Spec], required: list[str], max_cost: float, max_swarms: int, policy: ResourcePolicy
 ) -> tuple[list[tuple[str, float, float]], dict[str, str]]:
-    """Scan every swarm, filter in the seed's order, score, sort by (-score, registration order)."""
+    """Scan every swarm, filter in the order `IF.governor.md` gives, score, sort by (-score, registration order)."""
     req = set(required)
     ranked: list[tuple[float, int, str, float]] = []
     rejected: dict[str, str] = {}
@@ -198,21 +194,13 @@ class TestBudgetProperties:
         self, budgets_cents: list[int], charges: list[tuple[int, int]]
     ) -> None:
         """Remaining = initial − Σ costs to the cent; the breaker trips iff a prefix sum reached the budget, once."""
-        governor = Governor()
         ids = [f"s{i}" for i in range(5)]
-        for swarm_id, cents in zip(ids, budgets_cents, strict=True):
-            governor.register_swarm(
-                SwarmProfile(
-                    swarm_id=swarm_id,
-                    capabilities=["integration:sip"],
-                    cost_per_hour=1.0,
-                    reputation_score=1.0,
-                    current_budget_remaining=cents / 100,
-                    model="haiku",
-                ),
-                now=NOW,
+        governor = governed(
+            *(
+                profile(swarm_id, ["integration:sip"], cost_per_hour=1.0, reputation_score=1.0, budget=cents / 100)
+                for swarm_id, cents in zip(ids, budgets_cents, strict=True)
             )
-        governor.take_events()
+        )
 
         spent = [0] * 5
         operations = [0] * 5
@@ -249,17 +237,8 @@ class TestBudgetProperties:
     )
     def test_event_ids_apply_at_most_once(self, budget_cents: int, charges: list[tuple[str | None, int]]) -> None:
         """Costs carrying an event_id already applied are ignored; the remaining budget counts each id once."""
-        governor = Governor()
-        governor.register_swarm(
-            SwarmProfile(
-                swarm_id="s",
-                capabilities=["integration:sip"],
-                cost_per_hour=1.0,
-                reputation_score=1.0,
-                current_budget_remaining=budget_cents / 100,
-                model="haiku",
-            ),
-            now=NOW,
+        governor = governed(
+            profile("s", ["integration:sip"], cost_per_hour=1.0, reputation_score=1.0, budget=budget_cents / 100)
         )
         seen: set[str] = set()
         spent = 0

@@ -5,24 +5,17 @@ from __future__ import annotations
 
 from schemas.profiles import SwarmProfile
 from schemas.requests import PAGE_DEFAULT
-from tests.unit.helpers import NOW, governed
+from tests.factories import NOW, SIP, governed, profile
 from worker.core.governor import Governor
 
-SIP = "integration:sip"
 
-
-def swarm(i: int, budget: float = 25.0) -> SwarmProfile:
-    return SwarmProfile(
-        swarm_id=f"s{i:04d}",
-        capabilities=[SIP],
-        cost_per_hour=2.0 + i,
-        reputation_score=0.9,
-        current_budget_remaining=budget,
-        model="haiku",
-    )
+def numbered(i: int) -> SwarmProfile:
+    """Swarm `s0000`, `s0001`, ... costing 2.0 + i an hour: the lower the number, the better the value."""
+    return profile(f"s{i:04d}", cost_per_hour=2.0 + i)
 
 
 def status_walk(core: Governor, limit: int | None = None) -> list[list[str]]:
+    """The swarm ids of every status page, from the first to the last."""
     pages: list[list[str]] = []
     cursor: str | None = None
     while True:
@@ -36,14 +29,14 @@ def status_walk(core: Governor, limit: int | None = None) -> list[list[str]]:
 class TestStatusPages:
     def test_a_walk_sees_every_swarm_once_in_registration_order(self) -> None:
         """With 250 swarms, the default page is 100 swarms; three pages hold all 250, in order, once each."""
-        core = governed(*(swarm(i) for i in range(250)))
+        core = governed(*(numbered(i) for i in range(250)))
         pages = status_walk(core)
         assert [len(p) for p in pages] == [PAGE_DEFAULT, PAGE_DEFAULT, 50]
         assert [s for page in pages for s in page] == [f"s{i:04d}" for i in range(250)]
 
     def test_a_page_reports_budgets_breakers_and_holds_of_its_swarms_only(self) -> None:
         """Budgets, breakers and holds in a page are exactly those of the page's swarms."""
-        core = governed(*(swarm(i) for i in range(5)))
+        core = governed(*(numbered(i) for i in range(5)))
         core.track_cost("s0001", "op", 30.0, now=NOW)  # trips s0001
         core.assign("t", [SIP], now=NOW, max_cost=100.0, estimated_cost=1.0)  # holds on s0000 (the cheapest)
         first = core.status(now=NOW, limit=2)
@@ -58,10 +51,10 @@ class TestStatusPages:
 
     def test_removing_or_adding_a_swarm_between_pages_shifts_nothing(self) -> None:
         """A swarm removed from the first page, and one registered during the walk, neither repeat nor hide others."""
-        core = governed(*(swarm(i) for i in range(6)))
+        core = governed(*(numbered(i) for i in range(6)))
         first = core.status(now=NOW, limit=3)
         core.deregister_swarm("s0000", now=NOW)
-        core.register_swarm(swarm(6), now=NOW)
+        core.register_swarm(numbered(6), now=NOW)
         second = core.status(now=NOW, limit=3, cursor=first.next_cursor)
         assert [s.swarm_id for s in first.swarms] == ["s0000", "s0001", "s0002"]
         assert [s.swarm_id for s in second.swarms] == ["s0003", "s0004", "s0005"]
@@ -77,7 +70,7 @@ class TestStatusPages:
 class TestHistoryPages:
     def test_a_walk_goes_from_the_newest_page_to_the_oldest(self) -> None:
         """250 assignments, pages of 100: newest first, each page oldest-first inside, every record once."""
-        core = governed(swarm(0))
+        core = governed(numbered(0))
         for i in range(250):
             core.assign(f"t{i}", [SIP], now=NOW + i, max_cost=100.0)
         seen: list[str] = []
@@ -94,7 +87,7 @@ class TestHistoryPages:
 
     def test_new_records_during_a_walk_do_not_shift_it(self) -> None:
         """Assignments made after the first page was read appear in no later page of the walk."""
-        core = governed(swarm(0))
+        core = governed(numbered(0))
         for i in range(10):
             core.assign(f"t{i}", [SIP], now=NOW, max_cost=100.0)
         first, _, cursor = core.history(4, None)
@@ -108,7 +101,7 @@ class TestHistoryPages:
 
     def test_the_walk_ends_where_the_bounded_history_ends(self) -> None:
         """With a history limit of 5, only the 5 newest of 12 are kept: the walk ends after them."""
-        core = governed(swarm(0), history_limit=5)
+        core = governed(numbered(0), history_limit=5)
         for i in range(12):
             core.assign(f"t{i}", [SIP], now=NOW, max_cost=100.0)
         first, _, cursor = core.history(3, None)
@@ -121,7 +114,7 @@ class TestHistoryPages:
 
     def test_resets_and_assignments_page_together(self) -> None:
         """One cursor walks both lists: a page holds up to `limit` of each, and the walk ends when both do."""
-        core = governed(swarm(0))
+        core = governed(numbered(0))
         for i in range(3):
             core.assign(f"t{i}", [SIP], now=NOW, max_cost=100.0)
         for i in range(5):
@@ -134,21 +127,11 @@ class TestHistoryPages:
         assert [r.approved_by for r in r1 + r2 + r3] == ["op3", "op4", "op1", "op2", "op0"]
         assert cursor3 is None
 
-    def test_positions_survive_a_snapshot(self) -> None:
-        """A cursor taken before a snapshot still continues the same walk on the restored core."""
-        core = governed(swarm(0))
-        for i in range(6):
-            core.assign(f"t{i}", [SIP], now=NOW, max_cost=100.0)
-        _, _, cursor = core.history(2, None)
-        restored = Governor.from_state(core.export_state())
-        page, _, _ = restored.history(2, cursor)
-        assert [r.task_id for r in page] == ["t2", "t3"]
-
 
 class TestExplainPages:
     def test_explain_pages_follow_the_registry(self) -> None:
         """`explain` explains `explain_limit` swarms at a time and names the cursor of the next page."""
-        core = governed(*(swarm(i) for i in range(5)))
+        core = governed(*(numbered(i) for i in range(5)))
         first = core.assign("t", [SIP], now=NOW, max_cost=3.5, explain=True, explain_limit=3)
         assert isinstance(first.explanation, list)
         assert [e.swarm_id for e in first.explanation] == ["s0000", "s0001", "s0002"]

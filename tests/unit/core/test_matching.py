@@ -1,4 +1,5 @@
-"""The decision core's matching: coverage, the filters in the seed's order, scoring, tie-breaks and history."""
+"""Matching: coverage, the filters in their order, scoring, tie-breaks, the number of swarms, explanations,
+the capability vocabulary and the assignment history."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import pytest
 
 from schemas.events import WitnessRecord
 from schemas.policy import PRESETS, ResourcePolicy
-from schemas.profiles import SwarmProfile
-from schemas.replies import Assignment, AssignmentRecord
-from tests.unit.helpers import NOW, governed
+from schemas.replies import Assignment, AssignmentRecord, SwarmExplanation
+from tests.factories import NOW, SIP, governed, profile
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.governor import Governor
 from worker.errors import InvalidRequest, UnknownCapability
 
-SIP = "integration:sip"
 NDI = "integration:ndi"
 WEBRTC = "integration:webrtc"
 H323 = "integration:h323"
@@ -25,25 +24,8 @@ WRITING = "docs:technical-writing"
 FIVE = [SIP, NDI, WEBRTC, H323, PYTHON]
 
 
-def profile(
-    swarm_id: str,
-    capabilities: list[str],
-    cost_per_hour: float = 2.0,
-    reputation_score: float = 0.9,
-    budget: float = 25.0,
-    model: str = "haiku",
-) -> SwarmProfile:
-    return SwarmProfile(
-        swarm_id=swarm_id,
-        capabilities=capabilities,
-        cost_per_hour=cost_per_hour,
-        reputation_score=reputation_score,
-        current_budget_remaining=budget,
-        model=model,
-    )
-
-
 def explain(governor: Governor, required: list[str], **kwargs: object) -> dict[str, str]:
+    """The `rejected` of an explained assign: each swarm that does not qualify, with the first filter it failed."""
     reply = governor.assign("task-x", required, now=NOW, explain=True, **kwargs)  # type: ignore[arg-type]
     assert isinstance(reply.rejected, dict)
     return reply.rejected
@@ -201,7 +183,7 @@ class TestScoring:
         assert reply.assignments[0].score == (0.8 * 0.6) / 3.0
 
     def test_highest_score_wins_over_higher_reputation(self) -> None:
-        """The seed's example: Haiku (0.45) beats Sonnet (0.0633..) despite the lower reputation."""
+        """`IF.governor.md`'s example: Haiku (0.45) beats Sonnet (0.0633..) despite the lower reputation."""
         governor = governed(
             profile("swarm-b", [SIP, H323, SECURITY, PYTHON], cost_per_hour=15.0, reputation_score=0.95),
             profile("swarm-a", [SIP, H323], cost_per_hour=2.0, reputation_score=0.90),
@@ -318,9 +300,47 @@ class TestMaxSwarms:
         assert [a.swarm_id for a in governor.assign("t", [SIP], now=NOW).assignments] == ["a"]
 
 
+class TestValueOrderWalk:
+    """Tasks needing all their capabilities walk the rarest one's value-sorted list (see `Governor._rank`)."""
+
+    def test_a_better_swarm_missing_one_capability_is_passed_over(self) -> None:
+        """Of [SIP, NDI, WEBRTC], the cheap swarm has SIP (the rarest) and NDI but not WEBRTC: the next one wins."""
+        governor = governed(
+            profile("cheap", [SIP, NDI], cost_per_hour=0.5),
+            profile("cheap-webrtc", [SIP, WEBRTC], cost_per_hour=0.6),
+            profile("full", [SIP, NDI, WEBRTC], cost_per_hour=3.0),
+            *(profile(f"n{i}", [NDI, WEBRTC, PYTHON]) for i in range(5)),  # NDI and WEBRTC are common, SIP rare
+        )
+        reply = governor.assign("t", [NDI, WEBRTC, SIP], now=NOW, max_swarms=2)
+        assert [a.swarm_id for a in reply.assignments] == ["full"]
+
+    def test_the_walk_stops_at_max_swarms_in_value_order(self) -> None:
+        """Ten swarms hold both capabilities; the three best values come back, best first, ties by registration."""
+        governor = governed(
+            *(profile(f"s{i}", [SIP, NDI], cost_per_hour=float(10 - i % 4)) for i in range(10)),
+        )
+        reply = governor.assign("t", [SIP, NDI], now=NOW, max_swarms=3)
+        assert [a.swarm_id for a in reply.assignments] == ["s3", "s7", "s2"]
+
+
+class TestExplain:
+    def test_every_swarm_with_coverage_score_and_filter(self) -> None:
+        """Explain lists every registered swarm, in order, with coverage, score and the first failing filter."""
+        governor = governed(
+            profile("a", capabilities=[SIP, PYTHON]), profile("b", capabilities=[PYTHON], cost_per_hour=4.0)
+        )
+        reply = governor.assign("t", [SIP, PYTHON], now=NOW, explain=True)
+        assert reply.explanation == [
+            SwarmExplanation(swarm_id="a", capability_match=1.0, score=0.45, rejected_by=None),
+            SwarmExplanation(
+                swarm_id="b", capability_match=0.5, score=0.1125, rejected_by="capability_match_below_threshold"
+            ),
+        ]
+
+
 class TestCapabilities:
-    def test_seed_has_22_builtin_capabilities(self) -> None:
-        """The vocabulary starts with the seed's 22 `category:skill` names."""
+    def test_22_builtin_capabilities(self) -> None:
+        """The vocabulary starts with the 22 `category:skill` names of `IF.governor.md`."""
         assert len(BUILTIN_CAPABILITIES) == 22
         assert len(set(BUILTIN_CAPABILITIES)) == 22
         assert len(Governor().vocabulary) == 22
@@ -383,8 +403,8 @@ class TestCapabilities:
 
 
 class TestValidateCapabilityMatch:
-    def test_seed_example(self) -> None:
-        """The seed's example: required [sip] against [sip, h323] is (True, 1.0)."""
+    def test_the_documented_example(self) -> None:
+        """`IF.governor.md`'s example: required [sip] against [sip, h323] is (True, 1.0)."""
         assert Governor().validate_capability_match([SIP], [SIP, H323]) == (True, 1.0)
 
     def test_four_of_five(self) -> None:
@@ -514,90 +534,3 @@ class TestHistory:
                 trace_id="tr-9",
             )
         ]
-
-
-class TestSeedScenarios:
-    def test_scenario_1_basic_task_assignment(self) -> None:
-        """Scenario 1: the SIP task goes to session-4-sip (score 0.95 / 15) and its cost is tracked."""
-        governor = governed(
-            profile("session-4-sip", [SIP, H323], 15.0, 0.95, 25.0, "sonnet"),
-            profile("session-1-ndi", [NDI], 2.0, 0.90, 25.0, "haiku"),
-        )
-        reply = governor.assign("task-1", [SIP], now=NOW, max_cost=20.0)
-        assert reply.swarm_id == "session-4-sip"
-        assert reply.assignments == [Assignment(swarm_id="session-4-sip", capability_match=1.0, score=0.95 / 15.0)]
-        assert reply.assignments[0].score == pytest.approx(0.06333333333333334)
-        cost = governor.track_cost("session-4-sip", "sip_integration", 2.5, now=NOW)
-        assert (cost.remaining, cost.tripped) == (22.5, False)
-
-    def test_scenario_2_budget_exhaustion_and_circuit_breaker(self) -> None:
-        """Scenario 2: 5.0 − 2.0 − 2.0 − 2.0 = −1.0 trips the breaker; nothing qualifies until a reset of 25.0."""
-        governor = governed(profile("session-test", [PYTHON], 15.0, 0.95, 5.0, "sonnet"))
-        remaining = []
-        for i in (1, 2, 3):
-            assert governor.find_qualified_swarm([PYTHON], 20.0) == "session-test"
-            reply = governor.track_cost("session-test", f"task-{i}", 2.0, now=NOW + i)
-            remaining.append((reply.remaining, reply.tripped))
-        assert remaining == [(3.0, False), (1.0, False), (-1.0, True)]
-        assert governor.get_circuit_breaker_status()["session-test"].reason == "budget_exhausted"
-        assert governor.find_qualified_swarm([PYTHON], 20.0) is None
-        governor.reset_circuit_breaker("session-test", 25.0, approved_by="alice", now=NOW + 10)
-        assert governor.find_qualified_swarm([PYTHON], 20.0) == "session-test"
-        assert governor.get_budget_report() == {"session-test": 25.0}
-
-    def test_scenario_3_multi_swarm_task_distribution(self) -> None:
-        """Scenario 3: each single-protocol task goes to the one swarm that holds that protocol."""
-        governor = governed(
-            profile("session-1-ndi", [NDI], 2.0, 0.90, 25.0, "haiku"),
-            profile("session-2-webrtc", [WEBRTC], 15.0, 0.92, 25.0, "sonnet"),
-            profile("session-3-h323", [H323], 2.0, 0.88, 25.0, "haiku"),
-            profile("session-4-sip", [SIP], 15.0, 0.95, 25.0, "sonnet"),
-        )
-        expected = {
-            NDI: ("session-1-ndi", 0.90 / 2.0),
-            WEBRTC: ("session-2-webrtc", 0.92 / 15.0),
-            H323: ("session-3-h323", 0.88 / 2.0),
-            SIP: ("session-4-sip", 0.95 / 15.0),
-        }
-        for cap, (swarm_id, score) in expected.items():
-            reply = governor.assign(f"task-{cap}", [cap], now=NOW, max_cost=20.0)
-            assert reply.assignments == [Assignment(swarm_id=swarm_id, capability_match=1.0, score=score)]
-
-    def test_scenario_4_cost_optimization(self) -> None:
-        """Scenario 4: haiku (0.60) beats sonnet (0.0633..) and opus (0.0133..) for the same capability."""
-        governor = governed(
-            profile("haiku-swarm", [PYTHON], 1.5, 0.90, 25.0, "haiku"),
-            profile("sonnet-swarm", [PYTHON], 15.0, 0.95, 25.0, "sonnet"),
-            profile("opus-swarm", [PYTHON], 75.0, 1.0, 25.0, "opus"),
-        )
-        assert governor.find_qualified_swarm([PYTHON], 100.0) == "haiku-swarm"
-        reply = governor.assign("task-1", [PYTHON], now=NOW, max_cost=100.0, max_swarms=3)
-        assert [(a.swarm_id, a.score) for a in reply.assignments] == [
-            ("haiku-swarm", 0.6),
-            ("sonnet-swarm", 0.95 / 15.0),
-            ("opus-swarm", 1.0 / 75.0),
-        ]
-        assert [round(a.score, 4) for a in reply.assignments] == [0.6, 0.0633, 0.0133]
-
-
-class TestValueOrderWalk:
-    """Tasks needing all their capabilities walk the rarest one's value-sorted list (see `Governor._rank`)."""
-
-    def test_a_better_swarm_missing_one_capability_is_passed_over(self) -> None:
-        """Of [SIP, NDI, WEBRTC], the cheap swarm has SIP (the rarest) and NDI but not WEBRTC: the next one wins."""
-        governor = governed(
-            profile("cheap", [SIP, NDI], cost_per_hour=0.5),
-            profile("cheap-webrtc", [SIP, WEBRTC], cost_per_hour=0.6),
-            profile("full", [SIP, NDI, WEBRTC], cost_per_hour=3.0),
-            *(profile(f"n{i}", [NDI, WEBRTC, PYTHON]) for i in range(5)),  # NDI and WEBRTC are common, SIP rare
-        )
-        reply = governor.assign("t", [NDI, WEBRTC, SIP], now=NOW, max_swarms=2)
-        assert [a.swarm_id for a in reply.assignments] == ["full"]
-
-    def test_the_walk_stops_at_max_swarms_in_value_order(self) -> None:
-        """Ten swarms hold both capabilities; the three best values come back, best first, ties by registration."""
-        governor = governed(
-            *(profile(f"s{i}", [SIP, NDI], cost_per_hour=float(10 - i % 4)) for i in range(10)),
-        )
-        reply = governor.assign("t", [SIP, NDI], now=NOW, max_swarms=3)
-        assert [a.swarm_id for a in reply.assignments] == ["s3", "s7", "s2"]
