@@ -100,10 +100,17 @@ class Actor:
         metrics.per_swarm_from(lambda: self.core.gauges())
         metrics.evictions_from(lambda: dict(self.core.evicted))
 
-    async def run(self) -> None:
+    async def run(self, term: asyncio.TaskGroup | None = None) -> None:
         """Serve until the mailbox is closed and drained and every write is settled. An exception here is the
-        actor's death: the worker's supervisor stops serving and starts a fresh term."""
-        async with asyncio.TaskGroup() as self._writers:  # the snapshot writer: its failure is the actor's
+        actor's death: the worker's supervisor stops serving and starts a fresh term.
+
+        The snapshot writer runs in `term`, the task group of the serving term (beside the actor and the lease
+        renewer: the failure of one ends them all); without one, in a group of the actor's own."""
+        if term is not None:
+            self._writers = term
+            await self._loop()
+            return
+        async with asyncio.TaskGroup() as self._writers:
             await self._loop()
         self._writers = None
 

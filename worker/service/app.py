@@ -292,7 +292,7 @@ class Worker:
         # (with 100,000 swarms a full collection otherwise stalls the actor for tens of milliseconds).
         gc.collect()
         gc.freeze()
-        task = term.create_task(actor.run(), name="governor-actor")
+        task = term.create_task(actor.run(term), name="governor-actor")
         self.actor, self._actor_task = actor, task
         await self.bus.start()
         startup_events = core.take_events()  # e.g. the config's swarms registered at start
