@@ -51,3 +51,6 @@ WitnessOperation = Literal[
 MANUAL_TRIP_REASONS: tuple[str, ...] = get_args(ManualTripReason)
 RECOVERABLE: frozenset[str] = frozenset(get_args(RecoverableTripReason))
 WITNESS_OPERATIONS: tuple[str, ...] = get_args(WitnessOperation)
+
+#: Witness operations no ledger entry causes (refusals): stored apart from the decisions, without a position.
+UNPOSITIONED_OPERATIONS: tuple[str, ...] = ("request_rejected", "ledger_message_quarantined")

@@ -106,6 +106,21 @@ class LedgerSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """After each snapshot, purge the entries before the previous one: the stream holds about two intervals."""
 
 
+class AuditSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The stored audit trail (durable mode): every event and witness record in JetStream, replicas as the ledger's."""
+
+    enabled: bool = True
+    max_age_days: Annotated[float, Meta(gt=0.0, le=36_500.0)] = 400.0
+    """Records older than this are removed (a year and a month: "who reset swarm X last month?" has its answer)."""
+    max_bytes: Annotated[int, Meta(ge=1_048_576)] = 1 << 30
+    """The oldest records are removed beyond this size (1 GiB)."""
+    refusals_max_bytes: Annotated[int, Meta(ge=1_048_576)] = 256 << 20
+    """The refused requests' records (`request_rejected`, `ledger_message_quarantined`) are kept apart, within this
+    size: a client that floods refused requests cannot push the decisions out."""
+    ack_timeout_s: Annotated[float, Meta(gt=0.0, le=300.0)] = 5.0
+    """A record JetStream has not acknowledged within this is published again (stored once: `Nats-Msg-Id`)."""
+
+
 class SecuritySection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Who may be answered and who may do what (SECURITY.md draws the whole threat model)."""
 
@@ -134,6 +149,7 @@ class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsSection = MetricsSection()
     ledger: LedgerSection = LedgerSection()
     security: SecuritySection = SecuritySection()
+    audit: AuditSection = AuditSection()
     policies: dict[Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]*\Z", max_length=64)], ResourcePolicy] = {}
     """Named policies for `rules:` (the presets strict, permissive and production are always there)."""
     rules: list[PolicyRule] = []

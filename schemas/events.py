@@ -20,6 +20,17 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     user: str
 
 
+class Position(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a stored record comes from: the ledger message (`seq`, and its hash `batch`) whose commands caused it,
+    and its place among that message's records (`index`). `<seq>.<index>` is its `Nats-Msg-Id`: a record published
+    again after a crash is stored once."""
+
+    seq: int
+    index: int
+    batch: str
+    """The SHA-256 (hex) of the ledger message: an exported audit can be checked against the ledger."""
+
+
 class BreakerTripped(msgspec.Struct, frozen=True, kw_only=True):
     """Published on `<prefix>.events.breaker.tripped`."""
 
@@ -31,6 +42,8 @@ class BreakerTripped(msgspec.Struct, frozen=True, kw_only=True):
     trace_id: str
     identity: Identity | msgspec.UnsetType = msgspec.UNSET
     """The authenticated sender of the request that caused it (absent where the deployment does not stamp one)."""
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
 
 class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,6 +56,8 @@ class BreakerReset(msgspec.Struct, frozen=True, kw_only=True):
     trace_id: str
     identity: Identity | msgspec.UnsetType = msgspec.UNSET
     """The authenticated sender of the request that caused it (absent where the deployment does not stamp one)."""
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
 
 class BreakerHalfOpen(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +68,8 @@ class BreakerHalfOpen(msgspec.Struct, frozen=True, kw_only=True):
     probes: int
     at: float
     trace_id: str
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
 
 class BreakerClosed(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,6 +79,8 @@ class BreakerClosed(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     closed_at: float
     trace_id: str
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
 
 class EscalationContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +98,8 @@ class Escalation(msgspec.Struct, frozen=True, kw_only=True):
     context: EscalationContext
     trace_id: str
     severity: Severity = "HIGH"
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
 
 class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +113,8 @@ class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
     trace_id: str
     identity: Identity | msgspec.UnsetType = msgspec.UNSET
     """The authenticated sender of the request (absent where the deployment does not stamp one)."""
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
 
 Event = BreakerTripped | BreakerReset | BreakerHalfOpen | BreakerClosed | Escalation | WitnessRecord

@@ -28,9 +28,12 @@ class LedgerEntry(msgspec.Struct, frozen=True, array_like=True, omit_defaults=Tr
 
 
 class LedgerBatch(msgspec.Struct, frozen=True, array_like=True):
-    """One ledger message: the commands of one actor batch (group commit)."""
+    """One ledger message: the commands of one actor batch (group commit), chained to the message before it."""
 
     entries: list[LedgerEntry]
+    prev: str = ""
+    """The SHA-256 (hex) of the previous ledger message as stored ("" for the first, and in earlier versions'
+    messages): `governor ledger verify` walks the chain and reports the first message that does not follow."""
 
 
 class Configure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -86,3 +89,5 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     history_seq: int = 0
     """Assignment records ever kept (the position of the next one, for history cursors); 0 in older snapshots."""
     resets_seq: int = 0
+    ledger_hash: str = ""
+    """The SHA-256 of the ledger message at `seq` (the chain's link for the entries after the snapshot)."""

@@ -12,9 +12,10 @@ prefix (`connect(..., inbox_prefix="_INBOX_alice")`) and let the server allow ea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from schemas.codes import WITNESS_OPERATIONS
 from schemas.endpoints import BY_NAME, BY_REQUEST
 from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
 from schemas.profiles import SwarmProfile
@@ -304,6 +306,24 @@ class GovernorClient:
             assignments, resets = assignments[-limit:], resets[-limit:]
         return msgspec.structs.replace(reply, assignments=assignments, resets=resets, next_cursor=None)
 
+    async def audit(
+        self, *, operation: str | None = None, since: float | None = None, follow: bool = False
+    ) -> AsyncGenerator[tuple[str, float, Event], None]:
+        """The stored audit trail: (subject, when stored, record) of every event and witness record kept, oldest
+        first, from the time `since` (Unix seconds; None: the oldest kept), of one `operation` (a witness operation
+        or an event such as `breaker.tripped`; None: all decisions and events); with `follow`, then the new ones.
+        Reads the governor's JetStream streams: the connection's account must reach them (see the README)."""
+        from worker.storage.audit import AuditLog  # only readers of the trail need JetStream
+
+        types: dict[str, type[Any]] = {f"{self.prefix}.{subject}": t for t, subject in EVENT_SUBJECTS.items()}
+        log = AuditLog(self.nc, prefix=self.prefix)
+        async with contextlib.aclosing(
+            log.read(audit_subject(self.prefix, operation), since=since, follow=follow)
+        ) as read:
+            async for record in read:
+                event_type = types.get(record.subject, WitnessRecord)
+                yield record.subject, record.stored_at, msgspec.json.decode(record.body, type=event_type)
+
     async def events(self, *, witness: bool = False) -> AsyncIterator[tuple[str, Event]]:
         """Breaker, reset and escalation events (and witness records with `witness`) as they arrive."""
         types: dict[str, type[Any]] = {f"{self.prefix}.{subject}": t for t, subject in EVENT_SUBJECTS.items()}
@@ -324,6 +344,19 @@ class GovernorClient:
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+
+
+def audit_subject(prefix: str, operation: str | None) -> str | None:
+    """The stored records' subject for an operation: a witness operation (`cost_tracked`) or an event
+    (`breaker.tripped`, `escalation`); None for every decision and event. ValueError names the known ones."""
+    if operation is None:
+        return None
+    if operation in WITNESS_OPERATIONS:
+        return f"{prefix}.witness.{operation}"
+    events = {subject.removeprefix("events."): subject for subject in EVENT_SUBJECTS.values()}
+    if operation in events:
+        return f"{prefix}.{events[operation]}"
+    raise ValueError(f"unknown operation {operation!r}; known: {', '.join([*WITNESS_OPERATIONS, *events])}")
 
 
 def _given(**fields: Any) -> dict[str, Any]:

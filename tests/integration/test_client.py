@@ -22,6 +22,7 @@ from schemas.events import (
     Escalation,
     EscalationContext,
     Event,
+    Position,
     WitnessRecord,
 )
 from schemas.policy import ResourcePolicy
@@ -320,8 +321,10 @@ class TestEvents:
             timestamp=record.timestamp,
             severity="INFO",
             trace_id="trace-cost",
+            position=record.position,
         )
         assert re.fullmatch(r"[0-9a-f]{32}", record.params["event_id"])
+        assert isinstance(record.position, Position) and record.position.index == 0  # its first record in the ledger
 
     async def test_half_open_and_closed_events(self, start_worker: WorkerFactory, nats_server: NatsServer) -> None:
         """After a failure trip and its cool-down, `events()` yields BreakerHalfOpen, then BreakerClosed once

@@ -355,6 +355,21 @@ class TestVerify:
         assert (report.messages, report.entries) == (2, 3)
         assert report.problems == [Problem(2, "missing from the stream")]
 
+    async def test_a_message_that_does_not_follow_the_one_before_breaks_the_chain(
+        self, nc: Client, ledger: Ledger
+    ) -> None:
+        """Each message names the SHA-256 of the one before it: the governor's own messages form a clean chain; a
+        batch of valid entries written by another (naming another predecessor, or none after a chained one) is
+        reported by sequence as a break, and so is the message after a changed one."""
+        assert (await verify(Ledger(nc, prefix="verifytest"))).problems == []
+        forged = msgspec.json.encode(LedgerBatch([cost(5.0, "forged")], "0" * 64))
+        unchained = msgspec.json.encode(LedgerBatch([cost(6.0, "unchained")]))
+        seqs = await publish_raw(nc, ledger.subject, [forged, unchained], stream=ledger.stream)
+        report = await verify(Ledger(nc, prefix="verifytest"))
+        assert [p.seq for p in report.problems] == seqs
+        assert all("breaks the hash chain" in p.reason for p in report.problems), report.problems
+        assert report.problems[0].reason.startswith("breaks the hash chain: it follows 0000000000000000, ")
+
     async def test_a_snapshot_beyond_the_end_is_reported(self, nc: Client, ledger: Ledger) -> None:
         """A snapshot at a sequence the stream never reached is reported and not counted as a snapshot."""
         await ledger.save_snapshot(empty_snapshot(99), 99)

@@ -85,8 +85,8 @@ def break_actors(worker: Worker, launch: Any) -> None:
     worker.actor.launch = launch.__get__(worker.actor)  # type: ignore[method-assign]
     serve = worker.serve
 
-    async def serve_broken(core: Any, term: asyncio.TaskGroup) -> tuple[Actor, asyncio.Task[None]]:
-        actor, task = await serve(core, term)
+    async def serve_broken(core: Any, term: asyncio.TaskGroup, backlog: Any = ()) -> tuple[Actor, asyncio.Task[None]]:
+        actor, task = await serve(core, term, backlog)
         actor.launch = launch.__get__(actor)  # type: ignore[method-assign]
         return actor, task
 

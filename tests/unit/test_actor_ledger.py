@@ -18,7 +18,7 @@ from worker.ops.metrics import Metrics
 from worker.service.actor import Actor
 from worker.service.mailbox import Command, Mailbox
 from worker.storage.entries import LedgerAmbiguous, LedgerFenced, LedgerUnavailable, decode_entry
-from worker.storage.journal import Write
+from worker.storage.journal import Message, Write
 
 
 class StreamLedger:
@@ -43,10 +43,10 @@ class StreamLedger:
     async def save_snapshot(self, data: bytes, seq: int) -> None:
         raise AssertionError("no snapshot is taken in these tests")
 
-    async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Any]]]:
-        for message in self.stream[self.seq :]:
+    async def read_tail(self, until: int | None = None) -> AsyncIterator[Message]:
+        for message in self.stream[self.seq : until]:
             self.seq += 1
-            yield [(entry, decode_entry(entry.kind, entry.body)) for entry in message]
+            yield Message(self.seq, "", [(entry, decode_entry(entry.kind, entry.body)) for entry in message])
         self.tail = self.seq
 
 
@@ -83,6 +83,12 @@ class Outbox:
         self.replies.append(error.code)
 
     async def publish(self, events: list[Any]) -> None:
+        return None
+
+    async def stored(self, seq: int) -> bool:
+        return True
+
+    async def resend(self) -> None:
         return None
 
     async def flush(self) -> None:

@@ -8,7 +8,7 @@
     governor reload                                make the governor re-read its config file
     governor trip SWARM --reason R --requested-by NAME
     governor reset SWARM --budget X --approved-by NAME [--yes]
-    governor status | history | watch              inspect
+    governor status | history | watch | audit      inspect
     governor check-config F                        validate a config file and exit
     governor schema [--out DIR]                    write the JSON Schemas and the AsyncAPI document
     governor bench [--quick | --cell WORKLOAD ...]  measure against a bare NATS responder
@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_command("watch", "print events as they arrive")
     p.add_argument("--witness", action="store_true", help="also print witness records")
     p.add_argument("--count", type=int, default=0, help="stop after this many events")
+
+    p = client_command("audit", "read the stored audit trail: events and witness records, oldest first")
+    p.add_argument("--swarm", help="only the records about this swarm")
+    p.add_argument("--operation", help="only this witness operation (cost_tracked) or event (breaker.tripped)")
+    p.add_argument("--since", help="from this time: Unix seconds or ISO 8601 (UTC unless it says)")
+    p.add_argument("--until", help="to this time")
+    p.add_argument("--follow", action="store_true", help="then the new records as they are stored")
+    p.add_argument("--json", action="store_true", help="one JSON object a line: subject, stored_at, record")
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("file")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime
+import json
 import os
 import sys
 import time
@@ -209,6 +212,49 @@ async def _watch(args: argparse.Namespace) -> int:
     return await _with_client(args, action)
 
 
+def parse_time(text: str) -> float:
+    """A point in time on the command line: Unix seconds, or an ISO 8601 date or time (UTC unless it says)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).timestamp()
+
+
+def _concerns(record: Any, swarm: str) -> bool:
+    """Whether a stored record is about `swarm` (an event's swarm, or a witness record's swarm or swarms)."""
+    if getattr(record, "swarm_id", None) == swarm:
+        return True
+    params = getattr(record, "params", None) or {}
+    return bool(params.get("swarm_id") == swarm or swarm in (params.get("swarm_ids") or ()))
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+
+    def show(subject: str, stored_at: float, record: Any) -> None:
+        body = msgspec.json.encode(record).decode()
+        if args.json:
+            print(json.dumps({"subject": subject, "stored_at": stored_at, "record": json.loads(body)}), flush=True)
+        else:
+            stamp = datetime.datetime.fromtimestamp(stored_at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            print(f"{stamp} {subject} {escape(body)}", flush=True)
+
+    async def action(client: Any) -> int:
+        records = client.audit(operation=args.operation, since=since, follow=args.follow)
+        async with contextlib.aclosing(records):
+            async for subject, stored_at, record in records:
+                if until is not None and stored_at > until:
+                    break
+                if args.swarm is None or _concerns(record, args.swarm):
+                    show(subject, stored_at, record)
+        return 0
+
+    return await _with_client(args, action)
+
+
 def check_config(args: argparse.Namespace) -> int:
     """`governor check-config F`: print what the file holds and notes on its rules (a bad file raises ConfigError)."""
     config = load_config(args.file)
@@ -294,6 +340,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": _status,
     "history": _history,
     "watch": _watch,
+    "audit": _audit,
     "ledger": _ledger,
 }
 """The operator commands that run on an event loop, by their name on the command line."""

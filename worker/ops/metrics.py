@@ -171,6 +171,17 @@ class Metrics:
         )
         r.register(self.lease_renewal)
         self.mailbox_depth = Gauge("if_governor_mailbox_depth", "Commands waiting for the actor.", registry=r)
+        self.audit_pending = Gauge(
+            "if_governor_audit_pending", "Stored records published and not yet acknowledged by JetStream.", registry=r
+        )
+        self.audit_resent = Counter(
+            "if_governor_audit_resent", "Stored records published again (not acknowledged in time).", registry=r
+        )
+        self.audit_dropped = Counter(
+            "if_governor_audit_dropped",
+            "Stored records given up unacknowledged (the next takeover publishes them again from the ledger).",
+            registry=r,
+        )
         self.batch_size = LeanHistogram(
             "if_governor_batch_size", "Commands the actor applied per batch.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )

@@ -26,6 +26,7 @@ from worker.ops.metrics import Metrics
 from worker.service.dispatch import READ_ONLY, apply
 from worker.service.mailbox import Command, Mailbox
 from worker.service.ports import Journal, Outbox, Reloads
+from worker.service.positions import Stamper
 from worker.service.replay import catch_up, snapshot_of
 from worker.storage.entries import LedgerError, LedgerFenced, LedgerUnavailable
 from worker.storage.journal import Write
@@ -120,6 +121,7 @@ class Actor:
         loop = asyncio.get_running_loop()
         while True:
             self.turned = loop.time()
+            await self.outbox.resend()
             if not flights:
                 batch = await mailbox.take(self.max_batch, timeout=HEARTBEAT_S)
                 self.turned = loop.time()
@@ -205,6 +207,10 @@ class Actor:
         """Apply a batch's commands to the core in order and perform their effects."""
         batch, results, now = flight.batch, flight.results, flight.now
         core = self.core
+        # The ledger message that holds each written command: its records are stamped with their position there.
+        written = dict(zip(flight.pending, flight.write.positions(), strict=True)) if flight.write else {}
+        stamper = Stamper()
+        events: list[Event] = []
         for i, command in enumerate(batch):
             if results[i] is not None:
                 continue
@@ -218,7 +224,10 @@ class Actor:
             except Exception as error:  # a bug: answer, log with context, keep serving the others
                 log.exception("internal error applying %s (trace %s)", type(request).__name__, command.trace_id)
                 results[i] = Unavailable(f"internal error: {type(error).__name__}")
-        events = core.take_events()
+            caused = core.take_events()
+            if caused:
+                at = written.get(i)
+                events += stamper.stamp(caused, *at) if at is not None else caused
         self._observe(batch, results, events)
         outbox = self.outbox
         for command, result in zip(batch, results, strict=True):
@@ -282,8 +291,10 @@ class Actor:
         while True:
             self.turned = asyncio.get_running_loop().time()  # waiting for storage, not stuck
             try:
-                await catch_up(self.ledger, self.core, keep_events=True)
-                return  # events of a batch that landed after all are published with this batch's
+                landed = await catch_up(self.ledger, self.core, after=(0, -1))
+                if landed.events:  # what a write that landed after all caused was never published
+                    await self.outbox.publish(landed.events)
+                return
             except Exception as exc:
                 log.warning("ledger not readable yet (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -301,6 +312,11 @@ class Actor:
 
     async def _save_snapshot(self, data: bytes, seq: int) -> None:
         assert self.ledger is not None
+        if not await self.outbox.stored(seq):
+            # Saved, it would let the ledger before it go while a record it caused may be missing from the audit
+            # trail: the next snapshot tries again, and recovery regenerates the records from the ledger.
+            log.warning("snapshot at %d not stored: its audit records are not all acknowledged yet", seq)
+            return
         try:
             await self.ledger.save_snapshot(data, seq)
         except Exception as exc:

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +29,7 @@ import msgspec
 from nats.aio.client import Client
 
 from schemas.config import Config
-from schemas.events import WitnessRecord
+from schemas.events import Event, WitnessRecord
 from schemas.requests import ReloadRequest
 from worker.core.governor import Governor
 from worker.errors import Unavailable
@@ -38,8 +38,10 @@ from worker.service.actor import Actor
 from worker.service.bootstrap import ConfigFile, build_core, empty_core
 from worker.service.bus import Bus
 from worker.service.config import connect_options, redact, without_userinfo
+from worker.service.confirmations import Confirmations
 from worker.service.mailbox import Command, Mailbox
 from worker.service.term import Terms
+from worker.storage.audit import AuditLog
 from worker.storage.journal import Ledger
 from worker.storage.lease import Lease
 
@@ -261,7 +263,9 @@ class Worker:
                 log.error("the connection to nats did not close within 10 s; left to the operating system")
         self.state = "stopped"
 
-    async def serve(self, core: Governor, term: asyncio.TaskGroup) -> tuple[Actor, asyncio.Task[None]]:
+    async def serve(
+        self, core: Governor, term: asyncio.TaskGroup, backlog: Sequence[Event] = ()
+    ) -> tuple[Actor, asyncio.Task[None]]:
         """Start the actor on `core` in the term's task group and subscribe: from now on requests are answered."""
         assert self.nc is not None
         self.core = core
@@ -276,6 +280,11 @@ class Worker:
             max_request_bytes=self.config.governor.max_request_bytes,
             pending_msgs=self.config.governor.pending_msgs_per_subject,
             pending_bytes=self.config.governor.pending_bytes_per_subject,
+            confirmations=Confirmations(
+                self.storage_nc, self.nc.publish, self.metrics, timeout=self.config.audit.ack_timeout_s
+            )
+            if self.storage_nc is not None and self.config.audit.enabled
+            else None,
         )
         actor = Actor(
             core,
@@ -295,7 +304,9 @@ class Worker:
         task = term.create_task(actor.run(term), name="governor-actor")
         self.actor, self._actor_task = actor, task
         await self.bus.start()
-        startup_events = core.take_events()  # e.g. the config's swarms registered at start
+        # What the audit trail lacks (a takeover's), then what the core recorded before serving (memory mode: the
+        # config's swarms registered at start).
+        startup_events = [*backlog, *core.take_events()]
         if startup_events:
             await self.bus.effects.publish(startup_events)
         self.state = "serving"
@@ -360,7 +371,18 @@ class Worker:
             ttl=ledger_config.lease_ttl_s,
             replicas=ledger_config.replicas,
         )
-        await Terms(self, ledger, self.lease).run()
+        audit = self.config.audit
+        trail = (
+            AuditLog(
+                self.storage_nc,
+                prefix=self.config.governor.subject_prefix,
+                replicas=ledger_config.replicas,
+                config=audit,
+            )
+            if audit.enabled
+            else None
+        )
+        await Terms(self, ledger, self.lease, trail).run()
 
     def _on_foreign(self, seq: int, reason: str) -> None:
         """A ledger message (or a snapshot, `seq` 0) that is not the governor's was passed over: count it and

@@ -42,6 +42,7 @@ from worker.errors import (
     Overloaded,
 )
 from worker.ops.metrics import Metrics
+from worker.service.confirmations import Confirmations
 from worker.service.discovery import QUEUE_GROUP, VERBS, Discovery
 from worker.service.dispatch import DECODERS, READ_ONLY, REQUEST_TYPES
 from worker.service.effects import TRACE_HEADER, Effects
@@ -103,6 +104,7 @@ class Bus:
         max_request_bytes: int = 65_536,
         pending_msgs: int = 65_536,
         pending_bytes: int = 64 * 1024 * 1024,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self.nc = nc
         self.mailbox = mailbox
@@ -110,7 +112,7 @@ class Bus:
         self.prefix = prefix
         self.clock = clock
         self.discovery = Discovery(prefix)
-        self.effects = Effects(nc, metrics, self.discovery, prefix=prefix, clock=clock)
+        self.effects = Effects(nc, metrics, self.discovery, prefix=prefix, clock=clock, confirmations=confirmations)
         self._subscriptions: list[Subscription] = []
         self._since_yield = 0  # requests handled since the intake last let the event loop run others
         self._encode = msgspec.json.Encoder().encode
@@ -131,6 +133,8 @@ class Bus:
     async def start(self) -> None:
         """Subscribe the endpoints and discovery; from now on requests flow into the mailbox."""
         subscribe = self.nc.subscribe
+        if self.effects.confirmations is not None:
+            await self.effects.confirmations.start()
         discovery = self.discovery
         for verb, answer in zip(VERBS, (discovery.ping, discovery.info, self._stats), strict=True):
             for subject in discovery.subjects(verb):

@@ -12,25 +12,45 @@ import msgspec
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
-from schemas.events import EVENT_SUBJECTS, BreakerTripped, Escalation, Event, Identity, Severity, WitnessRecord
+from schemas.events import (
+    EVENT_SUBJECTS,
+    BreakerTripped,
+    Escalation,
+    Event,
+    Identity,
+    Position,
+    Severity,
+    WitnessRecord,
+)
 from schemas.replies import ErrorBody, ErrorReply
 from worker.errors import GovernorError, ReplyTooLarge
 from worker.ops.metrics import Metrics
+from worker.service.confirmations import Confirmations
 from worker.service.discovery import Discovery
 from worker.service.mailbox import Command
 
 log = logging.getLogger("if_governor.bus")
 
 TRACE_HEADER = "X-IF-Trace-ID"
+MSG_ID_HEADER = "Nats-Msg-Id"
 
 
 class Effects:
     """Sends what the governor answers and announces, on the serving connection (the actor's `Outbox`)."""
 
     def __init__(
-        self, nc: Client, metrics: Metrics, discovery: Discovery, *, prefix: str, clock: Callable[[], float]
+        self,
+        nc: Client,
+        metrics: Metrics,
+        discovery: Discovery,
+        *,
+        prefix: str,
+        clock: Callable[[], float],
+        confirmations: Confirmations | None = None,
     ) -> None:
         self.nc = nc
+        self.confirmations = confirmations
+        """With a stored audit trail: the records with a position are published for JetStream's acknowledgement."""
         self._publish = nc.publish
         self.metrics = metrics
         self.discovery = discovery
@@ -120,32 +140,50 @@ class Effects:
         await self.send(f"{self.prefix}.witness.request_rejected", self._encode(record), None, trace_id, "event")
 
     async def publish(self, events: list[Event]) -> None:
-        """Publish the events a batch caused, in order (a refused publish is counted and logged, never raised)."""
-        publish = self._publish
+        """Publish the events a batch caused, in order (a refused publish is counted and logged, never raised).
+        With a stored audit trail, each one with a position goes with its `Nats-Msg-Id` and is kept until
+        JetStream acknowledges it."""
         encode = self._encode
         subjects = self._event_subjects
         witness = f"{self.prefix}.witness."
         debug = log.isEnabledFor(logging.DEBUG)
         for event in events:
+            data = encode(event)
             if isinstance(event, WitnessRecord):
-                data = encode(event)
                 subject = witness + event.operation
-                try:
-                    await publish(subject, data)
-                except Exception as exc:  # refused by the connection: counted, logged, the others still go
-                    self._failed("event", subject, exc, event.trace_id)
+                await self._store(event, subject, data)
                 if debug:  # every witness record, one line each, at DEBUG (one per request: too many for INFO)
                     log.debug("%s %s", event.operation, data.decode(), extra={"trace_id": event.trace_id})
             else:
-                data = encode(event)
                 subject = subjects[type(event)]
-                try:
-                    await publish(subject, data)
-                except Exception as exc:
-                    self._failed("event", subject, exc, event.trace_id)
+                await self._store(event, subject, data)
                 # Breaker transitions and escalations: one line each at INFO (WARNING for a trip).
                 level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
                 log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})
+
+    async def _store(self, event: Event, subject: str, data: bytes) -> None:
+        position = event.position
+        try:
+            if self.confirmations is None or not isinstance(position, Position):
+                await self._publish(subject, data)
+                return
+            headers = {MSG_ID_HEADER: f"{position.seq}.{position.index}"}
+            reply = self.confirmations.track(position.seq, subject, data, headers)
+            await self._publish(subject, data, reply=reply, headers=headers)
+        except Exception as exc:  # refused by the connection: counted, logged, the others still go
+            self._failed("event", subject, exc, event.trace_id)
+
+    async def stored(self, seq: int, wait_s: float | None = None) -> bool:
+        """Whether every record of the ledger messages up to `seq` is stored (waiting up to `wait_s`, by default a
+        few acknowledgement times)."""
+        if self.confirmations is None:
+            return True
+        return await self.confirmations.stored(seq, 3 * self.confirmations.timeout if wait_s is None else wait_s)
+
+    async def resend(self) -> None:
+        """Publish again what the audit trail has not acknowledged in time."""
+        if self.confirmations is not None and len(self.confirmations):
+            await self.confirmations.resend()
 
 
 def _header_safe(text: str, limit: int = 512) -> str:

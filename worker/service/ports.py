@@ -10,11 +10,10 @@ from typing import Protocol
 import msgspec
 
 from schemas.events import Event
-from schemas.ledger import Configure, CoreState, LedgerEntry
-from schemas.requests import Request
+from schemas.ledger import CoreState, LedgerEntry
 from worker.errors import GovernorError
 from worker.service.mailbox import Command
-from worker.storage.journal import Write
+from worker.storage.journal import Message, Write
 
 
 class Outbox(Protocol):
@@ -25,6 +24,14 @@ class Outbox(Protocol):
     async def reply_error(self, command: Command, error: GovernorError) -> None: ...
 
     async def publish(self, events: list[Event]) -> None: ...
+
+    async def stored(self, seq: int) -> bool:
+        """Whether every record of the ledger messages up to `seq` is stored (a snapshot there may be saved)."""
+        ...
+
+    async def resend(self) -> None:
+        """Publish again what was not acknowledged in time."""
+        ...
 
 
 class Journal(Protocol):
@@ -49,8 +56,8 @@ class Journal(Protocol):
         """These writes were not all acknowledged: forget them; the next write follows `seq`."""
         ...
 
-    def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Request | Configure]]]:
-        """Every message after `seq`, decoded, for the caller to apply; `seq` moves on with each."""
+    def read_tail(self, until: int | None = None) -> AsyncIterator[Message]:
+        """Every message after `seq` (to `until`), decoded, for the caller to apply; `seq` moves on with each."""
         ...
 
     def snapshot_bytes(self, state: CoreState) -> bytes: ...

@@ -9,35 +9,54 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
+from schemas.events import Event
 from worker.core.governor import Governor
 from worker.service.dispatch import replay_command
 from worker.service.ports import Journal
+from worker.service.positions import Stamper, is_after
 from worker.storage.entries import LedgerGap
 from worker.storage.journal import RECOVER_ATTEMPTS, Ledger
 
 log = logging.getLogger("if_governor.ledger")
 
 
-async def catch_up(ledger: Journal, core: Governor, *, keep_events: bool = False) -> int:
-    """Apply every ledger message after `ledger.seq`, to the stream's end, to `core`.
+class CaughtUp(NamedTuple):
+    read: int
+    """Messages read (quarantined ones too: they are passed over)."""
+    events: list[Event]
+    """The stamped records kept (those after `after`), in ledger order."""
 
-    Returns how many messages were read (quarantined ones too: they are passed over). Their events are dropped
-    (history published them), unless `keep_events`: after a write that was not acknowledged but landed, they were
-    never published.
+
+async def catch_up(
+    ledger: Journal, core: Governor, *, until: int | None = None, after: tuple[int, int] | None = None
+) -> CaughtUp:
+    """Apply every ledger message after `ledger.seq`, to the stream's end (or to `until`), to `core`.
+
+    The records they cause are stamped with their positions and dropped (they were published live), except those
+    after the position `after` (sequence, index): a takeover publishes what the stored audit trail lacks, and a
+    write that was not acknowledged but landed publishes what it caused.
     """
     read = 0
-    async for commands in ledger.read_tail():
-        for entry, command in commands:
+    kept: list[Event] = []
+    stamper = Stamper()
+    async for message in ledger.read_tail(until):
+        for entry, command in message.commands:
             replay_command(core, command, entry.now, entry.trace_id, entry.identity)
-        if not keep_events:
-            core.take_events()
+            events = core.take_events()
+            if after is not None and events:
+                kept += [e for e in stamper.stamp(events, message.seq, message.digest) if is_after(e, after)]
         read += 1
-    return read
+    return CaughtUp(read, kept)
 
 
 async def recover(
-    ledger: Ledger, empty_core: Callable[[], Governor], from_state: Callable[..., Governor] = Governor.from_state
+    ledger: Ledger,
+    empty_core: Callable[[], Governor],
+    from_state: Callable[..., Governor] = Governor.from_state,
+    *,
+    until: int | None = None,
 ) -> Governor:
     """The state as of the ledger's end: the latest snapshot plus the tail after it.
 
@@ -51,9 +70,9 @@ async def recover(
             log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
         else:
             core = empty_core()
-        ledger.begin_at(state.seq if state is not None else 0)
+        ledger.begin_at(state.seq, state.ledger_hash) if state is not None else ledger.begin_at(0)
         try:
-            replayed = await catch_up(ledger, core)
+            replayed = (await catch_up(ledger, core, until=until)).read
         except LedgerGap as gap:
             if attempt == RECOVER_ATTEMPTS:
                 raise

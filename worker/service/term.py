@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from schemas.events import Event
 from schemas.ledger import LedgerEntry
 from schemas.policy import PRESETS
 from worker.core.governor import Governor
 from worker.service.bootstrap import configure_body, empty_core, profiles_of, restorer
 from worker.service.dispatch import register_request, replay_command
+from worker.service.positions import Stamper, is_after
 from worker.service.replay import catch_up, recover, snapshot_of
+from worker.storage.audit import AuditLog
 from worker.storage.entries import LedgerGap, decode_entry
 from worker.storage.journal import Ledger, wait_for_jetstream
 from worker.storage.lease import Lease
@@ -40,10 +43,15 @@ class ActorStuck(Exception):
 class Terms:
     """The durable worker's terms over one ledger and one lease."""
 
-    def __init__(self, worker: Worker, ledger: Ledger, lease: Lease) -> None:
+    def __init__(self, worker: Worker, ledger: Ledger, lease: Lease, audit: AuditLog | None = None) -> None:
         self.worker = worker
         self.ledger = ledger
         self.lease = lease
+        self.audit = audit
+        """The stored audit trail: a standby applies the ledger only as far as the trail goes, so that on taking
+        over it regenerates, and publishes, the records of every message after it."""
+        self._unstored: list[Event] = []
+        """Records of the last message the trail has records of, that it lacks (kept by the standby)."""
 
     async def run(self) -> None:
         """Term after term until the worker stops; a failed term is logged and followed by a fresh one."""
@@ -57,18 +65,38 @@ class Terms:
             if not served and not worker.stopping:
                 await worker.sleep(0.5)
 
-    async def _recovered(self) -> Governor:
-        config = self.worker.config
-        return await recover(self.ledger, lambda: empty_core(config), restorer(config))
+    async def _stored(self) -> tuple[int, int] | None:
+        """How far the stored audit trail goes (None: no audit trail)."""
+        return await self.audit.stored_position() if self.audit is not None else None
 
-    async def _follow(self, core: Governor) -> Governor:
-        """Replay what the ledger gained; a standby that fell behind its trimmed part starts from the snapshot."""
+    async def _recovered(self) -> Governor:
+        """The snapshot and the ledger after it, stopping before the last message the audit trail has records of
+        (so that its records missing from the trail can still be regenerated)."""
+        self._unstored = []
+        config = self.worker.config
+        stored = await self._stored()
+        until = stored[0] - 1 if stored is not None else None
+        return await recover(self.ledger, lambda: empty_core(config), restorer(config), until=until)
+
+    async def _follow(self, core: Governor, *, taking_over: bool = False) -> tuple[Governor, list[Event]]:
+        """Replay what the ledger gained: as a standby, as far as the audit trail goes, keeping the records of its
+        last message that the trail lacks; taking over, to the end, and return every record the trail lacks. A core
+        that fell behind the ledger's trimmed part starts again from the snapshot."""
+        stored = await self._stored()
+        until = None if taking_over or stored is None else stored[0]
         try:
-            await catch_up(self.ledger, core)
-            return core
+            caught = await catch_up(self.ledger, core, until=until, after=stored)
         except LedgerGap as gap:
             log.info("%s: recovering from the snapshot", gap)
-            return await self._recovered()
+            core = await self._recovered()
+            caught = await catch_up(self.ledger, core, until=until, after=stored)
+        if stored is None:
+            return core, []
+        self._unstored = [e for e in (*self._unstored, *caught.events) if is_after(e, stored)]
+        if not taking_over:
+            return core, []
+        unstored, self._unstored = self._unstored, []
+        return core, unstored
 
     async def one(self) -> bool:
         """Recover, wait for the lease as a standby, serve while it is held. True when it served to the end (a
@@ -79,23 +107,26 @@ class Terms:
         if worker.stopping:
             return False
         await lease.setup()
+        if self.audit is not None:
+            await self.audit.setup()
         core = await self._recovered()
         poll = min(0.5, lease.ttl / 4)
         while not await lease.try_acquire():
             if await worker.sleep(poll):
                 return False
             with contextlib.suppress(Exception):
-                core = await self._follow(core)
+                core, _ = await self._follow(core)
         lost_lease = asyncio.Event()
         lost = failed = False
         try:
             async with asyncio.TaskGroup() as term:
                 # Renewed by its own task from now on, also while the ledger is read and the config reconciled.
                 renewer = term.create_task(self._hold(lost_lease), name="governor-lease")
-                core = await self._follow(core)  # to the end: nobody else writes now
-                await self._reconcile(core)
+                # To the end (nobody else writes now), keeping the records the audit trail lacks.
+                core, backlog = await self._follow(core, taking_over=True)
+                backlog += await self._reconcile(core)
                 if not lost_lease.is_set():
-                    lost = await self._serve(core, term, lost_lease)
+                    lost = await self._serve(core, term, lost_lease, backlog)
                 else:
                     lost = True
                 renewer.cancel()
@@ -113,10 +144,12 @@ class Terms:
             await lease.release()
         return True
 
-    async def _serve(self, core: Governor, term: asyncio.TaskGroup, lost_lease: asyncio.Event) -> bool:
+    async def _serve(
+        self, core: Governor, term: asyncio.TaskGroup, lost_lease: asyncio.Event, backlog: list[Event]
+    ) -> bool:
         """Serve until the worker stops, the lease is lost (True) or the actor ends or stops turning."""
         worker = self.worker
-        actor, task = await worker.serve(core, term)
+        actor, task = await worker.serve(core, term, backlog)
         try:
             while not worker.stopping and not lost_lease.is_set() and not actor.fenced:
                 await worker.sleep(min(self.lease.ttl / 4, worker.stuck_after / 2), lost_lease, task)
@@ -147,8 +180,9 @@ class Terms:
                 lost.set()
                 return
 
-    async def _reconcile(self, core: Governor) -> None:
-        """Bring the config into the ledger: a changed policy or capability list, and swarms never seen before."""
+    async def _reconcile(self, core: Governor) -> list[Event]:
+        """Bring the config into the ledger: a changed policy or capability list, and swarms never seen before; the
+        records it causes, stamped."""
         worker = self.worker
         now = worker.clock()
         encode = msgspec.json.encode
@@ -165,17 +199,27 @@ class Terms:
             if not core.known(p.swarm_id):
                 entries.append(LedgerEntry("register", now, "config", msgspec.Raw(encode(register_request(p)))))
         if not entries:
-            return
-        await self.ledger.append(entries)
-        for i, entry in enumerate(entries):  # their events stay in the core: published once serving starts
+            return []
+        write = await self.ledger.append(entries)
+        stamper, events = Stamper(), []
+        for i, (entry, at) in enumerate(zip(entries, write.positions(), strict=True)):
             replay_command(core, decode_entry(entry.kind, entry.body), entry.now, entry.trace_id, entry.identity)
+            events += stamper.stamp(core.take_events(), *at)  # published once serving starts
             if i % 500 == 499:
                 await asyncio.sleep(0)  # let the lease be renewed during a long first registration
         log.info("config reconciled into the ledger: %d entries", len(entries))
+        return events
 
     async def _final_snapshot(self, core: Governor) -> None:
         ledger = self.ledger
         if ledger.since_snapshot == 0:
+            return
+        bus = self.worker.bus
+        if bus is not None and not await bus.effects.stored(ledger.seq, wait_s=2.0):
+            log.warning(
+                "final snapshot not stored: audit records are not all acknowledged (the next start "
+                "replays the tail and publishes them)"
+            )
             return
         try:
             seq = ledger.seq

@@ -84,6 +84,15 @@ def decode_message(data: bytes) -> list[tuple[LedgerEntry, Request | Configure]]
     return commands
 
 
+def batch_prev(data: bytes) -> str:
+    """The hash a ledger message names as the one before it ("" when it names none); `LedgerForeign` when it is
+    not a ledger batch."""
+    try:
+        return _decode_batch(data).prev
+    except msgspec.DecodeError as exc:
+        raise LedgerForeign(f"not a ledger batch: {exc}") from None
+
+
 def decode_snapshot(data: bytes) -> CoreState:
     """A stored snapshot's state; `LedgerForeign` when it is empty or does not decode."""
     if not data:
@@ -99,3 +108,18 @@ def short_reason(text: str) -> str:
     what a reason quotes, and must not start a line of its own or hide what an operator reads."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+class AckError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's reply to a publish into a stream."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: AckError | None = None

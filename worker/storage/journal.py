@@ -21,9 +21,11 @@ so the state is exactly what the other messages make (`worker.storage.entries` d
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import NamedTuple
 
 import msgspec
 import nats.errors
@@ -44,6 +46,7 @@ from worker.storage.entries import (
     LedgerForeign,
     LedgerGap,
     LedgerUnavailable,
+    PubAck,
     decode_message,
     short_reason,
 )
@@ -55,28 +58,41 @@ WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamW
 RECOVER_ATTEMPTS = 3
 
 
-class _AckError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
+class Message(NamedTuple):
+    """One ledger message as read back: its sequence, its hash, and the commands of its entries."""
 
-
-class _PubAck(msgspec.Struct):
-    """JetStream's reply to a publish into a stream."""
-
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    error: _AckError | None = None
+    seq: int
+    digest: str
+    commands: list[tuple[LedgerEntry, Request | Configure]]
 
 
 class Write:
     """One batch's ledger messages in flight: `future` gives the last sequence once every message is acknowledged,
     or raises the `LedgerError` of the first that was not. The actor gives up on it at `deadline` (loop time)."""
 
-    __slots__ = ("acked", "count", "deadline", "entries", "first", "future", "published", "tokens")
+    __slots__ = (
+        "acked",
+        "count",
+        "deadline",
+        "entries",
+        "first",
+        "future",
+        "hashes",
+        "layout",
+        "published",
+        "tokens",
+    )
 
-    def __init__(self, first: int, count: int, entries: int, future: asyncio.Future[int], deadline: float) -> None:
+    def __init__(
+        self,
+        first: int,
+        count: int,
+        entries: int,
+        future: asyncio.Future[int],
+        deadline: float,
+        layout: list[int] | None = None,
+        hashes: list[str] | None = None,
+    ) -> None:
         self.first = first  # the sequence its first message must get
         self.count = count  # messages
         self.entries = entries
@@ -85,6 +101,14 @@ class Write:
         self.published = 0
         self.acked = 0
         self.tokens: list[str] = []
+        self.layout = layout if layout is not None else [entries]
+        """How many entries each of its messages holds, in order."""
+        self.hashes = hashes if hashes is not None else [""] * count
+        """The SHA-256 of each of its messages (the chain's links, and the `batch` of their records)."""
+
+    def positions(self) -> list[tuple[int, str]]:
+        """(sequence, hash) of the message that holds each entry, in entry order."""
+        return [(self.first + j, self.hashes[j]) for j, n in enumerate(self.layout) for _ in range(n)]
 
     @property
     def last(self) -> int:
@@ -106,6 +130,11 @@ class Write:
     def may_have_landed(self) -> bool:
         """Whether any of its messages may be in the stream."""
         return self.acked > 0 or isinstance(self.error(), LedgerAmbiguous)
+
+
+def message_hash(data: bytes) -> str:
+    """A ledger message's link in the chain: the SHA-256 of its bytes as stored, in hex."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def stream_name(prefix: str) -> str:
@@ -138,6 +167,10 @@ class Ledger(SnapshotStore):
         """The last ledger sequence applied to the core this ledger serves."""
         self.since_snapshot = 0
         """Entries applied since the last snapshot was taken: the owner takes one when this grows large."""
+        self.applied_hash = ""
+        """The SHA-256 of the message at `seq` ("" before the first)."""
+        self.tail_hash = ""
+        """The SHA-256 of the message at `tail`: the next message's `prev`."""
         self.tail = 0
         """The last ledger sequence written or in flight: the next message must follow it."""
         self.snapshot_timeout = max(timeout, 10.0)
@@ -151,7 +184,7 @@ class Ledger(SnapshotStore):
         self.snapshot_bucket = self.stream + "_SNAPSHOTS"
         self._legacy_removed = False
         self._encode = msgspec.json.Encoder().encode
-        self._decode_ack = msgspec.json.Decoder(_PubAck).decode
+        self._decode_ack = msgspec.json.Decoder(PubAck).decode
         self._waiting: dict[str, tuple[Write, int]] = {}  # reply token -> (its write, the sequence it must get)
         self._tokens = itertools.count(1)
         self._inbox = ""
@@ -206,20 +239,23 @@ class Ledger(SnapshotStore):
 
     # -- writing --------------------------------------------------------------------------------------------------
 
-    def messages(self, entries: list[LedgerEntry]) -> list[tuple[bytes, int]]:
-        """The ledger messages for these entries, each up to `max_message` bytes: (data, number of entries)."""
-        out: list[tuple[bytes, int]] = []
-        chunk: list[LedgerEntry] = []
+    def messages(self, entries: list[LedgerEntry], prev: str) -> list[tuple[bytes, int, str]]:
+        """The ledger messages for these entries, each up to `max_message` bytes and chained to the one before
+        (`prev`: the hash of the message they follow): (data, number of entries, hash)."""
+        chunks: list[list[LedgerEntry]] = [[]]
         size = 0
         for entry in entries:
             entry_size = len(entry.body) + len(entry.trace_id) + len(entry.kind) + 32
-            if chunk and size + entry_size > self.max_message:
-                out.append((self._encode(LedgerBatch(chunk)), len(chunk)))
-                chunk, size = [], 0
-            chunk.append(entry)
+            if chunks[-1] and size + entry_size > self.max_message:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(entry)
             size += entry_size
-        if chunk:
-            out.append((self._encode(LedgerBatch(chunk)), len(chunk)))
+        out: list[tuple[bytes, int, str]] = []
+        for chunk in chunks:
+            data = self._encode(LedgerBatch(chunk, prev))
+            prev = message_hash(data)
+            out.append((data, len(chunk), prev))
         return out
 
     async def start(self, entries: list[LedgerEntry]) -> Write:
@@ -230,10 +266,18 @@ class Ledger(SnapshotStore):
         calls on the one connection, so JetStream sees them in that order.
         """
         loop = asyncio.get_running_loop()
-        messages = self.messages(entries)
-        write = Write(self.tail + 1, len(messages), len(entries), loop.create_future(), loop.time() + self.timeout)
+        messages = self.messages(entries, self.tail_hash)
+        write = Write(
+            self.tail + 1,
+            len(messages),
+            len(entries),
+            loop.create_future(),
+            loop.time() + self.timeout,
+            [n for _, n, _ in messages],
+            [h for _, _, h in messages],
+        )
         publish = self.nc.publish
-        for data, _ in messages:
+        for data, _, digest in messages:
             expected = self.tail
             token = str(next(self._tokens))
             self._waiting[token] = (write, expected + 1)
@@ -248,6 +292,7 @@ class Ledger(SnapshotStore):
                 break
             write.published += 1
             self.tail = expected + 1
+            self.tail_hash = digest
         return write
 
     def forget(self, write: Write) -> None:
@@ -259,6 +304,7 @@ class Ledger(SnapshotStore):
         """A write was acknowledged and its entries are applied now: `seq` follows it."""
         self.forget(write)
         self.seq = write.last
+        self.applied_hash = write.hashes[-1]
         self.since_snapshot += write.entries
 
     def rewind(self, writes: Iterable[Write]) -> None:
@@ -267,26 +313,29 @@ class Ledger(SnapshotStore):
         for write in writes:
             self.forget(write)
         self.tail = self.seq
+        self.tail_hash = self.applied_hash
 
-    def begin_at(self, seq: int) -> None:
-        """Serve a core that holds the ledger up to `seq` (a snapshot's sequence, or 0 for an empty core)."""
+    def begin_at(self, seq: int, digest: str = "") -> None:
+        """Serve a core that holds the ledger up to `seq` (a snapshot's sequence and the hash of the message there,
+        or 0 for an empty core)."""
         self.seq = self.tail = seq
+        self.applied_hash = self.tail_hash = digest
         self.since_snapshot = 0
 
-    async def append(self, entries: list[LedgerEntry]) -> None:
+    async def append(self, entries: list[LedgerEntry]) -> Write:
         """Write entries and wait for their acknowledgement; `seq` and `tail` follow what was acknowledged.
 
         Only when nothing else is in flight (before serving): the actor pipelines with `start` instead.
         """
         write = await self.start(entries)
         try:
-            self.seq = await asyncio.wait_for(asyncio.shield(write.future), self.timeout)
-            self.since_snapshot += write.entries
+            await asyncio.wait_for(asyncio.shield(write.future), self.timeout)
+            self.landed(write)
         except TimeoutError:
             raise LedgerAmbiguous(f"no acknowledgement within {self.timeout}s") from None
         finally:
-            self.forget(write)
-            self.tail = self.seq
+            self.rewind([write])
+        return write
 
     async def _on_ack(self, msg: Msg) -> None:
         """JetStream's answer to one ledger message."""
@@ -324,15 +373,17 @@ class Ledger(SnapshotStore):
         info = await self.js.stream_info(self.stream)
         return int(info.state.last_seq)
 
-    async def read_tail(self) -> AsyncIterator[list[tuple[LedgerEntry, Request | Configure]]]:
-        """Every ledger message after `self.seq`, to the stream's end, decoded: one list of
-        (entry, command) per message, in ledger order, for the caller to apply (`worker.service.replay`). Each message
-        counts as applied once it is yielded (`seq` moves on); a foreign one is quarantined and yielded empty.
-        `LedgerGap` when the stream no longer holds the next message (trimmed).
+    async def read_tail(self, until: int | None = None) -> AsyncIterator[Message]:
+        """Every ledger message after `self.seq`, to the stream's end (or to `until`), decoded, in ledger order, for
+        the caller to apply (`worker.service.replay`). Each message counts as applied once it is yielded (`seq`
+        moves on); a foreign one is quarantined and yielded without commands. `LedgerGap` when the stream no longer
+        holds the next message (trimmed).
         """
         target = await self.last_sequence()
+        if until is not None:
+            target = min(target, until)
         if target <= self.seq:
-            self.tail = self.seq
+            self.tail, self.tail_hash = self.seq, self.applied_hash
             return
         sub = await self.js.subscribe(
             self.subject,
@@ -354,10 +405,11 @@ class Ledger(SnapshotStore):
                     self._quarantine(seq, foreign.reason)
                     commands = []
                 self.seq = seq
+                self.applied_hash = message_hash(msg.data)
                 self.since_snapshot += 1
-                yield commands
+                yield Message(seq, self.applied_hash, commands)
         finally:
-            self.tail = self.seq
+            self.tail, self.tail_hash = self.seq, self.applied_hash
             await sub.unsubscribe()
 
     def _quarantine(self, seq: int, reason: str) -> None:

@@ -49,6 +49,7 @@ class SnapshotStore:
     snapshot_timeout: float
     trim: bool
     since_snapshot: int
+    applied_hash: str
     _snapshots: ObjectStore | None
     _legacy_removed: bool
 
@@ -56,9 +57,10 @@ class SnapshotStore:
         raise NotImplementedError
 
     def snapshot_bytes(self, state: CoreState) -> bytes:
-        """A state (exported by the core's owner at `self.seq`, synchronously), compressed for `save_snapshot`."""
+        """A state (exported by the core's owner at `self.seq`, synchronously) with the hash of the ledger message
+        there, compressed for `save_snapshot`."""
         self.since_snapshot = 0
-        return zlib.compress(msgspec.msgpack.encode(state), 1)
+        return zlib.compress(msgspec.msgpack.encode(msgspec.structs.replace(state, ledger_hash=self.applied_hash)), 1)
 
     async def save_snapshot(self, data: bytes, seq: int) -> None:
         """Store the snapshot taken at ledger sequence `seq` under a name of its own; keep the two newest snapshots

@@ -4,11 +4,13 @@
     print(report.summary())               # exit 0 when report.clean, else 1
 
 Found are: messages that are not ledger batches, entries of unknown kinds or with bodies that are not their kind's
-request (recovery quarantines such messages, see `worker.storage.journal.decode_message`), sequences missing from
-the middle of the stream, snapshots (or their descriptions) that do not decode, snapshots whose name and content
-disagree or that lie beyond the stream's last sequence, objects in the snapshot store that are no snapshots, and a
-stream trimmed past every readable snapshot (then no recovery can rebuild the state). It only reads, so it may run
-beside a serving governor: what is appended while it reads is left for the next run.
+request (recovery quarantines such messages, see `worker.storage.entries.decode_message`), sequences missing from
+the middle of the stream, messages that do not follow the one before them in the hash chain (each names the
+SHA-256 of its predecessor: a message changed, removed or written by another breaks it), snapshots (or their
+descriptions) that do not decode, snapshots whose name and content disagree or that lie beyond the stream's last
+sequence, objects in the snapshot store that are no snapshots, and a stream trimmed past every readable snapshot
+(then no recovery can rebuild the state). It only reads, so it may run beside a serving governor: what is appended
+while it reads is left for the next run.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from worker.storage.entries import LedgerForeign, decode_message, short_reason
-from worker.storage.journal import Ledger
+from worker.storage.entries import LedgerForeign, batch_prev, decode_message, short_reason
+from worker.storage.journal import Ledger, message_hash
 from worker.storage.snapshots import LEGACY_SNAPSHOT_NAME, snapshot_seq
 
 
@@ -113,6 +115,8 @@ async def _read_stream(ledger: Ledger, first: int, last: int, problems: list[Pro
     )
     messages = entries = 0
     expected = first
+    previous = ""  # the hash of the message before, when it was read
+    chained = False  # a message naming the one before it was seen: every later one must
     try:
         while expected <= last:
             try:
@@ -122,14 +126,27 @@ async def _read_stream(ledger: Ledger, first: int, last: int, problems: list[Pro
                     break
                 raise
             seq = msg.metadata.sequence.stream
-            if seq > expected and not await _trimmed_past(ledger, seq - 1):
-                more = f", and so are {expected + 1} to {seq - 1}" if seq - 1 > expected else ""
-                problems.append(problem(expected, f"missing from the stream{more}"))
+            if seq > expected:
+                previous = ""  # the chain is checked again from the message after the gap
+                if not await _trimmed_past(ledger, seq - 1):
+                    more = f", and so are {expected + 1} to {seq - 1}" if seq - 1 > expected else ""
+                    problems.append(problem(expected, f"missing from the stream{more}"))
             messages += 1
             try:
                 entries += len(decode_message(msg.data))
+                prev = batch_prev(msg.data)
+                if previous and (prev or chained) and prev != previous:
+                    problems.append(
+                        problem(
+                            seq,
+                            f"breaks the hash chain: it follows {prev[:16] or 'nothing'}, the message "
+                            f"before it hashes to {previous[:16]} (changed, removed or written by another)",
+                        )
+                    )
+                chained = chained or bool(prev)
             except LedgerForeign as foreign:
                 problems.append(problem(seq, foreign.reason))
+            previous = message_hash(msg.data)
             expected = seq + 1
     finally:
         await sub.unsubscribe()
