@@ -173,7 +173,7 @@ STORAGE_LOGIN_USERS = """\
               "$SRV.STATS", "$SRV.STATS.governor", "$SRV.STATS.governor.*"
             ]
           }
-          publish: { allow: ["governor.events.>", "governor.witness.>"] }
+          publish: { allow: ["governor.events.>", "governor.witness.>", "governor.audit.>"] }
           allow_responses: true
         }
       }

@@ -61,12 +61,12 @@ class TestStored:
         assert [(p.seq, p.index) for p in positions] == sorted({(p.seq, p.index) for p in positions})
         ledger = await ledger_hashes(nc)
         assert all(p.batch == ledger[p.seq] for p in positions)
-        # The same record again, with its id: the stream keeps one.
+        # The same group of records again, with its id: the stream keeps one.
         trip = next(e for _, e in records if isinstance(e, BreakerTripped))
         assert isinstance(trip.position, Position)
         ack = await nc.jetstream().publish(
-            "governor.events.breaker.tripped",
-            msgspec.json.encode(trip),
+            "governor.audit.events.breaker.tripped",
+            msgspec.json.encode([trip]),
             headers={"Nats-Msg-Id": f"{trip.position.seq}.{trip.position.index}"},
         )
         assert ack.duplicate
@@ -147,9 +147,9 @@ class TestCrashes:
 class TestTakeover:
     async def test_a_standby_publishes_what_the_old_holder_had_not(self, nats_server: NatsServer, nc: Client) -> None:
         """The serving worker applies three costs whose records never reach the stream (as if it had died between
-        the ledger's acknowledgement and the publication: nothing is published again, and its last snapshot is
-        not stored, for those records are not acknowledged); the standby that takes over publishes exactly those,
-        live subscribers see them, and the stream then holds each record once."""
+        the ledger's acknowledgement and the publication: nothing is stored again, and its last snapshot is not
+        stored, for those records are not acknowledged); the standby that takes over publishes exactly those, live
+        subscribers see them again, and the stream then holds each record once."""
         config = msgspec.structs.replace(
             make_config(EXAMPLE_SWARMS, ledger={"lease_ttl_s": 1.0}), audit=AuditSection(ack_timeout_s=0.5)
         )
@@ -177,7 +177,9 @@ class TestTakeover:
             client = GovernorClient(nc)
             for i in range(3):
                 await client.cost("session-4-sip", "op", 1.0, event_id=f"lost-{i}")
-            lost_costs = [r for r in map(msgspec.json.decode, lost) if r["operation"] == "cost_tracked"]
+            lost_costs = [
+                r for group in map(msgspec.json.decode, lost) for r in group if r["operation"] == "cost_tracked"
+            ]
             assert [r["params"]["event_id"] for r in lost_costs] == ["lost-0", "lost-1", "lost-2"]
             live = await record(nc, "governor.witness.cost_tracked")
             await first.__aexit__(None, None, None)

@@ -18,7 +18,6 @@ from schemas.events import (
     Escalation,
     Event,
     Identity,
-    Position,
     Severity,
     WitnessRecord,
 )
@@ -28,6 +27,7 @@ from worker.ops.metrics import Metrics
 from worker.service.confirmations import Confirmations
 from worker.service.discovery import Discovery
 from worker.service.mailbox import Command
+from worker.service.positions import Group, groups
 
 log = logging.getLogger("if_governor.bus")
 
@@ -141,37 +141,45 @@ class Effects:
 
     async def publish(self, events: list[Event]) -> None:
         """Publish the events a batch caused, in order (a refused publish is counted and logged, never raised).
-        With a stored audit trail, each one with a position goes with its `Nats-Msg-Id` and is kept until
-        JetStream acknowledges it."""
+        With a stored audit trail, the records with a position are also stored, a group of them per ledger message
+        and subject (`worker.service.positions.groups`), each kept until JetStream acknowledges it."""
         encode = self._encode
         subjects = self._event_subjects
         witness = f"{self.prefix}.witness."
         debug = log.isEnabledFor(logging.DEBUG)
+        encoded: dict[int, bytes] = {}
         for event in events:
-            data = encode(event)
+            data = encoded[id(event)] = encode(event)
             if isinstance(event, WitnessRecord):
-                subject = witness + event.operation
-                await self._store(event, subject, data)
+                await self._send_event(witness + event.operation, data, event.trace_id)
                 if debug:  # every witness record, one line each, at DEBUG (one per request: too many for INFO)
                     log.debug("%s %s", event.operation, data.decode(), extra={"trace_id": event.trace_id})
             else:
-                subject = subjects[type(event)]
-                await self._store(event, subject, data)
+                await self._send_event(subjects[type(event)], data, event.trace_id)
                 # Breaker transitions and escalations: one line each at INFO (WARNING for a trip).
                 level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
                 log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})
+        if self.confirmations is not None:
+            for group in groups(events):
+                await self._store(group, b"[" + b",".join(encoded[id(e)] for e in group.events) + b"]")
 
-    async def _store(self, event: Event, subject: str, data: bytes) -> None:
-        position = event.position
+    async def _send_event(self, subject: str, data: bytes, trace_id: str) -> None:
         try:
-            if self.confirmations is None or not isinstance(position, Position):
-                await self._publish(subject, data)
-                return
-            headers = {MSG_ID_HEADER: f"{position.seq}.{position.index}"}
-            reply = self.confirmations.track(position.seq, subject, data, headers)
-            await self._publish(subject, data, reply=reply, headers=headers)
+            await self._publish(subject, data)
         except Exception as exc:  # refused by the connection: counted, logged, the others still go
-            self._failed("event", subject, exc, event.trace_id)
+            self._failed("event", subject, exc, trace_id)
+
+    async def _store(self, group: Group, data: bytes) -> None:
+        """Store one group of records (a JSON array) in the audit stream, for JetStream's acknowledgement."""
+        assert self.confirmations is not None
+        seq, index = group.first
+        subject = f"{self.prefix}.audit.{group.subject}"
+        headers = {MSG_ID_HEADER: f"{seq}.{index}"}
+        try:
+            reply = self.confirmations.track(seq, subject, data, headers)
+            await self._publish(subject, data, reply=reply, headers=headers)
+        except Exception as exc:  # kept for the resend: it is stored when the connection takes it again
+            self._failed("event", subject, exc, group.events[0].trace_id)
 
     async def stored(self, seq: int, wait_s: float | None = None) -> bool:
         """Whether every record of the ledger messages up to `seq` is stored (waiting up to `wait_s`, by default a

@@ -15,7 +15,7 @@ from schemas.events import Event
 from worker.core.governor import Governor
 from worker.service.dispatch import replay_command
 from worker.service.ports import Journal
-from worker.service.positions import Stamper, is_after
+from worker.service.positions import Stamper, unstored
 from worker.storage.entries import LedgerGap
 from worker.storage.journal import RECOVER_ATTEMPTS, Ledger
 
@@ -35,8 +35,8 @@ async def catch_up(
     """Apply every ledger message after `ledger.seq`, to the stream's end (or to `until`), to `core`.
 
     The records they cause are stamped with their positions and dropped (they were published live), except those
-    after the position `after` (sequence, index): a takeover publishes what the stored audit trail lacks, and a
-    write that was not acknowledged but landed publishes what it caused.
+    whose group comes after `after` (the first position of the last group stored): a takeover publishes what the
+    stored audit trail lacks, and a write that was not acknowledged but landed publishes what it caused.
     """
     read = 0
     kept: list[Event] = []
@@ -45,10 +45,10 @@ async def catch_up(
         for entry, command in message.commands:
             replay_command(core, command, entry.now, entry.trace_id, entry.identity)
             events = core.take_events()
-            if after is not None and events:
-                kept += [e for e in stamper.stamp(events, message.seq, message.digest) if is_after(e, after)]
+            if after is not None and events and message.seq >= after[0]:
+                kept += stamper.stamp(events, message.seq, message.digest)
         read += 1
-    return CaughtUp(read, kept)
+    return CaughtUp(read, unstored(kept, after) if after is not None else [])
 
 
 async def recover(

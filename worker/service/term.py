@@ -23,7 +23,7 @@ from schemas.policy import PRESETS
 from worker.core.governor import Governor
 from worker.service.bootstrap import configure_body, empty_core, profiles_of, restorer
 from worker.service.dispatch import register_request, replay_command
-from worker.service.positions import Stamper, is_after
+from worker.service.positions import Stamper, unstored
 from worker.service.replay import catch_up, recover, snapshot_of
 from worker.storage.audit import AuditLog
 from worker.storage.entries import LedgerGap, decode_entry
@@ -92,11 +92,11 @@ class Terms:
             caught = await catch_up(self.ledger, core, until=until, after=stored)
         if stored is None:
             return core, []
-        self._unstored = [e for e in (*self._unstored, *caught.events) if is_after(e, stored)]
+        self._unstored = unstored([*self._unstored, *caught.events], stored)
         if not taking_over:
             return core, []
-        unstored, self._unstored = self._unstored, []
-        return core, unstored
+        backlog, self._unstored = self._unstored, []
+        return core, backlog
 
     async def one(self) -> bool:
         """Recover, wait for the lease as a standby, serve while it is held. True when it served to the end (a

@@ -2,11 +2,11 @@
 
 Two streams, created and reconciled by the governor like the ledger (replicas as the ledger's):
 
-- `<PREFIX>_AUDIT`: every event (`<prefix>.events.>`) and every witness record of a decision
-  (`<prefix>.witness.<operation>`). Each has a position in the ledger (`position`: the ledger message and its hash,
-  and its place among that message's records) and is published with `Nats-Msg-Id: <seq>.<index>`, so a record
-  published again after a crash is stored once. Records are stored in ledger order, so the last one stored says
-  how far the trail goes (`stored_position`).
+- `<PREFIX>_AUDIT`: every event and every witness record of a decision, each with its position in the ledger
+  (`position`: the ledger message and its hash, and its place among that message's records). They are stored in
+  groups, one message per ledger message and subject (a JSON array, on `<prefix>.audit.<the records' subject>`),
+  published with `Nats-Msg-Id: <seq>.<index of the first>`: a group published again after a crash is stored
+  once. Groups are stored in ledger order, so the last one says how far the trail goes (`stored_position`).
 - `<PREFIX>_REFUSALS`: the witness records of refused requests and quarantined ledger messages (no ledger entry
   caused them), kept apart with a smaller size limit: a flood of bad requests cannot push the decisions out.
 
@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
-from schemas.codes import UNPOSITIONED_OPERATIONS, WITNESS_OPERATIONS
+from schemas.codes import UNPOSITIONED_OPERATIONS
 from schemas.config import AuditSection
 from schemas.events import Position
 
@@ -44,10 +44,9 @@ def stream_names(prefix: str) -> tuple[str, str]:
 
 
 def audit_subjects(prefix: str) -> list[str]:
-    """The subjects of the records with a position: every event, and the witness record of each decision."""
-    return [f"{prefix}.events.>"] + [
-        f"{prefix}.witness.{op}" for op in WITNESS_OPERATIONS if op not in UNPOSITIONED_OPERATIONS
-    ]
+    """The subjects of the stored groups of records: `<prefix>.audit.` and the records' own subject under the
+    prefix (`<prefix>.audit.witness.cost_tracked`, `<prefix>.audit.events.breaker.tripped`)."""
+    return [f"{prefix}.audit.>"]
 
 
 class StoredRecord(msgspec.Struct, frozen=True):
@@ -62,7 +61,8 @@ class _Positioned(msgspec.Struct):
     position: Position | None = None
 
 
-_decode_positioned = msgspec.json.Decoder(_Positioned).decode
+_decode_group = msgspec.json.Decoder(list[_Positioned]).decode
+_split_group = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
 class AuditLog:
@@ -120,7 +120,8 @@ class AuditLog:
                     log.warning("stream %s keeps its settings: %s", config.name, exc)
 
     async def stored_position(self) -> tuple[int, int]:
-        """The position (ledger sequence, index) of the last record stored; NOTHING when none is."""
+        """The position (ledger sequence, index) of the first record of the last group stored; NOTHING when none
+        is. Groups are stored in that order: every group up to it is stored."""
         last = (await self.js.stream_info(self.stream)).state.last_seq
         if not last:
             return NOTHING
@@ -128,17 +129,22 @@ class AuditLog:
             message = await self.js.get_msg(self.stream, last)
         except nats.js.errors.NotFoundError:  # removed by retention meanwhile: the stream is empty
             return NOTHING
-        position = _decode_positioned(message.data or b"{}").position
+        group = _decode_group(message.data or b"[]")
+        position = group[0].position if group else None
         return (position.seq, position.index) if position is not None else NOTHING
 
     async def read(
         self, subject: str | None = None, *, since: float | None = None, follow: bool = False, wait_s: float = 5.0
     ) -> AsyncGenerator[StoredRecord, None]:
-        """The stored records on `subject` (a subject of one stream, wildcards allowed; default: every decision
-        and event), oldest first, from the time `since` (Unix seconds; None: the oldest kept), to the last one
-        stored; with `follow`, then the new ones as they are stored."""
+        """The stored records on `subject` (a record's subject, wildcards allowed: `<prefix>.witness.cost_tracked`;
+        default: every decision and event), oldest first, from the time `since` (Unix seconds; None: the oldest
+        kept), to the last one stored; with `follow`, then the new ones as they are stored."""
         subject = subject or f"{self.prefix}.>"
-        stream = self.refusals if subject.rsplit(".", 1)[-1] in UNPOSITIONED_OPERATIONS else self.stream
+        refused = subject.rsplit(".", 1)[-1] in UNPOSITIONED_OPERATIONS
+        stream = self.refusals if refused else self.stream
+        if not refused:  # the groups of records are stored under `<prefix>.audit.<the records' subject>`
+            suffix = subject.removeprefix(self.prefix + ".")
+            subject = f"{self.prefix}.audit.{suffix}" if suffix != ">" else f"{self.prefix}.audit.>"
         if not follow and not (await self.js.stream_info(stream)).state.messages:
             return
         config = (
@@ -149,6 +155,7 @@ class AuditLog:
             if since is not None
             else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         )
+        cut = len(self.prefix) + len(".audit")
         sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
         try:
             while True:
@@ -159,7 +166,13 @@ class AuditLog:
                         continue
                     return  # nothing on this subject after `since`
                 meta = msg.metadata
-                yield StoredRecord(msg.subject, meta.timestamp.timestamp(), msgspec.Raw(msg.data))
+                at = meta.timestamp.timestamp()
+                if refused:
+                    yield StoredRecord(msg.subject, at, msgspec.Raw(msg.data))
+                else:
+                    record_subject = self.prefix + msg.subject[cut:]
+                    for body in _split_group(msg.data):
+                        yield StoredRecord(record_subject, at, body)
                 if not follow and meta.num_pending == 0:
                     return
         finally:
