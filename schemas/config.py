@@ -119,6 +119,10 @@ class AuditSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     size: a client that floods refused requests cannot push the decisions out."""
     ack_timeout_s: Annotated[float, Meta(gt=0.0, le=300.0)] = 5.0
     """A record JetStream has not acknowledged within this is published again (stored once: `Nats-Msg-Id`)."""
+    readers: list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+\Z", max_length=64)]] = []
+    """Durable pull consumers the governor keeps on the decisions' stream, one per reader in another account:
+    deploy/nats-server.conf exports each one's next-message and acknowledgement subjects to its account, and
+    nothing else of JetStream (read-only: a reader can neither create, change nor delete anything)."""
 
 
 class SecuritySection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -28,7 +28,7 @@ import yaml
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
-from schemas.config import Config
+from schemas.config import AuditSection, Config
 from schemas.ledger import Configure, LedgerBatch, LedgerEntry, Reload
 from tests.factories import make_config
 from tests.integration.helpers import REPO, ServerErrors, stop_process
@@ -61,6 +61,13 @@ def shipped_security() -> dict[str, Any]:
     configmap = yaml.safe_load(SHIPPED_CONFIGMAP.read_text(encoding="utf-8"))
     security: dict[str, Any] = yaml.safe_load(configmap["data"]["governor.yaml"])["security"]
     return security
+
+
+def shipped_audit() -> dict[str, Any]:
+    """The `audit` section of the shipped ConfigMap's worker config (its readers' durable consumers)."""
+    configmap = yaml.safe_load(SHIPPED_CONFIGMAP.read_text(encoding="utf-8"))
+    audit: dict[str, Any] = yaml.safe_load(configmap["data"]["governor.yaml"])["audit"]
+    return audit
 
 
 def identity(role: str) -> dict[str, str]:
@@ -214,7 +221,8 @@ def governor_config(server: ShippedServer, swarms: list[dict[str, Any]]) -> Conf
     nats_section: dict[str, Any] = {"user": "governor", "password": server.passwords["governor"]}
     if STORAGE_USER in server.passwords:
         nats_section["storage"] = {"user": STORAGE_USER, "password": server.passwords[STORAGE_USER]}
-    return make_config(swarms, nats=nats_section, security=shipped_security())
+    config = make_config(swarms, nats=nats_section, security=shipped_security())
+    return msgspec.structs.replace(config, audit=msgspec.convert(shipped_audit(), AuditSection))
 
 
 async def start_governor(server: ShippedServer, swarms: list[dict[str, Any]], *, wait: bool = True) -> Worker:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
@@ -30,12 +32,14 @@ from tests.integration.helpers import (
     GOVERNOR_REPLY_TARGETS,
     REPO,
     Recorder,
+    ServerErrors,
     answering,
     eventually,
     record,
     start_worker_process,
 )
 from tests.integration.shipped import (
+    LEDGER,
     START_TIMEOUT,
     STORAGE_LOGIN_USERS,
     STORAGE_USER,
@@ -54,8 +58,10 @@ from tests.integration.shipped import (
 )
 from worker.service.app import Worker
 from worker.service.bus import ENDPOINTS
+from worker.storage.audit import AuditLog, stream_names
 
 REFUSAL_WAIT = 1.0
+AUDIT_STREAM = stream_names("governor")[0]
 """Seconds a refused request waits for a reply that must never come."""
 
 SWARMS: list[dict[str, Any]] = [
@@ -567,6 +573,53 @@ class TestReadOnlyConsumers:
             "status": counts["status"] + 1,
         }
         assert blank_trace(await operator.status()) == before
+
+    @pytest.mark.parametrize("role", ["witness", "alerting"])
+    async def test_a_reader_pulls_the_stored_trail_and_changes_nothing(
+        self, governor: Worker, shipped: ShippedServer, role: str
+    ) -> None:
+        """A witness or alerting user reads the stored audit trail through its own durable consumer (the only
+        JetStream subjects its account imports: that consumer's next messages and acknowledgements), and can
+        neither purge the stream, delete a record, read the ledger nor create a consumer of its own."""
+        operator = (await connect(shipped, "operator")).client()
+        await operator.trip("ndi", "manual_override", requested_by="operator")
+        errors = ServerErrors()
+        reader = await nats.connect(
+            shipped.url,
+            user=role,
+            password=shipped.passwords[role],
+            inbox_prefix=f"_INBOX_{role}",
+            error_cb=errors.on_error,
+            max_reconnect_attempts=0,
+        )
+        try:
+            js = reader.jetstream()
+            sub = await js.pull_subscribe_bind(role, stream=AUDIT_STREAM)
+            records: list[dict[str, Any]] = []
+            async with asyncio.timeout(10):
+                while not any(r.get("operation") == "circuit_breaker_tripped" for r in records):
+                    for msg in await sub.fetch(50, timeout=5):
+                        records += msgspec.json.decode(msg.data)
+                        await msg.ack()
+            tripped = next(r for r in records if r.get("operation") == "circuit_breaker_tripped")
+            assert (tripped["params"]["swarm_id"], tripped["identity"]) == ("ndi", identity("operator"))
+            assert {r["params"]["swarm_id"] for r in records if r.get("operation") == "swarm_registered"} == {
+                "sip",
+                "ndi",
+            }
+            for attempt in (
+                js.purge_stream(AUDIT_STREAM),
+                js.delete_msg(AUDIT_STREAM, 1),
+                js.stream_info(LEDGER),
+                js.add_consumer(AUDIT_STREAM, durable_name=f"{role}-own"),
+            ):
+                with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
+                    await asyncio.wait_for(attempt, REFUSAL_WAIT)
+        finally:
+            await reader.close()
+        assert governor.storage_nc is not None  # what the governor stored is intact
+        stored = [r async for r in AuditLog(governor.storage_nc).read()]
+        assert [msgspec.json.decode(r.body).get("operation") for r in stored].count("circuit_breaker_tripped") == 1
 
     async def test_witness_cannot_make_requests(self, governor: Worker, login: LoginFactory) -> None:
         """A witness cannot even wait for a reply: `request` fails and the server reports both refusals."""

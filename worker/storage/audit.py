@@ -24,7 +24,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
 from schemas.codes import UNPOSITIONED_OPERATIONS
 from schemas.config import AuditSection
@@ -78,7 +78,8 @@ class AuditLog:
         self.stream, self.refusals = stream_names(prefix)
 
     async def setup(self) -> None:
-        """Create the streams, or bring an existing one's subjects, limits and replicas to the config."""
+        """Create the streams, or bring an existing one's subjects, limits and replicas to the config; and the
+        readers' durable consumers that do not exist yet."""
         day = 86400.0
         wanted = [
             StreamConfig(
@@ -102,22 +103,39 @@ class AuditLog:
             ),
         ]
         for config in wanted:
+            await self._reconcile(config)
+        for reader in self.config.readers:
             try:
-                current = (await self.js.stream_info(config.name or "")).config
+                await self.js.consumer_info(self.stream, reader)
             except nats.js.errors.NotFoundError:
-                await self.js.add_stream(config)
-                continue
-            if (
-                current.subjects != config.subjects
-                or current.max_age != config.max_age
-                or current.max_bytes != config.max_bytes
-                or (current.num_replicas or 1) != config.num_replicas
-            ):
-                try:
-                    await self.js.update_stream(config)
-                    log.info("stream %s reconciled with the config", config.name)
-                except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                    log.warning("stream %s keeps its settings: %s", config.name, exc)
+                await self.js.add_consumer(
+                    self.stream,
+                    ConsumerConfig(
+                        durable_name=reader,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        filter_subject=f"{self.prefix}.audit.>",
+                    ),
+                )
+
+    async def _reconcile(self, config: StreamConfig) -> None:
+        """Create a stream, or bring an existing one's subjects, limits and replicas to `config`."""
+        try:
+            current = (await self.js.stream_info(config.name or "")).config
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(config)
+            return
+        if (
+            current.subjects != config.subjects
+            or current.max_age != config.max_age
+            or current.max_bytes != config.max_bytes
+            or (current.num_replicas or 1) != config.num_replicas
+        ):
+            try:
+                await self.js.update_stream(config)
+                log.info("stream %s reconciled with the config", config.name)
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("stream %s keeps its settings: %s", config.name, exc)
 
     async def stored_position(self) -> tuple[int, int]:
         """The position (ledger sequence, index) of the first record of the last group stored; NOTHING when none
