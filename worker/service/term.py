@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("if_governor.worker")
 
 
+UNSTORED_LIMIT = 100_000
+"""Records a standby keeps that the audit trail lacks, at most (then it stops following beyond the trail)."""
+
+
 class ActorStuck(Exception):
     """The serving actor stopped turning: its term ends."""
 
@@ -51,7 +55,7 @@ class Terms:
         """The stored audit trail: a standby applies the ledger only as far as the trail goes, so that on taking
         over it regenerates, and publishes, the records of every message after it."""
         self._unstored: list[Event] = []
-        """Records of the last message the trail has records of, that it lacks (kept by the standby)."""
+        """The records of what the standby applied that the trail lacks (yet): published if it takes over."""
 
     async def run(self) -> None:
         """Term after term until the worker stops; a failed term is logged and followed by a fresh one."""
@@ -79,11 +83,13 @@ class Terms:
         return await recover(self.ledger, lambda: empty_core(config), restorer(config), until=until)
 
     async def _follow(self, core: Governor, *, taking_over: bool = False) -> tuple[Governor, list[Event]]:
-        """Replay what the ledger gained: as a standby, as far as the audit trail goes, keeping the records of its
-        last message that the trail lacks; taking over, to the end, and return every record the trail lacks. A core
-        that fell behind the ledger's trimmed part starts again from the snapshot."""
+        """Replay what the ledger gained, to its end, keeping the records the audit trail lacks (a standby prunes
+        them as the holder's are stored); taking over, return them all. A standby that holds UNSTORED_LIMIT of them
+        (the holder's records are not being stored) follows only as far as the trail goes, so that the rest can
+        still be regenerated. A core that fell behind the ledger's trimmed part starts again from the snapshot."""
         stored = await self._stored()
-        until = None if taking_over or stored is None else stored[0]
+        held_back = not taking_over and stored is not None and len(self._unstored) >= UNSTORED_LIMIT
+        until = stored[0] if held_back and stored is not None else None
         try:
             caught = await catch_up(self.ledger, core, until=until, after=stored)
         except LedgerGap as gap:
