@@ -268,6 +268,8 @@ class Worker:
     ) -> tuple[Actor, asyncio.Task[None]]:
         """Start the actor on `core` in the term's task group and subscribe: from now on requests are answered."""
         assert self.nc is not None
+        if self.bus is not None and self.bus.effects.confirmations is not None:
+            await self.bus.effects.confirmations.stop()  # the last term's: what it waited for is regenerated
         self.core = core
         self.mailbox = Mailbox(self.config.governor.mailbox_size)
         self.bus = Bus(

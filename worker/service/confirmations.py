@@ -9,6 +9,7 @@ acknowledged (`stored`): recovery can then regenerate, from the ledger, whatever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -67,8 +68,10 @@ class Confirmations:
         self._sub = await self.nc.subscribe(self._inbox + "*", cb=self._on_ack)
 
     async def stop(self) -> None:
+        """Stop listening for acknowledgements (a closed or draining connection has stopped already)."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
             self._sub = None
 
     def __len__(self) -> int:
