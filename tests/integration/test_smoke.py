@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from tests.integration.helpers import Recorder, WorkerFactory
+from pathlib import Path
+
+import nats
+import yaml
+
+from tests.factories import EXAMPLE_SWARMS
+from tests.integration.helpers import Recorder, WorkerFactory, answering, start_worker_process
 from worker.client import GovernorClient
+from worker.ops.natsserver import NatsServer, free_port
 
 
 class TestSmoke:
@@ -20,3 +27,22 @@ class TestSmoke:
         assert tripped[0]["reason"] == "budget_exhausted"
         reset = await client.reset("session-4-sip", 25.0, approved_by="alice")
         assert reset.remaining == 25.0
+
+
+class TestServerList:
+    async def test_governor_run_takes_a_comma_separated_nats_url(self, tmp_path: Path, nats_server: NatsServer) -> None:
+        """`governor run --nats-url A,B` (a cluster's URLs) connects to the first that answers: here B, A being a
+        port nobody listens on."""
+        config = tmp_path / "governor.yaml"
+        config.write_text(yaml.safe_dump({"swarms": EXAMPLE_SWARMS, "metrics": {"port": 0}}))
+        nowhere = f"nats://127.0.0.1:{free_port()}"
+        worker = start_worker_process(f"{nowhere},{nats_server.url}", config, tmp_path / "worker.log")
+        try:
+            nc = await nats.connect(nats_server.url)
+            try:
+                await answering(nc, timeout=30.0, worker=worker)
+                assert (await GovernorClient(nc).status()).budgets == {"session-4-sip": 25.0, "session-1-ndi": 25.0}
+            finally:
+                await nc.close()
+        finally:
+            worker.stop()

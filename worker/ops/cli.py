@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the worker")
     run.add_argument("--config", help="YAML config file (e.g. deploy/governor.yaml)")
-    run.add_argument("--nats-url", help="NATS server to use; without it a bundled nats-server is started on loopback")
+    run.add_argument(
+        "--nats-url",
+        help="NATS servers, comma-separated (a cluster's); without it a bundled nats-server is started on loopback",
+    )
     run.add_argument("--nats-port", type=int, default=BUNDLED_PORT, help="port of the bundled nats-server")
     run.add_argument("--data-dir", default="var/nats", help="data directory of the bundled nats-server")
     run.add_argument("--log-format", choices=["text", "json"], default="text")

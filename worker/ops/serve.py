@@ -15,7 +15,7 @@ from pathlib import Path
 from schemas.config import Config
 from worker import errors
 from worker.ops.logs import setup_logging
-from worker.service.config import redact
+from worker.service.config import redact, server_urls
 
 BUNDLED_PORT = 4222
 """The bundled nats-server's port when `--nats-port` is absent."""
@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     running_loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # "uvloop" or "asyncio"
     log.info("event loop: %s (governor.event_loop: %s)", running_loop, config.governor.event_loop)
     # A URL from the flag, else from IF_GOVERNOR_NATS_URL or the config's nats.servers; none: the bundled server.
-    servers = [args.nats_url] if args.nats_url else config.nats.servers
+    servers = server_urls(args.nats_url) if args.nats_url else config.nats.servers
     # Signals are ours from the start: a SIGTERM while starting still stops the bundled server.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

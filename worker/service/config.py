@@ -78,7 +78,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             from_env[f"{section}.{key}"] = var
     if env.get(NATS_URL_ENV):
         raw.setdefault("nats", {})
-        raw["nats"]["servers"] = [u.strip() for u in env[NATS_URL_ENV].split(",") if u.strip()]
+        raw["nats"]["servers"] = server_urls(env[NATS_URL_ENV])
         from_env["nats.servers"] = NATS_URL_ENV
 
     try:
@@ -146,6 +146,11 @@ def _check_swarms(config: Config, source: str) -> None:
         for j, cap in enumerate(swarm.capabilities):
             if cap not in vocabulary:
                 raise ConfigError(f"{source}: swarms[{i}].capabilities[{j}]: {vocabulary.explain_unknown(cap)}")
+
+
+def server_urls(text: str) -> list[str]:
+    """NATS URLs given as one string, comma-separated (the flag's and the environment's form)."""
+    return [url.strip() for url in text.split(",") if url.strip()]
 
 
 def connect_options(nats_config: NatsSection, *, storage: bool = False) -> dict[str, Any]:
