@@ -83,8 +83,8 @@ class Confirmations:
         deadline = asyncio.get_running_loop().time() + self.timeout
         self._pending[token] = _Unconfirmed(seq, subject, data, headers, deadline)
         if len(self._pending) > self.limit:
-            _, dropped = next(iter(self._pending.items()))
-            del self._pending[next(iter(self._pending))]
+            oldest, dropped = next(iter(self._pending.items()))
+            del self._pending[oldest]
             self.metrics.audit_dropped.inc()
             log.error("audit record %s not acknowledged and given up (over %d waiting)", dropped.headers, self.limit)
         return self._inbox + token

@@ -13,7 +13,6 @@ from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from schemas.events import (
-    EVENT_SUBJECTS,
     BreakerTripped,
     Escalation,
     Event,
@@ -27,7 +26,8 @@ from worker.ops.metrics import Metrics
 from worker.service.confirmations import Confirmations
 from worker.service.discovery import Discovery
 from worker.service.mailbox import Command
-from worker.service.positions import Group, groups
+from worker.service.positions import Group, groups, subject_of
+from worker.storage.audit import stored_subject
 
 log = logging.getLogger("if_governor.bus")
 
@@ -57,7 +57,6 @@ class Effects:
         self.prefix = prefix
         self.clock = clock
         self._encode = msgspec.json.Encoder().encode
-        self._event_subjects = {t: f"{prefix}.{suffix}" for t, suffix in EVENT_SUBJECTS.items()}
 
     async def reply(self, command: Command, reply: msgspec.Struct) -> None:
         """Send an ok reply (a plain publish, with no reply subject, gets none); one larger than the server's
@@ -85,7 +84,7 @@ class Effects:
     async def send(self, subject: str, data: bytes, headers: dict[str, str] | None, trace_id: str, kind: str) -> bool:
         """Publish; False (counted by kind and logged with the trace id) when the connection refused it."""
         try:
-            await self.nc.publish(subject, data, headers=headers)
+            await self._publish(subject, data, headers=headers)
             return True
         except Exception as exc:  # e.g. MaxPayloadError, a closed or draining connection: never the actor's end
             self._failed(kind, subject, exc, trace_id)
@@ -144,18 +143,16 @@ class Effects:
         With a stored audit trail, the records with a position are also stored, a group of them per ledger message
         and subject (`worker.service.positions.groups`), each kept until JetStream acknowledges it."""
         encode = self._encode
-        subjects = self._event_subjects
-        witness = f"{self.prefix}.witness."
+        prefix = self.prefix
         debug = log.isEnabledFor(logging.DEBUG)
         encoded: dict[int, bytes] = {}
         for event in events:
             data = encoded[id(event)] = encode(event)
+            await self.send(f"{prefix}.{subject_of(event)}", data, None, event.trace_id, "event")
             if isinstance(event, WitnessRecord):
-                await self._send_event(witness + event.operation, data, event.trace_id)
                 if debug:  # every witness record, one line each, at DEBUG (one per request: too many for INFO)
                     log.debug("%s %s", event.operation, data.decode(), extra={"trace_id": event.trace_id})
             else:
-                await self._send_event(subjects[type(event)], data, event.trace_id)
                 # Breaker transitions and escalations: one line each at INFO (WARNING for a trip).
                 level = logging.WARNING if isinstance(event, (BreakerTripped, Escalation)) else logging.INFO
                 log.log(level, "%s %s", type(event).__name__, data.decode(), extra={"trace_id": event.trace_id})
@@ -163,17 +160,11 @@ class Effects:
             for group in groups(events):
                 await self._store(group, b"[" + b",".join(encoded[id(e)] for e in group.events) + b"]")
 
-    async def _send_event(self, subject: str, data: bytes, trace_id: str) -> None:
-        try:
-            await self._publish(subject, data)
-        except Exception as exc:  # refused by the connection: counted, logged, the others still go
-            self._failed("event", subject, exc, trace_id)
-
     async def _store(self, group: Group, data: bytes) -> None:
         """Store one group of records (a JSON array) in the audit stream, for JetStream's acknowledgement."""
         assert self.confirmations is not None
         seq, index = group.first
-        subject = f"{self.prefix}.audit.{group.subject}"
+        subject = stored_subject(self.prefix, group.subject)
         headers = {MSG_ID_HEADER: f"{seq}.{index}"}
         try:
             reply = self.confirmations.track(seq, subject, data, headers)

@@ -67,10 +67,11 @@ async def recover(
         state = await ledger.load_snapshot()
         if state is not None:
             core = from_state(state)
+            ledger.begin_at(state.seq, state.ledger_hash)
             log.info("snapshot at sequence %d: %d swarms", state.seq, len(state.swarms))
         else:
             core = empty_core()
-        ledger.begin_at(state.seq, state.ledger_hash) if state is not None else ledger.begin_at(0)
+            ledger.begin_at(0)
         try:
             replayed = (await catch_up(ledger, core, until=until)).read
         except LedgerGap as gap:

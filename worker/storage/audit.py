@@ -43,10 +43,15 @@ def stream_names(prefix: str) -> tuple[str, str]:
     return base + "_AUDIT", base + "_REFUSALS"
 
 
+def stored_subject(prefix: str, subject: str) -> str:
+    """Where the groups of records on `<prefix>.<subject>` are stored: `<prefix>.audit.<subject>`
+    (`governor.audit.witness.cost_tracked`, `governor.audit.events.breaker.tripped`; `>`: all of them)."""
+    return f"{prefix}.audit.{subject}"
+
+
 def audit_subjects(prefix: str) -> list[str]:
-    """The subjects of the stored groups of records: `<prefix>.audit.` and the records' own subject under the
-    prefix (`<prefix>.audit.witness.cost_tracked`, `<prefix>.audit.events.breaker.tripped`)."""
-    return [f"{prefix}.audit.>"]
+    """The subjects of the stored groups of records."""
+    return [stored_subject(prefix, ">")]
 
 
 class StoredRecord(msgspec.Struct, frozen=True):
@@ -160,9 +165,8 @@ class AuditLog:
         subject = subject or f"{self.prefix}.>"
         refused = subject.rsplit(".", 1)[-1] in UNPOSITIONED_OPERATIONS
         stream = self.refusals if refused else self.stream
-        if not refused:  # the groups of records are stored under `<prefix>.audit.<the records' subject>`
-            suffix = subject.removeprefix(self.prefix + ".")
-            subject = f"{self.prefix}.audit.{suffix}" if suffix != ">" else f"{self.prefix}.audit.>"
+        if not refused:
+            subject = stored_subject(self.prefix, subject.removeprefix(self.prefix + "."))
         if not follow and not (await self.js.stream_info(stream)).state.messages:
             return
         config = (
@@ -173,7 +177,7 @@ class AuditLog:
             if since is not None
             else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         )
-        cut = len(self.prefix) + len(".audit")
+        cut = len(stored_subject(self.prefix, ""))  # what `<prefix>.audit.<subject>` has before `<subject>`
         sub = await self.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
         try:
             while True:
@@ -188,7 +192,7 @@ class AuditLog:
                 if refused:
                     yield StoredRecord(msg.subject, at, msgspec.Raw(msg.data))
                 else:
-                    record_subject = self.prefix + msg.subject[cut:]
+                    record_subject = f"{self.prefix}.{msg.subject[cut:]}"
                     for body in _split_group(msg.data):
                         yield StoredRecord(record_subject, at, body)
                 if not follow and meta.num_pending == 0:
