@@ -201,4 +201,7 @@ class TestProbes:
         assert await get_page(standby_port, "/healthz") == (200, "ok\n")
         assert await get_page(standby_port, "/readyz") == (503, "not ready\n")
         assert await get_page(serving_port, "/readyz") == (200, "ready\n")
+        # Vault's convention for a caught-up standby (what a Kubernetes readiness probe of two replicas asks).
+        assert await get_page(standby_port, "/readyz?standbyok=true") == (200, "standby\n")
+        assert await get_page(serving_port, "/readyz?standbyok=true") == (200, "ready\n")
         assert (await client.status()).swarms[0].swarm_id == SIP

@@ -201,7 +201,8 @@ class Metrics:
 
 class HttpEndpoint:
     """`/metrics`, `/healthz` (the process is alive: its loop answers and, while serving, its actor turns) and
-    `/readyz` (requests are being answered) over plain HTTP/1.1."""
+    `/readyz` (requests are being answered; with `?standbyok=true`, as Vault's health check has it, also a standby
+    that has caught up with the ledger and can take over) over plain HTTP/1.1."""
 
     def __init__(
         self,
@@ -210,9 +211,11 @@ class HttpEndpoint:
         host: str,
         port: int,
         healthy: Callable[[], bool] = lambda: True,
+        standing_by: Callable[[], bool] = lambda: False,
     ) -> None:
         self._metrics = metrics
         self._ready = ready
+        self._standing_by = standing_by
         self._healthy = healthy
         self._host = host
         self._port = port
@@ -238,8 +241,8 @@ class HttpEndpoint:
             while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request_line.decode("latin-1").split()
-            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
-            status, body, ctype = self._route(path)
+            path, _, query = (parts[1] if len(parts) >= 2 else "").partition("?")
+            status, body, ctype = self._route(path, query)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n"
@@ -253,7 +256,7 @@ class HttpEndpoint:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _route(self, path: str) -> tuple[str, bytes, str]:
+    def _route(self, path: str, query: str = "") -> tuple[str, bytes, str]:
         if path == "/metrics":
             return "200 OK", self._metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8"
         if path == "/healthz":
@@ -263,5 +266,12 @@ class HttpEndpoint:
         if path == "/readyz":
             if self._ready():
                 return "200 OK", b"ready\n", "text/plain"
+            if _standby_ok(query) and self._standing_by():
+                return "200 OK", b"standby\n", "text/plain"
             return "503 Service Unavailable", b"not ready\n", "text/plain"
         return "404 Not Found", b"not found\n", "text/plain"
+
+
+def _standby_ok(query: str) -> bool:
+    """`standbyok=true` (or `1`) among the query's parameters."""
+    return any(part in ("standbyok=true", "standbyok=1", "standbyok") for part in query.split("&"))

@@ -4,6 +4,7 @@ for the benchmark, and for the integration tests."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -134,6 +135,77 @@ class NatsServer:
             shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+class NatsCluster:
+    """Three (or `size`) nats-servers on loopback routed into one JetStream cluster, each with its own ports and
+    store, writing every JetStream change to disk before acknowledging it (`sync_interval: always`); a context
+    manager. `stop(i, kill=True)` and `start(i)` lose and bring back one node; `wipe(i)` empties its store first.
+    """
+
+    def __init__(self, root: str | Path | None = None, *, size: int = 3, name: str = "governor-local") -> None:
+        self._own_root = root is None
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="if-governor-cluster-"))
+        self.name = name
+        self.routes = [free_port() for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        for i in range(size):
+            node_dir = self.root / f"n{i + 1}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            server = NatsServer(store_dir=node_dir / "store", jetstream=False, log_file=node_dir / "nats-server.log")
+            server.config_file = node_dir / "nats-server.conf"
+            server.config_file.write_text(self._node_config(i, server))
+            self.nodes.append(server)
+
+    def _node_config(self, i: int, server: NatsServer) -> str:
+        routes = ", ".join(f"nats-route://127.0.0.1:{port}" for j, port in enumerate(self.routes) if j != i)
+        return (
+            f"server_name: n{i + 1}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(server.store_dir))}, sync_interval: always }}\n"
+            f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.routes[i]}, routes: [{routes}] }}\n"
+        )
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated (what `--nats-url` and IF_GOVERNOR_NATS_URL take)."""
+        return ",".join(self.urls)
+
+    def start(self, i: int | None = None, timeout: float = 10.0) -> NatsCluster:
+        """Start node `i` (0-based), or every node that is not running."""
+        for j, node in enumerate(self.nodes):
+            if (i is None or i == j) and node.process is None:
+                node.start(timeout)
+        return self
+
+    def stop(self, i: int, *, kill: bool = False) -> None:
+        self.nodes[i].stop(kill=kill)
+
+    def wipe(self, i: int) -> None:
+        """Remove node `i`'s JetStream store (it must be stopped): it comes back empty and must catch up."""
+        assert self.nodes[i].process is None, "stop the node before wiping its store"
+        shutil.rmtree(self.nodes[i].store_dir, ignore_errors=True)
+
+    def index_of(self, server_name: str) -> int:
+        """The node index of a server name (`n2` -> 1), as JetStream reports a stream's leader."""
+        return int(server_name.removeprefix("n")) - 1
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> NatsCluster:
         return self.start()
 
     def __exit__(

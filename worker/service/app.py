@@ -96,6 +96,8 @@ class Worker:
         self.http: HttpEndpoint | None = None
         self.state = "starting"
         """starting, standby, serving or stopped."""
+        self.caught_up = False
+        """As a standby: its last reading of the ledger reached the end (set by the durable term)."""
         self._serving = asyncio.Event()
         self._stop = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
@@ -109,6 +111,11 @@ class Worker:
     def ready(self) -> bool:
         """True while this process answers requests: it serves, and its actor is alive and turning."""
         return self.state == "serving" and self.healthy
+
+    @property
+    def standing_by(self) -> bool:
+        """True while this process stands by, caught up with the ledger: it can take over within a lease TTL."""
+        return self.state == "standby" and self.caught_up
 
     @property
     def healthy(self) -> bool:
@@ -156,7 +163,12 @@ class Worker:
         if self.serve_metrics:
             metrics = self.config.metrics
             self.http = HttpEndpoint(
-                self.metrics, lambda: self.ready, metrics.host, metrics.port, healthy=lambda: self.healthy
+                self.metrics,
+                lambda: self.ready,
+                metrics.host,
+                metrics.port,
+                healthy=lambda: self.healthy,
+                standing_by=lambda: self.standing_by,
             )
             await self.http.start()
             stack.push_async_callback(self.http.close)

@@ -10,7 +10,6 @@ are cancelled, the term stops serving at once and gives the lease up, and a fres
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -108,7 +107,7 @@ class Terms:
         """Recover, wait for the lease as a standby, serve while it is held. True when it served to the end (a
         lost lease included), False when it did not serve or one of its tasks failed."""
         worker, ledger, lease = self.worker, self.ledger, self.lease
-        worker.state = "standby"
+        worker.state, worker.caught_up = "standby", False
         await wait_for_jetstream(ledger, worker.stop_event)
         if worker.stopping:
             return False
@@ -116,12 +115,16 @@ class Terms:
         if self.audit is not None:
             await self.audit.setup()
         core = await self._recovered()
+        worker.caught_up = True
         poll = min(0.5, lease.ttl / 4)
         while not await lease.try_acquire():
             if await worker.sleep(poll):
                 return False
-            with contextlib.suppress(Exception):
+            try:
                 core, _ = await self._follow(core)
+                worker.caught_up = True
+            except Exception:
+                worker.caught_up = False
         lost_lease = asyncio.Event()
         lost = failed = False
         try:
