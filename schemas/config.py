@@ -10,6 +10,15 @@ from msgspec import Meta
 from schemas.policy import FailureThreshold, PolicyRule, ResourcePolicy
 from schemas.types import Budget, CapabilityDef, CapabilityName, CostPerHour, ModelName, Ratio, SwarmId
 
+PoolName = Annotated[str, Meta(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*\Z", max_length=32)]
+"""Lower-case letters and digits, words joined by `-` (no `_`: stream names turn both into `_`, and two pools
+must never share a stream)."""
+
+
+def pool_prefix(subject_prefix: str, pool: str | None) -> str:
+    """The subjects of a pool: `<subject_prefix>.<pool>` (`governor.eu.assign`); no pool: `<subject_prefix>`."""
+    return subject_prefix if pool is None else f"{subject_prefix}.{pool}"
+
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base of every config section."""
@@ -23,6 +32,10 @@ class GovernorSection(ResourcePolicy, Section, frozen=True, kw_only=True, forbid
     default_budget: Budget = 25.0
     history_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
     subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")] = "governor"
+    pool: PoolName | None = None
+    """This governor serves the pool of that name: its subjects are `<subject_prefix>.<pool>.*`, and its ledger,
+    snapshots, lease and audit trail are streams of its own (`GOVERNOR_<POOL>_LEDGER`, ...). None: the one pool
+    of `<subject_prefix>.*`. A swarm belongs to one pool: list it in that pool's config only."""
     mailbox_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     dedupe_horizon_s: Annotated[float, Meta(gt=0.0)] = 7 * 86400.0
     """How long an applied `event_id` is remembered: a retry inside it is answered `duplicate`."""
@@ -36,6 +49,11 @@ class GovernorSection(ResourcePolicy, Section, frozen=True, kw_only=True, forbid
     (a slow consumer, logged; the clients time out and retry)."""
     event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
     """`governor run`'s event loop; `auto` takes uvloop when it is installed (the `fast` extra), else asyncio's."""
+
+    @property
+    def prefix(self) -> str:
+        """The subject prefix this governor serves: its pool's (`governor.eu`), else `subject_prefix`."""
+        return pool_prefix(self.subject_prefix, self.pool)
 
 
 class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

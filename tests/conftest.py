@@ -49,7 +49,7 @@ async def start_worker(nats_server: NatsServer, nc: Client) -> AsyncIterator[Wor
         await worker.__aenter__()
         started.append(worker)
         if worker.ready:
-            prefix = worker.config.governor.subject_prefix
+            prefix = worker.config.governor.prefix
             await answering(nc, prefix)
         return worker
 

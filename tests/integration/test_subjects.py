@@ -877,7 +877,7 @@ class TestDiscovery:
                 reply = json.loads((await nc.request(subject, b"", timeout=5.0)).data)
                 assert (reply["type"], reply["id"]) == (f"io.nats.micro.v1.{kind}_response", service_id), subject
         stats = json.loads((await nc.request("$SRV.STATS.governor", b"", timeout=5.0)).data)
-        assert stats["started"].endswith("Z") and stats["metadata"] == {"subject_prefix": "governor"}
+        assert stats["started"].endswith("Z") and stats["metadata"] == {"subject_prefix": "governor", "pool": ""}
 
     async def test_replies_parse_as_nats_micro_replies(self, api: Api, nc: Client) -> None:
         """nats-py's own micro types read the replies: a client of the micro protocol sees a micro service."""

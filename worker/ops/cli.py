@@ -29,10 +29,12 @@ import os
 import sys
 
 from schemas.codes import MANUAL_TRIP_REASONS
+from schemas.config import pool_prefix
 from worker import errors
 from worker.ops import commands, serve
 from worker.ops.commands import DEFAULT_URL, INBOX_PREFIX_ENV
 from worker.ops.serve import BUNDLED_PORT
+from worker.pools import check_pool_name
 from worker.service.config import NATS_URL_ENV, load_config
 
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--nats-url", help=f"NATS server (default: ${NATS_URL_ENV} or {DEFAULT_URL})")
         p.add_argument("--prefix", default="governor", help="subject prefix (default: governor)")
+        p.add_argument("--pool", type=pool_name, help="the pool to ask: its subjects are <prefix>.<pool>.*")
         p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
         p.add_argument(
             "--inbox-prefix",
@@ -119,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--witness", action="store_true", help="also print witness records")
     p.add_argument("--count", type=int, default=0, help="stop after this many events")
 
+    p = client_command("pools", "every pool serving on this NATS system, and its swarms")
+    p.add_argument("--wait", type=float, default=0.5, help="seconds to wait for the pools' answers (default 0.5)")
+    p.add_argument("--json", action="store_true")
+
     p = client_command("audit", "read the stored audit trail: events and witness records, oldest first")
     p.add_argument("--swarm", help="only the records about this swarm")
     p.add_argument("--operation", help="only this witness operation (cost_tracked) or event (breaker.tripped)")
@@ -139,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the governor's YAML config (its prefix, NATS servers and storage login)")
     p.add_argument("--nats-url", help=f"NATS server (default: ${NATS_URL_ENV}, the config's, or {DEFAULT_URL})")
     p.add_argument("--prefix", help="subject prefix (default: the config's, else governor)")
+    p.add_argument("--pool", type=pool_name, help="the pool whose ledger to read (default: the config's)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each read")
 
     p = sub.add_parser("bench", help="benchmark against a bare NATS responder")
@@ -155,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=5.0, help="with --cell (default 5)")
     p.add_argument("--repeat", type=int, default=1, help="with --cell: runs, each on a fresh server (default 1)")
     return parser
+
+
+def pool_name(text: str) -> str:
+    try:
+        return check_pool_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config)  # once: it also says which event loop to run on
             with asyncio.Runner(loop_factory=serve.loop_factory(config.governor.event_loop)) as runner:
                 return runner.run(serve.run(args, config))
+        if getattr(args, "pool", None) and args.command != "ledger":
+            args.prefix = pool_prefix(args.prefix, args.pool)
         return asyncio.run(commands.COMMANDS[args.command](args))
     except errors.ConfigError as exc:
         print(f"error: config: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.config import pool_prefix
 from worker import errors
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.rules import rule_conflicts
@@ -297,7 +298,9 @@ async def _ledger(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)  # the governor's file names its prefix, its servers and its storage login
     servers = [args.nats_url] if args.nats_url else (config.nats.servers or [DEFAULT_URL])
-    prefix = args.prefix or config.governor.subject_prefix
+    prefix = args.prefix or config.governor.prefix
+    if args.pool:
+        prefix = pool_prefix(args.prefix or config.governor.subject_prefix, args.pool)
     shown = ", ".join(redact(u) for u in servers)
 
     async def quiet(exc: Exception) -> None:  # the exception is reported below; no log noise from nats-py
@@ -329,6 +332,42 @@ async def _ledger(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+async def _pools(args: argparse.Namespace) -> int:
+    """`governor pools`: every pool that serves on this NATS system, its swarms, and any swarm found in more than
+    one pool (exit 1: a swarm must belong to one pool only)."""
+    from worker.pools import PoolRouter, Pools, discover
+
+    async def action(client: Any) -> int:
+        found = await discover(client.nc, wait=args.wait)
+        if not found:
+            print("no governor answered discovery ($SRV.INFO.governor)", file=sys.stderr)
+            return 1
+        pools = Pools(client.nc, PoolRouter([]), timeout=args.timeout)
+        owners: dict[str, list[str]] = {}
+        rows = []
+        for entry in found:
+            name = entry.pool or "-"
+            status = await pools.client(entry.pool or None).status() if entry.prefix else None
+            swarms = [s.swarm_id for s in status.swarms] if status is not None else []
+            for swarm_id in swarms:
+                owners.setdefault(swarm_id, []).append(name)
+            rows.append((name, entry.prefix, str(len(swarms)), entry.service_id, entry.version))
+        if args.json:
+            print_json([dict(zip(("pool", "prefix", "swarms", "service_id", "version"), r, strict=True)) for r in rows])
+        else:
+            widths = [
+                max(len(r[i]) for r in [("POOL", "SUBJECTS", "SWARMS", "SERVING", "VERSION"), *rows]) for i in range(5)
+            ]
+            for row in [("POOL", "SUBJECTS", "SWARMS", "SERVING", "VERSION"), *rows]:
+                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        shared = {swarm_id: names for swarm_id, names in owners.items() if len(names) > 1}
+        for swarm_id, names in sorted(shared.items()):
+            print(f"error: swarm {escape(swarm_id)} is in pools {', '.join(names)}: give it to one", file=sys.stderr)
+        return 1 if shared else 0
+
+    return await _with_client(args, action)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "assign": _assign,
     "cost": _cost,
@@ -342,5 +381,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "watch": _watch,
     "audit": _audit,
     "ledger": _ledger,
+    "pools": _pools,
 }
 """The operator commands that run on an event loop, by their name on the command line."""

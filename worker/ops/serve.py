@@ -104,8 +104,7 @@ async def _serve(config: Config, servers: list[str], stop: asyncio.Event, config
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, worker.reload)
             metrics = f", metrics on http://{config.metrics.host}:{worker.http.port}/metrics" if worker.http else ""
             print(
-                f"governor serving {config.governor.subject_prefix}.* on {shown} "
-                f"with {len(worker.core)} swarms{metrics}",
+                f"governor serving {config.governor.prefix}.* on {shown} with {len(worker.core)} swarms{metrics}",
                 flush=True,
             )
             await worker.wait_stopped()

@@ -288,7 +288,8 @@ class Worker:
             self.nc,
             self.mailbox,
             self.metrics,
-            prefix=self.config.governor.subject_prefix,
+            prefix=self.config.governor.prefix,
+            pool=self.config.governor.pool,
             clock=self.clock,
             security=self.config.security,
             max_request_bytes=self.config.governor.max_request_bytes,
@@ -326,7 +327,7 @@ class Worker:
         self.state = "serving"
         self._serving.set()
         where = ", ".join(redact(u) for u in self.servers)
-        log.info("serving %s.* on %s", self.config.governor.subject_prefix, where)
+        log.info("serving %s.* on %s", self.config.governor.prefix, where)
         return actor, task
 
     def _lease_held(self) -> bool:
@@ -373,7 +374,7 @@ class Worker:
         self.ledger = ledger = Ledger(
             self.storage_nc,
             on_foreign=self._on_foreign,
-            prefix=self.config.governor.subject_prefix,
+            prefix=self.config.governor.prefix,
             replicas=ledger_config.replicas,
             timeout=ledger_config.timeout_s,
             trim=ledger_config.trim,
@@ -389,7 +390,7 @@ class Worker:
         trail = (
             AuditLog(
                 self.storage_nc,
-                prefix=self.config.governor.subject_prefix,
+                prefix=self.config.governor.prefix,
                 replicas=ledger_config.replicas,
                 config=audit,
             )
@@ -410,7 +411,7 @@ class Worker:
             trace_id=f"ledger-{seq}",
         )
         if self.nc is not None and not self.nc.is_closed:
-            subject = f"{self.config.governor.subject_prefix}.witness.{record.operation}"
+            subject = f"{self.config.governor.prefix}.witness.{record.operation}"
             task = asyncio.get_running_loop().create_task(self.nc.publish(subject, msgspec.json.encode(record)))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -99,6 +99,7 @@ class Bus:
         metrics: Metrics,
         *,
         prefix: str = "governor",
+        pool: str | None = None,
         clock: Callable[[], float] = time.time,
         security: SecuritySection | None = None,
         max_request_bytes: int = 65_536,
@@ -111,7 +112,7 @@ class Bus:
         self.metrics = metrics
         self.prefix = prefix
         self.clock = clock
-        self.discovery = Discovery(prefix)
+        self.discovery = Discovery(prefix, pool)
         self.effects = Effects(nc, metrics, self.discovery, prefix=prefix, clock=clock, confirmations=confirmations)
         self._subscriptions: list[Subscription] = []
         self._since_yield = 0  # requests handled since the intake last let the event loop run others

@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from schemas.config import Config, NatsSection, StorageLogin
+from schemas.endpoints import ENDPOINTS
 from schemas.policy import PRESETS
 from worker.core.capabilities import Vocabulary
 from worker.errors import ConfigError
@@ -28,6 +29,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IF_GOVERNOR_CIRCUIT_BREAKER_THRESHOLD": ("governor", "circuit_breaker_threshold"),
     "IF_GOVERNOR_MAX_COST_PER_TASK": ("governor", "max_cost_per_task"),
     "IF_GOVERNOR_SUBJECT_PREFIX": ("governor", "subject_prefix"),
+    "IF_GOVERNOR_POOL": ("governor", "pool"),
     "IF_GOVERNOR_EVENT_LOOP": ("governor", "event_loop"),
     "IF_GOVERNOR_METRICS_PORT": ("metrics", "port"),
     "IF_GOVERNOR_LOG_LEVEL": ("witness", "log_level"),
@@ -95,6 +97,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     _check_swarms(config, source)
     _check_rules(config, source)
     _check_security(config, source)
+    _check_pool(config, source)
     return config
 
 
@@ -111,6 +114,19 @@ def _check_rules(config: Config, source: str) -> None:
     for i, rule in enumerate(config.rules):
         if rule.policy not in known:
             raise ConfigError(f"{source}: rules[{i}].policy: unknown policy {rule.policy!r}; known: {sorted(known)}")
+
+
+RESERVED_POOL_NAMES = frozenset({*(e.name for e in ENDPOINTS), "events", "witness", "audit", "ledger"})
+"""Pool names that would put a pool's subjects among the unpooled governor's (`governor.events.assign`)."""
+
+
+def _check_pool(config: Config, source: str) -> None:
+    pool = config.governor.pool
+    if pool in RESERVED_POOL_NAMES:
+        raise ConfigError(
+            f"{source}: governor.pool: {pool!r} is a name of the governor's own subjects; "
+            f"choose another (reserved: {', '.join(sorted(RESERVED_POOL_NAMES))})"
+        )
 
 
 def _check_security(config: Config, source: str) -> None:

@@ -20,8 +20,9 @@ VERBS = ("PING", "INFO", "STATS")
 class Discovery:
     """One serving term's identity and endpoint statistics, as the micro protocol reports them."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, pool: str | None = None) -> None:
         self.prefix = prefix
+        self.pool = pool
         self.service_id = os.urandom(11).hex()
         self.started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         names = [e.name for e in ENDPOINTS]
@@ -46,7 +47,7 @@ class Discovery:
 
     @property
     def _metadata(self) -> dict[str, str]:
-        return {"subject_prefix": self.prefix}
+        return {"subject_prefix": self.prefix, "pool": self.pool or ""}
 
     def ping(self) -> PingResponse:
         return PingResponse(name=SERVICE, id=self.service_id, version=__version__, metadata=self._metadata)
