@@ -88,3 +88,13 @@ class TestBenchCell:
         )
         assert _network_rows(output) == {("cost", "memory", "c8")}
         assert len(re.findall(r"^cost\s+memory\s+asyncio\s+1,000\s+c8\s", output, flags=re.MULTILINE)) == 2
+
+
+@pytest.mark.timeout(200)
+class TestBenchPools:
+    def test_prints_a_row_per_number_of_pools_with_its_ratio_to_one(self) -> None:
+        """`--pools 1,2` measures one pool, then two, each on a fresh three-node cluster; every decision ok."""
+        output = run_bench("--pools", "1,2", "--seconds", "0.5")
+        rows = re.findall(r"^\s+(\d)\s+[\d,]+\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+\d+\s+\d+\s+(\d+)$", output, re.MULTILINE)
+        assert [(pools, errors) for pools, _, errors in rows] == [("1", "0"), ("2", "0")]
+        assert rows[0][1] == "1.00"

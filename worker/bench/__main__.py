@@ -2,7 +2,7 @@
 
 Child modes (used by `governor bench`, not meant for people), and the whole run:
     python -m worker.bench --echo URL [--uvloop]
-    python -m worker.bench --serve URL --swarms N [--memory] [--uvloop]
+    python -m worker.bench --serve URL[,URL...] --swarms N [--memory] [--uvloop] [--pool P --replicas R]
     python -m worker.bench --core N [--samples S] [--budget-s SECONDS]
     python -m worker.bench --run [--quick]           (the same as `governor bench`)
 """
@@ -32,11 +32,18 @@ def run_mode() -> int:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--memory", action="store_true", help="the governor without its ledger")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pool", help="the governor serves this pool (the pools mode)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas of the governor's streams")
     args = parser.parse_args()
     if args.echo:
         run_child(lambda: serve_echo(args.echo), args.uvloop)
     elif args.serve:
-        run_child(lambda: serve_governor(args.serve, args.swarms, durable=not args.memory), args.uvloop)
+        run_child(
+            lambda: serve_governor(
+                args.serve, args.swarms, durable=not args.memory, pool=args.pool, replicas=args.replicas
+            ),
+            args.uvloop,
+        )
     elif args.core is not None:
         print(json.dumps(core_probe(args.core, args.samples, args.budget_s)))
     else:

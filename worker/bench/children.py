@@ -76,12 +76,14 @@ async def serve_echo(url: str) -> None:
     await nc.drain()
 
 
-async def serve_governor(url: str, swarms: int, *, durable: bool) -> None:
-    """The real worker (bus, actor, ledger when durable, metrics) with `swarms` synthetic swarms."""
+async def serve_governor(url: str, swarms: int, *, durable: bool, pool: str | None = None, replicas: int = 1) -> None:
+    """The real worker (bus, actor, ledger when durable, metrics) with `swarms` synthetic swarms (in `pool`, with
+    `replicas` of each stream: the pools mode)."""
     from worker.service.app import Worker
 
     stop = _stop_on_signals()
-    async with Worker(bench_config(swarms, durable=durable), servers=[url]) as worker:
+    config = bench_config(swarms, durable=durable, pool=pool, replicas=replicas)
+    async with Worker(config, servers=url.split(",")) as worker:
         _ready(str(len(worker.core)))
         await stop.wait()
 

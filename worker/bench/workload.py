@@ -85,7 +85,7 @@ def cost_payloads(count: int, swarms: int, seed: int = SEED + 2) -> list[bytes]:
     ]
 
 
-def bench_config(swarms: int, *, durable: bool) -> Config:
+def bench_config(swarms: int, *, durable: bool, pool: str | None = None, replicas: int = 1) -> Config:
     """The governor's config: the synthetic capabilities and swarms (plus the probes), no metrics endpoint.
 
     Swarms come in through the config, as in production: in-memory mode registers them when the core is built;
@@ -107,7 +107,8 @@ def bench_config(swarms: int, *, durable: bool) -> Config:
         ],
         "metrics": {"port": 0},
         "nats": {"name": "bench-governor"},
-        "ledger": {"enabled": durable},
+        "ledger": {"enabled": durable, "replicas": replicas},
+        "governor": {"pool": pool},
     }
     return msgspec.convert(raw, Config)
 

@@ -162,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="with --cell (default 64)")
     p.add_argument("--seconds", type=float, default=5.0, help="with --cell (default 5)")
     p.add_argument("--repeat", type=int, default=1, help="with --cell: runs, each on a fresh server (default 1)")
+    p.add_argument(
+        "--pools",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="aggregate decisions/s of these numbers of pools on a local three-node cluster, e.g. 1,2,4",
+    )
     return parser
 
 
@@ -182,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from worker import bench
 
+            if args.pools:
+                from worker.bench.pools import main as pools_main
+
+                return pools_main(args.pools, seconds=args.seconds)
             if args.cell:
                 return bench.cell(
                     args.cell,
