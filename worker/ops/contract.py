@@ -261,7 +261,9 @@ def asyncapi() -> dict[str, Any]:
             "description": (
                 "Capability-aware task assignment and budget governance for agent swarms: a NATS request-reply "
                 "service (the NATS micro protocol, service name `governor`, discovery on `$SRV.PING|INFO|STATS`).\n\n"
-                f"Subjects are shown with the default prefix `{PREFIX}` (config `governor.subject_prefix`). "
+                f"Subjects are shown with the default prefix `{PREFIX}` (config `governor.subject_prefix`); a "
+                f"governor of a pool (config `governor.pool`) serves the same subjects under `{PREFIX}.<pool>`, "
+                "and discovery's metadata names its `pool`. "
                 "Requests refuse unknown fields; replies and events only gain fields, each with a default. "
                 "Every ok reply has `ok: true`; every error reply is an ErrorReply with the "
                 f"`{ERROR_HEADER}`, `{ERROR_CODE_HEADER}` and `{TRACE_HEADER}` headers.\n"
