@@ -20,6 +20,10 @@ RUNTIME = sorted(
 )
 #: What the core may not import: anything that blocks, talks to the network, exports metrics or reads the clock.
 NOT_IN_CORE = {"asyncio", "nats", "prometheus_client", "time", "datetime", "socket", "threading"}
+#: The one module of the core that does calendar arithmetic (budget periods in time zones): it may import datetime,
+#: and is checked to call none of its clock reads.
+CALENDAR_MODULE = "worker/core/periods.py"
+CLOCK_READS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}
 #: The rooms above the core and storage, which neither may reach into.
 SERVICE_AND_OPS = ("worker.service", "worker.ops", "worker.bench", "worker.client")
 
@@ -45,7 +49,18 @@ class TestLayers:
     @pytest.mark.parametrize("path", CORE)
     def test_the_core_does_no_io_and_reads_no_clock(self, path: str) -> None:
         """The decision core imports no asyncio, nats, prometheus_client, time (nor other clocks or sockets)."""
-        assert tops(imports(path)) & NOT_IN_CORE == set()
+        allowed = {"datetime"} if path == CALENDAR_MODULE else set()
+        assert tops(imports(path)) & NOT_IN_CORE <= allowed
+
+    def test_the_calendar_module_reads_no_clock(self) -> None:
+        """`periods.py` uses datetime for arithmetic only: no `now()`, `today()`, `utcnow()` (nor `time.*`)."""
+        tree = ast.parse((ROOT / CALENDAR_MODULE).read_text(encoding="utf-8"))
+        called = {
+            node.func.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        }
+        assert called & CLOCK_READS == set()
 
     @pytest.mark.parametrize("path", CORE)
     def test_the_core_knows_nothing_above_it(self, path: str) -> None:
