@@ -89,6 +89,7 @@ class TestYaml:
             "kubernetes/nats-service.yaml",
             "kubernetes/nats-pdb.yaml",
             "kubernetes/kustomization.yaml",
+            "compose/governor.yaml",
         } <= names
 
     @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(DEPLOY).as_posix())
@@ -410,14 +411,18 @@ class TestContainer:
         assert 'CMD ["run", "--config", "/etc/infrafabric/governor.yaml"]\n' in text
 
     def test_compose_references_existing_files(self) -> None:
-        """The compose file's build context, Dockerfile and mounted directories exist."""
+        """The compose file's build context, Dockerfile and mounted files and directories exist."""
         compose = load(DEPLOY / "compose.yaml")
-        build = compose["services"]["governor"]["build"]
-        context = (DEPLOY / build["context"]).resolve()
-        assert context == ROOT
-        assert (context / build["dockerfile"]).is_file()
-        for volume in compose["services"]["prometheus"]["volumes"]:
-            assert (DEPLOY / volume.split(":")[0]).is_dir(), volume
+        for name in ("governor-a", "governor-b"):
+            build = compose["services"][name]["build"]
+            context = (DEPLOY / build["context"]).resolve()
+            assert context == ROOT
+            assert (context / build["dockerfile"]).is_file()
+        for service in compose["services"].values():
+            for volume in service.get("volumes", []):
+                source = volume.split(":")[0]
+                if source.startswith("."):  # a path, not a named volume
+                    assert (DEPLOY / source).exists(), volume
 
     def test_compose_prometheus_loads_the_rules(self) -> None:
         """The compose Prometheus loads deploy/prometheus/rules.yml and scrapes the governor service."""
@@ -432,7 +437,7 @@ class TestContainer:
             in_container = (config_dir / rule_file).as_posix()
             assert in_container.startswith(mount + "/"), rule_file
             assert (DEPLOY / host / in_container.removeprefix(mount + "/")).is_file(), rule_file
-        assert settings["scrape_configs"][0]["static_configs"] == [{"targets": ["governor:9090"]}]
+        assert settings["scrape_configs"][0]["static_configs"] == [{"targets": ["governor-a:9090", "governor-b:9090"]}]
         assert "9091:9090" in prometheus["ports"]
 
 
@@ -644,3 +649,70 @@ class TestKubernetesCluster:
         governor = {e["name"]: e for e in only_container(resources["Deployment", "if-governor"])["env"]}
         nats = {e["name"]: e for e in only_container(resources["StatefulSet", "nats"])["env"]}
         assert governor["IF_GOVERNOR_NATS_PASSWORD"]["valueFrom"] == nats["GOVERNOR_PASSWORD"]["valueFrom"]
+
+
+COMPOSE_NATS = ("nats-1", "nats-2", "nats-3")
+COMPOSE_GOVERNORS = ("governor-a", "governor-b")
+
+
+class TestComposeCluster:
+    def compose(self) -> dict[str, Any]:
+        compose: dict[str, Any] = load(DEPLOY / "compose.yaml")
+        return compose
+
+    def test_three_nats_nodes_each_with_its_name_and_volume(self) -> None:
+        """Three NATS services run the same mounted config, each under its own server name with its own JetStream
+        volume and host ports."""
+        services = self.compose()["services"]
+        assert [services[n]["environment"] for n in COMPOSE_NATS] == [{"NATS_SERVER_NAME": n} for n in COMPOSE_NATS]
+        volumes = [sorted(services[n]["volumes"]) for n in COMPOSE_NATS]
+        assert volumes == [["./compose/nats.conf:/etc/nats/nats.conf:ro", f"{n}-data:/data"] for n in COMPOSE_NATS]
+        assert set(self.compose()["volumes"]) == {f"{n}-data" for n in COMPOSE_NATS}
+        command = ["nats-server", "--config", "/etc/nats/nats.conf"]
+        assert [services[n]["command"] for n in COMPOSE_NATS] == [command] * 3
+        ports = [port.split(":")[0] for n in COMPOSE_NATS for port in services[n]["ports"]]
+        assert len(set(ports)) == len(ports) == 6
+
+    def test_nats_nodes_form_one_jetstream_cluster(self) -> None:
+        """The nodes' config routes to all three services, stores JetStream under the volume and syncs every write."""
+        conf = (DEPLOY / "compose" / "nats.conf").read_text(encoding="utf-8")
+        assert re.findall(r"nats://([\w-]+):6222", block(conf, "cluster")) == list(COMPOSE_NATS)
+        assert settings(block(conf, "jetstream")) == ["store_dir: /data/jetstream", "sync_interval: always"]
+
+    def test_nats_server_accepts_the_nodes_config(self) -> None:
+        """`nats-server -t` accepts compose's node config with a node's name set."""
+        result = subprocess.run(
+            [nats_server_binary(), "-c", str(DEPLOY / "compose" / "nats.conf"), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "NATS_SERVER_NAME": "nats-1"},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_same_nats_image_as_kubernetes(self) -> None:
+        """Compose's NATS nodes run the image the Kubernetes StatefulSet runs."""
+        services = self.compose()["services"]
+        images = {services[n]["image"] for n in COMPOSE_NATS}
+        assert images == {only_container(load(K8S / "nats-statefulset.yaml"))["image"]}
+
+    def test_two_governors_on_every_node_with_r3(self) -> None:
+        """Two governor services, on their own host ports, each given every node's URL and the R3 config mounted
+        where the image reads its config; the worker's loader turns that into three servers and three replicas."""
+        services = self.compose()["services"]
+        urls = ",".join(f"nats://{n}:4222" for n in COMPOSE_NATS)
+        for name in COMPOSE_GOVERNORS:
+            service = services[name]
+            assert service["environment"] == {"IF_GOVERNOR_NATS_URL": urls}, name
+            assert service["volumes"] == ["./compose/governor.yaml:/etc/infrafabric/governor.yaml:ro"], name
+            assert set(service["depends_on"]) == set(COMPOSE_NATS), name
+        assert [services[n]["ports"] for n in COMPOSE_GOVERNORS] == [["9090:9090"], ["9092:9090"]]
+        config = load_config(DEPLOY / "compose" / "governor.yaml", env={"IF_GOVERNOR_NATS_URL": urls})
+        assert (config.nats.servers, config.ledger.replicas) == (urls.split(","), 3)
+
+    def test_governor_config_is_the_example_with_r3(self) -> None:
+        """compose/governor.yaml is deploy/governor.yaml plus `ledger.replicas: 3`, nothing else."""
+        compose_config = load(DEPLOY / "compose" / "governor.yaml")
+        assert compose_config.pop("ledger") == {"replicas": 3}
+        assert compose_config == load(DEPLOY / "governor.yaml")
