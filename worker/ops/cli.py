@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="with --cell (default 64)")
     p.add_argument("--seconds", type=float, default=5.0, help="with --cell (default 5)")
     p.add_argument("--repeat", type=int, default=1, help="with --cell: runs, each on a fresh server (default 1)")
+
+    from worker.ops import cluster  # governor cluster (make cluster)
+
+    cluster.add_arguments(sub.add_parser("cluster", help=cluster.HELP))
     return parser
 
 
@@ -178,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                     repeat=args.repeat,
                 )
             return int(bench.main(quick=args.quick))
+        if args.command == "cluster":
+            from worker.ops import cluster
+
+            return cluster.main(args)
         if args.command == "run":
             args.data_dir = os.path.abspath(args.data_dir)
             config = load_config(args.config)  # once: it also says which event loop to run on
