@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint unit bench clean
+.PHONY: setup run cluster test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ setup: $(STAMP)
 ## ARGS="--nats-url nats://..." or ARGS="--config my.yaml" to change either.
 run: $(STAMP)
 	$(BIN)/governor run --config deploy/governor.yaml $(ARGS)
+
+## A three-node NATS cluster and two governors on loopback (data and logs in .cluster/), to try failover by hand.
+## ARGS="--metrics-port-base 9190" or ARGS="--config my.yaml" to change either.
+cluster: $(STAMP)
+	$(BIN)/governor cluster $(ARGS)
 
 ## Lint, type-check and run every test (unit, property, integration against a real nats-server).
 test: $(STAMP)

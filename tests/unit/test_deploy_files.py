@@ -82,7 +82,14 @@ class TestYaml:
             "kubernetes/configmap.yaml",
             "kubernetes/service.yaml",
             "kubernetes/prometheusrule.yaml",
+            "kubernetes/pdb.yaml",
+            "kubernetes/nats-configmap.yaml",
+            "kubernetes/nats-statefulset.yaml",
+            "kubernetes/nats-headless-service.yaml",
+            "kubernetes/nats-service.yaml",
+            "kubernetes/nats-pdb.yaml",
             "kubernetes/kustomization.yaml",
+            "compose/governor.yaml",
         } <= names
 
     @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(DEPLOY).as_posix())
@@ -144,33 +151,43 @@ class TestKubernetes:
         assert sorted(load(K8S / "kustomization.yaml")["resources"]) == [p.name for p in K8S_MANIFESTS]
 
     def test_deployment_container_has_image_and_probes(self) -> None:
-        """The Deployment's container has an image, liveness on /healthz and readiness on /readyz at 9090."""
+        """The Deployment's container has an image, liveness on /healthz and readiness on /readyz at 9090, where a
+        caught-up standby counts as ready (`standbyok=true`)."""
         deployment = load(K8S / "deployment.yaml")
         assert deployment["kind"] == "Deployment"
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         assert container["image"]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz?standbyok=true", "port": 9090}
 
     def test_deployment_runs_locked_down(self) -> None:
-        """The pod runs as non-root on a read-only root filesystem, with the config mounted from the ConfigMap."""
+        """The pod runs as non-root on a read-only root filesystem, with the config mounted from the ConfigMap; it
+        logs in to NATS as `governor` with that user's password from the Secret, and takes the servers from the
+        config (no IF_GOVERNOR_NATS_URL to replace them)."""
         pod = load(K8S / "deployment.yaml")["spec"]["template"]["spec"]
         [container] = pod["containers"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert {"name": "IF_GOVERNOR_NATS_URL", "value": "nats://nats:4222"} in container["env"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+        assert env == {
+            "IF_GOVERNOR_NATS_USER": "governor",
+            "IF_GOVERNOR_NATS_PASSWORD": {"secretKeyRef": {"name": "nats-passwords", "key": "GOVERNOR_PASSWORD"}},
+        }
         config = next(v for v in pod["volumes"] if v["name"] == "config")
         assert config["configMap"]["name"] == load(K8S / "configmap.yaml")["metadata"]["name"]
         mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
         assert mount["mountPath"] == "/etc/infrafabric"
 
     def test_configmap_holds_governor_yaml(self) -> None:
-        """The ConfigMap's governor.yaml parses to the same value as deploy/governor.yaml but for `security`."""
+        """The ConfigMap's governor.yaml parses to the same value as deploy/governor.yaml but for `security`, the
+        NATS servers (the cluster's nodes) and `ledger` (R3)."""
         embedded = yaml.safe_load(load(K8S / "configmap.yaml")["data"]["governor.yaml"])
         example = load(DEPLOY / "governor.yaml")
-        assert set(embedded) == set(example)
-        assert {k: v for k, v in embedded.items() if k != "security"} == {
-            k: v for k, v in example.items() if k != "security"
+        assert set(embedded) == set(example) | {"ledger"}
+        assert embedded["ledger"] == {"replicas": 3}
+        assert {k: v for k, v in embedded["nats"].items() if k != "servers"} == example["nats"]
+        assert {k: v for k, v in embedded.items() if k not in ("security", "nats", "ledger")} == {
+            k: v for k, v in example.items() if k not in ("security", "nats")
         }
 
     def test_configmap_trusts_the_shipped_server_config(self, tmp_path: Path) -> None:
@@ -394,14 +411,18 @@ class TestContainer:
         assert 'CMD ["run", "--config", "/etc/infrafabric/governor.yaml"]\n' in text
 
     def test_compose_references_existing_files(self) -> None:
-        """The compose file's build context, Dockerfile and mounted directories exist."""
+        """The compose file's build context, Dockerfile and mounted files and directories exist."""
         compose = load(DEPLOY / "compose.yaml")
-        build = compose["services"]["governor"]["build"]
-        context = (DEPLOY / build["context"]).resolve()
-        assert context == ROOT
-        assert (context / build["dockerfile"]).is_file()
-        for volume in compose["services"]["prometheus"]["volumes"]:
-            assert (DEPLOY / volume.split(":")[0]).is_dir(), volume
+        for name in ("governor-a", "governor-b"):
+            build = compose["services"][name]["build"]
+            context = (DEPLOY / build["context"]).resolve()
+            assert context == ROOT
+            assert (context / build["dockerfile"]).is_file()
+        for service in compose["services"].values():
+            for volume in service.get("volumes", []):
+                source = volume.split(":")[0]
+                if source.startswith("."):  # a path, not a named volume
+                    assert (DEPLOY / source).exists(), volume
 
     def test_compose_prometheus_loads_the_rules(self) -> None:
         """The compose Prometheus loads deploy/prometheus/rules.yml and scrapes the governor service."""
@@ -416,5 +437,282 @@ class TestContainer:
             in_container = (config_dir / rule_file).as_posix()
             assert in_container.startswith(mount + "/"), rule_file
             assert (DEPLOY / host / in_container.removeprefix(mount + "/")).is_file(), rule_file
-        assert settings["scrape_configs"][0]["static_configs"] == [{"targets": ["governor:9090"]}]
+        assert settings["scrape_configs"][0]["static_configs"] == [{"targets": ["governor-a:9090", "governor-b:9090"]}]
         assert "9091:9090" in prometheus["ports"]
+
+
+# -- the clusters: Kubernetes and compose ---------------------------------------------------------------------------
+
+NATS_K8S_CONF = "nats-server.conf"
+"""The key of the NATS ConfigMap (kubernetes/nats-configmap.yaml) that holds the nodes' nats-server config."""
+CLUSTER_ONLY = ("server_name: $POD_NAME", "pid_file: ", "lame_duck_grace_period: ", "lame_duck_duration: ")
+"""The top-level settings the Kubernetes cluster's config has and deploy/nats-server.conf has not (besides the
+`cluster` block)."""
+ENV_REFERENCE = re.compile(r":\s*\$([A-Z_]+)\s*$", flags=re.MULTILINE)
+K8S_VARIABLE = re.compile(r"\$\(([A-Z_]+)\)")
+
+
+def settings(conf: str) -> list[str]:
+    """A nats-server config's lines as the server reads them: stripped, without comment lines and blank lines."""
+    return [line.strip() for line in conf.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def block(conf: str, name: str) -> str:
+    """The top-level `name { ... }` block of a nats-server config (to its closing brace at column 0)."""
+    match = re.search(rf"^{name} \{{\n(.*?)^\}}\n", conf, flags=re.MULTILINE | re.DOTALL)
+    assert match is not None, f"no `{name}` block"
+    return match.group(1)
+
+
+def kustomized() -> dict[tuple[str, str], dict[str, Any]]:
+    """`kubectl kustomize deploy/kubernetes` (offline), each resource by (kind, name); skipped without kubectl."""
+    exe = shutil.which("kubectl")
+    if exe is None:
+        pytest.skip("kubectl not installed")
+    result = subprocess.run([exe, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(result.stdout) if doc}
+
+
+def nats_k8s_conf() -> str:
+    """The Kubernetes NATS nodes' nats-server config (kubernetes/nats-configmap.yaml)."""
+    text: str = load(K8S / "nats-configmap.yaml")["data"][NATS_K8S_CONF]
+    return text
+
+
+def only_container(workload: dict[str, Any]) -> dict[str, Any]:
+    """The one container of a workload's pods."""
+    containers: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    [container] = containers
+    return container
+
+
+def selects(labels: dict[str, str], workload: dict[str, Any]) -> bool:
+    """True when the labels a selector matches pick the workload's pods."""
+    return bool(labels.items() <= workload["spec"]["template"]["metadata"]["labels"].items())
+
+
+class TestKubernetesCluster:
+    def test_renders_every_resource(self) -> None:
+        """`kubectl kustomize` renders NATS (config, StatefulSet, two Services, PDB) and the governor (config,
+        Deployment, PDB, metrics Service, alert rules)."""
+        assert set(kustomized()) == {
+            ("ConfigMap", "nats-config"),
+            ("StatefulSet", "nats"),
+            ("Service", "nats-headless"),
+            ("Service", "nats"),
+            ("PodDisruptionBudget", "nats"),
+            ("ConfigMap", "governor-config"),
+            ("Deployment", "if-governor"),
+            ("PodDisruptionBudget", "if-governor"),
+            ("Service", "if-governor-metrics"),
+            ("PrometheusRule", "if-governor"),
+        }
+
+    def test_nats_is_a_three_node_statefulset_behind_a_headless_service(self) -> None:
+        """Three NATS pods started together, named through a headless Service that publishes them before they are
+        ready (so starting nodes find each other), each with a JetStream volume of its own at the store's parent."""
+        resources = kustomized()
+        nats = resources["StatefulSet", "nats"]
+        headless = resources["Service", nats["spec"]["serviceName"]]
+        assert (nats["spec"]["replicas"], nats["spec"]["podManagementPolicy"]) == (3, "Parallel")
+        assert (headless["spec"]["clusterIP"], headless["spec"]["publishNotReadyAddresses"]) == ("None", True)
+        assert selects(headless["spec"]["selector"], nats)
+        [claim] = nats["spec"]["volumeClaimTemplates"]
+        mount = next(m for m in only_container(nats)["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+        assert "store_dir: /data/jetstream" in block(nats_k8s_conf(), "jetstream")
+        assert mount["mountPath"] == "/data"
+
+    def test_nats_routes_to_every_pod_with_the_route_password(self) -> None:
+        """The config has a `cluster` block that admits only the `route` user with ROUTE_PASSWORD, and each node
+        routes to every pod of the StatefulSet by its DNS name, logging in as that user."""
+        resources = kustomized()
+        nats = resources["StatefulSet", "nats"]
+        cluster = block(nats_k8s_conf(), "cluster")
+        assert settings(cluster) == [
+            "name: if-governor",
+            "listen: 0.0.0.0:6222",
+            "no_advertise: true",
+            "authorization {",
+            "user: route",
+            "password: $ROUTE_PASSWORD",
+            "}",
+        ]
+        args = only_container(nats)["args"]
+        routes = args[args.index("--routes") + 1].split(",")
+        service = nats["spec"]["serviceName"]
+        assert routes == [f"nats://route:$(ROUTE_PASSWORD)@nats-{i}.{service}:6222" for i in range(3)]
+
+    def test_nats_probes_its_monitoring_port(self) -> None:
+        """NATS is alive while its JetStream is enabled, ready while its server runs, started once JetStream is
+        current: all on the monitoring port, which the config serves at 8222."""
+        container = only_container(kustomized()["StatefulSet", "nats"])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"client": 4222, "cluster": 6222, "monitor": 8222}
+        probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+        assert probes == {
+            "startupProbe": {"path": "/healthz", "port": "monitor"},
+            "livenessProbe": {"path": "/healthz?js-enabled-only=true", "port": "monitor"},
+            "readinessProbe": {"path": "/healthz?js-server-only=true", "port": "monitor"},
+        }
+        assert "http: 0.0.0.0:8222" in settings(nats_k8s_conf())
+
+    def test_nats_config_is_the_shipped_one_with_a_cluster_block(self) -> None:
+        """Outside its `cluster` block, the name from the pod and lame duck mode, the NATS ConfigMap's config is
+        deploy/nats-server.conf line for line: the same accounts, permissions, JetStream and timeouts."""
+        shipped = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
+        conf = nats_k8s_conf()
+        without_cluster = conf.replace("cluster {\n" + block(conf, "cluster") + "}\n", "")
+        assert [line for line in settings(without_cluster) if not line.startswith(CLUSTER_ONLY)] == [
+            line for line in settings(shipped) if not line.startswith("server_name:")
+        ]
+        assert [line for line in settings(conf) if line.startswith(CLUSTER_ONLY)] == [
+            "server_name: $POD_NAME",
+            "pid_file: /var/run/nats/nats.pid",
+            'lame_duck_grace_period: "10s"',
+            'lame_duck_duration: "30s"',
+        ]
+
+    def test_nats_pods_get_every_variable_the_config_reads(self) -> None:
+        """The NATS pods' environment holds exactly the variables the config reads: the pod's name and the six
+        passwords, each from the Secret `nats-passwords` under its own name (the route password too, which the
+        routes on the command line expand)."""
+        container = only_container(kustomized()["StatefulSet", "nats"])
+        env = {e["name"]: e["valueFrom"] for e in container["env"]}
+        assert set(env) == set(ENV_REFERENCE.findall(nats_k8s_conf()))
+        assert env.pop("POD_NAME") == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env == {name: {"secretKeyRef": {"name": "nats-passwords", "key": name}} for name in env}
+        assert set(env) == {*ROLE_PASSWORDS, "ROUTE_PASSWORD"}
+        assert set(K8S_VARIABLE.findall(" ".join(container["args"]))) == {"ROUTE_PASSWORD"}
+
+    def test_nats_server_accepts_the_clusters_config(self, tmp_path: Path) -> None:
+        """`nats-server -t` accepts the NATS ConfigMap's config with the StatefulSet's arguments (its routes) and
+        the environment the pod gets."""
+        nats = kustomized()["StatefulSet", "nats"]
+        container = only_container(nats)
+        conf = tmp_path / NATS_K8S_CONF
+        conf.write_text(nats_k8s_conf(), encoding="utf-8")
+        env = {**os.environ, "POD_NAME": "nats-0", **{e["name"]: f"p{e['name'].lower()}" for e in container["env"]}}
+        mounted = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "config")
+        args = [
+            str(conf) if arg == f"{mounted}/{NATS_K8S_CONF}" else K8S_VARIABLE.sub(lambda m: env[m.group(1)], arg)
+            for arg in container["args"]
+        ]
+        assert str(conf) in args
+        result = subprocess.run(
+            [nats_server_binary(), *args, "-t"], capture_output=True, text=True, timeout=60, check=False, env=env
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_governor_runs_two_replicas_rolling_one_at_a_time(self) -> None:
+        """Two governor replicas (one serves, one stands by), rolled one new pod at a time with none taken down
+        before its successor is ready, a standby counting as ready."""
+        deployment = kustomized()["Deployment", "if-governor"]
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+        probe = only_container(deployment)["readinessProbe"]["httpGet"]
+        assert probe == {"path": "/readyz?standbyok=true", "port": 9090}
+
+    def test_disruption_budgets_keep_one_governor_and_a_nats_quorum(self) -> None:
+        """The governor's PodDisruptionBudget selects its pods (and no NATS pod) and lets one go at a time, unready
+        ones always; the NATS one lets one of the three nodes go at a time."""
+        resources = kustomized()
+        governor, nats = resources["Deployment", "if-governor"], resources["StatefulSet", "nats"]
+        budget = resources["PodDisruptionBudget", "if-governor"]["spec"]
+        labels = budget["selector"]["matchLabels"]
+        assert (selects(labels, governor), selects(labels, nats)) == (True, False)
+        assert (budget["maxUnavailable"], budget["unhealthyPodEvictionPolicy"]) == (1, "AlwaysAllow")
+        assert "minAvailable" not in budget
+        budget = resources["PodDisruptionBudget", "nats"]["spec"]
+        labels = budget["selector"]["matchLabels"]
+        assert (selects(labels, nats), selects(labels, governor)) == (True, False)
+        assert budget["maxUnavailable"] == 1
+
+    def test_governor_config_names_the_three_nodes_and_r3(self, tmp_path: Path) -> None:
+        """The governor's config, as the worker loads it, lists every NATS pod's client URL and keeps its streams
+        on three replicas."""
+        resources = kustomized()
+        nats = resources["StatefulSet", "nats"]
+        path = tmp_path / "governor.yaml"
+        path.write_text(resources["ConfigMap", "governor-config"]["data"]["governor.yaml"], encoding="utf-8")
+        config = load_config(path, env={})
+        service = nats["spec"]["serviceName"]
+        assert config.nats.servers == [f"nats://nats-{i}.{service}:4222" for i in range(nats["spec"]["replicas"])]
+        assert config.ledger.replicas == 3
+
+    def test_governor_and_nats_share_the_password_secret(self) -> None:
+        """The governor logs in with the GOVERNOR_PASSWORD that the NATS pods read from the same Secret."""
+        resources = kustomized()
+        governor = {e["name"]: e for e in only_container(resources["Deployment", "if-governor"])["env"]}
+        nats = {e["name"]: e for e in only_container(resources["StatefulSet", "nats"])["env"]}
+        assert governor["IF_GOVERNOR_NATS_PASSWORD"]["valueFrom"] == nats["GOVERNOR_PASSWORD"]["valueFrom"]
+
+
+COMPOSE_NATS = ("nats-1", "nats-2", "nats-3")
+COMPOSE_GOVERNORS = ("governor-a", "governor-b")
+
+
+class TestComposeCluster:
+    def compose(self) -> dict[str, Any]:
+        compose: dict[str, Any] = load(DEPLOY / "compose.yaml")
+        return compose
+
+    def test_three_nats_nodes_each_with_its_name_and_volume(self) -> None:
+        """Three NATS services run the same mounted config, each under its own server name with its own JetStream
+        volume and host ports."""
+        services = self.compose()["services"]
+        assert [services[n]["environment"] for n in COMPOSE_NATS] == [{"NATS_SERVER_NAME": n} for n in COMPOSE_NATS]
+        volumes = [sorted(services[n]["volumes"]) for n in COMPOSE_NATS]
+        assert volumes == [["./compose/nats.conf:/etc/nats/nats.conf:ro", f"{n}-data:/data"] for n in COMPOSE_NATS]
+        assert set(self.compose()["volumes"]) == {f"{n}-data" for n in COMPOSE_NATS}
+        command = ["nats-server", "--config", "/etc/nats/nats.conf"]
+        assert [services[n]["command"] for n in COMPOSE_NATS] == [command] * 3
+        ports = [port.split(":")[0] for n in COMPOSE_NATS for port in services[n]["ports"]]
+        assert len(set(ports)) == len(ports) == 6
+
+    def test_nats_nodes_form_one_jetstream_cluster(self) -> None:
+        """The nodes' config routes to all three services, stores JetStream under the volume and syncs every write."""
+        conf = (DEPLOY / "compose" / "nats.conf").read_text(encoding="utf-8")
+        assert re.findall(r"nats://([\w-]+):6222", block(conf, "cluster")) == list(COMPOSE_NATS)
+        assert settings(block(conf, "jetstream")) == ["store_dir: /data/jetstream", "sync_interval: always"]
+
+    def test_nats_server_accepts_the_nodes_config(self) -> None:
+        """`nats-server -t` accepts compose's node config with a node's name set."""
+        result = subprocess.run(
+            [nats_server_binary(), "-c", str(DEPLOY / "compose" / "nats.conf"), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "NATS_SERVER_NAME": "nats-1"},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_same_nats_image_as_kubernetes(self) -> None:
+        """Compose's NATS nodes run the image the Kubernetes StatefulSet runs."""
+        services = self.compose()["services"]
+        images = {services[n]["image"] for n in COMPOSE_NATS}
+        assert images == {only_container(load(K8S / "nats-statefulset.yaml"))["image"]}
+
+    def test_two_governors_on_every_node_with_r3(self) -> None:
+        """Two governor services, on their own host ports, each given every node's URL and the R3 config mounted
+        where the image reads its config; the worker's loader turns that into three servers and three replicas."""
+        services = self.compose()["services"]
+        urls = ",".join(f"nats://{n}:4222" for n in COMPOSE_NATS)
+        for name in COMPOSE_GOVERNORS:
+            service = services[name]
+            assert service["environment"] == {"IF_GOVERNOR_NATS_URL": urls}, name
+            assert service["volumes"] == ["./compose/governor.yaml:/etc/infrafabric/governor.yaml:ro"], name
+            assert set(service["depends_on"]) == set(COMPOSE_NATS), name
+        assert [services[n]["ports"] for n in COMPOSE_GOVERNORS] == [["9090:9090"], ["9092:9090"]]
+        config = load_config(DEPLOY / "compose" / "governor.yaml", env={"IF_GOVERNOR_NATS_URL": urls})
+        assert (config.nats.servers, config.ledger.replicas) == (urls.split(","), 3)
+
+    def test_governor_config_is_the_example_with_r3(self) -> None:
+        """compose/governor.yaml is deploy/governor.yaml plus `ledger.replicas: 3`, nothing else."""
+        compose_config = load(DEPLOY / "compose" / "governor.yaml")
+        assert compose_config.pop("ledger") == {"replicas": 3}
+        assert compose_config == load(DEPLOY / "governor.yaml")

@@ -34,8 +34,8 @@ class Period:
     def window(self, t: float) -> tuple[float, float]:
         """The period holding instant `t`: (its start, its end), Unix seconds, `start <= t < end`."""
         if self.kind == "fixed":
-            start = (int(t // self.length_s)) * self.length_s
-            return float(start), float(start + self.length_s)
+            first_s = int(t // self.length_s) * self.length_s
+            return float(first_s), float(first_s + self.length_s)
         first = self._first_day(_dt.datetime.fromtimestamp(t, self.zone).date())
         start, end = self._midnight(first), self._midnight(self._next(first))
         # Where a midnight repeats (clocks turned back across it), the repeated wall-clock hour reads as the day

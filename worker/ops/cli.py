@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: [int(n) for n in text.split(",")],
         help="aggregate decisions/s of these numbers of pools on a local three-node cluster, e.g. 1,2,4",
     )
+
+    from worker.ops import cluster  # governor cluster (make cluster)
+
+    cluster.add_arguments(sub.add_parser("cluster", help=cluster.HELP))
     return parser
 
 
@@ -202,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                     repeat=args.repeat,
                 )
             return int(bench.main(quick=args.quick))
+        if args.command == "cluster":
+            from worker.ops import cluster
+
+            return cluster.main(args)
         if args.command == "run":
             args.data_dir = os.path.abspath(args.data_dir)
             config = load_config(args.config)  # once: it also says which event loop to run on
