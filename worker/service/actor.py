@@ -203,8 +203,9 @@ class Actor:
             self.ledger.landed(write)
         await self.apply(flight)
 
-    async def apply(self, flight: _Flight) -> None:
-        """Apply a batch's commands to the core in order and perform their effects."""
+    async def apply(self, flight: _Flight, answered: frozenset[int] = frozenset()) -> None:
+        """Apply a batch's commands to the core in order and perform their effects (`answered`: the positions
+        whose refusal was sent already)."""
         batch, results, now = flight.batch, flight.results, flight.now
         core = self.core
         # The ledger message that holds each written command: its records are stamped with their position there.
@@ -230,14 +231,9 @@ class Actor:
                 events += stamper.stamp(caused, *at) if at is not None else caused
         self._observe(batch, results, events)
         outbox = self.outbox
-        for command, result in zip(batch, results, strict=True):
-            try:
-                if isinstance(result, GovernorError):
-                    await outbox.reply_error(command, result)
-                elif command.reply_to and result is not None:
-                    await outbox.reply(command, result)
-            except Exception:  # the outbox counts what it cannot send; anything else is a bug, never our end
-                log.exception("answering %s failed (trace %s)", command.kind, command.trace_id)
+        for i, (command, result) in enumerate(zip(batch, results, strict=True)):
+            if i not in answered:
+                await self._answer(command, result)
         if events:
             try:
                 await outbox.publish(events)
@@ -248,11 +244,21 @@ class Actor:
         if self.ledger is not None and self.ledger.since_snapshot >= max(self.snapshot_every, 2 * len(self.core)):
             self._snapshot()
 
+    async def _answer(self, command: Command, result: msgspec.Struct | GovernorError | None) -> None:
+        try:
+            if isinstance(result, GovernorError):
+                await self.outbox.reply_error(command, result)
+            elif command.reply_to and result is not None:
+                await self.outbox.reply(command, result)
+        except Exception:  # the outbox counts what it cannot send; anything else is a bug, never our end
+            log.exception("answering %s failed (trace %s)", command.kind, command.trace_id)
+
     async def _failed(self, head: _Flight, failure: LedgerError) -> None:
         """A write was not acknowledged: it and every flight behind it change nothing here and are refused.
 
         Waits until every write in flight is settled (acknowledged, refused or out of time), so that nothing lands
-        later unseen; then, when any of them may have landed, re-reads the ledger so that the state follows it.
+        later unseen, and answers the refused changes; then, when any of them may have landed, re-reads the ledger
+        so that the state follows it, before the batches' reads are answered.
         """
         assert self.ledger is not None
         ledger = self.ledger
@@ -275,30 +281,39 @@ class Actor:
         else:  # LedgerAmbiguous, or anything unexpected: as unsure as a timeout
             log.error("ledger write not acknowledged (%r); re-reading the ledger before serving on", failure)
             error = Unavailable(f"the ledger did not acknowledge in time ({failure}); retry with the same event_id")
-        if not self.fenced and landed:
-            await self._resync()
-        self.metrics.ledger_failures.labels(type(failure).__name__).inc()
         behind = Unavailable("an earlier ledger write was not acknowledged; retry with the same event_id")
         for flight in failed:
             for i in flight.pending:
                 flight.results[i] = error if flight is head else behind
-            await self.apply(flight)  # answers the refusals; reads (status, history) see the state the ledger has
+            # Answered at once: a refused change applied nothing here, whatever the ledger turns out to hold, and
+            # re-reading the ledger may take as long as the storage is away (a cluster without quorum).
+            for i in flight.pending:
+                await self._answer(flight.batch[i], flight.results[i])
+        synced = not landed or (not self.fenced and await self._resync())
+        self.metrics.ledger_failures.labels(type(failure).__name__).inc()
+        for flight in failed:
+            if not synced:  # fenced before the ledger could be re-read: the state may lag what it holds
+                stale = Unavailable("this governor is not serving (it lost its lease); retry")
+                flight.results[:] = [stale if r is None else r for r in flight.results]
+            await self.apply(flight, answered=frozenset(flight.pending))  # reads see the state the ledger has
 
-    async def _resync(self) -> None:
-        """After an unacknowledged write: replay whatever the ledger holds beyond what we applied (retrying)."""
+    async def _resync(self) -> bool:
+        """After an unacknowledged write: replay whatever the ledger holds beyond what we applied, retrying until it
+        can be read (True) or this actor is fenced (False: its lease ran out meanwhile)."""
         assert self.ledger is not None
         delay = 0.1
-        while True:
+        while not self.fenced:
             self.turned = asyncio.get_running_loop().time()  # waiting for storage, not stuck
             try:
                 landed = await catch_up(self.ledger, self.core, after=(0, -1))
                 if landed.events:  # what a write that landed after all caused was never published
                     await self.outbox.publish(landed.events)
-                return
+                return True
             except Exception as exc:
                 log.warning("ledger not readable yet (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        return False
 
     def _snapshot(self) -> None:
         """Take a snapshot now (synchronously: the state is consistent) and store it in the background."""
