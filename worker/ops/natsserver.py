@@ -148,7 +148,8 @@ class NatsServer:
 class NatsCluster:
     """Three (or `size`) nats-servers on loopback routed into one JetStream cluster, each with its own ports and
     store, writing every JetStream change to disk before acknowledging it (`sync_interval: always`); a context
-    manager. `stop(i, kill=True)` and `start(i)` lose and bring back one node; `wipe(i)` empties its store first.
+    manager. `stop(i, kill=True)` and `start(i)` lose and bring back one node; `wipe(i)` empties its store first;
+    `freeze(i)` pauses it.
     Each node serves its monitoring endpoint too (`healthz(i)`), so that `wait_ready` can tell when JetStream
     answers.
     """
@@ -198,6 +199,13 @@ class NatsCluster:
 
     def stop(self, i: int, *, kill: bool = False) -> None:
         self.nodes[i].stop(kill=kill)
+
+    def freeze(self, i: int) -> None:
+        """SIGSTOP node `i`: its connections stay open and it answers nothing (a paused VM); `stop(i, kill=True)`
+        ends it."""
+        process = self.nodes[i].process
+        assert process is not None, "the node is not running"
+        process.send_signal(signal.SIGSTOP)
 
     def wipe(self, i: int) -> None:
         """Remove node `i`'s JetStream store (it must be stopped): it comes back empty and must catch up."""
