@@ -298,6 +298,7 @@ class TestQuorumLost:
             reply = asyncio.create_task(timed(prober.request("governor.cost", PROBE, timeout=120)))
             await no_governor_answers(prober)
             stopped_serving = time.monotonic() - lost
+            await asyncio.sleep(lost + CLIENT_TIMEOUT + 1.0 - time.monotonic())  # down for longer than a client waits
 
             cluster.start(1)
             back = time.monotonic()
