@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration tests: a real nats-server per test, a worker, a client, an event recorder."""
+"""Fixtures shared by the integration tests: a real nats-server per test, a worker (in this process or child
+processes), a client, an event recorder."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.config import Config
 from tests.factories import EXAMPLE_SWARMS, make_config
-from tests.integration.helpers import Recorder, WorkerFactory, answering, record
+from tests.integration.helpers import Recorder, WorkerFactory, WorkerProcess, answering, record
 from worker.client import GovernorClient
 from worker.ops.metrics import Metrics
 from worker.ops.natsserver import NatsServer
@@ -29,6 +30,15 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[WorkerProcess]]:
+    """`governor run` processes a test started (it appends them); killed at the end whatever happens."""
+    started: list[WorkerProcess] = []
+    yield started
+    for p in started:
+        p.kill()
 
 
 @pytest.fixture

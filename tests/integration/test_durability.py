@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
 import pytest
-import yaml
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from tests.factories import EXAMPLE_SWARMS, make_config, swarm_entry
-from tests.integration.helpers import WorkerProcess, answering, empty_snapshot, start_worker_process
+from tests.factories import EXAMPLE_SWARMS, make_config
+from tests.integration.helpers import WorkerProcess, answering, empty_snapshot
+from tests.integration.load import (
+    EVENTS,
+    Load,
+    assert_each_event_once,
+    budgets,
+    expected_budgets,
+    launch,
+    wait_serving,
+    write_config,
+)
 from worker.client import GovernorClient
 from worker.core.governor import Governor
 from worker.errors import Unavailable
@@ -37,139 +42,7 @@ from worker.storage.entries import LedgerGap
 from worker.storage.journal import Ledger, stream_name
 from worker.storage.snapshots import LEGACY_SNAPSHOT_NAME, snapshot_name
 
-INITIAL = 1_000_000.0
-SWARMS = [f"swarm-{i}" for i in range(8)]
-EVENTS = 10_000
-CLIENTS = 8
-
 pytestmark = pytest.mark.timeout(300)
-
-
-def write_config(path: Path, **ledger: Any) -> Path:
-    config = {
-        "swarms": [
-            swarm_entry(
-                s,
-                ["code-analysis:python"],
-                cost_per_hour=2.0,
-                reputation_score=0.9,
-                initial_budget=INITIAL,
-                model="haiku",
-            )
-            for s in SWARMS
-        ],
-        "metrics": {"port": 0},
-        "ledger": {"lease_ttl_s": 2.0, "timeout_s": 1.0, "snapshot_every": 300, **ledger},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def launch(url: str, config: Path, log: Path) -> WorkerProcess:
-    """`governor run` on `config` against `url` (with no metrics endpoint), its output in `log`."""
-    return start_worker_process(url, config, log, env={"IF_GOVERNOR_METRICS_PORT": "0"})
-
-
-@pytest.fixture
-def processes() -> Iterator[list[WorkerProcess]]:
-    """Worker processes started by a test; killed at the end whatever happens."""
-    started: list[WorkerProcess] = []
-    yield started
-    for p in started:
-        p.kill()
-
-
-async def wait_serving(url: str, timeout: float = 30.0) -> None:
-    """Wait until some governor answers `status` ok, on a connection of its own."""
-    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    try:
-        await answering(nc, timeout=timeout)
-    finally:
-        await nc.close()
-
-
-class Load:
-    """Several clients sending cost events, each retried with the same event_id until acknowledged `ok`.
-
-    Every attempt gets its own reply inbox, and one wildcard subscription counts the replies per inbox: a
-    request answered by two governors would show up as an inbox with two replies.
-    """
-
-    def __init__(self, url: str, events: int = EVENTS, clients: int = CLIENTS, seed: int = 7) -> None:
-        rng = random.Random(seed)
-        self.url = url
-        self.events = [(f"ev-{i}", rng.choice(SWARMS), rng.randint(1, 500) / 100) for i in range(events)]
-        self.clients = clients
-        self.acked: dict[str, tuple[str, float]] = {}
-        self.duplicates = 0
-        self.retries = 0
-        self.replies: Counter[str] = Counter()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._progress = asyncio.Event()
-
-    async def run(self) -> None:
-        nc: Client = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-        try:
-            await nc.subscribe("_INBOX.load.>", cb=self._on_reply)
-            queue: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
-            for event in self.events:
-                queue.put_nowait(event)
-            await asyncio.gather(*(self._client(nc, queue, i) for i in range(self.clients)))
-        finally:
-            await nc.close()
-
-    async def _on_reply(self, msg: Msg) -> None:
-        self.replies[msg.subject] += 1
-        future = self._waiting.pop(msg.subject, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-    async def _client(self, nc: Client, queue: asyncio.Queue[tuple[str, str, float]], n: int) -> None:
-        attempt = 0
-        while not queue.empty():
-            event_id, swarm_id, amount = queue.get_nowait()
-            body = msgspec.json.encode(
-                {"swarm_id": swarm_id, "operation": "load", "cost": amount, "event_id": event_id}
-            )
-            while True:
-                attempt += 1
-                inbox = f"_INBOX.load.{n}.{attempt}"
-                future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-                self._waiting[inbox] = future
-                try:
-                    await nc.publish("governor.cost", body, reply=inbox)
-                    msg = await asyncio.wait_for(future, timeout=1.0)
-                except (TimeoutError, nats.errors.Error):
-                    self._waiting.pop(inbox, None)
-                    self.retries += 1
-                    await asyncio.sleep(0.05)
-                    continue
-                reply = msgspec.json.decode(msg.data) if msg.data else {}  # empty: "no responders" status
-                if reply.get("ok"):
-                    self.acked[event_id] = (swarm_id, amount)
-                    self._progress.set()
-                    self.duplicates += bool(reply.get("duplicate"))
-                    break
-                self.retries += 1  # unavailable / overloaded: retry the same event
-                await asyncio.sleep(0.05)
-
-    def expected_budgets(self) -> dict[str, float]:
-        spent: dict[str, int] = dict.fromkeys(SWARMS, 0)
-        for swarm_id, amount in self.acked.values():
-            spent[swarm_id] += round(amount * 100)
-        return {s: round(INITIAL - cents / 100, 2) for s, cents in spent.items()}
-
-    async def wait_acked(self, count: int, task: asyncio.Task[None], timeout: float = 120.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.acked) < count and not task.done():
-                self._progress.clear()
-                await asyncio.wait([asyncio.ensure_future(self._progress.wait()), task], return_when="FIRST_COMPLETED")
-
-
-async def budgets(url: str) -> dict[str, float]:
-    async with await GovernorClient.connect(url) as client:
-        status = await client.status()
-    return {s: round(v, 6) for s, v in status.budgets.items()}
 
 
 async def start_serving(tmp_path: Path, url: str, processes: list[WorkerProcess], log: str = "worker.log") -> Path:
@@ -181,18 +54,11 @@ async def start_serving(tmp_path: Path, url: str, processes: list[WorkerProcess]
 
 
 async def load_a_third(url: str) -> tuple[Load, asyncio.Task[None]]:
-    """Start the full load of retried cost events; return once a third of them are acknowledged."""
+    """Start the full load of retried cost events (EVENTS of them); return once a third of them are acknowledged."""
     load = Load(url)
     task = asyncio.create_task(load.run())
     await load.wait_acked(EVENTS // 3, task)
     return load, task
-
-
-async def assert_each_event_once(url: str, load: Load) -> None:
-    """Every event acknowledged, every budget exact to the cent, no request answered twice."""
-    assert len(load.acked) == EVENTS
-    assert await budgets(url) == load.expected_budgets()
-    assert max(load.replies.values()) == 1
 
 
 class TestCrashRecovery:
@@ -232,7 +98,7 @@ class TestCrashRecovery:
         load = Load(nats_server.url, events=1000)
         await load.run()
         before = await budgets(nats_server.url)
-        assert before == load.expected_budgets()
+        assert before == expected_budgets(load)
         assert processes[-1].stop(timeout=20.0) == 0
         processes.append(launch(nats_server.url, config, tmp_path / "worker.log"))
         await wait_serving(nats_server.url)

@@ -14,6 +14,8 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
@@ -146,7 +148,10 @@ class NatsServer:
 class NatsCluster:
     """Three (or `size`) nats-servers on loopback routed into one JetStream cluster, each with its own ports and
     store, writing every JetStream change to disk before acknowledging it (`sync_interval: always`); a context
-    manager. `stop(i, kill=True)` and `start(i)` lose and bring back one node; `wipe(i)` empties its store first.
+    manager. `stop(i, kill=True)` and `start(i)` lose and bring back one node; `wipe(i)` empties its store first;
+    `freeze(i)` pauses it.
+    Each node serves its monitoring endpoint too (`healthz(i)`), so that `wait_ready` can tell when JetStream
+    answers.
     """
 
     def __init__(self, root: str | Path | None = None, *, size: int = 3, name: str = "governor-local") -> None:
@@ -154,6 +159,7 @@ class NatsCluster:
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="if-governor-cluster-"))
         self.name = name
         self.routes = [free_port() for _ in range(size)]
+        self.monitors = [free_port() for _ in range(size)]
         self.nodes: list[NatsServer] = []
         for i in range(size):
             node_dir = self.root / f"n{i + 1}"
@@ -167,6 +173,7 @@ class NatsCluster:
         routes = ", ".join(f"nats-route://127.0.0.1:{port}" for j, port in enumerate(self.routes) if j != i)
         return (
             f"server_name: n{i + 1}\n"
+            f"http: 127.0.0.1:{self.monitors[i]}\n"
             f"jetstream {{ store_dir: {json.dumps(str(server.store_dir))}, sync_interval: always }}\n"
             f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.routes[i]}, routes: [{routes}] }}\n"
         )
@@ -181,14 +188,24 @@ class NatsCluster:
         return ",".join(self.urls)
 
     def start(self, i: int | None = None, timeout: float = 10.0) -> NatsCluster:
-        """Start node `i` (0-based), or every node that is not running."""
+        """Start node `i` (0-based), listening for clients when this returns; or every node that is not running,
+        and wait until JetStream answers on each (`wait_ready`)."""
         for j, node in enumerate(self.nodes):
             if (i is None or i == j) and node.process is None:
                 node.start(timeout)
+        if i is None:
+            self.wait_ready(timeout=max(timeout, 30.0))
         return self
 
     def stop(self, i: int, *, kill: bool = False) -> None:
         self.nodes[i].stop(kill=kill)
+
+    def freeze(self, i: int) -> None:
+        """SIGSTOP node `i`: its connections stay open and it answers nothing (a paused VM); `stop(i, kill=True)`
+        ends it."""
+        process = self.nodes[i].process
+        assert process is not None, "the node is not running"
+        process.send_signal(signal.SIGSTOP)
 
     def wipe(self, i: int) -> None:
         """Remove node `i`'s JetStream store (it must be stopped): it comes back empty and must catch up."""
@@ -198,6 +215,31 @@ class NatsCluster:
     def index_of(self, server_name: str) -> int:
         """The node index of a server name (`n2` -> 1), as JetStream reports a stream's leader."""
         return int(server_name.removeprefix("n")) - 1
+
+    def healthz(self, i: int) -> tuple[int, str]:
+        """Node `i`'s `/healthz`: (status, body). 200 once its JetStream knows the cluster's metadata leader and
+        every stream and consumer it holds a replica of is current; 503 (or 0: not listening) before."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitors[i]}/healthz", timeout=2.0) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every running node's `/healthz` answers 200: a JetStream request sent before is lost, not
+        refused, while the cluster elects its metadata leader (and a restarted node is not current yet)."""
+        deadline = time.monotonic() + timeout
+        running = [i for i, node in enumerate(self.nodes) if node.process is not None]
+        while True:
+            answers = {f"n{i + 1}": self.healthz(i) for i in running}
+            if all(status == 200 for status, _ in answers.values()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"JetStream not ready within {timeout:g}s: {answers}")
+            time.sleep(0.05)
 
     def cleanup(self) -> None:
         for node in self.nodes:
