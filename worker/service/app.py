@@ -393,6 +393,7 @@ class Worker:
                 prefix=self.config.governor.prefix,
                 replicas=ledger_config.replicas,
                 config=audit,
+                timeout=ledger_config.timeout_s,
             )
             if audit.enabled
             else None

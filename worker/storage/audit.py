@@ -74,9 +74,17 @@ class AuditLog:
     """The two audit streams on one (storage) connection."""
 
     def __init__(
-        self, nc: Client, *, prefix: str = "governor", replicas: int = 1, config: AuditSection | None = None
+        self,
+        nc: Client,
+        *,
+        prefix: str = "governor",
+        replicas: int = 1,
+        config: AuditSection | None = None,
+        timeout: float = 10.0,
     ) -> None:
-        self.js: JetStreamContext = nc.jetstream(timeout=10.0)
+        """`timeout`: seconds a JetStream request waits (the governor gives its ledger's, so that a request lost
+        while a cluster elects leaders delays it no longer than a ledger read)."""
+        self.js: JetStreamContext = nc.jetstream(timeout=timeout)
         self.prefix = prefix
         self.replicas = replicas
         self.config = config or AuditSection()
