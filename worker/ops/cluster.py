@@ -29,7 +29,7 @@ import yaml
 
 from schemas.config import Config
 from worker import errors
-from worker.ops.natsserver import NatsCluster, _die_with_parent, free_port
+from worker.ops.natsserver import NatsCluster, _die_with_parent
 from worker.service.config import load_config
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "governor.yaml"
@@ -163,9 +163,7 @@ async def _run(root: Path, configs: dict[str, tuple[Path, Config]], ports: list[
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     cluster = NatsCluster(root)
-    monitors = [free_port() for _ in cluster.nodes]
-    for node, monitor in zip(cluster.nodes, monitors, strict=True):
-        node.extra_args = ["-m", str(monitor)]
+    monitors = cluster.monitors
     # Each governor lists the nodes from another one on. nats-py shuffles the list before connecting (its
     # `dont_randomize` is off), so where each connection lands is chosen at random: the summary says where they are.
     urls = cluster.urls
@@ -177,7 +175,8 @@ async def _run(root: Path, configs: dict[str, tuple[Path, Config]], ports: list[
     try:
         try:
             # On this thread, not in a worker thread: each node dies with the thread that started it (PDEATHSIG).
-            cluster.start()
+            for i in range(len(cluster.nodes)):
+                cluster.start(i)  # each listening; whether JetStream is current, `_until_current` asks (Ctrl-C ends it)
         except (RuntimeError, TimeoutError) as exc:
             print(f"error: cannot start the NATS nodes: {exc}", file=sys.stderr)
             return 1
