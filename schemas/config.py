@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.policy import FailureThreshold, PolicyRule, ResourcePolicy
+from schemas.pricing import ModelPrice
 from schemas.types import Budget, CapabilityDef, CapabilityName, CostPerHour, ModelName, Ratio, SwarmId
 
 PoolName = Annotated[str, Meta(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*\Z", max_length=32)]
@@ -176,3 +177,6 @@ class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Named policies for `rules:` (the presets strict, permissive and production are always there)."""
     rules: list[PolicyRule] = []
     """Per-task policy by capability pattern, first match wins; no match: the `governor:` policy."""
+    pricing: dict[ModelName, ModelPrice] = {}
+    """USD per million tokens of each model, for costs reported as `usage` (a model not listed: such a cost is
+    refused)."""

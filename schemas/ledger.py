@@ -12,6 +12,7 @@ import msgspec
 
 from schemas.events import Identity
 from schemas.policy import PolicyRule, ResourcePolicy
+from schemas.pricing import ModelPrice
 from schemas.replies import Assignment, AssignmentRecord, BreakerState, ResetRecord
 from schemas.requests import RegisterRequest, Request
 
@@ -43,6 +44,7 @@ class Configure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     capabilities: list[str]
     policies: dict[str, ResourcePolicy] = {}
     rules: list[PolicyRule] = []
+    pricing: dict[str, ModelPrice] = {}
 
 
 class Reload(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +85,7 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     """(task_id, swarm_id, micro-dollars, expires_at) of the open reservations."""
     policies: dict[str, ResourcePolicy] = {}
     rules: list[PolicyRule] = []
+    pricing: dict[str, ModelPrice] = {}
     resets: list[ResetRecord] = []
     tasks: list[tuple[str, list[Assignment], float]] = []
     """(task_id, its assignments, when) of the assignments remembered for repeated assigns."""

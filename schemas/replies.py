@@ -70,6 +70,8 @@ class CostReply(Reply, frozen=True, kw_only=True):
     remaining: float
     tripped: bool
     duplicate: bool = False
+    cost: float | None = None
+    """The amount deducted, USD: the request's `cost`, or its `usage` priced (None in a duplicate's reply)."""
 
 
 class ResetReply(Reply, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.codes import ManualTripReason
+from schemas.pricing import TokenUsage
 from schemas.types import (
     Budget,
     Capabilities,
@@ -68,13 +69,23 @@ class AssignRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class CostRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Deduct what an operation cost from a swarm's budget, at once."""
+    """Deduct what an operation cost from a swarm's budget, at once: a `cost` in USD, or the tokens it used
+    (`usage`), which the governor prices by the swarm's model (or `model`) from its `pricing:` table."""
 
     swarm_id: SwarmId
     operation: Name
-    cost: Cost
+    cost: Cost | None = None
+    usage: TokenUsage | None = None
+    model: ModelName | None = None
+    """With `usage`: price the tokens as this model's, not the swarm's."""
     event_id: EventId | None = None
     task_id: Name | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cost is None) == (self.usage is None):
+            raise ValueError("give exactly one of `cost` and `usage`")
+        if self.model is not None and self.usage is None:
+            raise ValueError("`model` prices a `usage`: give it only with one")
 
 
 class ResetRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

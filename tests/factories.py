@@ -97,11 +97,18 @@ def make_config(
     metrics: dict[str, Any] | None = None,
     ledger: dict[str, Any] | None = None,
     security: dict[str, Any] | None = None,
+    pricing: dict[str, Any] | None = None,
     **governor: Any,
 ) -> Config:
     """A Config from plain values: these `swarms:` entries, the keywords as `governor:` settings, and the sections
     given by name; the metrics endpoint is off unless `metrics` says otherwise."""
     raw: dict[str, Any] = {"governor": governor, "swarms": list(swarms), "metrics": metrics or {"port": 0}}
-    sections = {"capabilities": capabilities, "nats": nats, "ledger": ledger, "security": security}
+    sections = {
+        "capabilities": capabilities,
+        "nats": nats,
+        "ledger": ledger,
+        "security": security,
+        "pricing": pricing,
+    }
     raw.update({name: section for name, section in sections.items() if section is not None})
     return msgspec.convert(raw, Config)

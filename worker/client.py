@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from schemas.codes import WITNESS_OPERATIONS
 from schemas.endpoints import BY_NAME, BY_REQUEST
 from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
+from schemas.pricing import TokenUsage
 from schemas.profiles import SwarmProfile
 from schemas.replies import (
     AssignReply,
@@ -212,14 +213,24 @@ class GovernorClient:
         self,
         swarm_id: str,
         operation: str,
-        cost: float,
+        cost: float | None = None,
         *,
+        usage: TokenUsage | None = None,
+        model: str | None = None,
         event_id: str | None = None,
         task_id: str | None = None,
         trace_id: str | None = None,
     ) -> CostReply:
+        """Report a cost in USD, or the tokens it used (`usage`, priced by the governor); the reply's `cost` is
+        what was deducted."""
         request = CostRequest(
-            swarm_id=swarm_id, operation=operation, cost=cost, event_id=event_id or _event_id(), task_id=task_id
+            swarm_id=swarm_id,
+            operation=operation,
+            cost=cost,
+            usage=usage,
+            model=model,
+            event_id=event_id or _event_id(),
+            task_id=task_id,
         )
         return await self.send(request, CostReply, trace_id=trace_id)
 

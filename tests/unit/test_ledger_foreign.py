@@ -55,7 +55,8 @@ class TestDecodeMessage:
         """An entry whose body does not decode as its kind's request is refused, with msgspec's path."""
         body = b'{"swarm_id":"a","operation":"op","cost":"lots"}'
         assert (
-            reason(b'[[["cost",1.0,"t",' + body + b"]]]") == "entry 0 (cost): Expected `float`, got `str` - at `$.cost`"
+            reason(b'[[["cost",1.0,"t",' + body + b"]]]")
+            == "entry 0 (cost): Expected `float | null`, got `str` - at `$.cost`"
         )
 
     def test_one_foreign_entry_refuses_the_whole_message(self) -> None:

@@ -223,6 +223,7 @@ class TestReplyEncoding:
             "remaining": -1.0,
             "tripped": True,
             "duplicate": False,
+            "cost": None,
         }
 
     def test_assign_reply_omits_rejected_unless_set(self) -> None:

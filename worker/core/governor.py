@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from schemas.ledger import Configure, CoreState
 from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
+from schemas.pricing import ModelPrice
 from schemas.profiles import SwarmProfile
 from schemas.replies import ReloadReply, SwarmReply
 from worker.core import state
@@ -43,29 +44,37 @@ class Governor(Assigning, Spending, Outcomes, Reports):
         capabilities: Iterable[str],
         policies: dict[str, ResourcePolicy] | None = None,
         rules: Sequence[PolicyRule] = (),
+        pricing: dict[str, ModelPrice] | None = None,
     ) -> None:
-        """Change the policy, capabilities, named policies and rules from now on (recorded in the ledger)."""
+        """Change the policy, capabilities, named policies, rules and token prices from now on (recorded in the
+        ledger)."""
         check_rules(rules, policies or {})
         self.policy = policy
         self.vocabulary = Vocabulary(capabilities)
         self.policies = {**PRESETS, **(policies or {})}
         self.rules = list(rules)
+        self.pricing = dict(pricing or {})
+
+    def configuration(self) -> Configure:
+        """The configuration in effect, as a `configure` entry would set it."""
+        return Configure(
+            policy=self.policy,
+            capabilities=list(self.vocabulary.extra),
+            policies={k: v for k, v in self.policies.items() if PRESETS.get(k) != v},
+            rules=list(self.rules),
+            pricing=dict(self.pricing),
+        )
 
     def reload(
         self, configure: Configure, profiles: Sequence[SwarmProfile], *, now: float, trace_id: str = ""
     ) -> ReloadReply:
         """Apply a re-read config without losing budgets, holds or breakers: new swarms only are registered."""
         check_rules(configure.rules, configure.policies)
-        current = (
-            self.policy,
-            self.vocabulary.extra,
-            self.rules,
-            {k: v for k, v in self.policies.items() if PRESETS.get(k) != v},
-        )
-        wanted = (configure.policy, configure.capabilities, configure.rules, configure.policies)
-        changed = current != wanted
+        changed = self.configuration() != configure
         if changed:
-            self.configure(configure.policy, configure.capabilities, configure.policies, configure.rules)
+            self.configure(
+                configure.policy, configure.capabilities, configure.policies, configure.rules, configure.pricing
+            )
         registered: list[str] = []
         for profile in profiles:
             if not self.known(profile.swarm_id):

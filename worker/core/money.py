@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from schemas.pricing import ModelPrice, TokenUsage
 from schemas.types import MAX_USD
 from worker.errors import InvalidBudget, InvalidCost
 
@@ -15,6 +16,27 @@ def to_micros(usd: float) -> int:
 
 def to_usd(micros: int) -> float:
     return micros / MICROS
+
+
+PICO_PER_MICRO = 1_000_000
+
+
+def price_micros(usage: TokenUsage, price: ModelPrice) -> int:
+    """What `usage` costs at `price`, in micro-dollars, exactly: a price in USD per million tokens is micro-dollars
+    per token, taken exact to 10^-6 of it (pico-dollars per token, an integer); the tokens times those prices are
+    summed in pico-dollars and the sum is rounded up to the next micro-dollar, the one rounding (a budget is never
+    charged less than the tokens cost)."""
+
+    def pico(usd_per_mtok: float) -> int:
+        return round(usd_per_mtok * PICO_PER_MICRO)
+
+    cached = price.cached_input_usd_per_mtok
+    total = (
+        usage.input_tokens * pico(price.input_usd_per_mtok)
+        + usage.output_tokens * pico(price.output_usd_per_mtok)
+        + usage.cached_input_tokens * pico(price.input_usd_per_mtok if cached is None else cached)
+    )
+    return -(-total // PICO_PER_MICRO)
 
 
 def check_budget(value: float, field: str, limit: float = MAX_USD) -> None:

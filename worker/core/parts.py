@@ -9,6 +9,7 @@ import msgspec
 
 from schemas.events import Event, Identity
 from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
+from schemas.pricing import ModelPrice
 from worker.core.breakers import Breakers
 from worker.core.capabilities import Vocabulary
 from worker.core.context import Context
@@ -33,6 +34,8 @@ class Parts:
         self.policy = policy if policy is not None else ResourcePolicy()
         self.policies: dict[str, ResourcePolicy] = dict(PRESETS)
         self.rules: list[PolicyRule] = []
+        self.pricing: dict[str, ModelPrice] = {}
+        """USD per million tokens by model, for costs reported as token usage."""
         self.vocabulary = Vocabulary(capabilities)
         self.registry = Registry()
         self.breakers = Breakers(self.registry)

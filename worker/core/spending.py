@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from schemas.codes import RECOVERABLE
 from schemas.events import BreakerReset, Escalation, EscalationContext
+from schemas.pricing import TokenUsage
 from schemas.replies import CostReply, ResetRecord, ResetReply
 from worker.core.context import Context
-from worker.core.money import check_budget, check_cost, to_micros, to_usd
+from worker.core.money import check_budget, check_cost, price_micros, to_micros, to_usd
 from worker.core.parts import Parts
 from worker.core.registry import Swarm
 from worker.errors import InvalidRequest, NotTripped
@@ -22,16 +25,32 @@ class Spending(Parts):
         self,
         swarm_id: str,
         operation: str,
-        cost: float,
+        cost: float | None,
         *,
         now: float,
+        usage: TokenUsage | None = None,
+        model: str | None = None,
         event_id: str | None = None,
         task_id: str | None = None,
         trace_id: str = "",
     ) -> CostReply:
-        """Deduct a cost at once. Reaching ≤ 0 trips the breaker (once; later costs are still recorded)."""
+        """Deduct a cost at once: `cost` USD, or `usage` priced by the swarm's model (or `model`). Reaching ≤ 0
+        trips the breaker (once; later costs are still recorded)."""
         swarm = self.registry.get(swarm_id)
-        check_cost(cost, "cost", self.policy.max_amount_usd)
+        if usage is not None:
+            priced_as = model or swarm.model
+            price = self.pricing.get(priced_as)
+            if price is None:
+                known = ", ".join(sorted(self.pricing)) or "none"
+                raise InvalidRequest(f"no price for model {priced_as!r} (pricing: lists {known})")
+            micros = price_micros(usage, price)
+            cost = to_usd(micros)
+            check_cost(cost, "cost", self.policy.max_amount_usd)
+        elif cost is None:
+            raise InvalidRequest("give exactly one of `cost` and `usage`")
+        else:
+            check_cost(cost, "cost", self.policy.max_amount_usd)
+            micros = to_micros(cost)
         if self.dedupe.seen("cost", event_id, now):
             return CostReply(
                 swarm_id=swarm_id,
@@ -42,7 +61,6 @@ class Spending(Parts):
             )
         ctx = self._context(now, trace_id)
         self.reservations.expire(ctx, self.registry.swarms)
-        micros = to_micros(cost)
         swarm.budget -= micros
         swarm.cost_tracked += micros
         swarm.operations_count += 1
@@ -52,6 +70,9 @@ class Spending(Parts):
             params["task_id"] = task_id
         if event_id is not None:
             params["event_id"] = event_id
+        if usage is not None:
+            params["usage"] = msgspec.structs.asdict(usage)
+            params["model"] = model or swarm.model
         ctx.witness("cost_tracked", params, "INFO")
         if task_id is not None and (task_id, swarm_id) in self.reservations:
             self.reservations.release(ctx, task_id, swarm, "settled", actual=cost)
@@ -60,7 +81,9 @@ class Spending(Parts):
             self.breakers.trip(ctx, swarm, "budget_exhausted", self.policy)  # money always needs a human
         elif swarm.budget <= 0:
             self.registry.refresh(swarm)
-        return CostReply(swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, trace_id=trace_id)
+        return CostReply(
+            swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, cost=cost, trace_id=trace_id
+        )
 
     def _soft_budget(self, ctx: Context, swarm: Swarm) -> None:
         """The first time a budget falls below `soft_budget_ratio` of its allocation: a MEDIUM escalation."""

@@ -47,6 +47,7 @@ def export(core: Parts, seq: int) -> CoreState:
         holds=core.reservations.export(),
         policies={k: v for k, v in core.policies.items() if PRESETS.get(k) != v},
         rules=list(core.rules),
+        pricing=dict(core.pricing),
     )
 
 
@@ -80,4 +81,5 @@ def restore(core: Parts, state: CoreState) -> None:
     registry.retired.update(state.retired)
     core.policies = {**PRESETS, **state.policies}
     core.rules = list(state.rules)
+    core.pricing = dict(state.pricing)
     core.reservations.restore(state.holds, registry.swarms)

@@ -99,14 +99,45 @@ async def _assign(args: argparse.Namespace) -> int:
 
 
 async def _cost(args: argparse.Namespace) -> int:
+    from schemas.pricing import TokenUsage
+
+    if (args.amount is None) == (args.input_tokens is None):
+        print("error: give an amount or --input-tokens (with --output-tokens), not both", file=sys.stderr)
+        return 2
+    try:
+        usage = (
+            None
+            if args.input_tokens is None
+            else msgspec.convert(
+                {
+                    "input_tokens": args.input_tokens,
+                    "output_tokens": args.output_tokens,
+                    "cached_input_tokens": args.cached_input_tokens,
+                },
+                TokenUsage,
+            )
+        )
+    except msgspec.ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     async def action(client: Any) -> int:
-        reply = await client.cost(args.swarm, args.operation, args.amount, event_id=args.event_id, task_id=args.task_id)
+        reply = await client.cost(
+            args.swarm,
+            args.operation,
+            args.amount,
+            usage=usage,
+            model=args.model,
+            event_id=args.event_id,
+            task_id=args.task_id,
+        )
         if args.json:
             print_json(reply)
         else:
             state = "TRIPPED" if reply.tripped else "ok"
             dup = " (duplicate: not applied again)" if reply.duplicate else ""
-            print(f"{reply.swarm_id}: remaining {reply.remaining:.2f} USD, breaker {state}{dup}")
+            charged = f"charged {reply.cost:.6f} USD, " if usage is not None and reply.cost is not None else ""
+            print(f"{reply.swarm_id}: {charged}remaining {reply.remaining:.2f} USD, breaker {state}{dup}")
         return 0
 
     return await _with_client(args, action)

@@ -49,6 +49,7 @@ def configure_body(config: Config) -> Configure:
         capabilities=Vocabulary(config.capabilities).extra,
         policies={k: v for k, v in config.policies.items() if PRESETS.get(k) != v},
         rules=list(config.rules),
+        pricing=dict(config.pricing),
     )
 
 
@@ -73,7 +74,7 @@ def restorer(config: Config) -> Callable[[CoreState], Governor]:
 def build_core(config: Config, now: float) -> Governor:
     """An in-memory core with the config's policy and capabilities, and its swarms registered."""
     core = empty_core(config)
-    core.configure(policy_of(config), config.capabilities, config.policies, config.rules)
+    core.configure(policy_of(config), config.capabilities, config.policies, config.rules, dict(config.pricing))
     for profile in profiles_of(config):
         core.register_swarm(profile, now=now, trace_id="config")
     return core

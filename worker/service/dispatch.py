@@ -71,7 +71,15 @@ def _apply(core: Governor, request: Request, now: float, trace_id: str) -> msgsp
             )
         case CostRequest() as r:
             return core.track_cost(
-                r.swarm_id, r.operation, r.cost, now=now, event_id=r.event_id, task_id=r.task_id, trace_id=trace_id
+                r.swarm_id,
+                r.operation,
+                r.cost,
+                usage=r.usage,
+                model=r.model,
+                now=now,
+                event_id=r.event_id,
+                task_id=r.task_id,
+                trace_id=trace_id,
             )
         case ResetRequest() as r:
             return core.reset_circuit_breaker(
@@ -121,6 +129,6 @@ def replay_command(
     (a refused `configure` too: the core checks it before it changes anything)."""
     with contextlib.suppress(GovernorError):
         if isinstance(command, Configure):
-            core.configure(command.policy, command.capabilities, command.policies, command.rules)
+            core.configure(command.policy, command.capabilities, command.policies, command.rules, command.pricing)
         else:
             apply(core, command, now, trace_id, identity)

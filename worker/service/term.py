@@ -18,7 +18,6 @@ import msgspec
 
 from schemas.events import Event
 from schemas.ledger import LedgerEntry
-from schemas.policy import PRESETS
 from worker.core.governor import Governor
 from worker.service.bootstrap import configure_body, empty_core, profiles_of, restorer
 from worker.service.dispatch import register_request, replay_command
@@ -197,12 +196,7 @@ class Terms:
         encode = msgspec.json.encode
         entries: list[LedgerEntry] = []
         body = configure_body(worker.config)
-        if (
-            core.policy != body.policy
-            or core.vocabulary.extra != body.capabilities
-            or core.rules != body.rules
-            or {k: v for k, v in core.policies.items() if PRESETS.get(k) != v} != body.policies
-        ):
+        if core.configuration() != body:
             entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
         for p in profiles_of(worker.config):
             if not core.known(p.swarm_id):

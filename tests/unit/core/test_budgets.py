@@ -21,7 +21,7 @@ class TestTrackCost:
         """A cost is deducted immediately: 25.0 − 2.5 leaves 22.5, breaker closed."""
         governor = governed(profile("a"))
         reply = governor.track_cost("a", "sip_integration", 2.5, now=NOW, trace_id="tr")
-        assert reply == CostReply(swarm_id="a", remaining=22.5, tripped=False, trace_id="tr")
+        assert reply == CostReply(swarm_id="a", remaining=22.5, tripped=False, cost=2.5, trace_id="tr")
         assert governor.get_budget_report() == {"a": 22.5}
 
     def test_money_is_exact(self) -> None:
@@ -39,7 +39,7 @@ class TestTrackCost:
         assert governor.get_budget_report() == {"a": 0.01}
         assert governor.get_circuit_breaker_status() == {}
         reply = governor.track_cost("a", "op", 0.01, now=NOW + 1)
-        assert reply == CostReply(swarm_id="a", remaining=0.0, tripped=True)
+        assert reply == CostReply(swarm_id="a", remaining=0.0, tripped=True, cost=0.01)
         assert governor.get_circuit_breaker_status() == {
             "a": BreakerState(reason="budget_exhausted", tripped_at=NOW + 1)
         }
@@ -48,17 +48,23 @@ class TestTrackCost:
     def test_trips_on_reaching_exactly_zero(self) -> None:
         """A cost equal to the remaining budget trips the breaker (≤ 0, not < 0)."""
         governor = governed(profile("a", budget=5.0))
-        assert governor.track_cost("a", "op", 5.0, now=NOW) == CostReply(swarm_id="a", remaining=0.0, tripped=True)
+        assert governor.track_cost("a", "op", 5.0, now=NOW) == CostReply(
+            swarm_id="a", remaining=0.0, tripped=True, cost=5.0
+        )
 
     def test_trips_below_zero(self) -> None:
         """A cost beyond the remaining budget is still deducted in full and trips: 1.0 − 2.0 = −1.0."""
         governor = governed(profile("a", budget=1.0))
-        assert governor.track_cost("a", "op", 2.0, now=NOW) == CostReply(swarm_id="a", remaining=-1.0, tripped=True)
+        assert governor.track_cost("a", "op", 2.0, now=NOW) == CostReply(
+            swarm_id="a", remaining=-1.0, tripped=True, cost=2.0
+        )
 
     def test_below_budget_does_not_trip(self) -> None:
         """A cost leaving one cent does not trip."""
         governor = governed(profile("a", budget=5.0))
-        assert governor.track_cost("a", "op", 4.99, now=NOW) == CostReply(swarm_id="a", remaining=0.01, tripped=False)
+        assert governor.track_cost("a", "op", 4.99, now=NOW) == CostReply(
+            swarm_id="a", remaining=0.01, tripped=False, cost=4.99
+        )
 
     def test_zero_cost_is_recorded_and_changes_no_budget(self) -> None:
         """A zero cost is a valid operation: counted, witnessed, nothing deducted."""
@@ -137,7 +143,7 @@ class TestTrackCost:
         governor.track_cost("a", "op", 1.0, now=NOW)
         governor.take_events()
         reply = governor.track_cost("a", "late", 0.5, now=NOW + 5)
-        assert reply == CostReply(swarm_id="a", remaining=-0.5, tripped=True)
+        assert reply == CostReply(swarm_id="a", remaining=-0.5, tripped=True, cost=0.5)
         events = governor.take_events()
         assert [type(e).__name__ for e in events] == ["WitnessRecord"]
         assert events[0].operation == "cost_tracked"  # type: ignore[union-attr]
