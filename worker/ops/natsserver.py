@@ -92,6 +92,7 @@ class NatsServer:
         if self.jetstream:
             args += ["-js", "-sd", str(self.store_dir)]
         args += ["-l", str(self.log_file), *self.extra_args]
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0  # a restart appends to the log
         # Its own session: a Ctrl-C on the terminal reaches the worker, which drains and then stops the server.
         self.process = subprocess.Popen(
             args,
@@ -105,12 +106,30 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise RuntimeError(f"nats-server exited with {self.process.returncode}: {err.strip()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
-                return self
+                # With -l, its reason (a port taken meanwhile, a bad config) is in its log, not on stderr.
+                logged = (
+                    self.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                    if self.log_file.exists()
+                    else []
+                )
+                why = "; ".join(filter(None, [err.strip(), *logged]))
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}: {why}")
+            # Its own log says it is up: a connection alone could reach another process that took the port.
+            if self._logged_ready(offset):
+                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
             time.sleep(0.02)
         self.stop()
         raise TimeoutError(f"nats-server did not listen on {self.url} within {timeout}s")
+
+    def _logged_ready(self, offset: int) -> bool:
+        """Whether this start's part of the log (from `offset`) says the server is ready for clients."""
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(offset)
+                return b"Server is ready" in log.read()
+        except OSError:
+            return False
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGTERM, or SIGKILL with `kill`), waiting for it to exit."""
