@@ -64,7 +64,7 @@ REASONS = [
     "not a ledger batch: Expected `array`, got `object`",
     f"not a ledger batch: {NOT_JSON}",
     "entry 1: unknown kind 'mint'",
-    "entry 0 (cost): Expected `float`, got `str` - at `$.cost`",
+    "entry 0 (cost): Expected `float | null`, got `str` - at `$.cost`",
 ]
 
 
