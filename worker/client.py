@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas.codes import WITNESS_OPERATIONS
+from schemas.config import PoolName, pool_prefix
 from schemas.endpoints import BY_NAME, BY_REQUEST
 from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
 from schemas.pricing import TokenUsage
@@ -104,6 +105,7 @@ class GovernorClient:
         servers: str | list[str],
         *,
         prefix: str = "governor",
+        pool: str | None = None,
         timeout: float = 5.0,
         inbox_prefix: str | None = None,
         retry_for: float = 0.0,
@@ -113,9 +115,16 @@ class GovernorClient:
 
         `inbox_prefix`: replies come to `<inbox_prefix>.…` instead of nats-py's `_INBOX.…`, so the server can keep
         them to this user; a prefix that is not dot-separated subject tokens raises ValueError before connecting.
+        `pool`: talk to that pool's governor (`<prefix>.<pool>.*`; `worker.pools` routes tasks among several).
         `options` go to `nats.connect` (e.g. `user_credentials`, `nkeys_seed`, `token`, `tls`): see
         `worker.service.config.connect_options`. `retry_for`: see the constructor.
         """
+        if pool is not None:
+            try:
+                msgspec.convert(pool, PoolName)
+            except msgspec.ValidationError:
+                expected = "expected lower-case letters and digits, words joined by '-'"
+                raise ValueError(f"pool {pool!r}: {expected}") from None
         if inbox_prefix is not None:
             if not _INBOX_PREFIX.search(inbox_prefix):
                 raise ValueError(
@@ -137,6 +146,7 @@ class GovernorClient:
             error_cb=quiet,
             **options,
         )
+        prefix = pool_prefix(prefix, pool)
         return cls(nc, prefix=prefix, timeout=timeout, owns_connection=True, retry_for=retry_for)
 
     async def close(self) -> None:

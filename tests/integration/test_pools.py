@@ -134,7 +134,10 @@ class TestPools:
         serving_after = {p.pool: p.service_id for p in found}
         assert serving_after["us"] == serving_before["us"]
         assert serving_after["eu"] != serving_before["eu"]
-        assert (await pools.client("us").status()).budgets == {"us-1": 100.0}
+        async with await GovernorClient.connect(cluster.urls, pool="us") as us_client:
+            assert (await us_client.status()).budgets == {"us-1": 100.0}
+        with pytest.raises(ValueError, match="expected lower-case letters"):
+            await GovernorClient.connect(cluster.urls, pool="US")
         assert processes["us-a"].process.poll() is None and processes["us-b"].process.poll() is None
 
         await GovernorClient(nc, prefix="governor.us").register(_profile("eu-2"), event_id="dup-eu-2")
