@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
+import time
+from collections.abc import Callable
 
 from worker.ops.render import escape
 
@@ -63,3 +66,24 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Throttle:
+    """At most one log line per `every` seconds for a condition that repeats (a storage outage would otherwise log
+    every batch it refuses); the next line says how many were held back."""
+
+    def __init__(self, every: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._next = -math.inf
+        self._held = 0
+
+    def __call__(self) -> str | None:
+        """None: hold this line back. Else what to append to it: "" or " (N more like it since the last)"."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return None
+        held, self._held = self._held, 0
+        self._next = now + self.every
+        return f" ({held} more like it since the last)" if held else ""

@@ -22,6 +22,7 @@ from schemas.ledger import LedgerEntry
 from schemas.replies import AssignReply
 from worker.core.governor import Governor
 from worker.errors import DeadlineExceeded, GovernorError, InvalidRequest, Unavailable
+from worker.ops.logs import Throttle
 from worker.ops.metrics import Metrics
 from worker.service.dispatch import READ_ONLY, apply
 from worker.service.mailbox import Command, Mailbox
@@ -94,6 +95,7 @@ class Actor:
         """Whether this process may still serve (its lease is valid by its own clock), asked once per batch: a
         process that was frozen past its lease answers nothing, not even a read, from its stale state."""
         self._flights: deque[_Flight] = deque()
+        self._storage_trouble = Throttle(5.0)  # one line per 5 s for refused or unacknowledged writes
         self._snapshot_task: asyncio.Task[None] | None = None
         self._writers: asyncio.TaskGroup | None = None
         self.turned = 0.0
@@ -276,10 +278,14 @@ class Actor:
             self.fenced = True
             error: GovernorError = Unavailable("this governor is not serving (another process owns the ledger); retry")
         elif isinstance(failure, LedgerUnavailable):
-            log.error("ledger write refused: %s", failure)
+            if (more := self._storage_trouble()) is not None:
+                log.error("ledger write refused: %s%s", failure, more)
             error = Unavailable(f"the ledger is unavailable: {failure}")
         else:  # LedgerAmbiguous, or anything unexpected: as unsure as a timeout
-            log.error("ledger write not acknowledged (%r); re-reading the ledger before serving on", failure)
+            if (more := self._storage_trouble()) is not None:
+                log.error(
+                    "ledger write not acknowledged (%r); re-reading the ledger before serving on%s", failure, more
+                )
             error = Unavailable(f"the ledger did not acknowledge in time ({failure}); retry with the same event_id")
         behind = Unavailable("an earlier ledger write was not acknowledged; retry with the same event_id")
         for flight in failed:

@@ -19,6 +19,7 @@ import msgspec
 from schemas.events import Event
 from schemas.ledger import LedgerEntry
 from worker.core.governor import Governor
+from worker.ops.logs import Throttle
 from worker.service.bootstrap import configure_body, empty_core, profiles_of, restorer
 from worker.service.dispatch import register_request, replay_command
 from worker.service.positions import Stamper, unstored
@@ -58,11 +59,17 @@ class Terms:
     async def run(self) -> None:
         """Term after term until the worker stops; a failed term is logged and followed by a fresh one."""
         worker = self.worker
+        quiet = Throttle(10.0)  # an outage fails a term every 0.5 s: one line per 10 s, the traceback once
+        traced = False
         while not worker.stopping:
             try:
                 served = await self.one()
-            except Exception:
-                log.exception("governor cycle failed; starting over as a standby")
+            except Exception as exc:
+                if (more := quiet()) is not None:
+                    log.error(
+                        "governor cycle failed (%r); starting over as a standby%s", exc, more, exc_info=not traced
+                    )
+                    traced = True
                 served = False
             if not served and not worker.stopping:
                 await worker.sleep(0.5)
