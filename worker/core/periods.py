@@ -43,6 +43,10 @@ class Period:
         while t >= end:
             first = self._next(first)
             start, end = end, self._midnight(self._next(first))
+        # datetime rounds an instant to the microsecond: one just before midnight can read as the next day.
+        while t < start:
+            first = self._previous(first)
+            start, end = self._midnight(first), start
         return start, end
 
     def _first_day(self, day: _dt.date) -> _dt.date:
@@ -58,6 +62,13 @@ class Period:
         if self.kind == "month":
             return (first + 32 * _DAY).replace(day=1)
         return first + _DAY
+
+    def _previous(self, first: _dt.date) -> _dt.date:
+        if self.kind == "week":
+            return first - 7 * _DAY
+        if self.kind == "month":
+            return (first - _DAY).replace(day=1)
+        return first - _DAY
 
     def _midnight(self, day: _dt.date) -> float:
         """The first instant of `day` in the zone. A skipped midnight (fold=0 reads it with the offset before the

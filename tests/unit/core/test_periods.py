@@ -112,6 +112,15 @@ class TestParsing:
             parse_period(text, zone, starts)
 
 
+class TestRounding:
+    @pytest.mark.parametrize("kind", ["day", "week", "month"])
+    def test_an_instant_a_hair_before_midnight_is_in_the_day_before(self, kind: str) -> None:
+        """datetime rounds 2034-12-31 23:59:59.9999995 UTC up to the next microsecond, midnight: still the 31st's."""
+        t = 2051222399.9999995
+        start, end = parse_period(kind).window(t)
+        assert start <= t < end == 2051222400.0
+
+
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "America/Santiago", "Australia/Lord_Howe", "Asia/Kathmandu"]
 
 
