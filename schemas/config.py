@@ -16,6 +16,14 @@ PoolName = Annotated[str, Meta(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*\Z", max_length=
 must never share a stream)."""
 
 
+def check_pool_name(name: str) -> str:
+    """`name` if it is a pool's name (see `PoolName`); else ValueError saying what one is."""
+    try:
+        return msgspec.convert(name, PoolName)
+    except msgspec.ValidationError:
+        raise ValueError(f"pool {name!r}: expected lower-case letters and digits, words joined by '-'") from None
+
+
 def pool_prefix(subject_prefix: str, pool: str | None) -> str:
     """The subjects of a pool: `<subject_prefix>.<pool>` (`governor.eu.assign`); no pool: `<subject_prefix>`."""
     return subject_prefix if pool is None else f"{subject_prefix}.{pool}"

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas.codes import WITNESS_OPERATIONS
-from schemas.config import PoolName, pool_prefix
+from schemas.config import check_pool_name, pool_prefix
 from schemas.endpoints import BY_NAME, BY_REQUEST
 from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
 from schemas.pricing import TokenUsage
@@ -120,11 +120,7 @@ class GovernorClient:
         `worker.service.config.connect_options`. `retry_for`: see the constructor.
         """
         if pool is not None:
-            try:
-                msgspec.convert(pool, PoolName)
-            except msgspec.ValidationError:
-                expected = "expected lower-case letters and digits, words joined by '-'"
-                raise ValueError(f"pool {pool!r}: {expected}") from None
+            check_pool_name(pool)
         if inbox_prefix is not None:
             if not _INBOX_PREFIX.search(inbox_prefix):
                 raise ValueError(

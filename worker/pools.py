@@ -22,7 +22,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.config import PoolName, pool_prefix
+from schemas.config import check_pool_name, pool_prefix
 from schemas.discovery import InfoResponse
 from schemas.replies import AssignReply
 from worker.client import GovernorClient
@@ -61,14 +61,6 @@ async def discover(nc: Client, *, wait: float = 0.5) -> list[Pool]:
     finally:
         await sub.unsubscribe()
     return sorted(found, key=lambda p: (p.prefix, p.service_id))
-
-
-def check_pool_name(name: str) -> str:
-    """`name` if it is a pool's name (lower-case words of letters and digits joined by `-`); else ValueError."""
-    try:
-        return msgspec.convert(name, PoolName)
-    except msgspec.ValidationError:
-        raise ValueError(f"pool {name!r}: expected lower-case letters and digits, words joined by '-'") from None
 
 
 @dataclass(frozen=True)

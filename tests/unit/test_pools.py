@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from schemas.config import check_pool_name
 from worker.errors import ConfigError
-from worker.pools import PoolRouter, Route, check_pool_name
+from worker.pools import PoolRouter, Route
 from worker.service.config import RESERVED_POOL_NAMES, load_config
 from worker.storage.audit import stream_names
 from worker.storage.journal import stream_name

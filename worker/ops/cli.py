@@ -29,12 +29,11 @@ import os
 import sys
 
 from schemas.codes import MANUAL_TRIP_REASONS
-from schemas.config import pool_prefix
+from schemas.config import check_pool_name, pool_prefix
 from worker import errors
 from worker.ops import commands, serve
 from worker.ops.commands import DEFAULT_URL, INBOX_PREFIX_ENV
 from worker.ops.serve import BUNDLED_PORT
-from worker.pools import check_pool_name
 from worker.service.config import NATS_URL_ENV, load_config
 
 
