@@ -17,7 +17,7 @@ from tests.factories import EXAMPLE_SWARMS, make_config
 from tests.integration.helpers import Recorder, WorkerFactory, WorkerProcess, answering, record
 from worker.client import GovernorClient
 from worker.ops.metrics import Metrics
-from worker.ops.natsserver import NatsServer
+from worker.ops.natsserver import NatsCluster, NatsServer
 from worker.service.app import Worker
 
 
@@ -86,3 +86,23 @@ async def client(nc: Client) -> GovernorClient:
 async def recorder(nc: Client) -> Recorder:
     """Records every event and witness record the governor publishes."""
     return await record(nc, "governor.events.>", "governor.witness.>")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three nats-server nodes n1..n3 in one JetStream cluster, each with its own ports and store; JetStream answers
+    on every node when the test starts; all stopped after it."""
+    nodes = NatsCluster(tmp_path / "cluster")
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.cleanup()
+
+
+@pytest.fixture
+async def cluster_nc(cluster: NatsCluster) -> AsyncIterator[Client]:
+    """A connection to the cluster (to whichever node is up): requests, discovery and JetStream's API."""
+    conn = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    yield conn
+    await conn.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable
 from pathlib import Path
 
 import msgspec
@@ -47,26 +47,6 @@ STREAMS = (LEDGER, "OBJ_GOVERNOR_LEDGER_SNAPSHOTS", "KV_GOVERNOR_LEDGER_LEASE", 
 """Every stream the governor keeps: the ledger, its snapshot store, the lease bucket, the audit trail, refusals."""
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    """Three nats-server nodes n1..n3 in one JetStream cluster, each with its own ports and store; JetStream answers
-    on every node when the test starts; all stopped after it."""
-    nodes = NatsCluster(tmp_path / "cluster")
-    nodes.start()
-    try:
-        yield nodes
-    finally:
-        nodes.cleanup()
-
-
-@pytest.fixture
-async def admin(cluster: NatsCluster) -> AsyncIterator[Client]:
-    """A connection to the cluster (to whichever node is up) for JetStream's API: stream leaders and replicas."""
-    nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    yield nc
-    await nc.close()
 
 
 async def serve(tmp_path: Path, url: str, processes: list[WorkerProcess], log: str = "a.log") -> Path:
@@ -139,13 +119,13 @@ def sent_after_answered_before(load: Load, start: float, end: float) -> list[tup
 
 class TestReplication:
     async def test_every_stream_the_governor_keeps_has_three_replicas(
-        self, tmp_path: Path, cluster: NatsCluster, admin: Client, processes: list[WorkerProcess]
+        self, tmp_path: Path, cluster: NatsCluster, cluster_nc: Client, processes: list[WorkerProcess]
     ) -> None:
         """With `ledger.replicas: 3` the ledger, its snapshot store, the lease bucket and both audit streams are
         each on all three nodes once the governor serves."""
         await serve(tmp_path, cluster.urls[0], processes)
         for stream in STREAMS:
-            info = await stream_info(admin, stream)
+            info = await stream_info(cluster_nc, stream)
             assert info.config.num_replicas == 3, stream
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2, stream
             peers = {info.cluster.leader, *(p.name for p in info.cluster.replicas or [])}
@@ -154,7 +134,7 @@ class TestReplication:
 
 class TestNodeLost:
     async def test_the_ledger_leaders_node_killed_then_restarted(
-        self, tmp_path: Path, cluster: NatsCluster, admin: Client, processes: list[WorkerProcess]
+        self, tmp_path: Path, cluster: NatsCluster, cluster_nc: Client, processes: list[WorkerProcess]
     ) -> None:
         """kill -9 of the node that leads the ledger stream (and nothing else: not the governor's node, not the
         clients', not a leader of the lease or the audit trail): writes stall until the other two elect a leader,
@@ -162,8 +142,8 @@ class TestNodeLost:
         the governor kept running."""
         await serve(tmp_path, cluster.urls[0], processes)  # the governor on n1, the clients on n3
         for stream in STREAMS[1:]:
-            await lead(admin, "n1", stream)
-        await lead(admin, "n2")
+            await lead(cluster_nc, "n1", stream)
+        await lead(cluster_nc, "n2")
         load = Load([cluster.urls[2]], events=EVENTS, clients=CLIENTS)
         task = asyncio.create_task(load.run())
         await load.wait_acked(EVENTS // 4, task)
@@ -175,26 +155,27 @@ class TestNodeLost:
         resumed = load.first_ack_after(killed)
         cluster.start(1)
         await asyncio.wait_for(task, timeout=120)
-        await wait_current(admin, "n2", LEDGER)
+        await wait_current(cluster_nc, "n2", LEDGER)
 
         held = "lost" if "lease lost" in processes[0].log()[logged:] else "kept"
         print(
             f"\nthe ledger's leader n2 killed (the governor on n1, the clients on n3, the other streams led by n1): "
-            f"the next ack {resumed:.2f}s later, the ledger led by {await leader(admin)}; the governor {held} its lease"
+            f"the next ack {resumed:.2f}s later, the ledger led by {await leader(cluster_nc)}; "
+            f"the governor {held} its lease"
         )
         await assert_each_event_once(cluster.urls, load)
         assert processes[0].process.poll() is None
         assert processes[0].stop(timeout=20.0) == 0
 
     async def test_a_node_back_with_an_empty_store_catches_up_and_holds_quorum(
-        self, tmp_path: Path, cluster: NatsCluster, admin: Client, processes: list[WorkerProcess]
+        self, tmp_path: Path, cluster: NatsCluster, cluster_nc: Client, processes: list[WorkerProcess]
     ) -> None:
         """The ledger leader's node killed mid-load, its store wiped, restarted: it catches up with every stream;
         then the new ledger leader is killed, so that the wiped node takes part in the election and each write
         needs it; the load goes on and every event is counted once; the wiped node then leads the ledger, holding
         all of it, and a new governor recovers the same budgets."""
         config = await serve(tmp_path, cluster.urls[0], processes)  # the governor and the clients on n1
-        await lead(admin, "n2")
+        await lead(cluster_nc, "n2")
         before = Load([cluster.urls[0]], events=EVENTS // 2, clients=CLIENTS)
         task = asyncio.create_task(before.run())
         await before.wait_acked(EVENTS // 8, task)
@@ -204,9 +185,9 @@ class TestNodeLost:
         cluster.start(1)
         restarted = time.monotonic()
         for stream in STREAMS:
-            await wait_current(admin, "n2", stream)
+            await wait_current(cluster_nc, "n2", stream)
         caught_up = time.monotonic() - restarted
-        await lead(admin, "n3")
+        await lead(cluster_nc, "n3")
         cluster.stop(2, kill=True)  # n1 and the wiped n2 elect the ledger's leader; nothing is stored without n2
         killed = time.monotonic()
         await asyncio.wait_for(task, timeout=120)
@@ -214,9 +195,9 @@ class TestNodeLost:
         await asyncio.wait_for(after.run(), timeout=120)
         await assert_each_event_once(cluster.urls[0], before, after)
 
-        last = await last_message(admin)
-        await lead(admin, "n2")
-        assert await last_message(admin) == last
+        last = await last_message(cluster_nc)
+        await lead(cluster_nc, "n2")
+        assert await last_message(cluster_nc) == last
         processes[0].kill()
         processes.append(launch(cluster.urls[0], config, tmp_path / "b.log"))
         await wait_serving(cluster.urls[0])
@@ -278,7 +259,12 @@ class TestQuorumLost:
         "ledger_leader", ["n1", "n2"], ids=["the-survivor-leads-the-ledger", "the-ledger-leader-is-lost"]
     )
     async def test_fails_closed_then_serves_when_quorum_returns(
-        self, tmp_path: Path, cluster: NatsCluster, admin: Client, processes: list[WorkerProcess], ledger_leader: str
+        self,
+        tmp_path: Path,
+        cluster: NatsCluster,
+        cluster_nc: Client,
+        processes: list[WorkerProcess],
+        ledger_leader: str,
     ) -> None:
         """Two of three nodes killed mid-load, while a ledger write is in flight (the governor's and the clients'
         node n1 survives, and leads the ledger or not): no request sent meanwhile is acknowledged; a cost sent then
@@ -287,7 +273,7 @@ class TestQuorumLost:
         prober retried with its event_id is counted once, to the cent (a write answered `unavailable` may have
         landed: its retry is a duplicate)."""
         await serve(tmp_path, cluster.urls[0], processes)
-        await lead(admin, ledger_leader)
+        await lead(cluster_nc, ledger_leader)
         load = Load([cluster.urls[0]], events=EVENTS, clients=CLIENTS)
         task = asyncio.create_task(load.run())
         await load.wait_acked(EVENTS // 4, task)

@@ -9,7 +9,6 @@ serving as it was.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
@@ -42,48 +41,33 @@ def pool_config(path: Path, pool: str) -> Path:
     return path
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    with NatsCluster(tmp_path / "cluster") as running:
-        yield running
-
-
-@pytest.fixture
-def processes() -> Iterator[dict[str, WorkerProcess]]:
-    started: dict[str, WorkerProcess] = {}
-    yield started
-    for process in started.values():
-        process.kill()
-
-
-@pytest.fixture
-async def nc(cluster: NatsCluster) -> AsyncIterator[Client]:
-    conn = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    yield conn
-    await conn.close()
-
-
 def on_nodes(cluster: NatsCluster, first: int) -> str:
     """The cluster's URLs starting at node `first`: the process connects there."""
-    urls = cluster.urls
-    return ",".join(urls[first:] + urls[:first])
+    return ",".join(cluster.urls_from(first))
 
 
-async def start_pools(tmp_path: Path, cluster: NatsCluster, nc: Client, processes: dict[str, WorkerProcess]) -> None:
-    """Each pool's active on node 1 (the first to start takes the lease), its standby on node 2 or 3."""
+async def start_pools(
+    tmp_path: Path, cluster: NatsCluster, nc: Client, processes: list[WorkerProcess]
+) -> dict[str, WorkerProcess]:
+    """Each pool's active on node 1 (the first to start takes the lease), its standby on node 2 or 3; by name
+    (`eu-a`, `eu-b`, ...), each also in `processes` (killed after the test)."""
+    started: dict[str, WorkerProcess] = {}
     for i, pool in enumerate(POOLS):
         config = pool_config(tmp_path / f"{pool}.yaml", pool)
         active = start_worker_process(on_nodes(cluster, 0), config, tmp_path / f"{pool}-a.log")
-        processes[f"{pool}-a"] = active
+        started[f"{pool}-a"] = active
         await answering(nc, f"governor.{pool}", timeout=60, worker=active)
-        processes[f"{pool}-b"] = start_worker_process(on_nodes(cluster, 1 + i), config, tmp_path / f"{pool}-b.log")
+        started[f"{pool}-b"] = start_worker_process(on_nodes(cluster, 1 + i), config, tmp_path / f"{pool}-b.log")
+    processes.extend(started.values())
+    return started
 
 
 class TestPools:
     async def test_two_pools_share_nothing_and_fail_over_apart(
-        self, tmp_path: Path, cluster: NatsCluster, nc: Client, processes: dict[str, WorkerProcess]
+        self, tmp_path: Path, cluster: NatsCluster, cluster_nc: Client, processes: list[WorkerProcess]
     ) -> None:
-        await start_pools(tmp_path, cluster, nc, processes)
+        nc = cluster_nc
+        started = await start_pools(tmp_path, cluster, nc, processes)
 
         # Discovery: one entry per pool (a standby does not answer), with the pool's name and subjects.
         found = await discover(nc, wait=1.0)
@@ -125,7 +109,7 @@ class TestPools:
         ]
 
         # Kill -9 of eu's active: eu's standby serves eu with its state; us's governor is untouched.
-        processes["eu-a"].kill()
+        started["eu-a"].kill()
         killed = time.monotonic()
         assert (await pools.client("eu").status()).budgets == {"eu-1": 70.0, "eu-2": 100.0}
         takeover = time.monotonic() - killed
@@ -138,7 +122,7 @@ class TestPools:
             assert (await us_client.status()).budgets == {"us-1": 100.0}
         with pytest.raises(ValueError, match="expected lower-case letters"):
             await GovernorClient.connect(cluster.urls, pool="US")
-        assert processes["us-a"].process.poll() is None and processes["us-b"].process.poll() is None
+        assert started["us-a"].process.poll() is None and started["us-b"].process.poll() is None
 
         await GovernorClient(nc, prefix="governor.us").register(_profile("eu-2"), event_id="dup-eu-2")
         shared = await run_cli("pools", "--nats-url", cluster.url, "--wait", "1")

@@ -20,7 +20,7 @@ import nats
 from schemas.config import pool_prefix
 from worker.bench.children import Child
 from worker.bench.measure import Pids, Requester, cpu_seconds, measure, settle
-from worker.bench.report import progress
+from worker.bench.report import _table, progress
 from worker.bench.workload import PREFIX, Work, workloads
 from worker.ops.natsserver import NatsCluster
 
@@ -51,7 +51,7 @@ async def measure_step(cluster: NatsCluster, pools: int, seconds: float, log_dir
     requester = Requester(nc)
     try:
         for i in range(pools):
-            urls = cluster.urls[i % 3 :] + cluster.urls[: i % 3]
+            urls = cluster.urls_from(i)
             name = f"pools-{pools}-p{i + 1}"
             args = ["--serve", ",".join(urls), "--swarms", str(SWARMS_PER_POOL), "--pool", f"p{i + 1}"]
             children.append(Child(name, [*args, "--replicas", "3"], log_dir))
@@ -106,9 +106,7 @@ def pools_table(steps: list[Step]) -> str:
         )
         for s in steps
     ]
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in (header, *rows)]
-    return "\n".join(lines)
+    return _table(header, rows, left=0)
 
 
 def main(counts: list[int], seconds: float = 5.0) -> int:

@@ -166,9 +166,8 @@ async def _run(root: Path, configs: dict[str, tuple[Path, Config]], ports: list[
     monitors = cluster.monitors
     # Each governor lists the nodes from another one on. nats-py shuffles the list before connecting (its
     # `dont_randomize` is off), so where each connection lands is chosen at random: the summary says where they are.
-    urls = cluster.urls
     governors = [
-        Governor(name, port, urls[i:] + urls[:i], path, config.nats.name, root / f"governor-{name}.log")
+        Governor(name, port, cluster.urls_from(i), path, config.nats.name, root / f"governor-{name}.log")
         for i, (name, port, (path, config)) in enumerate(zip(GOVERNORS, ports, configs.values(), strict=True))
     ]
     lease_ttl_s = configs[GOVERNORS[0]][1].ledger.lease_ttl_s

@@ -201,6 +201,12 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
 
+    def urls_from(self, i: int) -> list[str]:
+        """Every node's URL, node `i` (modulo the size) first: the order a process that should sit on it lists them."""
+        urls = self.urls
+        i %= len(urls)
+        return urls[i:] + urls[:i]
+
     @property
     def url(self) -> str:
         """Every node's URL, comma-separated (what `--nats-url` and IF_GOVERNOR_NATS_URL take)."""

@@ -297,9 +297,9 @@ class Actor:
                 await self._answer(flight.batch[i], flight.results[i])
         synced = not landed or (not self.fenced and await self._resync())
         self.metrics.ledger_failures.labels(type(failure).__name__).inc()
+        stale = Unavailable("this governor is not serving (it lost its lease); retry")
         for flight in failed:
             if not synced:  # fenced before the ledger could be re-read: the state may lag what it holds
-                stale = Unavailable("this governor is not serving (it lost its lease); retry")
                 flight.results[:] = [stale if r is None else r for r in flight.results]
             await self.apply(flight, answered=frozenset(flight.pending))  # reads see the state the ledger has
 
