@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 #: Why a breaker tripped. Money (`budget_exhausted`) always needs a human's reset.
-TripReason = Literal["budget_exhausted", "repeated_failures", "performance_degradation", "manual_override"]
+TripReason = Literal[
+    "budget_exhausted", "repeated_failures", "performance_degradation", "manual_override", "task_over_budget"
+]
 #: The reasons an operator may trip a breaker for by hand (`governor.trip`).
 ManualTripReason = Literal["repeated_failures", "performance_degradation", "manual_override"]
 #: Trips that recover by themselves through half-open probes; the others need a human's reset.
@@ -24,6 +26,7 @@ RejectionCode = Literal[
     "model_not_allowed",
     "cost_above_max",
     "budget_exhausted",
+    "group_budget_exhausted",
     "available_budget_below_estimate",
     "breaker_tripped",
 ]
@@ -41,6 +44,12 @@ WitnessOperation = Literal[
     "circuit_breaker_reopened",
     "reservation_released",
     "budget_low",
+    "budget_threshold",
+    "budget_exhausted",
+    "budget_refilled",
+    "budget_forecast",
+    "budget_topped_up",
+    "task_over_budget",
     "config_reloaded",
     "swarm_registered",
     "swarm_deregistered",

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.budgets import BudgetGroup, GroupId
 from schemas.policy import FailureThreshold, PolicyRule, ResourcePolicy
 from schemas.pricing import ModelPrice
 from schemas.types import Budget, CapabilityDef, CapabilityName, CostPerHour, ModelName, Ratio, SwarmId
@@ -73,6 +74,8 @@ class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     model: ModelName
     initial_budget: Budget | None = None
     """Missing: the governor's `default_budget`."""
+    budget_group: GroupId | None = None
+    """A group of `budgets:`: its limits (and its ancestors') apply to this swarm's costs."""
 
 
 class WitnessSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -185,6 +188,9 @@ class Config(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Named policies for `rules:` (the presets strict, permissive and production are always there)."""
     rules: list[PolicyRule] = []
     """Per-task policy by capability pattern, first match wins; no match: the `governor:` policy."""
+    budgets: list[BudgetGroup] = []
+    """Budget groups (organisation, team, project), each with a limit per period; a swarm names its own with
+    `budget_group`."""
     pricing: dict[ModelName, ModelPrice] = {}
     """USD per million tokens of each model, for costs reported as `usage` (a model not listed: such a cost is
     refused)."""

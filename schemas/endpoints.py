@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from schemas.ledger import Configure, Reload
+from schemas.ledger import Configure, Reload, Tick
 from schemas.replies import (
     AssignReply,
     CostReply,
@@ -22,6 +22,7 @@ from schemas.replies import (
     StatusReply,
     SuccessReply,
     SwarmReply,
+    TopupReply,
     TripReply,
 )
 from schemas.requests import (
@@ -36,6 +37,7 @@ from schemas.requests import (
     ResetRequest,
     StatusRequest,
     SuccessRequest,
+    TopupRequest,
     TripRequest,
 )
 
@@ -59,6 +61,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("cost", CostRequest, CostReply, changes_state=True),
     Endpoint("reset", ResetRequest, ResetReply, changes_state=True, operator_only=True),
     Endpoint("trip", TripRequest, TripReply, changes_state=True, operator_only=True),
+    Endpoint("topup", TopupRequest, TopupReply, changes_state=True, operator_only=True),
     Endpoint("failure", FailureRequest, FailureReply, changes_state=True),
     Endpoint("success", SuccessRequest, SuccessReply, changes_state=True),
     Endpoint("register", RegisterRequest, SwarmReply, changes_state=True, operator_only=True),
@@ -70,9 +73,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
 BY_REQUEST: dict[type[Request], Endpoint] = {e.request: e for e in ENDPOINTS}
 
-#: What a ledger entry of each kind records: the request (a `reload` as the config was read), or a `configure`.
+#: What a ledger entry of each kind records: the request (a `reload` as the config was read), a `configure`, or the
+#: actor's `tick` at a budget period's boundary.
 ENTRY_TYPES: dict[str, type[msgspec.Struct]] = {
     **{e.name: e.request for e in ENDPOINTS if e.changes_state},
     "reload": Reload,
     "configure": Configure,
+    "tick": Tick,
 }

@@ -90,7 +90,8 @@ class EscalationContext(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Escalation(msgspec.Struct, frozen=True, kw_only=True):
-    """Published on `<prefix>.events.escalation`: a human must look at this swarm."""
+    """Published on `<prefix>.events.escalation`: a human must look at this swarm (or, with `group`, at this
+    budget group: `swarm_id` is then "")."""
 
     type: Literal["ESCALATE"] = "ESCALATE"
     swarm_id: str
@@ -98,6 +99,8 @@ class Escalation(msgspec.Struct, frozen=True, kw_only=True):
     context: EscalationContext
     trace_id: str
     severity: Severity = "HIGH"
+    group: str | msgspec.UnsetType = msgspec.UNSET
+    """The budget group the escalation is about (absent for a swarm's)."""
     position: Position | msgspec.UnsetType = msgspec.UNSET
     """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
@@ -117,7 +120,83 @@ class WitnessRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Where it comes from in the ledger (absent when no ledger entry caused it: a refused request, memory mode)."""
 
 
-Event = BreakerTripped | BreakerReset | BreakerHalfOpen | BreakerClosed | Escalation | WitnessRecord
+class BudgetExhausted(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.budget.exhausted`: a budget group has nothing left in its period; its swarms
+    (and its descendants') get no work until the period refills or an operator tops it up."""
+
+    group: str
+    period_start: float | None
+    """None: a lifetime limit (no period)."""
+    period_end: float | None
+    limit: float
+    """The period's limit, top-ups included (USD)."""
+    spent: float
+    trace_id: str
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: memory mode)."""
+
+
+class BudgetRefilled(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.budget.refilled`: a group's period ended and the next one began, once per
+    boundary (`periods` counts the boundaries passed while the governor was away)."""
+
+    group: str
+    period_start: float
+    period_end: float
+    limit: float
+    previous_spent: float
+    """What the group spent in the period that ended (USD)."""
+    was_exhausted: bool
+    periods: int = 1
+    trace_id: str
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: memory mode)."""
+
+
+class BudgetThreshold(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.budget.threshold`: a group spent `fraction` of its period's limit, or a swarm
+    of its budget as last allocated (registered, reset or topped up); once per threshold per period (per
+    allocation, for a swarm)."""
+
+    group: str | msgspec.UnsetType = msgspec.UNSET
+    swarm_id: str | msgspec.UnsetType = msgspec.UNSET
+    fraction: float
+    spent: float
+    limit: float
+    period_start: float | None = None
+    """The group's period (None: a lifetime limit, or a swarm's threshold)."""
+    trace_id: str
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: memory mode)."""
+
+
+class BudgetForecast(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.budget.forecast` (groups with `forecast_alert`): at the spend rate of the last
+    hour the group runs out at `exhausted_at`, before its period ends; once per period."""
+
+    group: str
+    exhausted_at: float
+    period_start: float | None
+    period_end: float | None
+    rate_usd_per_hour: float
+    remaining: float
+    trace_id: str
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: memory mode)."""
+
+
+Event = (
+    BreakerTripped
+    | BreakerReset
+    | BreakerHalfOpen
+    | BreakerClosed
+    | Escalation
+    | BudgetExhausted
+    | BudgetRefilled
+    | BudgetThreshold
+    | BudgetForecast
+    | WitnessRecord
+)
 
 #: Event type -> its subject under the prefix (witness records go to `<prefix>.witness.<operation>`).
 EVENT_SUBJECTS: dict[type[Event], str] = {
@@ -126,4 +205,8 @@ EVENT_SUBJECTS: dict[type[Event], str] = {
     BreakerHalfOpen: "events.breaker.half_open",
     BreakerClosed: "events.breaker.closed",
     Escalation: "events.escalation",
+    BudgetExhausted: "events.budget.exhausted",
+    BudgetRefilled: "events.budget.refilled",
+    BudgetThreshold: "events.budget.threshold",
+    BudgetForecast: "events.budget.forecast",
 }

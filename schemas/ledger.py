@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.budgets import BudgetGroup
 from schemas.events import Identity
 from schemas.policy import PolicyRule, ResourcePolicy
 from schemas.pricing import ModelPrice
@@ -45,6 +46,7 @@ class Configure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     policies: dict[str, ResourcePolicy] = {}
     rules: list[PolicyRule] = []
     pricing: dict[str, ModelPrice] = {}
+    budgets: list[BudgetGroup] = []
 
 
 class Reload(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,6 +54,27 @@ class Reload(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     configure: Configure
     swarms: list[RegisterRequest]
+
+
+class Tick(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of a `tick` entry: the actor writes one when a budget period ends, so that the refill is a ledger
+    entry of its own, applied once, at the same place in every replay (a command applied later would also roll
+    the period over first; the tick then finds nothing to do)."""
+
+
+class GroupState(msgspec.Struct, frozen=True, array_like=True):
+    """A budget group's current period (its configuration is in the `configure` entry or the snapshot)."""
+
+    id: str
+    start: float | None
+    end: float | None
+    spent_micros: int
+    topped_up_micros: int
+    alerted: float
+    forecasted: bool
+    exhausted: bool
+    since: float | None
+    burn: list[tuple[int, int]]
 
 
 class SwarmState(msgspec.Struct, frozen=True, array_like=True):
@@ -68,6 +91,9 @@ class SwarmState(msgspec.Struct, frozen=True, array_like=True):
     failures: list[float]
     allocated_micros: int = 0
     soft_warned: bool = False
+    alerted: float = 0.0
+    """The highest `budget_alerts` fraction fired for the current allocation (older snapshots: `soft_warned`)."""
+    budget_group: str | None = None
 
 
 class CoreState(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,5 +118,9 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     history_seq: int = 0
     """Assignment records ever kept (the position of the next one, for history cursors); 0 in older snapshots."""
     resets_seq: int = 0
+    budgets: list[BudgetGroup] = []
+    groups: list[GroupState] = []
+    task_spend: list[tuple[str, int, int, str, bool]] = []
+    """(task_id, micro-dollars spent, cap, action, fired) of the tasks under a `max_spend_per_task`."""
     ledger_hash: str = ""
     """The SHA-256 of the ledger message at `seq` (the chain's link for the entries after the snapshot)."""

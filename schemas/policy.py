@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -29,7 +29,18 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """A failed probe doubles the cool-down, up to this."""
     half_open_probes: Annotated[int, Meta(ge=1, le=1000)] = 1
     soft_budget_ratio: Ratio = 0.2
-    """Below this fraction of its allocation, a swarm's budget raises a MEDIUM escalation (once per allocation)."""
+    """The seed-era warning below this fraction of a swarm's allocation: now the threshold `1 - soft_budget_ratio`
+    of `budget_alerts` (0.8 by default, already in the list)."""
+    budget_alerts: Annotated[list[Annotated[float, Meta(gt=0.0, le=1.0)]], Meta(max_length=16)] = msgspec.field(
+        default_factory=lambda: [0.5, 0.8, 0.95]
+    )
+    """Fractions of a swarm's allocation (its budget as registered, reset or topped up) whose spending publishes
+    `governor.events.budget.threshold` and a MEDIUM escalation, once each per allocation."""
+    max_spend_per_task: Cost | None = None
+    """When the costs reported with one `task_id` pass this (USD): a `task_over_budget` escalation, once."""
+    on_task_over_budget: Literal["escalate", "trip"] = "escalate"
+    """`trip`: the swarm whose cost passed `max_spend_per_task` is also tripped (`task_over_budget`; a human's
+    reset closes it)."""
     max_amount_usd: Annotated[float, Meta(gt=0.0, le=MAX_USD)] = 1_000_000.0
     """The largest cost, estimate or budget a request may carry (USD); anything above is refused."""
     max_holds: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.budgets import GroupId
 from schemas.types import Budget, Capabilities, CostPerHour, ModelName, Ratio, SwarmId
 
 
-class SwarmProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class SwarmProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Profile for a swarm (pool of agents), as registered."""
 
     swarm_id: SwarmId
@@ -16,3 +17,5 @@ class SwarmProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     reputation_score: Ratio
     current_budget_remaining: Budget
     model: ModelName
+    budget_group: GroupId | None = None
+    """The budget group whose limits (and its ancestors') this swarm's costs count against."""

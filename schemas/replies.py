@@ -48,6 +48,8 @@ class SwarmExplanation(msgspec.Struct, frozen=True, kw_only=True):
     capability_match: float
     score: float
     rejected_by: str | None
+    group: str | None = None
+    """With `rejected_by: group_budget_exhausted`: the exhausted group on the swarm's chain (the nearest)."""
 
 
 class AssignReply(Reply, frozen=True, kw_only=True):
@@ -139,6 +141,7 @@ class SwarmStatus(msgspec.Struct, frozen=True, kw_only=True):
     operations_count: int = 0
     held: float = 0.0
     """USD held by open reservations: available = budget_remaining - held."""
+    budget_group: str | None = None
 
 
 class HoldStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +149,50 @@ class HoldStatus(msgspec.Struct, frozen=True, kw_only=True):
     swarm_id: str
     amount: float
     expires_at: float
+
+
+class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A budget group in its current period (USD; times in Unix seconds)."""
+
+    id: str
+    parent: str | None
+    period: str | None
+    """How it refills (`day (Europe/Paris)`, `21600s`, ...); None: a lifetime limit."""
+    period_start: float | None
+    period_end: float | None
+    limit: float
+    topped_up: float
+    spent: float
+    remaining: float
+    """limit + topped_up - spent: below 0 by the costs that were already in flight when it ran out."""
+    exhausted: bool
+    blocked: bool
+    """It or an ancestor is exhausted: its swarms get no work."""
+    rate_usd_per_hour: float
+    """Spent over the last hour (over the group's history when shorter), per hour."""
+    forecast_exhausted_at: float | None
+    """When it runs out at that rate, if before its period ends."""
+    swarms: int
+
+
+class TopupReply(Reply, frozen=True, kw_only=True):
+    swarm_id: str | None = None
+    group: str | None = None
+    amount: float
+    remaining: float
+    """The swarm's remaining budget, or the group's remaining in its period, after the top-up."""
+    tripped: bool = False
+    """The swarm's breaker is still tripped: a top-up never closes it, a reset does."""
+    unblocked: bool = False
+    """The group had nothing left and now admits work again."""
+    note: str | None = None
+    duplicate: bool = False
+
+
+class TickReply(Reply, frozen=True, kw_only=True):
+    """What a `tick` entry did (answered to nobody: the actor writes ticks itself)."""
+
+    refilled: list[str] = []
 
 
 class StatusReply(Reply, frozen=True, kw_only=True):
@@ -160,6 +207,8 @@ class StatusReply(Reply, frozen=True, kw_only=True):
     next_cursor: str | None = None
     """The `cursor` of the next page of swarms (None: this was the last page). Budgets, breakers and holds are
     those of this page's swarms."""
+    groups: list[GroupStatus] = []
+    """Every budget group, in config order, on the first page only (a request without `cursor`)."""
 
 
 class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from schemas.budgets import GroupId
 from schemas.codes import ManualTripReason
 from schemas.pricing import TokenUsage
 from schemas.types import (
@@ -132,6 +133,8 @@ class RegisterRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=
     reputation_score: Ratio
     current_budget_remaining: Budget
     model: ModelName
+    budget_group: GroupId | None = None
+    """A group of the config's `budgets:` list: its limits (and its ancestors') apply to this swarm's costs."""
     event_id: EventId | None = None
 
 
@@ -140,6 +143,21 @@ class DeregisterRequest(Request, frozen=True, kw_only=True, forbid_unknown_field
 
     swarm_id: SwarmId
     event_id: EventId | None = None
+
+
+class TopupRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Add to a swarm's remaining budget, or to a budget group's current period, without a trip and reset
+    (operators only). A top-up never closes a tripped breaker: a reset does."""
+
+    swarm_id: SwarmId | None = None
+    group: GroupId | None = None
+    amount: Budget
+    approved_by: Name
+    event_id: EventId | None = None
+
+    def __post_init__(self) -> None:
+        if (self.swarm_id is None) == (self.group is None):
+            raise ValueError("give exactly one of `swarm_id` and `group`")
 
 
 class ReloadRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

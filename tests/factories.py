@@ -29,8 +29,10 @@ def profile(
     reputation_score: float = 0.9,
     budget: float = 25.0,
     model: str = "haiku",
+    group: str | None = None,
 ) -> SwarmProfile:
-    """A swarm's profile as the core registers it (`budget` is its `current_budget_remaining`)."""
+    """A swarm's profile as the core registers it (`budget` is its `current_budget_remaining`, `group` its
+    `budget_group`)."""
     return SwarmProfile(
         swarm_id=swarm_id,
         capabilities=list(capabilities),
@@ -38,6 +40,7 @@ def profile(
         reputation_score=reputation_score,
         current_budget_remaining=budget,
         model=model,
+        budget_group=group,
     )
 
 

@@ -7,6 +7,7 @@ GovernorError                 code                  Nats-Service-Error-Code
 │   └── InvalidBudget         invalid_budget        400
 ├── Forbidden                 forbidden             403
 ├── UnknownSwarm              unknown_swarm         404
+├── UnknownGroup              unknown_group         404
 ├── Conflict                  (abstract)            409
 │   ├── NotTripped            not_tripped           409
 │   ├── AlreadyTripped        already_tripped       409
@@ -70,6 +71,13 @@ class UnknownSwarm(GovernorError):
     """No swarm with that id is registered."""
 
     code = "unknown_swarm"
+    status = 404
+
+
+class UnknownGroup(GovernorError):
+    """No budget group with that id is configured."""
+
+    code = "unknown_group"
     status = 404
 
 

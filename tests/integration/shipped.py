@@ -174,7 +174,8 @@ STORAGE_LOGIN_USERS = """\
             allow: [
               "governor.assign", "governor.cost", "governor.failure", "governor.success"
               "governor.status", "governor.history"
-              "governor.reset", "governor.trip", "governor.register", "governor.deregister", "governor.reload"
+              "governor.reset", "governor.trip", "governor.topup"
+              "governor.register", "governor.deregister", "governor.reload"
               "$SRV.PING", "$SRV.PING.governor", "$SRV.PING.governor.*"
               "$SRV.INFO", "$SRV.INFO.governor", "$SRV.INFO.governor.*"
               "$SRV.STATS", "$SRV.STATS.governor", "$SRV.STATS.governor.*"

@@ -293,9 +293,9 @@ class TestNatsServerConf:
         """Every service import has `share: true`, so the governor gets the server-stamped `Nats-Request-Info`."""
         text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
         imports = [line for line in text.splitlines() if line.strip().startswith("{ service: { account:")]
-        # COORD: 6 requests and 9 discovery subjects; OPS: 5 more requests; WITNESS and ALERTS: their audit
+        # COORD: 6 requests and 9 discovery subjects; OPS: 6 more requests; WITNESS and ALERTS: their audit
         # consumer's next messages and acknowledgements
-        assert len(imports) == 15 + 20 + 4
+        assert len(imports) == 15 + 21 + 4
         assert [line for line in imports if not line.rstrip().endswith("share: true }")] == []
 
 

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from schemas.events import EVENT_SUBJECTS, Event, WitnessRecord
-from schemas.ledger import Reload
+from schemas.ledger import Configure, Reload
 from schemas.replies import ErrorBody, ErrorReply
 from worker.core.governor import Governor
 from worker.ops import contract as schema
@@ -45,6 +45,7 @@ SIP = {
     "reputation_score": 0.95,
     "current_budget_remaining": 25.0,
     "model": "sonnet",
+    "budget_group": "team",
 }
 NDI = {
     "swarm_id": "session-1-ndi",
@@ -55,6 +56,9 @@ NDI = {
     "model": "haiku",
 }
 
+#: The scenario's budget group: SIP's costs exhaust it, a top-up unblocks it, its hour refills it.
+BUDGETS = {"id": "team", "limit": 30.0, "period": "1h", "forecast_alert": True}
+
 #: A session through the core as wire requests: (endpoint, body, seconds after NOW). It makes every kind of event.
 SCENARIO: list[tuple[str, dict[str, Any], float]] = [
     ("register", SIP, 0),
@@ -64,6 +68,8 @@ SCENARIO: list[tuple[str, dict[str, Any], float]] = [
     ("cost", {"swarm_id": "session-4-sip", "operation": "sip_integration", "cost": 20.0, "task_id": "t-1"}, 3),
     ("cost", {"swarm_id": "session-4-sip", "operation": "sip_integration", "cost": 6.0, "event_id": "e-1"}, 4),
     ("reset", {"swarm_id": "session-4-sip", "new_budget": 25.0, "approved_by": "alice"}, 5),
+    ("cost", {"swarm_id": "session-4-sip", "operation": "sip_integration", "cost": 4.0}, 5),
+    ("topup", {"group": "team", "amount": 10.0, "approved_by": "alice", "event_id": "top-1"}, 5),
     ("failure", {"swarm_id": "session-1-ndi", "task_id": "t-3", "error": "timeout"}, 6),
     ("failure", {"swarm_id": "session-1-ndi", "task_id": "t-4", "error": "timeout"}, 7),
     ("failure", {"swarm_id": "session-1-ndi", "task_id": "t-5", "error": "timeout"}, 8),
@@ -79,7 +85,7 @@ SCENARIO: list[tuple[str, dict[str, Any], float]] = [
 
 #: What the worker makes of a `reload` request before the core applies it (it re-reads its config file).
 RELOADED: dict[str, Any] = {
-    "configure": {"policy": {}, "capabilities": []},
+    "configure": {"policy": {}, "capabilities": [], "budgets": [BUDGETS]},
     "swarms": [
         {**NDI, "swarm_id": "session-2-webrtc", "capabilities": ["integration:webrtc", "docs:technical-writing"]}
     ],
@@ -126,6 +132,7 @@ def resolve(document: dict[str, Any], ref: str) -> Any:
 def run_scenario() -> tuple[list[tuple[str, msgspec.Struct]], list[Event]]:
     """Apply SCENARIO to a fresh core; return each (endpoint, reply) and every event it recorded."""
     core = Governor()
+    core.apply_configuration(msgspec.convert(RELOADED["configure"], Configure))
     results: list[tuple[str, msgspec.Struct]] = []
     for i, (kind, body, offset) in enumerate(SCENARIO):
         request = DECODERS[kind].decode(json.dumps(body))

@@ -90,6 +90,8 @@ class Assigning(Parts):
         limit = max(1, min(max_swarms, policy.max_swarms_per_task))
         ceiling = policy.max_cost_per_task if max_cost is None else max_cost
         models = allowed_models(rule)
+        if self.budgets.due(now):
+            self.budgets.advance(ctx, self.registry.refresh)
         self.reservations.expire(ctx, self.registry.swarms)
         self.breakers.advance(ctx, self.policy)
         ranked = matching.rank(self.registry, required, policy.min_capability_match, ceiling, limit, estimate, models)
@@ -130,6 +132,8 @@ class Assigning(Parts):
             if estimate:
                 self.reservations.hold(task_id, swarm, estimate, expires_at)
         self._assigned(ctx, task_id, required, assignments, rule, reserved if estimate else None)
+        if policy.max_spend_per_task is not None:
+            self.task_caps.open(task_id, to_micros(policy.max_spend_per_task), policy.on_task_over_budget)
         self.dedupe.remember_task(task_id, assignments, now, self.policy.assign_window_s)
         best = assignments[0]
         return AssignReply(
@@ -185,12 +189,14 @@ class Assigning(Parts):
         explained: list[SwarmExplanation] = []
         for swarm in page:
             covered = matching.coverage(req, swarm.capabilities)
+            rejected = matching.rejection(swarm, covered, min_match, ceiling, estimate, models)
             explained.append(
                 SwarmExplanation(
                     swarm_id=swarm.swarm_id,
                     capability_match=covered,
                     score=matching.score(covered, swarm),
-                    rejected_by=matching.rejection(swarm, covered, min_match, ceiling, estimate, models),
+                    rejected_by=rejected,
+                    group=matching.blocking_group(swarm) if rejected == "group_budget_exhausted" else None,
                 )
             )
         return explained

@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from schemas.budgets import BudgetGroup
 from schemas.ledger import Configure, CoreState
 from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
 from schemas.pricing import ModelPrice
 from schemas.profiles import SwarmProfile
 from schemas.replies import ReloadReply, SwarmReply
-from worker.core import state
+from worker.core import groups, state
 from worker.core.assigning import Assigning
 from worker.core.capabilities import Vocabulary
 from worker.core.money import check_budget, to_usd
@@ -45,10 +46,13 @@ class Governor(Assigning, Spending, Outcomes, Reports):
         policies: dict[str, ResourcePolicy] | None = None,
         rules: Sequence[PolicyRule] = (),
         pricing: dict[str, ModelPrice] | None = None,
+        budgets: Sequence[BudgetGroup] = (),
     ) -> None:
-        """Change the policy, capabilities, named policies, rules and token prices from now on (recorded in the
-        ledger)."""
+        """Change the policy, capabilities, named policies, rules, token prices and budget groups from now on
+        (recorded in the ledger). Refused, changing nothing, when the rules or groups do not hold together."""
         check_rules(rules, policies or {})
+        groups.check(list(budgets))
+        self.budgets.configure(list(budgets), self.registry.refresh)
         self.policy = policy
         self.vocabulary = Vocabulary(capabilities)
         self.policies = {**PRESETS, **(policies or {})}
@@ -63,18 +67,27 @@ class Governor(Assigning, Spending, Outcomes, Reports):
             policies={k: v for k, v in self.policies.items() if PRESETS.get(k) != v},
             rules=list(self.rules),
             pricing=dict(self.pricing),
+            budgets=self.budgets.configs(),
         )
+
+    def apply_configuration(self, body: Configure) -> None:
+        """`configure` with a `configure` entry's body."""
+        self.configure(body.policy, body.capabilities, body.policies, body.rules, body.pricing, body.budgets)
 
     def reload(
         self, configure: Configure, profiles: Sequence[SwarmProfile], *, now: float, trace_id: str = ""
     ) -> ReloadReply:
         """Apply a re-read config without losing budgets, holds or breakers: new swarms only are registered."""
         check_rules(configure.rules, configure.policies)
+        listed = {g.id for g in configure.budgets}
+        for profile in profiles:
+            if profile.budget_group is not None and profile.budget_group not in listed:
+                raise InvalidRequest(
+                    f"swarm {profile.swarm_id!r} names budget group {profile.budget_group!r}, not listed"
+                )
         changed = self.configuration() != configure
         if changed:
-            self.configure(
-                configure.policy, configure.capabilities, configure.policies, configure.rules, configure.pricing
-            )
+            self.apply_configuration(configure)
         registered: list[str] = []
         for profile in profiles:
             if not self.known(profile.swarm_id):
@@ -105,8 +118,9 @@ class Governor(Assigning, Spending, Outcomes, Reports):
         if not 0.0 <= profile.reputation_score <= 1.0:
             raise InvalidRequest(f"reputation_score must be in [0, 1], got {profile.reputation_score!r}")
         capabilities = self.vocabulary.check(profile.capabilities)
+        group = self.budgets.get(profile.budget_group) if profile.budget_group is not None else None
         self.dedupe.seen("register", event_id, now)
-        swarm = self.registry.new(profile, capabilities)
+        swarm = self.registry.new(profile, capabilities, group)
         self.breakers.track(swarm)
         self._context(now, trace_id).witness(
             "swarm_registered",
@@ -118,6 +132,7 @@ class Governor(Assigning, Spending, Outcomes, Reports):
                 "budget": to_usd(swarm.budget),
                 "model": swarm.model,
                 "tripped": swarm.breaker is not None,
+                **({"budget_group": group.id} if group is not None else {}),
             },
             "INFO",
         )

@@ -1,9 +1,10 @@
 """Matching: which swarms qualify for a task, how they score, and why the others were passed over.
 
 A swarm qualifies when its coverage `|swarm ∩ required| / |required|` reaches the policy minimum, its cost per hour
-is within the ceiling, its budget is above zero (and covers the estimate less its open holds), its breaker is
-closed (or half-open with probes left) and, under a rule that names models, its model is one of them. Qualified
-swarms score `(coverage × reputation) / cost_per_hour`; the best wins, the first registered on equal scores.
+is within the ceiling, its budget is above zero (and covers the estimate less its open holds), no budget group on
+its chain is exhausted, its breaker is closed (or half-open with probes left) and, under a rule that names models,
+its model is one of them. Qualified swarms score `(coverage × reputation) / cost_per_hour`; the best wins, the
+first registered on equal scores.
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ def walk(
     return best
 
 
+def blocking_group(swarm: Swarm) -> str | None:
+    """The nearest exhausted group on a swarm's chain."""
+    if swarm.group is None:
+        return None
+    return next((g.id for g in swarm.group.chain() if g.exhausted), None)
+
+
 def rejection(
     swarm: Swarm, covered: float, min_match: float, max_cost: float, estimate: int, models: set[str] | None
 ) -> RejectionCode | None:
@@ -141,6 +149,8 @@ def rejection(
         return "cost_above_max"
     if swarm.budget <= 0:
         return "budget_exhausted"
+    if swarm.group is not None and swarm.group.blocked:
+        return "group_budget_exhausted"
     if estimate and swarm.budget - swarm.held < estimate:
         return "available_budget_below_estimate"
     if not swarm.admits:

@@ -12,15 +12,18 @@ from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
 from schemas.pricing import ModelPrice
 from worker.core.breakers import Breakers
 from worker.core.capabilities import Vocabulary
+from worker.core.caps import TaskCaps
 from worker.core.context import Context
 from worker.core.dedupe import Dedupe
+from worker.core.groups import Budgets
 from worker.core.history import History
 from worker.core.registry import Registry
 from worker.core.reservations import Reservations
 
 
 class Parts:
-    """The registry, breakers, reservations, dedupe windows, history and configuration of one core."""
+    """The registry, breakers, reservations, dedupe windows, history, budget groups, task caps and configuration
+    of one core."""
 
     def __init__(
         self,
@@ -42,6 +45,8 @@ class Parts:
         self.reservations = Reservations()
         self.dedupe = Dedupe(dedupe_limit, dedupe_horizon_s)
         self.history_log = History(history_limit)
+        self.budgets = Budgets()
+        self.task_caps = TaskCaps()
         self._events: list[Event] = []
         self.identity: Identity | msgspec.UnsetType = msgspec.UNSET
         """The authenticated sender of the command being applied (set around each command by `dispatch.apply`):
@@ -49,6 +54,13 @@ class Parts:
 
     def _context(self, now: float, trace_id: str) -> Context:
         return Context(now, trace_id, self.identity, self._events)
+
+    def _begin(self, now: float, trace_id: str) -> Context:
+        """The context of a command that changes budgets: the budget periods that ended by `now` roll over first."""
+        ctx = Context(now, trace_id, self.identity, self._events)
+        if self.budgets.due(now):
+            self.budgets.advance(ctx, self.registry.refresh)
+        return ctx
 
     @property
     def evicted(self) -> dict[str, int]:

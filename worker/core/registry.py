@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from schemas.profiles import SwarmProfile
 from schemas.replies import BreakerState
@@ -16,12 +17,16 @@ from worker.core.index import CapabilityIndex
 from worker.core.money import to_micros
 from worker.errors import UnknownSwarm
 
+if TYPE_CHECKING:
+    from worker.core.groups import Group
+
 
 class Swarm:
     """The mutable state of one registered swarm; private to the core."""
 
     __slots__ = (
         "admits",
+        "alerted",
         "allocated",
         "breaker",
         "budget",
@@ -29,13 +34,13 @@ class Swarm:
         "cost_per_hour",
         "cost_tracked",
         "failures",
+        "group",
         "held",
         "holds",
         "model",
         "operations_count",
         "ordinal",
         "reputation_score",
-        "soft_warned",
         "swarm_id",
         "value",
     )
@@ -54,16 +59,22 @@ class Swarm:
         self.operations_count = 0
         self.cost_tracked = 0
         self.admits = True  # budget > 0 and breaker closed (or half-open with probes left)
-        self.allocated = self.budget  # the allocation the soft-budget warning is measured against
+        self.allocated = self.budget  # the allocation the budget alerts are measured against
+        self.alerted = 0.0  # the highest alert fraction fired for this allocation
         self.held = 0  # micro-dollars held by open reservations
         self.holds = 0  # how many open reservations
-        self.soft_warned = False
+        self.group: Group | None = None  # its budget group (`budget_group`)
 
 
 def admits(swarm: Swarm) -> bool:
-    """Budget above zero and breaker closed, or half-open with probes left."""
+    """Budget above zero, breaker closed (or half-open with probes left) and no group of its chain exhausted."""
     breaker = swarm.breaker
-    return swarm.budget > 0 and (breaker is None or (breaker.state == "half_open" and breaker.probes_left > 0))
+    group = swarm.group
+    return (
+        swarm.budget > 0
+        and (breaker is None or (breaker.state == "half_open" and breaker.probes_left > 0))
+        and (group is None or not group.blocked)
+    )
 
 
 class Registry:
@@ -92,21 +103,26 @@ class Registry:
         except KeyError:
             raise UnknownSwarm(f"no swarm {swarm_id!r} is registered") from None
 
-    def new(self, profile: SwarmProfile, capabilities: list[str]) -> Swarm:
-        """Register a profile under the next ordinal; a retired id gets back the breaker it had."""
+    def new(self, profile: SwarmProfile, capabilities: list[str], group: Group | None = None) -> Swarm:
+        """Register a profile under the next ordinal, in `group`; a retired id gets back the breaker it had."""
         swarm = Swarm(profile, capabilities, self.next_ordinal)
         swarm.breaker = self.retired.pop(swarm.swarm_id, None)
         self.next_ordinal += 1
-        self.add(swarm)
+        self.add(swarm, group)
         return swarm
 
-    def add(self, swarm: Swarm) -> None:
+    def add(self, swarm: Swarm, group: Group | None = None) -> None:
+        if group is not None:
+            swarm.group = group
+            group.members[swarm.swarm_id] = swarm
         self.swarms[swarm.swarm_id] = swarm
         self.by_ordinal[swarm.ordinal] = swarm
         swarm.admits = admits(swarm)
         self.index.add(swarm, swarm.admits)
 
     def retire(self, swarm: Swarm) -> None:
+        if swarm.group is not None:
+            del swarm.group.members[swarm.swarm_id]
         del self.swarms[swarm.swarm_id]
         del self.by_ordinal[swarm.ordinal]
         self.index.remove(swarm)

@@ -1,4 +1,4 @@
-"""Reports: budgets, breakers, history, holds and the paged status, read-only."""
+"""Reports: budgets, budget groups, breakers, history, holds and the paged status, read-only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from schemas.replies import (
     AssignmentRecord,
     BreakerState,
+    GroupStatus,
     HoldStatus,
     ResetRecord,
     StatusReply,
@@ -72,6 +73,7 @@ class Reports(Parts):
             failures_in_window=in_window,
             operations_count=swarm.operations_count,
             held=to_usd(self.reservations.held_at(swarm, now)),
+            budget_group=swarm.group.id if swarm.group is not None else None,
         )
 
     def status(
@@ -89,8 +91,13 @@ class Reports(Parts):
             rules=list(self.rules),
             recent_assignments=self.get_assignment_history(10),
             next_cursor=next_cursor,
+            groups=self.budgets.status(now) if cursor is None else [],
             trace_id=trace_id,
         )
+
+    def groups(self, now: float) -> list[GroupStatus]:
+        """Every budget group as of `now`, in config order."""
+        return self.budgets.status(now)
 
     def gauges(self) -> Iterator[tuple[str, float, float, bool]]:
         """(swarm id, remaining USD, cost tracked USD, tripped) of every swarm: for metrics, read-only."""

@@ -1,5 +1,6 @@
-"""Spending: costs deducted at once (an exhausted budget trips the breaker, a low one warns once), and a
-human's reset with a new budget."""
+"""Spending: costs deducted at once from a swarm's budget and its budget groups' periods (an exhausted budget
+trips the breaker, thresholds alert once, a task past its cap escalates), a human's reset with a new budget, an
+operator's top-up, and the period boundaries' ticks."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 import msgspec
 
 from schemas.codes import RECOVERABLE
-from schemas.events import BreakerReset, Escalation, EscalationContext
+from schemas.events import BreakerReset, BudgetThreshold, Escalation, EscalationContext
 from schemas.pricing import TokenUsage
-from schemas.replies import CostReply, ResetRecord, ResetReply
+from schemas.replies import CostReply, ResetRecord, ResetReply, TickReply, TopupReply
 from worker.core.context import Context
 from worker.core.money import check_budget, check_cost, price_micros, to_micros, to_usd
 from worker.core.parts import Parts
@@ -59,7 +60,7 @@ class Spending(Parts):
                 duplicate=True,
                 trace_id=trace_id,
             )
-        ctx = self._context(now, trace_id)
+        ctx = self._begin(now, trace_id)
         self.reservations.expire(ctx, self.registry.swarms)
         swarm.budget -= micros
         swarm.cost_tracked += micros
@@ -76,35 +77,151 @@ class Spending(Parts):
         ctx.witness("cost_tracked", params, "INFO")
         if task_id is not None and (task_id, swarm_id) in self.reservations:
             self.reservations.release(ctx, task_id, swarm, "settled", actual=cost)
-        self._soft_budget(ctx, swarm)
+        self._thresholds(ctx, swarm)
+        if swarm.group is not None:
+            self.budgets.spend(ctx, swarm.group, micros, self.registry.refresh)
         if swarm.budget <= 0 and (swarm.breaker is None or swarm.breaker.reason in RECOVERABLE):
             self.breakers.trip(ctx, swarm, "budget_exhausted", self.policy)  # money always needs a human
         elif swarm.budget <= 0:
             self.registry.refresh(swarm)
+        if task_id is not None:
+            self._task_cap(ctx, swarm, task_id, micros)
         return CostReply(
             swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, cost=cost, trace_id=trace_id
         )
 
-    def _soft_budget(self, ctx: Context, swarm: Swarm) -> None:
-        """The first time a budget falls below `soft_budget_ratio` of its allocation: a MEDIUM escalation."""
-        if swarm.soft_warned or swarm.budget >= swarm.allocated * self.policy.soft_budget_ratio:
+    def _thresholds(self, ctx: Context, swarm: Swarm) -> None:
+        """Each `budget_alerts` fraction of its allocation a swarm's spending crosses: a threshold event, once per
+        allocation, and one MEDIUM escalation for the highest crossed (none when the cost exhausted the budget:
+        the trip's HIGH escalation says it)."""
+        allocated = swarm.allocated
+        if allocated <= 0:
             return
-        swarm.soft_warned = True
-        if swarm.budget <= 0:  # exhausted at once: the trip's HIGH escalation says it
+        spent = allocated - swarm.budget
+        policy = self.policy
+        fractions = sorted({*policy.budget_alerts, round(1.0 - policy.soft_budget_ratio, 6)} - {0.0})
+        crossed = [f for f in fractions if f > swarm.alerted and spent >= f * allocated]
+        if not crossed:
             return
-        remaining, allocated = to_usd(swarm.budget), to_usd(swarm.allocated)
+        swarm.alerted = crossed[-1]
+        for fraction in crossed:
+            ctx.emit(
+                BudgetThreshold(
+                    swarm_id=swarm.swarm_id,
+                    fraction=fraction,
+                    spent=to_usd(spent),
+                    limit=to_usd(allocated),
+                    trace_id=ctx.trace_id,
+                )
+            )
+            ctx.witness(
+                "budget_threshold",
+                {"swarm_id": swarm.swarm_id, "fraction": fraction, "spent": to_usd(spent), "limit": to_usd(allocated)},
+                "MEDIUM",
+            )
+        if swarm.budget <= 0:
+            return
+        left = f"{to_usd(swarm.budget):.2f} of {to_usd(allocated):.2f} USD left"
         ctx.emit(
             Escalation(
                 swarm_id=swarm.swarm_id,
-                reason=f"Budget running low - {remaining:.2f} of {allocated:.2f} USD left",
-                context=EscalationContext(type="soft_budget", reason="budget_low", timestamp=ctx.now),
+                reason=f"Budget running low - {crossed[-1]:.0%} spent, {left}",
+                context=EscalationContext(type="soft_budget", reason="budget_threshold", timestamp=ctx.now),
                 trace_id=ctx.trace_id,
                 severity="MEDIUM",
             )
         )
-        ctx.witness(
-            "budget_low", {"swarm_id": swarm.swarm_id, "remaining": remaining, "allocated": allocated}, "MEDIUM"
+
+    def _task_cap(self, ctx: Context, swarm: Swarm, task_id: str, micros: int) -> None:
+        """Count a cost against its task's `max_spend_per_task`: passing it escalates once (and may trip)."""
+        policy = self.policy
+        cap = None if policy.max_spend_per_task is None else to_micros(policy.max_spend_per_task)
+        tally = self.task_caps.charge(task_id, micros, cap, policy.on_task_over_budget)
+        if tally is None:
+            return
+        spent, limit = to_usd(tally.spent), to_usd(tally.cap)
+        ctx.emit(
+            Escalation(
+                swarm_id=swarm.swarm_id,
+                reason=f"Task {task_id} over budget - {spent:.2f} USD reported against a cap of {limit:.2f}",
+                context=EscalationContext(type="task_over_budget", reason="task_over_budget", timestamp=ctx.now),
+                trace_id=ctx.trace_id,
+                severity="HIGH" if tally.action == "trip" else "MEDIUM",
+            )
         )
+        ctx.witness(
+            "task_over_budget",
+            {"task_id": task_id, "swarm_id": swarm.swarm_id, "spent": spent, "cap": limit, "action": tally.action},
+            "HIGH",
+        )
+        if tally.action == "trip" and (swarm.breaker is None or swarm.breaker.reason in RECOVERABLE):
+            self.breakers.trip(ctx, swarm, "task_over_budget", self.policy)
+
+    def top_up(
+        self,
+        *,
+        amount: float,
+        approved_by: str,
+        now: float,
+        swarm_id: str | None = None,
+        group: str | None = None,
+        event_id: str | None = None,
+        trace_id: str = "",
+    ) -> TopupReply:
+        """An operator adds to a swarm's remaining budget (and its allocation) or to a group's current period. A
+        tripped breaker stays tripped (the reply says so): only a reset closes it."""
+        target = self.registry.get(swarm_id) if swarm_id is not None else None
+        grp = self.budgets.get(group) if group is not None else None
+        if target is None and grp is None:
+            raise InvalidRequest("give exactly one of `swarm_id` and `group`")
+        check_budget(amount, "amount", self.policy.max_amount_usd)
+        if not approved_by.strip():
+            raise InvalidRequest("approved_by must name the human who approved the top-up")
+        if self.dedupe.applied_already("topup", event_id):
+            remaining = target.budget if target is not None else grp.remaining if grp is not None else 0
+            return TopupReply(
+                swarm_id=swarm_id,
+                group=group,
+                amount=amount,
+                remaining=to_usd(remaining),
+                duplicate=True,
+                trace_id=trace_id,
+            )
+        self.dedupe.seen("topup", event_id, now)
+        ctx = self._begin(now, trace_id)
+        micros = to_micros(amount)
+        params: dict[str, Any] = {"amount": amount, "approved_by": approved_by}
+        if target is not None:
+            target.budget += micros
+            target.allocated += micros
+            self.registry.refresh(target)
+            tripped = target.breaker is not None
+            params |= {"swarm_id": target.swarm_id, "remaining": to_usd(target.budget), "tripped": tripped}
+            ctx.witness("budget_topped_up", params, "MEDIUM")
+            return TopupReply(
+                swarm_id=target.swarm_id,
+                amount=amount,
+                remaining=to_usd(target.budget),
+                tripped=tripped,
+                note="the breaker is still tripped: a top-up never closes it; reset it (governor.reset)"
+                if tripped
+                else None,
+                trace_id=trace_id,
+            )
+        assert grp is not None
+        unblocked = self.budgets.top_up(ctx, grp, micros, self.registry.refresh)
+        params |= {"group": grp.id, "remaining": to_usd(grp.remaining), "unblocked": unblocked}
+        ctx.witness("budget_topped_up", params, "MEDIUM")
+        return TopupReply(
+            group=grp.id, amount=amount, remaining=to_usd(grp.remaining), unblocked=unblocked, trace_id=trace_id
+        )
+
+    def tick(self, *, now: float, trace_id: str = "") -> TickReply:
+        """The actor's `tick` entry at a period boundary: roll the periods that ended over (once: a later tick, or a
+        command that rolled them first, finds nothing to do)."""
+        ctx = self._context(now, trace_id)
+        refilled = self.budgets.advance(ctx, self.registry.refresh) if self.budgets.due(now) else []
+        return TickReply(refilled=refilled, trace_id=trace_id)
 
     def reset_circuit_breaker(
         self,
@@ -126,11 +243,11 @@ class Spending(Parts):
         if not approved_by.strip():
             raise InvalidRequest("approved_by must name the human who approved the reset")
         self.dedupe.seen("reset", event_id, now)
+        ctx = self._begin(now, trace_id)
         previous = swarm.breaker
         swarm.budget = swarm.allocated = to_micros(new_budget)
-        swarm.soft_warned = False
+        swarm.alerted = 0.0
         self.breakers.clear(swarm)
-        ctx = self._context(now, trace_id)
         self.history_log.reset(
             ResetRecord(
                 swarm_id=swarm_id,

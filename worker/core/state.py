@@ -32,7 +32,9 @@ def export(core: Parts, seq: int) -> CoreState:
                 s.breaker,
                 list(s.failures or ()),
                 s.allocated,
-                s.soft_warned,
+                s.alerted > 0,
+                s.alerted,
+                s.group.id if s.group is not None else None,
             )
             for s in registry
         ],
@@ -48,12 +50,16 @@ def export(core: Parts, seq: int) -> CoreState:
         policies={k: v for k, v in core.policies.items() if PRESETS.get(k) != v},
         rules=list(core.rules),
         pricing=dict(core.pricing),
+        budgets=core.budgets.configs(),
+        groups=core.budgets.export(),
+        task_spend=core.task_caps.export(),
     )
 
 
 def restore(core: Parts, state: CoreState) -> None:
     """Fill an empty core (made with the state's policy and capabilities) with the rest of the state."""
     registry, dedupe = core.registry, core.dedupe
+    core.budgets.configure(list(state.budgets), registry.refresh)
     for st in state.swarms:
         profile = SwarmProfile(
             swarm_id=st.swarm_id,
@@ -70,8 +76,8 @@ def restore(core: Parts, state: CoreState) -> None:
         swarm.breaker = st.breaker
         swarm.failures = deque(st.failures) if st.failures else None
         swarm.allocated = st.allocated_micros or st.budget_micros
-        swarm.soft_warned = st.soft_warned
-        registry.add(swarm)
+        swarm.alerted = st.alerted or (0.8 if st.soft_warned else 0.0)  # older snapshots: the soft warning's 0.8
+        registry.add(swarm, core.budgets.groups[st.budget_group] if st.budget_group is not None else None)
         core.breakers.track(swarm)
     registry.next_ordinal = state.next_ordinal
     core.history_log.restore(state.history, state.resets, state.history_seq, state.resets_seq)
@@ -83,3 +89,5 @@ def restore(core: Parts, state: CoreState) -> None:
     core.rules = list(state.rules)
     core.pricing = dict(state.pricing)
     core.reservations.restore(state.holds, registry.swarms)
+    core.budgets.restore(list(state.groups), registry.refresh)
+    core.task_caps.restore(state.task_spend)

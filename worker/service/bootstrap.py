@@ -37,6 +37,7 @@ def profiles_of(config: Config) -> list[SwarmProfile]:
             if s.initial_budget is not None
             else config.governor.default_budget,
             model=s.model,
+            budget_group=s.budget_group,
         )
         for s in config.swarms
     ]
@@ -50,6 +51,7 @@ def configure_body(config: Config) -> Configure:
         policies={k: v for k, v in config.policies.items() if PRESETS.get(k) != v},
         rules=list(config.rules),
         pricing=dict(config.pricing),
+        budgets=list(config.budgets),
     )
 
 
@@ -74,7 +76,7 @@ def restorer(config: Config) -> Callable[[CoreState], Governor]:
 def build_core(config: Config, now: float) -> Governor:
     """An in-memory core with the config's policy and capabilities, and its swarms registered."""
     core = empty_core(config)
-    core.configure(policy_of(config), config.capabilities, config.policies, config.rules, dict(config.pricing))
+    core.apply_configuration(configure_body(config))
     for profile in profiles_of(config):
         core.register_swarm(profile, now=now, trace_id="config")
     return core

@@ -15,7 +15,7 @@ import msgspec
 
 from schemas.endpoints import ENDPOINTS
 from schemas.events import Identity
-from schemas.ledger import Configure, Reload
+from schemas.ledger import Configure, Reload, Tick
 from schemas.profiles import SwarmProfile
 from schemas.replies import HistoryReply
 from schemas.requests import (
@@ -29,6 +29,7 @@ from schemas.requests import (
     ResetRequest,
     StatusRequest,
     SuccessRequest,
+    TopupRequest,
     TripRequest,
 )
 from worker.core.governor import Governor
@@ -95,6 +96,18 @@ def _apply(core: Governor, request: Request, now: float, trace_id: str) -> msgsp
             )
         case SuccessRequest() as r:
             return core.record_success(r.swarm_id, now=now, task_id=r.task_id, event_id=r.event_id, trace_id=trace_id)
+        case TopupRequest() as r:
+            return core.top_up(
+                amount=r.amount,
+                approved_by=r.approved_by,
+                now=now,
+                swarm_id=r.swarm_id,
+                group=r.group,
+                event_id=r.event_id,
+                trace_id=trace_id,
+            )
+        case Tick():
+            return core.tick(now=now, trace_id=trace_id)
         case Reload() as r:
             return core.reload(r.configure, [profile_of(s) for s in r.swarms], now=now, trace_id=trace_id)
         case RegisterRequest() as r:
@@ -129,6 +142,6 @@ def replay_command(
     (a refused `configure` too: the core checks it before it changes anything)."""
     with contextlib.suppress(GovernorError):
         if isinstance(command, Configure):
-            core.configure(command.policy, command.capabilities, command.policies, command.rules, command.pricing)
+            core.apply_configuration(command)
         else:
             apply(core, command, now, trace_id, identity)

@@ -8,7 +8,7 @@ import math
 import msgspec
 import pytest
 
-from schemas.events import BreakerTripped, Escalation, EscalationContext, WitnessRecord
+from schemas.events import BreakerTripped, BudgetThreshold, Escalation, EscalationContext, WitnessRecord
 from schemas.policy import ResourcePolicy
 from schemas.replies import BreakerState, CostReply
 from tests.factories import NOW, SIP, governed, profile
@@ -74,7 +74,8 @@ class TestTrackCost:
         assert [e.operation for e in governor.take_events() if isinstance(e, WitnessRecord)] == ["cost_tracked"]
 
     def test_trip_events_in_order(self) -> None:
-        """The exhausting cost records: witness cost_tracked, BreakerTripped, Escalation, witness trip (HIGH)."""
+        """The exhausting cost records: witness cost_tracked, the thresholds it crossed (no MEDIUM escalation:
+        the trip's says it), BreakerTripped, Escalation, witness trip (HIGH)."""
         governor = governed(profile("session-4-sip", budget=10.44))
         for i in range(4):
             governor.track_cost("session-4-sip", f"op-{i}", 2.0, now=NOW + i)
@@ -93,6 +94,22 @@ class TestTrackCost:
                 timestamp=NOW + 9,
                 severity="INFO",
                 trace_id="tr-4",
+            ),
+            *(
+                event
+                for fraction in (0.8, 0.95)
+                for event in (
+                    BudgetThreshold(
+                        swarm_id="session-4-sip", fraction=fraction, spent=10.5, limit=10.44, trace_id="tr-4"
+                    ),
+                    WitnessRecord(
+                        operation="budget_threshold",
+                        params={"swarm_id": "session-4-sip", "fraction": fraction, "spent": 10.5, "limit": 10.44},
+                        timestamp=NOW + 9,
+                        severity="MEDIUM",
+                        trace_id="tr-4",
+                    ),
+                )
             ),
             BreakerTripped(
                 swarm_id="session-4-sip",
@@ -177,12 +194,12 @@ class TestTrackCost:
 
 class TestSoftBudget:
     def test_medium_escalation_once_per_allocation(self) -> None:
-        """Falling below the soft ratio raises one MEDIUM escalation; a reset re-arms it."""
+        """Crossing budget alerts raises one MEDIUM escalation for the highest crossed; a reset re-arms them."""
         governor = governed(profile("a", budget=10.0))
         governor.track_cost("a", "op", 8.5, now=NOW)
         escalations = [e for e in governor.take_events() if isinstance(e, Escalation)]
         assert [(e.severity, e.context.type, e.reason) for e in escalations] == [
-            ("MEDIUM", "soft_budget", "Budget running low - 1.50 of 10.00 USD left")
+            ("MEDIUM", "soft_budget", "Budget running low - 80% spent, 1.50 of 10.00 USD left")
         ]
         governor.track_cost("a", "op", 0.5, now=NOW)
         assert [e for e in governor.take_events() if isinstance(e, Escalation)] == []
