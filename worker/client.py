@@ -34,6 +34,7 @@ from schemas.replies import (
     AssignReply,
     CostReply,
     FailureReply,
+    GroupStatus,
     HistoryReply,
     ReloadReply,
     Reply,
@@ -41,6 +42,7 @@ from schemas.replies import (
     StatusReply,
     SuccessReply,
     SwarmReply,
+    TopupReply,
     TripReply,
 )
 from schemas.requests import (
@@ -55,6 +57,7 @@ from schemas.requests import (
     ResetRequest,
     StatusRequest,
     SuccessRequest,
+    TopupRequest,
     TripRequest,
 )
 from worker import errors
@@ -272,6 +275,26 @@ class GovernorClient:
         """Report a task that succeeded (closes a half-open breaker)."""
         request = SuccessRequest(swarm_id=swarm_id, task_id=task_id, event_id=event_id or _event_id())
         return await self.send(request, SuccessReply)
+
+    async def topup(
+        self,
+        amount: float,
+        *,
+        approved_by: str,
+        swarm_id: str | None = None,
+        group: str | None = None,
+        event_id: str | None = None,
+    ) -> TopupReply:
+        """Add `amount` USD to a swarm's remaining budget or to a budget group's current period (operators only);
+        a tripped breaker stays tripped (`reply.tripped`, `reply.note`): a reset closes it."""
+        request = TopupRequest(
+            swarm_id=swarm_id, group=group, amount=amount, approved_by=approved_by, event_id=event_id or _event_id()
+        )
+        return await self.send(request, TopupReply)
+
+    async def budgets(self) -> list[GroupStatus]:
+        """Every budget group in its current period (the first page of `status` carries them)."""
+        return list((await self.status_page(1)).groups)
 
     async def reload(self) -> ReloadReply:
         """Ask the governor to re-read its config file (operators only)."""

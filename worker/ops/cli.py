@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approved-by", required=True, help="the human who approved the reset")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    p = client_command("topup", "add to a swarm's budget or a budget group's period (a human's decision)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--swarm", help="the swarm whose remaining budget grows")
+    target.add_argument("--group", help="the budget group whose current period grows")
+    p.add_argument("--amount", type=float, required=True, help="USD")
+    p.add_argument("--approved-by", required=True, help="the human who approved the top-up")
+    p.add_argument("--event-id", help="idempotency key: the same id is applied once")
+    p.add_argument("--json", action="store_true")
+
+    p = client_command("budgets", "budget groups as a tree: period, limit, spent, remaining, forecast")
+    p.add_argument("--json", action="store_true")
+
     p = client_command("status", "swarms, budgets, breakers and policy")
     p.add_argument("--json", action="store_true")
 

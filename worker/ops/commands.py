@@ -20,7 +20,7 @@ from schemas.config import pool_prefix
 from worker import errors
 from worker.core.capabilities import BUILTIN_CAPABILITIES
 from worker.core.rules import rule_conflicts
-from worker.ops.render import escape, explain_table, print_json, status_table
+from worker.ops.render import budgets_table, escape, explain_table, print_json, status_table
 from worker.service.bootstrap import profiles_of
 from worker.service.config import NATS_URL_ENV, connect_options, load_config, redact
 
@@ -198,6 +198,38 @@ async def _reset(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         reply = await client.reset(args.swarm, args.budget, approved_by=args.approved_by)
         print(f"{reply.swarm_id}: breaker closed, budget {reply.remaining:.2f} USD (approved by {args.approved_by})")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _topup(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.topup(
+            args.amount, approved_by=args.approved_by, swarm_id=args.swarm, group=args.group, event_id=args.event_id
+        )
+        if args.json:
+            print_json(reply)
+            return 0
+        what = f"swarm {reply.swarm_id}" if reply.swarm_id is not None else f"group {reply.group}"
+        again = " (already applied: this event_id was seen)" if reply.duplicate else ""
+        print(f"{what}: +{reply.amount:.2f} USD, {reply.remaining:.2f} USD remaining{again}")
+        if reply.unblocked:
+            print(f"group {reply.group}: its swarms get work again")
+        if reply.note:
+            print(f"note: {reply.note}")
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _budgets(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        groups = await client.budgets()
+        if args.json:
+            print_json(groups)
+        else:
+            print(budgets_table(groups, time.time()))
         return 0
 
     return await _with_client(args, action)
@@ -407,6 +439,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "success": _success,
     "reload": _reload,
     "reset": _reset,
+    "topup": _topup,
+    "budgets": _budgets,
     "status": _status,
     "history": _history,
     "watch": _watch,

@@ -11,11 +11,14 @@ import bisect
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from schemas.replies import GroupStatus
 
 log = logging.getLogger("if_governor.metrics")
 
@@ -66,6 +69,41 @@ class _Evictions(Collector):
         for kind, count in sorted((self.source() if self.source is not None else {}).items()):
             family.add_metric([kind], count)
         yield family
+
+
+class _PerGroup(Collector):
+    """The per-group series of the budget groups, read from the core when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[GroupStatus]] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        def family(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"if_governor_group_{name}", doc, labels=["group"])
+
+        limit = family("budget_limit_usd", "A budget group's limit in its current period, top-ups included (USD).")
+        spent = family("budget_spent_usd", "What a budget group spent in its current period (USD).")
+        remaining = family("budget_remaining_usd", "A budget group's limit less what it spent in its period (USD).")
+        exhausted = family("budget_exhausted", "1 while a budget group has nothing left in its period, else 0.")
+        rate = family("burn_rate_usd_per_hour", "A budget group's spend over the last hour, per hour (USD).")
+        forecast = family(
+            "forecast_exhaustion_seconds",
+            "Seconds until a budget group runs out at its last hour's rate (only when before its period ends).",
+        )
+        period_end = family("period_end_timestamp_seconds", "When a budget group's current period ends (Unix s).")
+        now = time.time()
+        for g in self.source() if self.source is not None else ():
+            labels = [g.id]
+            limit.add_metric(labels, g.limit + g.topped_up)
+            spent.add_metric(labels, g.spent)
+            remaining.add_metric(labels, g.remaining)
+            exhausted.add_metric(labels, 1.0 if g.exhausted else 0.0)
+            rate.add_metric(labels, g.rate_usd_per_hour)
+            if g.forecast_exhausted_at is not None:
+                forecast.add_metric(labels, max(0.0, g.forecast_exhausted_at - now))
+            if g.period_end is not None:
+                period_end.add_metric(labels, g.period_end)
+        yield from (limit, spent, remaining, exhausted, rate, forecast, period_end)
 
 
 class _HotCounters(Collector):
@@ -129,6 +167,7 @@ class Metrics:
         r.register(self.assignment_latency)
         self._per_swarm = _PerSwarm()
         r.register(self._per_swarm)
+        self._per_group = _PerGroup()
         self._evictions = _Evictions()
         r.register(self._evictions)
         r.register(_HotCounters(self))
@@ -182,6 +221,28 @@ class Metrics:
             "Stored records given up unacknowledged (the next takeover publishes them again from the ledger).",
             registry=r,
         )
+        r.register(self._per_group)
+        self.refills = Counter(
+            "if_governor_budget_refills",
+            "Budget periods that ended and refilled a group, by group.",
+            ["group"],
+            registry=r,
+        )
+        self.thresholds = Counter(
+            "if_governor_budget_thresholds",
+            "Budget threshold alerts fired, by kind (group or swarm).",
+            ["kind"],
+            registry=r,
+        )
+        self.topups = Counter(
+            "if_governor_topups", "Operators' top-ups, by target (swarm or group).", ["target"], registry=r
+        )
+        self.tasks_over_budget = Counter(
+            "if_governor_tasks_over_budget", "Tasks whose reported costs passed max_spend_per_task.", registry=r
+        )
+        for kind in ("group", "swarm"):  # every series from the start: increase() sees the first one
+            self.thresholds.labels(kind)
+            self.topups.labels(kind)
         self.batch_size = LeanHistogram(
             "if_governor_batch_size", "Commands the actor applied per batch.", (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         )
@@ -190,6 +251,10 @@ class Metrics:
     def per_swarm_from(self, source: Callable[[], Iterable[tuple[str, float, float, bool]]]) -> None:
         """Where the per-swarm series come from: (swarm_id, remaining, cost tracked, tripped) at scrape time."""
         self._per_swarm.source = source
+
+    def per_group_from(self, source: Callable[[], Iterable[GroupStatus]]) -> None:
+        """Where the per-group series come from: each budget group's status at scrape time."""
+        self._per_group.source = source
 
     def evictions_from(self, source: Callable[[], dict[str, int]]) -> None:
         """Where the dedupe evictions come from: kind -> count, at scrape time."""

@@ -80,3 +80,52 @@ def status_table(status: Any) -> str:
         f"failure_window_s={p.failure_window_s:g}"
     )
     return "\n".join(lines)
+
+
+def _when(t: float | None, now: float) -> str:
+    """A future instant as `in 2h05m` (or `-` for none)."""
+    if t is None:
+        return "-"
+    left = max(0, int(t - now))
+    days, rest = divmod(left, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"in {days}d{hours:02d}h"
+    if hours:
+        return f"in {hours}h{minutes:02d}m"
+    return f"in {minutes}m{seconds:02d}s"
+
+
+def budgets_table(groups: Any, now: float) -> str:
+    """The budget groups as a tree (children under their parent, in config order): period, limit (with top-ups),
+    spent, remaining, when the period ends, the last hour's rate and the forecast exhaustion."""
+    children: dict[str | None, list[Any]] = {}
+    for g in groups:
+        children.setdefault(g.parent, []).append(g)
+    rows = [("GROUP", "PERIOD", "LIMIT", "SPENT", "REMAINING", "REFILLS", "RATE/H", "RUNS OUT", "STATE")]
+
+    def walk(parent: str | None, depth: int) -> None:
+        for g in children.get(parent, []):
+            state = "EXHAUSTED" if g.exhausted else "blocked (ancestor)" if g.blocked else "ok"
+            limit = f"{g.limit + g.topped_up:.2f}" + (f" (+{g.topped_up:.2f})" if g.topped_up else "")
+            rows.append(
+                (
+                    "  " * depth + g.id,
+                    g.period or "lifetime",
+                    limit,
+                    f"{g.spent:.2f}",
+                    f"{g.remaining:.2f}",
+                    _when(g.period_end, now),
+                    f"{g.rate_usd_per_hour:.2f}",
+                    _when(g.forecast_exhausted_at, now),
+                    state,
+                )
+            )
+            walk(g.id, depth + 1)
+
+    walk(None, 0)
+    if len(rows) == 1:
+        return "no budget groups (add a `budgets:` list to the config)"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows)

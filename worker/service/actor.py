@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import BreakerReset, BreakerTripped, Event
-from schemas.ledger import LedgerEntry
+from schemas.events import BreakerReset, BreakerTripped, BudgetRefilled, BudgetThreshold, Event, WitnessRecord
+from schemas.ledger import LedgerEntry, Tick
 from schemas.replies import AssignReply
 from worker.core.governor import Governor
 from worker.errors import DeadlineExceeded, GovernorError, InvalidRequest, Unavailable
@@ -95,6 +95,7 @@ class Actor:
         """Whether this process may still serve (its lease is valid by its own clock), asked once per batch: a
         process that was frozen past its lease answers nothing, not even a read, from its stale state."""
         self._flights: deque[_Flight] = deque()
+        self._tick_pending = False  # a tick entry is in flight: the core's periods lag it, write no second one
         self._storage_trouble = Throttle(5.0)  # one line per 5 s for refused or unacknowledged writes
         self._snapshot_task: asyncio.Task[None] | None = None
         self._writers: asyncio.TaskGroup | None = None
@@ -102,6 +103,7 @@ class Actor:
         """The event loop's time when the actor's loop last turned (at least every HEARTBEAT_S while it runs)."""
         metrics.per_swarm_from(lambda: self.core.gauges())
         metrics.evictions_from(lambda: dict(self.core.evicted))
+        metrics.per_group_from(lambda: self.core.groups(self.clock()))
 
     async def run(self, term: asyncio.TaskGroup | None = None) -> None:
         """Serve until the mailbox is closed and drained and every write is settled. An exception here is the
@@ -125,9 +127,11 @@ class Actor:
             self.turned = loop.time()
             await self.outbox.resend()
             if not flights:
-                batch = await mailbox.take(self.max_batch, timeout=HEARTBEAT_S)
+                batch = await mailbox.take(self.max_batch, timeout=self._idle_timeout())
                 self.turned = loop.time()
                 if batch is None:
+                    if self._tick_due(self.clock()):
+                        await self.launch([])  # a budget period ended while idle: its refill is written now
                     continue  # idle: the loop still turns, so /healthz can tell a stuck actor from an idle one
                 if not batch:
                     break
@@ -150,12 +154,31 @@ class Actor:
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 mailbox.unready()
 
+    def _idle_timeout(self) -> float:
+        """How long an idle actor waits for a command: a heartbeat, or less when a budget period ends sooner."""
+        until = self.core.budgets.next_end - self.clock()
+        return max(0.0, min(HEARTBEAT_S, until + 0.001))
+
+    def _tick_due(self, now: float) -> bool:
+        return not self._tick_pending and not self.fenced and self.core.budgets.due(now)
+
+    def _tick(self, now: float) -> Command:
+        """The `tick` command that rolls the budget periods ended by `now` over, as a ledger entry of its own."""
+        self._tick_pending = True
+        trace_id = f"tick-{int(now * 1000)}"
+        return Command(Tick(), "", trace_id, "tick", time.perf_counter(), "tick", b"{}")
+
     async def launch(self, batch: list[Command]) -> None:
-        """Take a batch: refuse what cannot be served, start writing its changing commands (or apply it now)."""
+        """Take a batch: refuse what cannot be served, start writing its changing commands (or apply it now). A
+        budget period that ended puts a `tick` first."""
         now = self.clock()
         if not self.fenced and self.entitled is not None and not self.entitled():
             log.error("the lease ran out before this batch: no longer serving")
             self.fenced = True
+        if self._tick_due(now):
+            batch.insert(0, self._tick(now))
+        if not batch:
+            return
         results: list[msgspec.Struct | GovernorError | None] = [None] * len(batch)
         for i, command in enumerate(batch):
             deadline = command.request.deadline
@@ -215,6 +238,8 @@ class Actor:
         stamper = Stamper()
         events: list[Event] = []
         for i, command in enumerate(batch):
+            if command.kind == "tick":
+                self._tick_pending = False  # applied or refused: the core's periods say whether another is due
             if results[i] is not None:
                 continue
             request = command.request
@@ -360,7 +385,16 @@ class Actor:
                     metrics.assigned += 1
                 metrics.assignment_latency.observe((done - command.received) * 1000.0)
         for event in events:
-            if isinstance(event, BreakerTripped):
+            if isinstance(event, WitnessRecord):  # most events: checked first
+                if event.operation == "budget_topped_up":
+                    metrics.topups.labels("group" if "group" in event.params else "swarm").inc()
+                elif event.operation == "task_over_budget":
+                    metrics.tasks_over_budget.inc()
+            elif isinstance(event, BreakerTripped):
                 metrics.trips.labels(event.reason).inc()
             elif isinstance(event, BreakerReset):
                 metrics.resets.inc()
+            elif isinstance(event, BudgetRefilled):
+                metrics.refills.labels(event.group).inc()
+            elif isinstance(event, BudgetThreshold):
+                metrics.thresholds.labels("swarm" if event.group is msgspec.UNSET else "group").inc()

@@ -19,8 +19,9 @@ import yaml
 from schemas.config import Config, NatsSection, StorageLogin
 from schemas.endpoints import ENDPOINTS
 from schemas.policy import PRESETS
+from worker.core import groups
 from worker.core.capabilities import Vocabulary
-from worker.errors import ConfigError
+from worker.errors import ConfigError, InvalidRequest
 
 #: Environment variable -> (section, key) it overrides.
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -96,6 +97,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"{source}: {field or '(top level)'}: {detail}") from None
     _check_swarms(config, source)
     _check_rules(config, source)
+    _check_budgets(config, source)
     _check_security(config, source)
     _check_pool(config, source)
     return config
@@ -114,6 +116,22 @@ def _check_rules(config: Config, source: str) -> None:
     for i, rule in enumerate(config.rules):
         if rule.policy not in known:
             raise ConfigError(f"{source}: rules[{i}].policy: unknown policy {rule.policy!r}; known: {sorted(known)}")
+
+
+def _check_budgets(config: Config, source: str) -> None:
+    """The `budgets:` list holds together (ids once, parents listed, no cycle, periods and time zones that parse)
+    and every swarm's `budget_group` is one of it."""
+    try:
+        groups.check(list(config.budgets))
+    except InvalidRequest as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
+    listed = {g.id for g in config.budgets}
+    for i, swarm in enumerate(config.swarms):
+        if swarm.budget_group is not None and swarm.budget_group not in listed:
+            raise ConfigError(
+                f"{source}: swarms[{i}].budget_group: {swarm.budget_group!r} is not a group of `budgets:`"
+                f" (listed: {', '.join(sorted(listed)) or 'none'})"
+            )
 
 
 RESERVED_POOL_NAMES = frozenset({*(e.name for e in ENDPOINTS), "events", "witness", "audit", "ledger"})
