@@ -62,6 +62,7 @@ def swarm_entry(
     reputation_score: float = 0.9,
     initial_budget: float | None = 25.0,
     model: str = "haiku",
+    budget_group: str | None = None,
 ) -> dict[str, Any]:
     """A `swarms:` entry of a config file, as plain data (`initial_budget=None`: the entry names none, so the
     governor's `default_budget` applies)."""
@@ -73,6 +74,8 @@ def swarm_entry(
         "initial_budget": initial_budget,
         "model": model,
     }
+    if budget_group is not None:
+        entry["budget_group"] = budget_group
     if initial_budget is None:
         del entry["initial_budget"]
     return entry
@@ -101,6 +104,7 @@ def make_config(
     ledger: dict[str, Any] | None = None,
     security: dict[str, Any] | None = None,
     pricing: dict[str, Any] | None = None,
+    budgets: list[dict[str, Any]] | None = None,
     **governor: Any,
 ) -> Config:
     """A Config from plain values: these `swarms:` entries, the keywords as `governor:` settings, and the sections
@@ -112,6 +116,7 @@ def make_config(
         "ledger": ledger,
         "security": security,
         "pricing": pricing,
+        "budgets": budgets,
     }
     raw.update({name: section for name, section in sections.items() if section is not None})
     return msgspec.convert(raw, Config)

@@ -58,7 +58,13 @@ class TestStored:
         assert counts["governor.witness.task_assigned"] == 1
         positions = [e.position for _, e in records if isinstance(e.position, Position)]
         assert len(positions) == len(records)
-        assert [(p.seq, p.index) for p in positions] == sorted({(p.seq, p.index) for p in positions})
+        # Ledger order: message by message; inside one, a subject's records in order, the subjects in the order of
+        # their first record (one stored message per subject: worker.service.positions).
+        assert len({(p.seq, p.index) for p in positions}) == len(positions)
+        assert [p.seq for p in positions] == sorted(p.seq for p in positions)
+        for subject in counts:
+            mine = [(e.position.seq, e.position.index) for s, e in records if s == subject]  # type: ignore[union-attr]
+            assert mine == sorted(mine), subject
         ledger = await ledger_hashes(nc)
         assert all(p.batch == ledger[p.seq] for p in positions)
         # The same group of records again, with its id: the stream keeps one.

@@ -13,7 +13,8 @@ class TestOverNats:
     async def test_soft_budget_escalation(
         self, start_worker: WorkerFactory, client: GovernorClient, recorder: Recorder
     ) -> None:
-        """Spending past 80% of an allocation publishes one MEDIUM escalation with the trace id."""
+        """Spending 80% of an allocation (the 0.5 and 0.8 alerts at once) publishes one MEDIUM escalation with the
+        trace id, and a threshold event for each alert crossed."""
         await start_worker()
         await client.cost("session-1-ndi", "op", 21.0, trace_id="soft-1")
         await client.cost("session-1-ndi", "op", 1.0, trace_id="soft-2")
@@ -23,7 +24,7 @@ class TestOverNats:
             "soft_budget",
             "soft-1",
         )
-        assert escalation["reason"] == "Budget running low - 4.00 of 25.00 USD left"
+        assert escalation["reason"] == "Budget running low - 80% spent, 4.00 of 25.00 USD left"
 
     async def test_reservation_held_settled_and_shown(
         self, start_worker: WorkerFactory, client: GovernorClient

@@ -49,6 +49,7 @@ DOCUMENTED_CODES = frozenset(
         "invalid_budget",
         "unknown_capability",
         "unknown_swarm",
+        "unknown_group",
         "not_tripped",
         "already_tripped",
         "already_registered",
@@ -108,6 +109,7 @@ TEMPLATES: dict[str, tuple[dict[str, Any], str]] = {
         "already_registered",
     ),
     "deregister": ({"swarm_id": UNREGISTERED}, "unknown_swarm"),
+    "topup": ({"swarm_id": UNREGISTERED, "amount": 5.0, "approved_by": "alice", "event_id": "e-5"}, "unknown_swarm"),
     "reload": ({}, "invalid_request"),  # the worker under test was started without a config file
     "status": ({}, "ok"),
     "history": ({"limit": 10}, "ok"),

@@ -24,6 +24,7 @@ import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
+from schemas.endpoints import BY_NAME
 from schemas.events import BreakerReset, BreakerTripped, Escalation
 from schemas.ledger import LedgerEntry
 from schemas.replies import StatusReply
@@ -89,6 +90,7 @@ NEW_SWARM = profile(
 OPERATOR_ONLY: dict[str, dict[str, Any]] = {
     "reset": {"swarm_id": "sip", "new_budget": 500.0, "approved_by": "operator"},
     "trip": {"swarm_id": "ndi", "reason": "manual_override", "requested_by": "operator"},
+    "topup": {"swarm_id": "sip", "amount": 5.0, "approved_by": "operator"},
     "register": msgspec.to_builtins(NEW_SWARM),
     "deregister": {"swarm_id": "ndi"},
     "reload": {},
@@ -297,6 +299,10 @@ class TestGovernorUser:
 
 
 class TestCoordinator:
+    def test_every_operator_only_endpoint_is_attacked(self) -> None:
+        """The table above covers every operator-only row of the endpoint table (a new one is tried here too)."""
+        assert set(OPERATOR_ONLY) == {name for name, endpoint in BY_NAME.items() if endpoint.operator_only}
+
     @pytest.mark.parametrize("subject", sorted(OPERATOR_ONLY))
     async def test_operator_only_request_is_refused_by_the_server(
         self, governor: Worker, login: LoginFactory, shipped: ShippedServer, subject: str

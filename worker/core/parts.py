@@ -46,6 +46,7 @@ class Parts:
         self.dedupe = Dedupe(dedupe_limit, dedupe_horizon_s)
         self.history_log = History(history_limit)
         self.budgets = Budgets()
+        self._alerts_of: tuple[ResourcePolicy, tuple[float, ...]] | None = None
         self.task_caps = TaskCaps()
         self._events: list[Event] = []
         self.identity: Identity | msgspec.UnsetType = msgspec.UNSET

@@ -98,8 +98,7 @@ class Spending(Parts):
         if allocated <= 0:
             return
         spent = allocated - swarm.budget
-        policy = self.policy
-        fractions = sorted({*policy.budget_alerts, round(1.0 - policy.soft_budget_ratio, 6)} - {0.0})
+        fractions = self._swarm_alerts()
         crossed = [f for f in fractions if f > swarm.alerted and spent >= f * allocated]
         if not crossed:
             return
@@ -131,6 +130,18 @@ class Spending(Parts):
                 severity="MEDIUM",
             )
         )
+
+    def _swarm_alerts(self) -> tuple[float, ...]:
+        """The policy's `budget_alerts` with `1 - soft_budget_ratio`, ascending (computed once per policy)."""
+        policy = self.policy
+        cached = self._alerts_of
+        if cached is None or cached[0] is not policy:
+            fractions = set(policy.budget_alerts)
+            soft = round(1.0 - policy.soft_budget_ratio, 6)
+            if 0.0 < soft < 1.0:  # soft_budget_ratio 0 (or 1): no warning of its own, as before
+                fractions.add(soft)
+            cached = self._alerts_of = (policy, tuple(sorted(fractions)))
+        return cached[1]
 
     def _task_cap(self, ctx: Context, swarm: Swarm, task_id: str, micros: int) -> None:
         """Count a cost against its task's `max_spend_per_task`: passing it escalates once (and may trip)."""

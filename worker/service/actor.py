@@ -38,6 +38,10 @@ log = logging.getLogger("if_governor.actor")
 HEARTBEAT_S = 1.0
 """An idle actor's loop still turns this often."""
 
+TICK_SPACING_S = 0.1
+"""At most one `tick` entry per this long: a tick that could not roll a period over (a bug) never floods the
+ledger; a refill is at most this late."""
+
 
 class _Flight:
     """A batch taken from the mailbox whose changing commands are being written to the ledger."""
@@ -96,6 +100,7 @@ class Actor:
         process that was frozen past its lease answers nothing, not even a read, from its stale state."""
         self._flights: deque[_Flight] = deque()
         self._tick_pending = False  # a tick entry is in flight: the core's periods lag it, write no second one
+        self._ticked_at = -TICK_SPACING_S
         self._storage_trouble = Throttle(5.0)  # one line per 5 s for refused or unacknowledged writes
         self._snapshot_task: asyncio.Task[None] | None = None
         self._writers: asyncio.TaskGroup | None = None
@@ -156,15 +161,25 @@ class Actor:
 
     def _idle_timeout(self) -> float:
         """How long an idle actor waits for a command: a heartbeat, or less when a budget period ends sooner."""
-        until = self.core.budgets.next_end - self.clock()
-        return max(0.0, min(HEARTBEAT_S, until + 0.001))
+        if self._tick_pending or self.fenced:
+            return HEARTBEAT_S
+        now = self.clock()
+        until = max(self.core.budgets.next_end, self._ticked_at + TICK_SPACING_S) - now
+        return max(0.001, min(HEARTBEAT_S, until + 0.001))
 
     def _tick_due(self, now: float) -> bool:
-        return not self._tick_pending and not self.fenced and self.core.budgets.due(now)
+        """A budget period ended (and no tick is in flight, nor was one written within TICK_SPACING_S)."""
+        return (
+            not self._tick_pending
+            and not self.fenced
+            and now >= self._ticked_at + TICK_SPACING_S
+            and self.core.budgets.due(now)
+        )
 
     def _tick(self, now: float) -> Command:
         """The `tick` command that rolls the budget periods ended by `now` over, as a ledger entry of its own."""
         self._tick_pending = True
+        self._ticked_at = now
         trace_id = f"tick-{int(now * 1000)}"
         return Command(Tick(), "", trace_id, "tick", time.perf_counter(), "tick", b"{}")
 
