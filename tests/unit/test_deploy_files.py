@@ -307,7 +307,8 @@ class TestAlertRules:
         assert operator == rules
 
     def test_alerts_and_severities(self) -> None:
-        """The four alerts exist with the severities the design doc gives them."""
+        """The design doc's four alerts exist with the severities it gives them, and the budget groups' four
+        (issue 15) with theirs."""
         [group] = load(PROMETHEUS / "rules.yml")["groups"]
         severities = {rule["alert"]: rule["labels"]["severity"] for rule in group["rules"]}
         assert group["name"] == "if_governor"
@@ -316,7 +317,32 @@ class TestAlertRules:
             "AllBudgetsExhausted": "high",
             "NoQualifiedSwarmRateHigh": "medium",
             "BudgetRunningLow": "warning",
+            "GroupBudgetExhausted": "high",
+            "GroupBudgetForecastExhaustion": "medium",
+            "GroupBudgetLow": "medium",
+            "TaskOverBudget": "medium",
         }
+
+    def test_every_alert_has_promtool_tests(self) -> None:
+        """rules_test.yml loads rules.yml and checks every alert both quiet and firing; each alert it expects
+        carries the rule's severity and exactly the rule's annotations (promtool compares them whole)."""
+        tests = load(PROMETHEUS / "rules_test.yml")
+        assert tests["rule_files"] == ["rules.yml"]
+        [group] = load(PROMETHEUS / "rules.yml")["groups"]
+        rules = {rule["alert"]: rule for rule in group["rules"]}
+        quiet: set[str] = set()
+        firing: set[str] = set()
+        for test in tests["tests"]:
+            assert test["input_series"], test
+            for case in test["alert_rule_test"]:
+                name = case["alertname"]
+                assert name in rules, name
+                (firing if case["exp_alerts"] else quiet).add(name)
+                for alert in case["exp_alerts"]:
+                    assert alert["exp_labels"]["severity"] == rules[name]["labels"]["severity"], name
+                    assert set(alert["exp_annotations"]) == set(rules[name]["annotations"]), name
+                    assert not any("{{" in text for text in alert["exp_annotations"].values()), name
+        assert (quiet, firing) == (set(rules), set(rules))
 
     def test_rules_name_only_exported_metrics(self) -> None:
         """Every alert expression names only metrics the worker exports."""
