@@ -36,6 +36,20 @@ METRICS = {
     "if_governor_mailbox_depth",
 }
 HISTOGRAMS = {"if_governor_assignment_latency_ms"}
+#: The budget groups' metrics (issue 15), which the dashboard's "Budget groups" row shows.
+BUDGET_GROUP_METRICS = {
+    "if_governor_group_budget_limit_usd",
+    "if_governor_group_budget_spent_usd",
+    "if_governor_group_budget_remaining_usd",
+    "if_governor_group_budget_exhausted",
+    "if_governor_group_burn_rate_usd_per_hour",
+    "if_governor_group_forecast_exhaustion_seconds",
+    "if_governor_group_period_end_timestamp_seconds",
+    "if_governor_budget_refills_total",
+    "if_governor_budget_thresholds_total",
+    "if_governor_topups_total",
+    "if_governor_tasks_over_budget_total",
+}
 METRIC_TOKEN = re.compile(r"if_governor_[a-z_]+")
 HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
 
@@ -307,7 +321,8 @@ class TestAlertRules:
         assert operator == rules
 
     def test_alerts_and_severities(self) -> None:
-        """The four alerts exist with the severities the design doc gives them."""
+        """The design doc's four alerts exist with the severities it gives them, and the budget groups' four
+        (issue 15) with theirs."""
         [group] = load(PROMETHEUS / "rules.yml")["groups"]
         severities = {rule["alert"]: rule["labels"]["severity"] for rule in group["rules"]}
         assert group["name"] == "if_governor"
@@ -316,7 +331,32 @@ class TestAlertRules:
             "AllBudgetsExhausted": "high",
             "NoQualifiedSwarmRateHigh": "medium",
             "BudgetRunningLow": "warning",
+            "GroupBudgetExhausted": "high",
+            "GroupBudgetForecastExhaustion": "medium",
+            "GroupBudgetLow": "medium",
+            "TaskOverBudget": "medium",
         }
+
+    def test_every_alert_has_promtool_tests(self) -> None:
+        """rules_test.yml loads rules.yml and checks every alert both quiet and firing; each alert it expects
+        carries the rule's severity and exactly the rule's annotations (promtool compares them whole)."""
+        tests = load(PROMETHEUS / "rules_test.yml")
+        assert tests["rule_files"] == ["rules.yml"]
+        [group] = load(PROMETHEUS / "rules.yml")["groups"]
+        rules = {rule["alert"]: rule for rule in group["rules"]}
+        quiet: set[str] = set()
+        firing: set[str] = set()
+        for test in tests["tests"]:
+            assert test["input_series"], test
+            for case in test["alert_rule_test"]:
+                name = case["alertname"]
+                assert name in rules, name
+                (firing if case["exp_alerts"] else quiet).add(name)
+                for alert in case["exp_alerts"]:
+                    assert alert["exp_labels"]["severity"] == rules[name]["labels"]["severity"], name
+                    assert set(alert["exp_annotations"]) == set(rules[name]["annotations"]), name
+                    assert not any("{{" in text for text in alert["exp_annotations"].values()), name
+        assert (quiet, firing) == (set(rules), set(rules))
 
     def test_rules_name_only_exported_metrics(self) -> None:
         """Every alert expression names only metrics the worker exports."""
@@ -355,15 +395,23 @@ class TestDashboard:
         dashboard: dict[str, Any] = json.loads((DEPLOY / "grafana" / "governor.json").read_text(encoding="utf-8"))
         return dashboard
 
+    def queried(self) -> list[dict[str, Any]]:
+        """The panels that query Prometheus: all but the rows, which only head the panels below them."""
+        return [panel for panel in self.dashboard()["panels"] if panel["type"] != "row"]
+
     def exprs(self) -> list[str]:
-        return [t["expr"] for panel in self.dashboard()["panels"] for t in panel["targets"]]
+        return [t["expr"] for panel in self.queried() for t in panel["targets"]]
 
     def test_is_importable_json(self) -> None:
-        """The dashboard is JSON with schemaVersion 39 and a DS_PROMETHEUS datasource input used everywhere."""
+        """The dashboard is JSON with schemaVersion 39, requires the panel plugins it uses, and has a DS_PROMETHEUS
+        datasource input used by every panel that queries (a row queries nothing)."""
         dashboard = self.dashboard()
         assert dashboard["schemaVersion"] == 39
         assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
-        for panel in dashboard["panels"]:
+        panel_plugins = {r["id"] for r in dashboard["__requires"] if r["type"] == "panel"}
+        assert panel_plugins == {p["type"] for p in self.queried()}
+        for panel in self.queried():
+            assert panel["targets"], panel["title"]
             assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
             assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for t in panel["targets"]), panel["title"]
 
@@ -377,6 +425,35 @@ class TestDashboard:
         exprs = self.exprs()
         assert exprs
         assert {token for expr in exprs for token in unknown_metrics(expr)} == set()
+
+    def test_panels_have_unique_ids_and_do_not_overlap(self) -> None:
+        """Every panel has an id of its own and a place on the 24-column grid that no other panel covers."""
+        panels = self.dashboard()["panels"]
+        assert len({p["id"] for p in panels}) == len(panels)
+        cells: dict[tuple[int, int], str] = {}
+        for panel in panels:
+            g = panel["gridPos"]
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24, panel["title"]
+            for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+                assert cell not in cells, (panel["title"], cells.get(cell))
+                cells[cell] = panel["title"]
+
+    def test_budget_groups_row_holds_the_group_panels(self) -> None:
+        """A "Budget groups" row, below every other panel, heads the panels that query the budget groups'
+        metrics and the budget event counters; the panels above it query none of them."""
+        panels = self.dashboard()["panels"]
+        [row] = [p for p in panels if p["type"] == "row"]
+        assert (row["title"], row["collapsed"], row["gridPos"]["w"]) == ("Budget groups", False, 24)
+        assert (row["panels"], "targets" in row) == ([], False)  # open: its panels follow it in `panels`
+        top = row["gridPos"]["y"]
+        above = [p for p in panels if p["gridPos"]["y"] < top]
+        below = [p for p in panels if p["gridPos"]["y"] > top]
+        assert len(above) + len(below) + 1 == len(panels)
+        assert max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in above) <= top
+        named = {name for p in below for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])}
+        assert named == BUDGET_GROUP_METRICS
+        assert not {name for p in above for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])} & named
+        assert {p["type"] for p in below} == {"timeseries", "stat", "table"}
 
     def test_latency_heatmap_uses_the_histogram_buckets(self) -> None:
         """The heatmap reads the latency histogram's buckets."""
