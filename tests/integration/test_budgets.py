@@ -284,7 +284,7 @@ class TestAcrossFailures:
         load = asyncio.create_task(spend())
         await asyncio.sleep(5)
         processes[0].kill()
-        await asyncio.sleep(2.5)  # a boundary passes with no governor at all
+        await asyncio.sleep(4.5)  # a whole period passes with no governor at all: two boundaries
         processes.append(launch(url, path, tmp_path / "b.log"))
         await wait_serving(url)
         processes.append(launch(url, path, tmp_path / "c.log"))  # a standby

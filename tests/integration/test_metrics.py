@@ -158,16 +158,31 @@ class TestScrape:
         ):
             assert after.label_values(name, "swarm_id") == {SIP}, name
 
-    async def test_dashboard_and_rules_query_exported_metrics(self, served: tuple[Worker, int, GovernorClient]) -> None:
-        """Every metric named in the Grafana dashboard and the alert rules is in the scrape after a scenario."""
-        _, port, client = served
-        await client.assign(["integration:sip"], max_cost=20.0)
-        await client.assign(["integration:ndi", "integration:sip"])
-        await client.cost(SIP, "op", 30.0)
-        await client.reset(SIP, 25.0, approved_by="alice")
-        with pytest.raises(errors.UnknownSwarm):
-            await client.cost("ghost", "op", 1.0)
-        exported = (await scrape(port)).names()
+    async def test_dashboard_and_rules_query_exported_metrics(
+        self, start_worker: WorkerFactory, nats_server: NatsServer
+    ) -> None:
+        """Every metric named in the Grafana dashboard and the alert rules is in the scrape after a scenario that
+        exhausts and refills a budget group, forecasts another's exhaustion, tops one up and passes a task's cap."""
+        port = free_port()
+        swarms = [{**EXAMPLE_SWARMS[0], "budget_group": "team"}, *EXAMPLE_SWARMS[1:]]
+        budgets = [{"id": "org", "limit": 1000.0}, {"id": "team", "parent": "org", "limit": 10.0, "period": "1s"}]
+        config = make_config(
+            swarms, metrics={"host": "127.0.0.1", "port": port}, budgets=budgets, max_spend_per_task=5.0
+        )
+        await start_worker(config)
+        client = await GovernorClient.connect(nats_server.url, timeout=5.0)
+        try:
+            await client.assign(["integration:sip"], max_cost=20.0)
+            await client.assign(["integration:ndi", "integration:sip"])
+            await client.cost(SIP, "op", 30.0, task_id="t-1")
+            await client.reset(SIP, 25.0, approved_by="alice")
+            await client.topup(5.0, group="org", approved_by="alice")
+            with pytest.raises(errors.UnknownSwarm):
+                await client.cost("ghost", "op", 1.0)
+            await asyncio.sleep(1.2)  # the team's 1 s period ends: a refill
+            exported = (await scrape(port)).names()
+        finally:
+            await client.close()
         queried = set(METRIC_NAME.findall(DASHBOARD.read_text(encoding="utf-8")))
         queried |= set(METRIC_NAME.findall(RULES.read_text(encoding="utf-8")))
         assert len(queried) >= 8

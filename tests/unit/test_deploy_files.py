@@ -50,6 +50,7 @@ BUDGET_GROUP_METRICS = {
     "if_governor_topups_total",
     "if_governor_tasks_over_budget_total",
 }
+METRICS |= BUDGET_GROUP_METRICS
 METRIC_TOKEN = re.compile(r"if_governor_[a-z_]+")
 HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
 
