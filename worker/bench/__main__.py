@@ -2,7 +2,7 @@
 
 Child modes (used by `governor bench`, not meant for people), and the whole run:
     python -m worker.bench --echo URL [--uvloop]
-    python -m worker.bench --serve URL[,URL...] --swarms N [--memory] [--uvloop] [--pool P --replicas R]
+    python -m worker.bench --serve URL[,URL...] --swarms N [--memory] [--uvloop] [--pool P --replicas R] [--groups L]
     python -m worker.bench --core N [--samples S] [--budget-s SECONDS]
     python -m worker.bench --run [--quick]           (the same as `governor bench`)
 """
@@ -34,13 +34,19 @@ def run_mode() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pool", help="the governor serves this pool (the pools mode)")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of the governor's streams")
+    parser.add_argument("--groups", type=int, default=0, help="levels of budget groups over the swarms")
     args = parser.parse_args()
     if args.echo:
         run_child(lambda: serve_echo(args.echo), args.uvloop)
     elif args.serve:
         run_child(
             lambda: serve_governor(
-                args.serve, args.swarms, durable=not args.memory, pool=args.pool, replicas=args.replicas
+                args.serve,
+                args.swarms,
+                durable=not args.memory,
+                pool=args.pool,
+                replicas=args.replicas,
+                groups=args.groups,
             ),
             args.uvloop,
         )

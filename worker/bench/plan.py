@@ -26,6 +26,7 @@ class Session:
     swarms: int | None
     workloads: tuple[str, ...]
     probe: bool = False  # also measure the breaker-trip event latency
+    groups: int = 0  # levels of budget groups every swarm's costs count against (0: none)
 
 
 @dataclass(frozen=True)

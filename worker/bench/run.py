@@ -54,6 +54,8 @@ def _child_args(session: Session, url: str) -> list[str]:
         args = ["--serve", url, "--swarms", str(session.swarms)]
         if session.mode == "memory":
             args.append("--memory")
+        if session.groups:
+            args += ["--groups", str(session.groups)]
     if session.loop == "uvloop":
         args.append("--uvloop")
     return args
@@ -63,6 +65,8 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
     """A fresh nats-server, the session's responder, its rows; everything stopped before returning."""
     name = f"{session.responder}-{session.mode}-{session.loop}-{session.swarms or 0}".replace("--", "-")
     what = f"{session.responder} ({session.mode}, {session.loop}, {format_swarms(session.swarms)} swarms)"
+    if session.groups:
+        what = what[:-1] + f", {session.groups} levels of budget groups)"
     server = NatsServer(store_dir=log_dir / name, jetstream=False, config_file=_server_config(log_dir / name))
     server.start()
     child: Child | None = None
@@ -152,6 +156,7 @@ def cell(
     concurrency: int = 64,
     seconds: float = 5.0,
     repeat: int = 1,
+    groups: int = 0,
 ) -> int:
     """One responder at one concurrency, `repeat` times on a fresh server each: for A/B comparisons of two
     checkouts (run it in each, alternately). Prints the rows; ratios only for echo, which is its own baseline."""
@@ -162,6 +167,7 @@ def cell(
         loop,
         swarms if governor else None,
         (workload,),
+        groups=groups if governor else 0,
     )
     profile = Profile(
         c1_s=seconds,

@@ -85,13 +85,39 @@ def cost_payloads(count: int, swarms: int, seed: int = SEED + 2) -> list[bytes]:
     ]
 
 
-def bench_config(swarms: int, *, durable: bool, pool: str | None = None, replicas: int = 1) -> Config:
-    """The governor's config: the synthetic capabilities and swarms (plus the probes), no metrics endpoint.
+GROUP_FANOUT = 4
+"""Each budget group of the bench has this many children, down to the leaves that hold the swarms."""
+GROUP_PERIODS = ("month", "week", "day", "6h", "1h", "30m", "10m", "1m")
+"""The period of each level's groups, root first: calendar periods at the top, fixed lengths below."""
+
+
+def bench_groups(levels: int) -> list[dict[str, object]]:
+    """`levels` levels of budget groups (a root, then GROUP_FANOUT children per group), limits far above what a
+    run spends; the leaves are `g<level>-<i>`."""
+    groups: list[dict[str, object]] = []
+    for level in range(levels):
+        for i in range(GROUP_FANOUT**level):
+            group: dict[str, object] = {
+                "id": f"g{level}-{i}",
+                "limit": 100_000_000.0,
+                "period": GROUP_PERIODS[level % len(GROUP_PERIODS)],
+                "timezone": "Europe/Paris",
+            }
+            if level:
+                group["parent"] = f"g{level - 1}-{i // GROUP_FANOUT}"
+            groups.append(group)
+    return groups
+
+
+def bench_config(swarms: int, *, durable: bool, pool: str | None = None, replicas: int = 1, groups: int = 0) -> Config:
+    """The governor's config: the synthetic capabilities and swarms (plus the probes), no metrics endpoint; with
+    `groups`, that many levels of budget groups, each swarm in a leaf (round robin).
 
     Swarms come in through the config, as in production: in-memory mode registers them when the core is built;
     durable mode writes them to the ledger before it serves.
     """
     profiles = [*synthetic_swarms(swarms), *probe_swarms()]
+    leaves = GROUP_FANOUT ** (groups - 1) if groups else 0
     raw = {
         "capabilities": [*CAPABILITIES, PROBE_CAPABILITY],
         "swarms": [
@@ -102,9 +128,11 @@ def bench_config(swarms: int, *, durable: bool, pool: str | None = None, replica
                 "reputation_score": p.reputation_score,
                 "initial_budget": p.current_budget_remaining,
                 "model": p.model,
+                **({"budget_group": f"g{groups - 1}-{i % leaves}"} if leaves else {}),
             }
-            for p in profiles
+            for i, p in enumerate(profiles)
         ],
+        "budgets": bench_groups(groups),
         "metrics": {"port": 0},
         "nats": {"name": "bench-governor"},
         "ledger": {"enabled": durable, "replicas": replicas},

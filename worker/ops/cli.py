@@ -178,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=5.0, help="with --cell (default 5)")
     p.add_argument("--repeat", type=int, default=1, help="with --cell: runs, each on a fresh server (default 1)")
     p.add_argument(
+        "--groups",
+        type=int,
+        default=0,
+        choices=range(9),
+        metavar="LEVELS",
+        help="with --cell: every swarm under this many levels of budget groups (0-8, default 0)",
+    )
+    p.add_argument(
         "--pools",
         type=lambda text: [int(n) for n in text.split(",")],
         help="aggregate decisions/s of these numbers of pools on a local three-node cluster, e.g. 1,2,4",
@@ -219,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                     concurrency=args.concurrency,
                     seconds=args.seconds,
                     repeat=args.repeat,
+                    groups=args.groups,
                 )
             return int(bench.main(quick=args.quick))
         if args.command == "cluster":
