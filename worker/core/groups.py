@@ -45,7 +45,9 @@ class Group:
     """One group's configuration and its current period; private to the core."""
 
     __slots__ = (
+        "alert_at",
         "alerted",
+        "ancestors",
         "blocked",
         "burn",
         "children",
@@ -82,6 +84,10 @@ class Group:
         self.topped_up = 0
         self.alerted = 0.0
         """The highest alert fraction fired in this period."""
+        self.alert_at = 0
+        """Micro-dollars spent at which the next alert fires (`rearm`): one comparison per cost."""
+        self.ancestors: tuple[Group, ...] = (self,)
+        """This group, then each ancestor up to the root (`chain`, computed once per configuration)."""
         self.forecasted = False
         self.exhausted = False
         self.blocked = False
@@ -106,6 +112,12 @@ class Group:
         while group is not None:
             yield group
             group = group.parent
+
+    def rearm(self) -> None:
+        """Where the next alert fires, after the fired fraction, the limit or a top-up changed."""
+        available = self.limit + self.topped_up
+        nxt = [f for f in self.config.alerts if f > self.alerted]
+        self.alert_at = math.ceil(min(nxt) * available) if nxt else 1 << 62
 
     def subtree(self) -> Iterator[Group]:
         stack = [self]
@@ -224,7 +236,9 @@ class Budgets:
             if group.parent is not None:
                 group.parent.children.append(group)
         for group in groups.values():
-            group.depth = sum(1 for _ in group.chain())
+            group.ancestors = tuple(group.chain())
+            group.depth = len(group.ancestors)
+            group.rearm()
         self.groups = groups
         for group in groups.values():
             exhausted = group.remaining <= 0
@@ -272,6 +286,7 @@ class Budgets:
             group.start, group.end = start, end
             group.spent = group.topped_up = 0
             group.alerted, group.forecasted = 0.0, False
+            group.rearm()
             group.exhausted = group.remaining <= 0
             changed.append(group)
             refilled.append(group.id)
@@ -327,8 +342,8 @@ class Budgets:
         now = ctx.now
         minute = int(now // _MINUTE)
         flipped: list[Group] = []
-        for g in group.chain():
-            if g.period is not None and g.start is None:
+        for g in group.ancestors:
+            if g.start is None and g.period is not None:
                 g.start, g.end = g.period.window(now)
                 self._next_end()
             g.spent += micros
@@ -341,7 +356,8 @@ class Budgets:
                 burn.append([minute, micros])
                 while burn and burn[0][0] <= minute - BURN_WINDOW_S // _MINUTE:
                     burn.popleft()
-            self._thresholds(ctx, g)
+            if g.spent >= g.alert_at:
+                self._thresholds(ctx, g)
             if not g.exhausted and g.remaining <= 0:
                 g.exhausted = True
                 flipped.append(g)
@@ -357,6 +373,7 @@ class Budgets:
         if not crossed:
             return
         group.alerted = crossed[-1]
+        group.rearm()
         for fraction in crossed:
             ctx.emit(
                 BudgetThreshold(
@@ -436,6 +453,7 @@ class Budgets:
             group.start, group.end = group.period.window(ctx.now)
             self._next_end()
         group.topped_up += micros
+        group.rearm()
         if group.exhausted and group.remaining > 0:
             group.exhausted = False
             self._reblock([group], refresh)
@@ -515,6 +533,7 @@ class Budgets:
             group.alerted, group.forecasted, group.exhausted = st.alerted, st.forecasted, st.exhausted
             group.since = st.since
             group.burn = deque([m, v] for m, v in st.burn)
+            group.rearm()
         self._changed = []
         roots = [g for g in self.groups.values() if g.parent is None]
         self._reblock(roots, refresh)

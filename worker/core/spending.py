@@ -99,9 +99,15 @@ class Spending(Parts):
             return
         spent = allocated - swarm.budget
         fractions = self._swarm_alerts()
-        crossed = [f for f in fractions if f > swarm.alerted and spent >= f * allocated]
-        if not crossed:
+        alerted = swarm.alerted
+        for fraction in fractions:  # the first not fired yet: most costs cross none
+            if fraction > alerted:
+                if spent < fraction * allocated:
+                    return
+                break
+        else:
             return
+        crossed = [f for f in fractions if f > alerted and spent >= f * allocated]
         swarm.alerted = crossed[-1]
         for fraction in crossed:
             ctx.emit(
