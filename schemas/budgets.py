@@ -38,7 +38,8 @@ Alerts = Annotated[list[AlertFraction], Meta(max_length=16)]
 DEFAULT_ALERTS = (0.5, 0.8, 0.95)
 """Fractions of a limit whose crossing publishes `governor.events.budget.threshold`, once per period."""
 
-MAX_GROUPS = 1000
+MAX_GROUPS = 256
+"""Groups in all: `status` carries every one on its first page."""
 MAX_DEPTH = 8
 """A chain of groups from a swarm's to the root has at most this many."""
 

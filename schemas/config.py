@@ -168,7 +168,7 @@ class SecuritySection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     checks roles by account. False: the header is never believed, and an operator-only request carrying it is
     refused."""
     operator_accounts: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
-    """With `trust_request_info`: the accounts whose users may reset, trip, register, deregister and reload."""
+    """With `trust_request_info`: the accounts whose users may reset, trip, top up, register, deregister and reload."""
     require_authenticated_approver: bool = False
     """With `trust_request_info`: a reset's `approved_by` and a trip's `requested_by` must be the authenticated
     user's name, or the request is refused (`forbidden`)."""

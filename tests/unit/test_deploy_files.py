@@ -130,9 +130,13 @@ class TestGovernorConfig:
         assert config["witness"] == {"endpoint": "http://localhost:8080", "log_level": "INFO"}
 
     def test_swarms_use_the_profile_keys(self) -> None:
-        """Each swarm has exactly the keys of a swarm profile in config."""
+        """Each swarm has exactly the keys of a swarm profile in config, and the budget group both share."""
         keys = {"swarm_id", "capabilities", "cost_per_hour", "reputation_score", "initial_budget", "model"}
-        assert [set(s) for s in load(DEPLOY / "governor.yaml")["swarms"]] == [keys, keys]
+        keys.add("budget_group")
+        config = load(DEPLOY / "governor.yaml")
+        assert [set(s) for s in config["swarms"]] == [keys, keys]
+        assert {s["budget_group"] for s in config["swarms"]} == {"integrations"}
+        assert [g["id"] for g in config["budgets"]] == ["infrafabric", "integrations"]
 
     def test_loads_with_the_workers_loader(self) -> None:
         """The worker's own loader accepts the file; it names no NATS server, so `governor run` bundles one."""
