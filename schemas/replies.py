@@ -157,7 +157,7 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     parent: str | None
     period: str | None
-    """How it refills (`day (Europe/Paris)`, `21600s`, ...); None: a lifetime limit."""
+    """How it refills (`day (Europe/Paris)`, `6h`, `90s`, ...); None: a lifetime limit."""
     period_start: float | None
     period_end: float | None
     limit: float

@@ -189,6 +189,43 @@ class TestGroups:
             "group team: its swarms get work again",
         ]
 
+    async def test_a_forecast_alert_fires_once_per_period(
+        self, start_worker: WorkerFactory, client: GovernorClient, recorder: Recorder
+    ) -> None:
+        """A lifetime group with `forecast_alert`: the first cost gives it a rate, so a forecast exhaustion, once."""
+        await start_worker(config(limit=1000.0, forecast_alert=True))
+        await client.cost("a", "op", 10.0)
+        await client.cost("a", "op", 10.0)
+        [forecast] = await recorder.wait_for("governor.events.budget.forecast")
+        assert (forecast["group"], forecast["remaining"], forecast["period_end"]) == ("team", 990.0, None)
+        assert forecast["rate_usd_per_hour"] == 600.0  # 10 USD over the minute a rate is measured over at least
+        [team] = [g for g in await client.budgets() if g.id == "team"]
+        assert team.forecast_exhausted_at is not None and team.rate_usd_per_hour == 1200.0
+        await asyncio.sleep(0.2)
+        assert len(recorder.bodies("governor.events.budget.forecast")) == 1
+
+    @pytest.mark.parametrize("action", ["escalate", "trip"])
+    async def test_a_task_past_its_cap_escalates_once(
+        self, start_worker: WorkerFactory, client: GovernorClient, recorder: Recorder, action: str
+    ) -> None:
+        swarms = [swarm_entry("a", [CAP], initial_budget=50.0)]
+        await start_worker(make_config(swarms, max_spend_per_task=1.0, on_task_over_budget=action))
+        assert (await client.assign([CAP], task_id="t-1")).swarm_id == "a"
+        await client.cost("a", "op", 0.6, task_id="t-1")
+        reply = await client.cost("a", "op", 0.6, task_id="t-1")
+        await client.cost("a", "op", 0.6, task_id="t-1")
+        assert reply.tripped is (action == "trip")
+        [record] = await recorder.wait_for("governor.witness.task_over_budget")
+        assert record["params"] == {"task_id": "t-1", "swarm_id": "a", "spent": 1.2, "cap": 1.0, "action": action}
+        escalations = [e for e in await recorder.wait_for("governor.events.escalation")]
+        assert [e["context"]["type"] for e in escalations][:1] == ["task_over_budget"]
+        await asyncio.sleep(0.2)
+        assert len(recorder.bodies("governor.witness.task_over_budget")) == 1
+        status = await client.status()
+        assert (status.breakers["a"].reason if "a" in status.breakers else None) == (
+            "task_over_budget" if action == "trip" else None
+        )
+
 
 class TestConcurrentSpending:
     async def test_many_clients_exhaust_a_group_exactly(

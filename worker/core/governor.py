@@ -23,7 +23,7 @@ from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
 from schemas.pricing import ModelPrice
 from schemas.profiles import SwarmProfile
 from schemas.replies import ReloadReply, SwarmReply
-from worker.core import groups, state
+from worker.core import state
 from worker.core.assigning import Assigning
 from worker.core.capabilities import Vocabulary
 from worker.core.money import check_budget, to_usd
@@ -51,7 +51,7 @@ class Governor(Assigning, Spending, Outcomes, Reports):
         """Change the policy, capabilities, named policies, rules, token prices and budget groups from now on
         (recorded in the ledger). Refused, changing nothing, when the rules or groups do not hold together."""
         check_rules(rules, policies or {})
-        groups.check(list(budgets))
+        self.budgets.check(list(budgets))
         self.budgets.configure(list(budgets), self.registry.refresh)
         self.policy = policy
         self.vocabulary = Vocabulary(capabilities)
@@ -69,6 +69,11 @@ class Governor(Assigning, Spending, Outcomes, Reports):
             pricing=dict(self.pricing),
             budgets=self.budgets.configs(),
         )
+
+    def check_configuration(self, body: Configure) -> None:
+        """Raise the InvalidRequest that `apply_configuration(body)` would, changing nothing."""
+        check_rules(body.rules, body.policies)
+        self.budgets.check(list(body.budgets))
 
     def apply_configuration(self, body: Configure) -> None:
         """`configure` with a `configure` entry's body."""

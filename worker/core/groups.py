@@ -203,10 +203,9 @@ class Budgets:
     def configs(self) -> list[BudgetGroup]:
         return [g.config for g in self.groups.values()]
 
-    def configure(self, configs: list[BudgetGroup], refresh: _Refresh) -> None:
-        """Take a new `budgets:` list, keeping what each group that stays has spent in its period. A group whose
-        period changes keeps what it spent and is windowed again at the next command (not refilled). Refused,
-        changing nothing, when a group to remove still has swarms."""
+    def check(self, configs: list[BudgetGroup]) -> dict[str, Period | None]:
+        """The periods of `configs` if this core may take them (see `check`, and no group to remove still has
+        swarms); else InvalidRequest."""
         periods = check(configs)
         wanted = {c.id for c in configs}
         for group in self.groups.values():
@@ -215,6 +214,13 @@ class Budgets:
                     f"budgets: group {group.id!r} still has swarms ({', '.join(sorted(group.members)[:5])}): "
                     "deregister them or keep the group"
                 )
+        return periods
+
+    def configure(self, configs: list[BudgetGroup], refresh: _Refresh) -> None:
+        """Take a new `budgets:` list, keeping what each group that stays has spent in its period. A group whose
+        period changes keeps what it spent and is windowed again at the next command (not refilled). Refused,
+        changing nothing, when a group to remove still has swarms."""
+        periods = self.check(configs)
         old = self.groups
         groups: dict[str, Group] = {}
         for config in configs:

@@ -77,6 +77,9 @@ class Period:
 
     def describe(self) -> str:
         if self.kind == "fixed":
+            for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
+                if self.length_s % seconds == 0:
+                    return f"{self.length_s // seconds}{unit}"
             return f"{self.length_s}s"
         where = self.zone.key
         if self.kind == "week":

@@ -19,6 +19,7 @@ import msgspec
 from schemas.events import Event
 from schemas.ledger import LedgerEntry
 from worker.core.governor import Governor
+from worker.errors import GovernorError
 from worker.ops.logs import Throttle
 from worker.service.bootstrap import configure_body, empty_core, profiles_of, restorer
 from worker.service.dispatch import register_request, replay_command
@@ -204,7 +205,12 @@ class Terms:
         entries: list[LedgerEntry] = []
         body = configure_body(worker.config)
         if core.configuration() != body:
-            entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
+            try:
+                core.check_configuration(body)
+            except GovernorError as exc:  # the ledger's state does not take it (a group that still has swarms)
+                log.error("the config's policy, rules and budgets are not applied: %s", exc.message)
+            else:
+                entries.append(LedgerEntry("configure", now, "config", msgspec.Raw(encode(body))))
         for p in profiles_of(worker.config):
             if not core.known(p.swarm_id):
                 entries.append(LedgerEntry("register", now, "config", msgspec.Raw(encode(register_request(p)))))

@@ -137,3 +137,16 @@ def test_windows_hold_their_instant_and_tile_time(t: float, kind: str, zone: str
     assert period.window(start) == (start, end)
     assert period.window(end)[0] == end
     assert end - start <= 32 * 86400
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("30s", "30s"), ("90s", "90s"), ("120s", "2m"), ("90m", "90m"), ("6h", "6h"), ("48h", "2d"), ("2d", "2d")],
+)
+def test_a_fixed_length_is_shown_in_its_largest_whole_unit(text: str, shown: str) -> None:
+    assert parse_period(text).describe() == shown
+
+
+def test_calendar_periods_are_shown_with_their_zone() -> None:
+    assert parse_period("day", "Europe/Paris").describe() == "day (Europe/Paris)"
+    assert parse_period("week", week_starts="sunday").describe() == "week from sunday (UTC)"
