@@ -314,6 +314,7 @@ class GovernorClient:
     async def status(self, page_size: int = 1000) -> StatusReply:
         """The whole status: every page, followed and merged into one reply (`next_cursor` None)."""
         reply = await self.status_page(page_size)
+        groups = list(reply.groups)  # on the first page only
         swarms, budgets, breakers, holds = (
             list(reply.swarms),
             dict(reply.budgets),
@@ -326,7 +327,9 @@ class GovernorClient:
             budgets.update(reply.budgets)
             breakers.update(reply.breakers)
             holds += reply.holds
-        return msgspec.structs.replace(reply, swarms=swarms, budgets=budgets, breakers=breakers, holds=holds)
+        return msgspec.structs.replace(
+            reply, swarms=swarms, budgets=budgets, breakers=breakers, holds=holds, groups=groups
+        )
 
     async def history_page(self, limit: int | None = None, cursor: str | None = None) -> HistoryReply:
         """One page of `history`: up to `limit` of each kind older than `cursor` (None: the newest)."""

@@ -9,6 +9,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.budgets import BudgetGroup
 from schemas.events import BreakerTripped
 from schemas.policy import ResourcePolicy
 from schemas.profiles import SwarmProfile
@@ -43,7 +44,7 @@ class Spec:
     cost_per_hour: float
     reputation_score: float
     budget: float
-    state: str  # "open", "tripped" (manual trip) or "exhausted" (a cost of at least the budget)
+    state: str  # "open", "tripped" (manual trip), "exhausted" (a cost of at least the budget), "blocked" (its group is)
     reregister: bool  # deregistered and registered again, which moves it to the end of the order
 
     def profile(self) -> SwarmProfile:
@@ -53,6 +54,7 @@ class Spec:
             cost_per_hour=self.cost_per_hour,
             reputation_score=self.reputation_score,
             budget=self.budget,
+            group="team" if self.state == "blocked" else "org",
         )
 
 
@@ -70,7 +72,7 @@ def registries(draw: st.DrawFn) -> list[Spec]:
             cost_per_hour=draw(swarm_costs),
             reputation_score=draw(swarm_reputations),
             budget=draw(budgets),
-            state=draw(st.sampled_from(["open", "open", "open", "tripped", "exhausted"])),
+            state=draw(st.sampled_from(["open", "open", "open", "tripped", "exhausted", "blocked"])),
             reregister=draw(st.booleans()),
         )
         for i in range(n)
@@ -86,8 +88,15 @@ policies = st.builds(
 
 
 def build(specs: list[Spec], policy: ResourcePolicy) -> tuple[Governor, list[Spec]]:
-    """Register the specs, re-register the flagged ones, apply trips and exhaustion; return the registry order."""
-    governor = governed(*(spec.profile() for spec in specs), policy=policy)
+    """Register the specs (each in the budget group `org`, or `team` under it when it is to be blocked), re-register
+    the flagged ones, apply trips and exhaustion, exhaust `team` (one cent from its first swarm); return the
+    registry order."""
+    governor = Governor(policy)
+    governor.configure(
+        policy, [], budgets=[BudgetGroup(id="org", limit=1e6), BudgetGroup(id="team", parent="org", limit=0.01)]
+    )
+    for spec in specs:
+        governor.register_swarm(spec.profile(), now=NOW)
     moved = [s for s in specs if s.reregister]
     for spec in moved:
         governor.deregister_swarm(spec.swarm_id, now=NOW)
@@ -98,6 +107,10 @@ def build(specs: list[Spec], policy: ResourcePolicy) -> tuple[Governor, list[Spe
         elif spec.state == "exhausted":
             governor.track_cost(spec.swarm_id, "burn", spec.budget, now=NOW)
     order = [s for s in specs if not s.reregister] + moved
+    payer = next((s for s in order if s.state == "blocked"), None)  # the reference knows it as the first one
+    if payer is not None:
+        governor.track_cost(payer.swarm_id, "burn", 0.01, now=NOW)
+    governor.take_events()
     return governor, order
 
 
@@ -116,6 +129,9 @@ def reference(
             rejected[spec.swarm_id] = "cost_above_max"
         elif spec.state == "exhausted":
             rejected[spec.swarm_id] = "budget_exhausted"
+        elif spec.state == "blocked":  # the payer of the group's cent may have spent its own budget with it
+            payer = spec is next(s for s in order if s.state == "blocked") and spec.budget <= 0.01
+            rejected[spec.swarm_id] = "budget_exhausted" if payer else "group_budget_exhausted"
         elif spec.state == "tripped":
             rejected[spec.swarm_id] = "breaker_tripped"
         else:
