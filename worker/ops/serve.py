@@ -99,9 +99,11 @@ async def _serve(config: Config, servers: list[str], stop: asyncio.Event, config
     serving: list[Worker] = []
 
     async def serve() -> None:
-        async with Worker(config, servers=servers, config_path=config_path) as worker:
+        worker = Worker(config, servers=servers, config_path=config_path)
+        # Before it serves: a SIGHUP sent once it answers must reload, never meet the default action (exit).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, worker.reload)
+        async with worker:
             serving.append(worker)
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, worker.reload)
             metrics = f", metrics on http://{config.metrics.host}:{worker.http.port}/metrics" if worker.http else ""
             print(
                 f"governor serving {config.governor.prefix}.* on {shown} with {len(worker.core)} swarms{metrics}",

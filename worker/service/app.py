@@ -319,12 +319,12 @@ class Worker:
         task = term.create_task(actor.run(term), name="governor-actor")
         self.actor, self._actor_task = actor, task
         await self.bus.start()
+        self.state = "serving"  # it answers from here on: a SIGHUP meanwhile is a reload, not ignored
         # What the audit trail lacks (a takeover's), then what the core recorded before serving (memory mode: the
         # config's swarms registered at start).
         startup_events = [*backlog, *core.take_events()]
         if startup_events:
             await self.bus.effects.publish(startup_events)
-        self.state = "serving"
         self._serving.set()
         where = ", ".join(redact(u) for u in self.servers)
         log.info("serving %s.* on %s", self.config.governor.prefix, where)
