@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVELS",
         help="with --cell: every swarm under this many levels of budget groups (0-8, default 0)",
     )
+    p.add_argument("--strategy", choices=("best", "spread"), default="best", help="with --cell: the policy's strategy")
     p.add_argument(
         "--pools",
         type=lambda text: [int(n) for n in text.split(",")],
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds=args.seconds,
                     repeat=args.repeat,
                     groups=args.groups,
+                    strategy=args.strategy,
                 )
             return int(bench.main(quick=args.quick))
         if args.command == "cluster":
