@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.endpoints import ENDPOINTS
+from schemas.endpoints import ENDPOINTS, Endpoint
 from worker.ops.natsserver import nats_server_binary
 from worker.service.config import load_config
 
@@ -149,11 +149,12 @@ class TestGovernorConfig:
         """The file also runs the bundled single-account server and compose's unauthenticated NATS, where a client
         can write `Nats-Request-Info` itself: it believes no such header and checks no approver against one."""
         security = load_config(DEPLOY / "governor.yaml", env={}).security
-        assert (security.trust_request_info, security.operator_accounts, security.require_authenticated_approver) == (
-            False,
-            [],
-            False,
-        )
+        assert (
+            security.trust_request_info,
+            security.operator_accounts,
+            security.chassis_accounts,
+            security.require_authenticated_approver,
+        ) == (False, [], [], False)
 
 
 class TestKubernetes:
@@ -211,20 +212,23 @@ class TestKubernetes:
 
     def test_configmap_trusts_the_shipped_server_config(self, tmp_path: Path) -> None:
         """The ConfigMap's config, which runs against deploy/nats-server.conf, loads with the worker's loader and
-        believes the server-stamped identity, lets only the OPS account operate and requires the approver to be
-        the authenticated user; OPS is the account of nats-server.conf that imports the operator-only subjects."""
+        believes the server-stamped identity, lets only the OPS account operate (and the CHASSIS account send its
+        reputations) and requires the approver to be the authenticated user; OPS is the account of nats-server.conf
+        that imports the operator-only subjects, CHASSIS the other one that imports `governor.update`."""
         path = tmp_path / "governor.yaml"
         path.write_text(load(K8S / "configmap.yaml")["data"]["governor.yaml"], encoding="utf-8")
         security = load_config(path, env={}).security
         assert (
             security.trust_request_info,
             security.operator_accounts,
+            security.chassis_accounts,
             security.require_authenticated_approver,
             security.reply_prefixes,
-        ) == (True, ["OPS"], True, [])
+        ) == (True, ["OPS"], ["CHASSIS"], True, [])
         conf = nats_conf_blocks()
-        assert set(conf) == {"GOVERNOR", "COORD", "OPS", "WITNESS", "ALERTS"}
+        assert set(conf) == {"GOVERNOR", "COORD", "OPS", "CHASSIS", "WITNESS", "ALERTS"}
         assert [name for name, block in conf.items() if '"governor.reset" }' in block] == ["OPS"]
+        assert [name for name, block in conf.items() if '"governor.update" }' in block] == ["OPS", "CHASSIS"]
 
     def test_metrics_service_selects_the_deployment(self) -> None:
         """The metrics Service exposes port 9090 as `metrics` and selects the Deployment's pods."""
@@ -245,10 +249,18 @@ def nats_conf_blocks() -> dict[str, str]:
     }
 
 
+def exported_to(endpoint: Endpoint) -> str:
+    """The accounts deploy/nats-server.conf exports an endpoint to, as it lists them."""
+    if endpoint.chassis_fields:
+        return "OPS, CHASSIS"
+    return "OPS" if endpoint.operator_only else "COORD, OPS"
+
+
 ROLE_PASSWORDS = (
     "GOVERNOR_PASSWORD",
     "COORDINATOR_PASSWORD",
     "OPERATOR_PASSWORD",
+    "CHASSIS_PASSWORD",
     "WITNESS_PASSWORD",
     "ALERTING_PASSWORD",
 )
@@ -256,7 +268,8 @@ ROLE_PASSWORDS = (
 
 class TestNatsServerConf:
     def test_nats_server_accepts_it(self) -> None:
-        """`nats-server -c deploy/nats-server.conf -t` accepts the file with the five passwords set."""
+        """`nats-server -c deploy/nats-server.conf -t` accepts the file with the six passwords set, and refuses it
+        without the chassis's (every password is needed)."""
         env = {**os.environ, **{name: f"p{name.lower()}" for name in ROLE_PASSWORDS}}
         result = subprocess.run(
             [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
@@ -267,9 +280,20 @@ class TestNatsServerConf:
             env=env,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        del env["CHASSIS_PASSWORD"]
+        result = subprocess.run(
+            [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert result.returncode != 0
+        assert "CHASSIS_PASSWORD" in result.stdout + result.stderr
 
     def test_each_role_has_its_own_account_with_its_user_and_password(self) -> None:
-        """Five accounts, each with one of the five users and that user's password variable, read once."""
+        """Six accounts, each with one of the six users and that user's password variable, read once."""
         text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
         users = {
             name: re.findall(r"user: (\w+)\s+password: \$([A-Z_]+)", block)
@@ -279,10 +303,11 @@ class TestNatsServerConf:
             "GOVERNOR": [("governor", "GOVERNOR_PASSWORD")],
             "COORD": [("coordinator", "COORDINATOR_PASSWORD")],
             "OPS": [("operator", "OPERATOR_PASSWORD")],
+            "CHASSIS": [("chassis", "CHASSIS_PASSWORD")],
             "WITNESS": [("witness", "WITNESS_PASSWORD")],
             "ALERTS": [("alerting", "ALERTING_PASSWORD")],
         }
-        assert [text.count(f"${name}") for name in ROLE_PASSWORDS] == [1] * 5
+        assert [text.count(f"${name}") for name in ROLE_PASSWORDS] == [1] * len(ROLE_PASSWORDS)
         assert "authorization {" not in text  # no users outside the accounts (they would share the global account)
 
     def test_only_the_governor_account_has_jetstream(self) -> None:
@@ -299,22 +324,39 @@ class TestNatsServerConf:
         assert [text.count(line) for line in lines] == [1, 1, 1, 1]
 
     def test_the_request_exports_follow_the_endpoint_table(self) -> None:
-        """Each endpoint is exported once: operator-only ones to OPS alone, the others to COORD and OPS; and each
-        account imports exactly what it was exported."""
+        """Each endpoint is exported once: operator-only ones to OPS alone, or to OPS and CHASSIS where a chassis
+        may send some fields (`chassis_fields`), the others to COORD and OPS; each account imports exactly what it
+        was exported, and the governor subscribes to every one."""
         blocks = nats_conf_blocks()
         exported = dict(re.findall(r'\{ service: "governor\.(\w+)",\s+accounts: \[([A-Z, ]+)\] \}', blocks["GOVERNOR"]))
-        assert exported == {e.name: "OPS" if e.operator_only else "COORD, OPS" for e in ENDPOINTS}
-        for account in ("COORD", "OPS"):
+        assert exported == {e.name: exported_to(e) for e in ENDPOINTS}
+        for account in ("COORD", "OPS", "CHASSIS"):
             imported = re.findall(r'subject: "governor\.(\w+)" \}', blocks[account])
-            assert sorted(imported) == sorted(name for name, to in exported.items() if account in to), account
+            expected = sorted(name for name, to in exported.items() if account in to.split(", "))
+            assert sorted(imported) == expected, account
+        subscribed = re.findall(r'"governor\.(\w+)"', blocks["GOVERNOR"].split("publish:")[0])
+        assert sorted(subscribed) == sorted(e.name for e in ENDPOINTS)
+
+    def test_the_chassis_sends_its_one_subject_and_reads_only_its_replies(self) -> None:
+        """The CHASSIS account imports `governor.update` alone (no discovery, no events), its user may publish
+        there only and subscribe only to its inboxes."""
+        chassis = nats_conf_blocks()["CHASSIS"]
+        assert re.findall(r"\{ (service|stream): \{ account: GOVERNOR, subject: \"([^\"]+)\" \}", chassis) == [
+            ("service", "governor.update")
+        ]
+        permissions = [line.split("#")[0].strip() for line in settings(chassis)]
+        assert [line for line in permissions if line.startswith(("publish:", "subscribe:"))] == [
+            'publish: { allow: ["governor.update"] }',
+            'subscribe: { allow: ["_INBOX.>"] }',
+        ]
 
     def test_every_service_import_shares_the_requesters_identity(self) -> None:
         """Every service import has `share: true`, so the governor gets the server-stamped `Nats-Request-Info`."""
         text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
         imports = [line for line in text.splitlines() if line.strip().startswith("{ service: { account:")]
-        # COORD: 6 requests and 9 discovery subjects; OPS: 6 more requests; WITNESS and ALERTS: their audit
-        # consumer's next messages and acknowledgements
-        assert len(imports) == 15 + 21 + 4
+        # COORD: 7 requests and 9 discovery subjects; OPS: 7 more requests; CHASSIS: `governor.update`; WITNESS and
+        # ALERTS: their audit consumer's next messages and acknowledgements
+        assert len(imports) == 16 + 23 + 1 + 4
         assert [line for line in imports if not line.rstrip().endswith("share: true }")] == []
 
 
@@ -656,7 +698,7 @@ class TestKubernetesCluster:
         ]
 
     def test_nats_pods_get_every_variable_the_config_reads(self) -> None:
-        """The NATS pods' environment holds exactly the variables the config reads: the pod's name and the six
+        """The NATS pods' environment holds exactly the variables the config reads: the pod's name and the seven
         passwords, each from the Secret `nats-passwords` under its own name (the route password too, which the
         routes on the command line expand)."""
         container = only_container(kustomized()["StatefulSet", "nats"])
