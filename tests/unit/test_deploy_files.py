@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from schemas.endpoints import ENDPOINTS, Endpoint
+from worker.ops.metrics import Metrics
 from worker.ops.natsserver import nats_server_binary
 from worker.service.config import load_config
 
@@ -35,7 +37,7 @@ METRICS = {
     "if_governor_requests_rejected_total",
     "if_governor_mailbox_depth",
 }
-HISTOGRAMS = {"if_governor_assignment_latency_ms"}
+HISTOGRAMS = {"if_governor_assignment_latency_ms", "if_governor_task_duration_seconds"}
 #: The budget groups' metrics (issue 15), which the dashboard's "Budget groups" row shows.
 BUDGET_GROUP_METRICS = {
     "if_governor_group_budget_limit_usd",
@@ -51,6 +53,14 @@ BUDGET_GROUP_METRICS = {
     "if_governor_tasks_over_budget_total",
 }
 METRICS |= BUDGET_GROUP_METRICS
+#: The task lifecycle's metrics (governor.complete and the expiries), which the dashboard's "Tasks" row shows.
+TASK_METRICS = {
+    "if_governor_tasks_in_flight",
+    "if_governor_task_completions_total",
+    "if_governor_tasks_expired_total",
+    "if_governor_task_duration_seconds",
+}
+METRICS |= TASK_METRICS
 METRIC_TOKEN = re.compile(r"if_governor_[a-z_]+")
 HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
 
@@ -72,6 +82,13 @@ def unknown_metrics(expr: str) -> set[str]:
     return unknown
 
 
+def exported_metrics() -> set[str]:
+    """The metric names a fresh `Metrics` registers, as PromQL names them (a counter with its `_total`)."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return {family.name + ("_total" if family.type == "counter" else "") for family in registry.collect()}
+
+
 def alerts(groups: list[dict[str, Any]]) -> dict[str, str]:
     return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
 
@@ -81,6 +98,13 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     if exe is None:
         pytest.skip("promtool not installed: apt-get install prometheus")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+class TestMetricNames:
+    def test_the_hand_written_names_are_exported(self) -> None:
+        """Every name the deployment files may query (METRICS above) is a metric the worker registers."""
+        assert METRICS - exported_metrics() == set()
+        assert HISTOGRAMS <= METRICS
 
 
 class TestYaml:
@@ -368,8 +392,8 @@ class TestAlertRules:
         assert operator == rules
 
     def test_alerts_and_severities(self) -> None:
-        """The design doc's four alerts exist with the severities it gives them, and the budget groups' four
-        (issue 15) with theirs."""
+        """The design doc's four alerts exist with the severities it gives them, the budget groups' four (issue 15)
+        with theirs, and the task lifecycle's expiry alert."""
         [group] = load(PROMETHEUS / "rules.yml")["groups"]
         severities = {rule["alert"]: rule["labels"]["severity"] for rule in group["rules"]}
         assert group["name"] == "if_governor"
@@ -382,6 +406,7 @@ class TestAlertRules:
             "GroupBudgetForecastExhaustion": "medium",
             "GroupBudgetLow": "medium",
             "TaskOverBudget": "medium",
+            "TasksExpiring": "medium",
         }
 
     def test_every_alert_has_promtool_tests(self) -> None:
@@ -485,22 +510,64 @@ class TestDashboard:
                 assert cell not in cells, (panel["title"], cells.get(cell))
                 cells[cell] = panel["title"]
 
-    def test_budget_groups_row_holds_the_group_panels(self) -> None:
-        """A "Budget groups" row, below every other panel, heads the panels that query the budget groups'
-        metrics and the budget event counters; the panels above it query none of them."""
+    def sections(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The dashboard cut at its rows, top to bottom: ("", the panels above the first row), then each row's
+        title and the panels between it and the next row. Fails unless each section lies wholly below the one
+        before it."""
         panels = self.dashboard()["panels"]
-        [row] = [p for p in panels if p["type"] == "row"]
-        assert (row["title"], row["collapsed"], row["gridPos"]["w"]) == ("Budget groups", False, 24)
-        assert (row["panels"], "targets" in row) == ([], False)  # open: its panels follow it in `panels`
-        top = row["gridPos"]["y"]
-        above = [p for p in panels if p["gridPos"]["y"] < top]
-        below = [p for p in panels if p["gridPos"]["y"] > top]
-        assert len(above) + len(below) + 1 == len(panels)
-        assert max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in above) <= top
-        named = {name for p in below for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])}
-        assert named == BUDGET_GROUP_METRICS
-        assert not {name for p in above for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])} & named
-        assert {p["type"] for p in below} == {"timeseries", "stat", "table"}
+        rows = sorted((p for p in panels if p["type"] == "row"), key=lambda p: p["gridPos"]["y"])
+        tops = [row["gridPos"]["y"] for row in rows]
+        sections: list[tuple[str, list[dict[str, Any]]]] = [("", [])] + [(row["title"], []) for row in rows]
+        for panel in panels:
+            if panel["type"] == "row":
+                assert (panel["collapsed"], panel["gridPos"]["w"], panel["gridPos"]["h"]) == (False, 24, 1)
+                assert (panel["panels"], "targets" in panel) == ([], False)  # open: its panels follow it in `panels`
+                continue
+            y = panel["gridPos"]["y"]
+            assert y not in tops, panel["title"]
+            section = sum(1 for top in tops if top < y)
+            if section < len(tops):  # it ends before the next row begins
+                assert y + panel["gridPos"]["h"] <= tops[section], panel["title"]
+            sections[section][1].append(panel)
+        return sections
+
+    @staticmethod
+    def named(panels: list[dict[str, Any]]) -> set[str]:
+        """The `if_governor_*` names the panels' queries read (a histogram's `_bucket` as such)."""
+        return {name for p in panels for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])}
+
+    def test_rows_head_the_budget_group_and_task_panels(self) -> None:
+        """Below the design doc's panels, a "Budget groups" row heads the panels that query the budget groups'
+        metrics and the budget event counters, and under it a "Tasks" row the panels that query the task
+        lifecycle's; no section queries another's metrics."""
+        sections = self.sections()
+        assert [title for title, _ in sections] == ["", "Budget groups", "Tasks"]
+        (_, top), (_, groups), (_, tasks) = sections
+        assert top and groups and tasks
+        assert self.named(groups) == BUDGET_GROUP_METRICS
+        assert {HISTOGRAM_SUFFIX.sub("", name) for name in self.named(tasks)} == TASK_METRICS
+        assert not self.named(top) & (BUDGET_GROUP_METRICS | TASK_METRICS)
+        assert {p["type"] for p in groups} == {"timeseries", "stat", "table"}
+
+    def test_tasks_row_shows_in_flight_completions_durations_and_expiries(self) -> None:
+        """The "Tasks" row's time series: tasks in flight per swarm, completions per outcome (a rate), the task
+        duration's median and 95th percentile from the histogram's buckets, and the expiries TasksExpiring counts."""
+        [(_, tasks)] = [section for section in self.sections() if section[0] == "Tasks"]
+        assert {p["type"] for p in tasks} == {"timeseries"}
+        exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in tasks}
+        assert exprs == {
+            "Tasks in flight per swarm": ["sum by (swarm_id) (if_governor_tasks_in_flight)"],
+            "Task completions by outcome": [
+                "sum by (outcome) (rate(if_governor_task_completions_total[5m])) * 60",
+            ],
+            "Task duration p50 / p95": [
+                "histogram_quantile(0.5, sum by (le) (rate(if_governor_task_duration_seconds_bucket[1h])))",
+                "histogram_quantile(0.95, sum by (le) (rate(if_governor_task_duration_seconds_bucket[1h])))",
+            ],
+            "Tasks expired": ["sum(increase(if_governor_tasks_expired_total[15m]))"],
+        }
+        alert = alerts(load(PROMETHEUS / "rules.yml")["groups"])["TasksExpiring"]
+        assert alert.startswith(exprs["Tasks expired"][0].removeprefix("sum(").removesuffix(")"))
 
     def test_latency_heatmap_uses_the_histogram_buckets(self) -> None:
         """The heatmap reads the latency histogram's buckets."""
