@@ -27,8 +27,10 @@ RejectionCode = Literal[
     "cost_above_max",
     "budget_exhausted",
     "group_budget_exhausted",
+    "budget_below_task_minimum",
     "available_budget_below_estimate",
     "breaker_tripped",
+    "at_capacity",
 ]
 
 #: The operation of each witness record (`governor.witness.<operation>`).
@@ -50,6 +52,9 @@ WitnessOperation = Literal[
     "budget_forecast",
     "budget_topped_up",
     "task_over_budget",
+    "task_completed",
+    "task_expired",
+    "swarm_updated",
     "config_reloaded",
     "swarm_registered",
     "swarm_deregistered",

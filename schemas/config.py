@@ -10,7 +10,7 @@ from msgspec import Meta
 from schemas.budgets import BudgetGroup, GroupId
 from schemas.policy import FailureThreshold, PolicyRule, ResourcePolicy
 from schemas.pricing import ModelPrice
-from schemas.types import Budget, CapabilityDef, CapabilityName, CostPerHour, ModelName, Ratio, SwarmId
+from schemas.types import Budget, CapabilityDef, CapabilityName, CostPerHour, ModelName, Ratio, SwarmId, TaskLimit
 
 PoolName = Annotated[str, Meta(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*\Z", max_length=32)]
 """Lower-case letters and digits, words joined by `-` (no `_`: stream names turn both into `_`, and two pools
@@ -76,6 +76,8 @@ class SwarmConfig(Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Missing: the governor's `default_budget`."""
     budget_group: GroupId | None = None
     """A group of `budgets:`: its limits (and its ancestors') apply to this swarm's costs."""
+    max_concurrent_tasks: TaskLimit | None = None
+    """Tasks it may run at once; a swarm at its limit is passed over (`at_capacity`). None: no limit."""
 
 
 class WitnessSection(Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -169,6 +171,9 @@ class SecuritySection(Section, frozen=True, kw_only=True, forbid_unknown_fields=
     refused."""
     operator_accounts: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
     """With `trust_request_info`: the accounts whose users may reset, trip, top up, register, deregister and reload."""
+    chassis_accounts: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
+    """With `trust_request_info`: the accounts (IF.chassis) whose users may send `governor.update` with
+    `reputation_score` only; any other field from them is refused (`forbidden`)."""
     require_authenticated_approver: bool = False
     """With `trust_request_info`: a reset's `approved_by` and a trip's `requested_by` must be the authenticated
     user's name, or the request is refused (`forbidden`)."""

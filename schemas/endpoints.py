@@ -14,6 +14,7 @@ import msgspec
 from schemas.ledger import Configure, Reload, Tick
 from schemas.replies import (
     AssignReply,
+    CompleteReply,
     CostReply,
     FailureReply,
     HistoryReply,
@@ -24,9 +25,11 @@ from schemas.replies import (
     SwarmReply,
     TopupReply,
     TripReply,
+    UpdateReply,
 )
 from schemas.requests import (
     AssignRequest,
+    CompleteRequest,
     CostRequest,
     DeregisterRequest,
     FailureRequest,
@@ -39,6 +42,7 @@ from schemas.requests import (
     SuccessRequest,
     TopupRequest,
     TripRequest,
+    UpdateRequest,
 )
 
 
@@ -54,6 +58,9 @@ class Endpoint(NamedTuple):
     """An empty body means `{}` (every field of the request is optional)."""
     operator_only: bool = False
     """Reset, trip and registry or config changes: only the operators' accounts (SECURITY.md)."""
+    chassis_fields: tuple[str, ...] = ()
+    """An operator-only request that a chassis account (`security.chassis_accounts`) may send too, with these
+    fields only (IF.chassis reports reputations)."""
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -64,8 +71,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("topup", TopupRequest, TopupReply, changes_state=True, operator_only=True),
     Endpoint("failure", FailureRequest, FailureReply, changes_state=True),
     Endpoint("success", SuccessRequest, SuccessReply, changes_state=True),
+    Endpoint("complete", CompleteRequest, CompleteReply, changes_state=True),
     Endpoint("register", RegisterRequest, SwarmReply, changes_state=True, operator_only=True),
     Endpoint("deregister", DeregisterRequest, SwarmReply, changes_state=True, operator_only=True),
+    Endpoint(
+        "update",
+        UpdateRequest,
+        UpdateReply,
+        changes_state=True,
+        operator_only=True,
+        chassis_fields=("reputation_score",),
+    ),
     Endpoint("reload", ReloadRequest, ReloadReply, changes_state=True, operator_only=True),
     Endpoint("status", StatusRequest, StatusReply, changes_state=False, empty_body_ok=True),
     Endpoint("history", HistoryRequest, HistoryReply, changes_state=False, empty_body_ok=True),

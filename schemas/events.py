@@ -185,6 +185,21 @@ class BudgetForecast(msgspec.Struct, frozen=True, kw_only=True):
     """Where it comes from in the ledger (absent when no ledger entry caused it: memory mode)."""
 
 
+class SwarmUpdated(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on `<prefix>.events.swarm.updated`: a swarm's profile changed (`governor.update`); its budget,
+    breaker and registration order did not."""
+
+    swarm_id: str
+    changed: dict[str, Any]
+    """Each field that changed, with its new value."""
+    requested_by: str
+    at: float
+    trace_id: str
+    identity: Identity | msgspec.UnsetType = msgspec.UNSET
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """Where it comes from in the ledger (absent when no ledger entry caused it: memory mode)."""
+
+
 Event = (
     BreakerTripped
     | BreakerReset
@@ -195,6 +210,7 @@ Event = (
     | BudgetRefilled
     | BudgetThreshold
     | BudgetForecast
+    | SwarmUpdated
     | WitnessRecord
 )
 
@@ -209,4 +225,5 @@ EVENT_SUBJECTS: dict[type[Event], str] = {
     BudgetRefilled: "events.budget.refilled",
     BudgetThreshold: "events.budget.threshold",
     BudgetForecast: "events.budget.forecast",
+    SwarmUpdated: "events.swarm.updated",
 }

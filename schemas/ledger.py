@@ -57,9 +57,9 @@ class Reload(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class Tick(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Body of a `tick` entry: the actor writes one when a budget period ends, so that the refill is a ledger
-    entry of its own, applied once, at the same place in every replay (a command applied later would also roll
-    the period over first; the tick then finds nothing to do)."""
+    """Body of a `tick` entry: the actor writes one when a budget period ends or an open task's time is up, so that
+    the refill or the expiry is a ledger entry of its own, applied once, at the same place in every replay (a
+    command applied later would also do it first; the tick then finds nothing to do)."""
 
 
 class GroupState(msgspec.Struct, frozen=True, array_like=True):
@@ -94,6 +94,7 @@ class SwarmState(msgspec.Struct, frozen=True, array_like=True):
     alerted: float = 0.0
     """The highest `budget_alerts` fraction fired for the current allocation (older snapshots: `soft_warned`)."""
     budget_group: str | None = None
+    max_tasks: int | None = None
 
 
 class CoreState(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +122,8 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True):
     budgets: list[BudgetGroup] = []
     groups: list[GroupState] = []
     task_spend: list[tuple[str, int, int, str, bool]] = []
+    open_tasks: list[tuple[str, list[str], float, float, str, int, int]] = []
+    """(task_id, swarm ids, assigned_at, expires_at, expire_as, history position, micro-dollars) of the open tasks."""
     """(task_id, micro-dollars spent, cap, action, fired) of the tasks under a `max_spend_per_task`."""
     ledger_hash: str = ""
     """The SHA-256 of the ledger message at `seq` (the chain's link for the entries after the snapshot)."""

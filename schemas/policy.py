@@ -47,6 +47,18 @@ class ResourcePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Open reservations in all; an assign with `estimated_cost` beyond it is refused (`hold_limit`)."""
     max_holds_per_swarm: Annotated[int, Meta(ge=1, le=1_000_000)] = 1_000
     """Open reservations on one swarm; beyond it, an assign that would hold on that swarm is refused."""
+    task_timeout_s: Annotated[float, Meta(gt=0.0, le=30 * 86400.0)] = 3600.0
+    """An assignment neither completed (`governor.complete`) nor reassigned within this expires: its holds and
+    its swarms' task slots are released (`task_expired`)."""
+    expire_as: Literal["none", "failure"] = "none"
+    """`failure`: an expired task counts as a failure of the swarm it was assigned to first."""
+    strategy: Literal["best", "spread"] = "best"
+    """`best`: the seed's rule. `spread`: each swarm's score is divided by 1 + its tasks in flight, so that equally
+    good swarms share the work."""
+    min_budget_per_task: Cost | None = None
+    """A swarm whose available budget is below this is passed over (`budget_below_task_minimum`)."""
+    max_open_tasks: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    """Assignments open at once (not completed nor expired); an assign beyond it is refused (`task_limit`)."""
     assign_window_s: Annotated[float, Meta(gt=0.0, le=30 * 86400.0)] = 3600.0
     """How long an assignment is remembered by its task_id: a repeated assign inside it gets the same answer."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.budgets import GroupId
-from schemas.types import Budget, Capabilities, CostPerHour, ModelName, Ratio, SwarmId
+from schemas.types import Budget, Capabilities, CostPerHour, ModelName, Ratio, SwarmId, TaskLimit
 
 
 class SwarmProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -19,3 +19,5 @@ class SwarmProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     model: ModelName
     budget_group: GroupId | None = None
     """The budget group whose limits (and its ancestors') this swarm's costs count against."""
+    max_concurrent_tasks: TaskLimit | None = None
+    """Tasks it may run at once (assigned and neither completed nor expired); None: no limit."""

@@ -50,6 +50,10 @@ class SwarmExplanation(msgspec.Struct, frozen=True, kw_only=True):
     rejected_by: str | None
     group: str | None = None
     """With `rejected_by: group_budget_exhausted`: the exhausted group on the swarm's chain (the nearest)."""
+    in_flight: int = 0
+    """Its tasks assigned and neither completed nor expired."""
+    load_factor: float | None = None
+    """Under the `spread` strategy: the factor its score was multiplied by, 1 / (1 + in_flight)."""
 
 
 class AssignReply(Reply, frozen=True, kw_only=True):
@@ -142,6 +146,9 @@ class SwarmStatus(msgspec.Struct, frozen=True, kw_only=True):
     held: float = 0.0
     """USD held by open reservations: available = budget_remaining - held."""
     budget_group: str | None = None
+    in_flight: int = 0
+    """Tasks assigned to it and neither completed nor expired."""
+    max_concurrent_tasks: int | None = None
 
 
 class HoldStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -189,10 +196,33 @@ class TopupReply(Reply, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
+class CompleteReply(Reply, frozen=True, kw_only=True):
+    task_id: str
+    swarm_id: str
+    """The swarm the outcome was recorded for."""
+    outcome: str
+    duration_s: float
+    total_cost: float
+    """Every cost reported with this task while it was open, the final one included (USD)."""
+    tripped: bool = False
+    """That swarm's breaker is tripped after this outcome."""
+    closed: bool = False
+    """This success closed a half-open breaker."""
+    duplicate: bool = False
+
+
+class UpdateReply(Reply, frozen=True, kw_only=True):
+    swarm_id: str
+    changed: list[str] = []
+    """The fields whose value changed (none: the swarm had these values already)."""
+    duplicate: bool = False
+
+
 class TickReply(Reply, frozen=True, kw_only=True):
     """What a `tick` entry did (answered to nobody: the actor writes ticks itself)."""
 
     refilled: list[str] = []
+    expired: list[str] = []
 
 
 class StatusReply(Reply, frozen=True, kw_only=True):
@@ -223,6 +253,10 @@ class AssignmentRecord(msgspec.Struct, frozen=True, kw_only=True):
     timestamp: float
     trace_id: str
     rule: str | None = None
+    outcome: str | None = None
+    """`success`, `failure` or `expired` once the task was closed (None: still open, or closed by a reassign)."""
+    duration_s: float | None = None
+    total_cost: float | None = None
     """The policy rule that governed the task (`pattern -> policy`), none for the default policy."""
 
 

@@ -6,7 +6,7 @@ rather than half-applied. Every request may carry a `trace_id`; the `X-IF-Trace-
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -28,6 +28,7 @@ from schemas.types import (
     Ratio,
     SwarmCount,
     SwarmId,
+    TaskLimit,
     TraceId,
 )
 
@@ -135,7 +136,53 @@ class RegisterRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=
     model: ModelName
     budget_group: GroupId | None = None
     """A group of the config's `budgets:` list: its limits (and its ancestors') apply to this swarm's costs."""
+    max_concurrent_tasks: TaskLimit | None = None
+    """Tasks it may run at once (none: no limit)."""
     event_id: EventId | None = None
+
+
+class CompleteRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A coordinator closes an assignment: its holds and task slots are released, its outcome recorded (a failure
+    counts toward the breaker, a success closes a half-open one) and an optional final cost settled."""
+
+    task_id: Name
+    outcome: Literal["success", "failure"]
+    swarm_id: SwarmId | None = None
+    """Which of the task's swarms the outcome (and the cost) is of; default: the first assigned."""
+    cost: Cost | None = None
+    usage: TokenUsage | None = None
+    model: ModelName | None = None
+    error: ErrorText | None = None
+    event_id: EventId | None = None
+
+    def __post_init__(self) -> None:
+        if self.cost is not None and self.usage is not None:
+            raise ValueError("give at most one of `cost` and `usage`")
+        if self.model is not None and self.usage is None:
+            raise ValueError("`model` prices a `usage`: give it only with one")
+
+
+class UpdateRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Change a registered swarm's profile without touching its budget, breaker or registration order (operators;
+    a chassis account may send `reputation_score` only)."""
+
+    swarm_id: SwarmId
+    reputation_score: Ratio | None = None
+    cost_per_hour: CostPerHour | None = None
+    capabilities: Capabilities | None = None
+    model: ModelName | None = None
+    max_concurrent_tasks: TaskLimit | None = None
+    budget_group: GroupId | None = None
+    requested_by: Name
+    event_id: EventId | None = None
+
+    def __post_init__(self) -> None:
+        if all(getattr(self, name) is None for name in UPDATABLE):
+            raise ValueError(f"name at least one field to change: {', '.join(UPDATABLE)}")
+
+
+UPDATABLE = ("reputation_score", "cost_per_hour", "capabilities", "model", "max_concurrent_tasks", "budget_group")
+"""The profile fields `governor.update` changes."""
 
 
 class DeregisterRequest(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):

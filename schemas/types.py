@@ -124,6 +124,8 @@ EventId = Annotated[
 """A client-chosen idempotency key: the same id is applied at most once."""
 
 Cost = Annotated[float, Meta(ge=0.0, le=MAX_USD)]
+TaskLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
+"""Tasks a swarm may run at once (`max_concurrent_tasks`)."""
 """A non-negative amount spent, USD."""
 
 Budget = Annotated[float, Meta(gt=0.0, le=MAX_USD)]

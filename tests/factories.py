@@ -63,6 +63,7 @@ def swarm_entry(
     initial_budget: float | None = 25.0,
     model: str = "haiku",
     budget_group: str | None = None,
+    max_concurrent_tasks: int | None = None,
 ) -> dict[str, Any]:
     """A `swarms:` entry of a config file, as plain data (`initial_budget=None`: the entry names none, so the
     governor's `default_budget` applies)."""
@@ -76,6 +77,8 @@ def swarm_entry(
     }
     if budget_group is not None:
         entry["budget_group"] = budget_group
+    if max_concurrent_tasks is not None:
+        entry["max_concurrent_tasks"] = max_concurrent_tasks
     if initial_budget is None:
         del entry["initial_budget"]
     return entry

@@ -32,6 +32,7 @@ from schemas.pricing import TokenUsage
 from schemas.profiles import SwarmProfile
 from schemas.replies import (
     AssignReply,
+    CompleteReply,
     CostReply,
     FailureReply,
     GroupStatus,
@@ -44,9 +45,11 @@ from schemas.replies import (
     SwarmReply,
     TopupReply,
     TripReply,
+    UpdateReply,
 )
 from schemas.requests import (
     AssignRequest,
+    CompleteRequest,
     CostRequest,
     DeregisterRequest,
     FailureRequest,
@@ -59,6 +62,7 @@ from schemas.requests import (
     SuccessRequest,
     TopupRequest,
     TripRequest,
+    UpdateRequest,
 )
 from worker import errors
 
@@ -291,6 +295,41 @@ class GovernorClient:
             swarm_id=swarm_id, group=group, amount=amount, approved_by=approved_by, event_id=event_id or _event_id()
         )
         return await self.send(request, TopupReply)
+
+    async def complete(
+        self,
+        task_id: str,
+        outcome: str,
+        *,
+        swarm_id: str | None = None,
+        cost: float | None = None,
+        usage: TokenUsage | None = None,
+        model: str | None = None,
+        error: str | None = None,
+        event_id: str | None = None,
+    ) -> CompleteReply:
+        """Close an assignment with its outcome (`success` or `failure`) and an optional final cost."""
+        request = CompleteRequest(
+            task_id=task_id,
+            outcome=outcome,  # type: ignore[arg-type]  # the governor refuses an outcome it does not know
+            swarm_id=swarm_id,
+            cost=cost,
+            usage=usage,
+            model=model,
+            error=error,
+            event_id=event_id or _event_id(),
+        )
+        return await self.send(request, CompleteReply)
+
+    async def update(
+        self, swarm_id: str, *, requested_by: str, event_id: str | None = None, **fields: Any
+    ) -> UpdateReply:
+        """Change a swarm's profile (`reputation_score`, `cost_per_hour`, `capabilities`, `model`,
+        `max_concurrent_tasks`, `budget_group`) without touching its budget, breaker or order."""
+        request = UpdateRequest(
+            swarm_id=swarm_id, requested_by=requested_by, event_id=event_id or _event_id(), **fields
+        )
+        return await self.send(request, UpdateReply)
 
     async def budgets(self) -> list[GroupStatus]:
         """Every budget group in its current period (the first page of `status` carries them)."""

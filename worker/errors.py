@@ -8,11 +8,14 @@ GovernorError                 code                  Nats-Service-Error-Code
 ├── Forbidden                 forbidden             403
 ├── UnknownSwarm              unknown_swarm         404
 ├── UnknownGroup              unknown_group         404
+├── UnknownTask               unknown_task          404
 ├── Conflict                  (abstract)            409
 │   ├── NotTripped            not_tripped           409
 │   ├── AlreadyTripped        already_tripped       409
 │   ├── AlreadyRegistered     already_registered    409
-│   └── HoldLimit             hold_limit            409
+│   ├── HoldLimit             hold_limit            409
+│   ├── OpenTaskLimit         task_limit            409
+│   └── TaskClosed            task_closed           409
 ├── DeadlineExceeded          deadline_exceeded     408
 ├── ReplyTooLarge             reply_too_large       413
 ├── Overloaded                overloaded            503
@@ -81,6 +84,13 @@ class UnknownGroup(GovernorError):
     status = 404
 
 
+class UnknownTask(GovernorError):
+    """No open assignment has that task id, and none closed recently (within `assign_window_s`)."""
+
+    code = "unknown_task"
+    status = 404
+
+
 class Conflict(GovernorError):
     """The request does not fit the swarm's current state."""
 
@@ -109,6 +119,18 @@ class HoldLimit(Conflict):
     """An assign with `estimated_cost` would open more reservations than the policy allows."""
 
     code = "hold_limit"
+
+
+class OpenTaskLimit(Conflict):
+    """An assign would open more assignments than the policy's `max_open_tasks`."""
+
+    code = "task_limit"
+
+
+class TaskClosed(Conflict):
+    """A completion of a task already completed or expired."""
+
+    code = "task_closed"
 
 
 class DeadlineExceeded(GovernorError):

@@ -2,7 +2,7 @@
 
 `deploy/nats-server.conf` with only its data directory and ports changed; the worker with the security settings of
 the shipped Kubernetes ConfigMap (the worker config that runs against that server config), logged in as
-`governor`; and a connection as each of the other four roles, with the credentials a real client of that role has.
+`governor`; and a connection as each of the other five roles, with the credentials a real client of that role has.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ ACCOUNTS = {
     "governor": "GOVERNOR",
     "coordinator": "COORD",
     "operator": "OPS",
+    "chassis": "CHASSIS",
     "witness": "WITNESS",
     "alerting": "ALERTS",
 }
@@ -172,10 +173,10 @@ STORAGE_LOGIN_USERS = """\
         permissions: {
           subscribe: {
             allow: [
-              "governor.assign", "governor.cost", "governor.failure", "governor.success"
+              "governor.assign", "governor.cost", "governor.failure", "governor.success", "governor.complete"
               "governor.status", "governor.history"
               "governor.reset", "governor.trip", "governor.topup"
-              "governor.register", "governor.deregister", "governor.reload"
+              "governor.register", "governor.deregister", "governor.update", "governor.reload"
               "$SRV.PING", "$SRV.PING.governor", "$SRV.PING.governor.*"
               "$SRV.INFO", "$SRV.INFO.governor", "$SRV.INFO.governor.*"
               "$SRV.STATS", "$SRV.STATS.governor", "$SRV.STATS.governor.*"

@@ -2,7 +2,7 @@
 account: nothing a client sends reaches the governor's storage, no role reads another's replies, and approvals
 carry the identity the server authenticated.
 
-A real nats-server runs that file with the five passwords in its environment; the worker logs in as `governor`
+A real nats-server runs that file with the six passwords in its environment; the worker logs in as `governor`
 with the security settings shipped beside it (tests/integration/shipped.py). Each attack is made the way
 nats-server's own account tests make theirs: do the forbidden thing with the credentials a real client has, then
 check that nothing changed, nothing leaked and service never stopped. A refused publish never reaches the
@@ -25,7 +25,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from schemas.endpoints import BY_NAME
-from schemas.events import BreakerReset, BreakerTripped, Escalation
+from schemas.events import BreakerReset, BreakerTripped, Escalation, SwarmUpdated
 from schemas.ledger import LedgerEntry
 from schemas.replies import StatusReply
 from tests.factories import profile
@@ -93,6 +93,7 @@ OPERATOR_ONLY: dict[str, dict[str, Any]] = {
     "topup": {"swarm_id": "sip", "amount": 5.0, "approved_by": "operator"},
     "register": msgspec.to_builtins(NEW_SWARM),
     "deregister": {"swarm_id": "ndi"},
+    "update": {"swarm_id": "ndi", "reputation_score": 0.1, "requested_by": "operator"},
     "reload": {},
 }
 REQUEST_SUBJECTS = tuple(ENDPOINTS)
@@ -129,6 +130,17 @@ SNOOP_REFUSED = (
 )
 SNOOP_ALLOWED = ("_INBOX.>", "governor.events.>")
 FORGED_INFO = {"acc": "OPS", "user": "operator", "name": "cli"}
+#: What a chassis user may not publish: every request subject but `governor.update`, discovery, and the governor's
+#: event, witness and storage subjects.
+CHASSIS_REFUSED = (
+    *(f"governor.{name}" for name in ENDPOINTS if name != "update"),
+    "$SRV.PING",
+    "$SRV.INFO.governor",
+    "governor.events.swarm.updated",
+    "governor.witness.swarm_updated",
+    "governor.ledger",
+    "$JS.API.STREAM.INFO.GOVERNOR_LEDGER",
+)
 
 
 @pytest.fixture
@@ -307,8 +319,9 @@ class TestCoordinator:
     async def test_operator_only_request_is_refused_by_the_server(
         self, governor: Worker, login: LoginFactory, shipped: ShippedServer, subject: str
     ) -> None:
-        """A coordinator's reset, trip, register, deregister or reload, even with a forged identity header, is
-        refused by the server (its account may not publish there), gets no reply and changes nothing."""
+        """A coordinator's reset, trip, topup, register, deregister, update (even of `reputation_score` alone, which
+        a chassis may send) or reload, even with a forged identity header, is refused by the server (its account
+        may not publish there), gets no reply and changes nothing."""
         operator = await login("operator")
         await operator.client().trip("sip", "manual_override", requested_by="operator")  # so a reset would apply
         before = blank_trace(await operator.client().status())
@@ -339,6 +352,39 @@ class TestCoordinator:
         assert status.breakers == {}
         history = await coordinator.history()
         assert [(r.task_id, r.swarm_id) for r in history.assignments] == [("t-1", "sip")]
+
+    async def test_coordinator_completes_its_task(self, governor: Worker, login: LoginFactory) -> None:
+        """A coordinator's `complete` of a task it was assigned is answered and applied: the final cost is settled,
+        the task leaves the swarm's tasks in flight, the history records its outcome and the witness record names
+        the coordinator the server authenticated."""
+        seen = await record((await login("witness")).nc, "governor.witness.>")
+        coordinator = (await login("coordinator")).client()
+        assigned = await coordinator.assign(["integration:sip"], task_id="t-done", max_cost=20.0)
+        assert assigned.swarm_id == "sip"
+        in_flight = {s.swarm_id: s.in_flight for s in (await coordinator.status()).swarms}
+        assert in_flight == {"sip": 1, "ndi": 0}
+        done = await coordinator.complete("t-done", "success", cost=1.5)
+        assert (done.task_id, done.swarm_id, done.outcome, done.total_cost, done.duplicate, done.tripped) == (
+            "t-done",
+            "sip",
+            "success",
+            1.5,
+            False,
+            False,
+        )
+        status = await coordinator.status()
+        assert ({s.swarm_id: s.in_flight for s in status.swarms}, status.budgets) == (
+            {"sip": 0, "ndi": 0},
+            {"sip": 23.5, "ndi": 25.0},
+        )
+        history = await coordinator.history()
+        assert [(r.task_id, r.swarm_id, r.outcome) for r in history.assignments] == [("t-done", "sip", "success")]
+        [completed] = await seen.wait_for("governor.witness.task_completed")
+        assert (completed["params"]["task_id"], completed["params"]["swarm_id"], completed["identity"]) == (
+            "t-done",
+            "sip",
+            identity("coordinator"),
+        )
 
     async def test_coordinator_cannot_serve_or_read_request_subjects(
         self, governor: Worker, login: LoginFactory
@@ -379,6 +425,124 @@ class TestOperator:
         assert deregistered.swarm_id == "ndi"
         status = await operator.status()
         assert (status.budgets, status.breakers) == ({"sip": 40.0, "webrtc": 10.0}, {})
+
+    async def test_operator_updates_any_profile_field(self, governor: Worker, login: LoginFactory) -> None:
+        """An operator's `update` may change any profile field, not only the reputation a chassis reports."""
+        operator = (await login("operator")).client()
+        updated = await operator.update("ndi", cost_per_hour=0.5, model="sonnet", requested_by="operator")
+        assert (updated.changed, updated.duplicate) == (["cost_per_hour", "model"], False)
+        ndi = next(s for s in (await operator.status()).swarms if s.swarm_id == "ndi")
+        assert (ndi.cost_per_hour, ndi.model, ndi.reputation_score, ndi.budget_remaining) == (0.5, "sonnet", 0.9, 25.0)
+
+
+class TestChassis:
+    """IF.chassis reports reputations: its account imports `governor.update` alone, and the governor applies it
+    only with `reputation_score` (`security.chassis_accounts: [CHASSIS]`, `Bus._check_chassis`)."""
+
+    async def test_a_reputation_update_is_applied(
+        self, governor: Worker, login: LoginFactory, shipped: ShippedServer
+    ) -> None:
+        """A chassis user's `update` with only `reputation_score` is applied: `status` shows the new reputation and
+        nothing else of any swarm changed; `governor.events.swarm.updated`, the `swarm_updated` witness record and
+        the ledger's `update` entry carry the identity CHASSIS/chassis."""
+        seen = await record((await login("witness")).nc, "governor.events.>", "governor.witness.>")
+        operator = (await login("operator")).client()
+        before = {s.swarm_id: s for s in (await operator.status()).swarms}
+        chassis = await login("chassis")
+        updated = await chassis.client().update("ndi", reputation_score=0.5, requested_by="chassis")
+        assert (updated.swarm_id, updated.changed, updated.duplicate) == ("ndi", ["reputation_score"], False)
+        after = {s.swarm_id: s for s in (await operator.status()).swarms}
+        assert after == {**before, "ndi": msgspec.structs.replace(before["ndi"], reputation_score=0.5)}
+        [event] = await seen.wait_for("governor.events.swarm.updated")
+        msgspec.json.decode(msgspec.json.encode(event), type=SwarmUpdated)
+        who = identity("chassis")
+        assert (event["swarm_id"], event["changed"], event["requested_by"], event["identity"]) == (
+            "ndi",
+            {"reputation_score": 0.5},
+            "chassis",
+            who,
+        )
+        [witnessed] = await seen.wait_for("governor.witness.swarm_updated")
+        assert (witnessed["params"]["changed"], witnessed["identity"]) == ({"reputation_score": 0.5}, who)
+        updates = [e for e in await ledger_entries((await login("governor")).nc) if e.kind == "update"]
+        assert [msgspec.to_builtins(e.identity) for e in updates] == [who]
+        assert (chassis.errors, shipped.violations("chassis")) == ([], [])
+
+    async def test_any_other_field_is_refused_forbidden(
+        self, governor: Worker, login: LoginFactory, shipped: ShippedServer
+    ) -> None:
+        """A chassis user's `update` that sets another field (`cost_per_hour`, alone or beside `reputation_score`,
+        `capabilities`, `budget_group`), or that names another requester, is refused `forbidden` by the governor
+        and changes nothing: no swarm changed, no `swarm.updated` event, and the refusals are witnessed with the
+        identity CHASSIS/chassis."""
+        seen = await record((await login("witness")).nc, "governor.events.>", "governor.witness.>")
+        operator = await login("operator")
+        before = blank_trace(await operator.client().status())
+        chassis = await login("chassis")
+        bodies: list[dict[str, Any]] = [
+            {"swarm_id": "ndi", "cost_per_hour": 0.5, "requested_by": "chassis"},
+            {"swarm_id": "ndi", "reputation_score": 0.1, "cost_per_hour": 0.5, "requested_by": "chassis"},
+            {"swarm_id": "sip", "capabilities": ["integration:ndi"], "requested_by": "chassis"},
+            {"swarm_id": "sip", "budget_group": "other", "requested_by": "chassis"},
+            {"swarm_id": "ndi", "reputation_score": 0.1, "requested_by": "operator"},  # not the authenticated user
+        ]
+        refused = [await request(chassis, "governor.update", body) for body in bodies]
+        assert [error_of(msg) for msg in refused] == [(False, "forbidden", "403")] * len(bodies)
+        messages = [msgspec.json.decode(msg.data)["error"]["message"] for msg in refused]
+        assert messages[0] == "a chassis account may change only reputation_score, not cost_per_hour"
+        assert messages[1] == "a chassis account may change only reputation_score, not cost_per_hour"
+        assert blank_trace(await operator.client().status()) == before
+        rejections = await seen.wait_for("governor.witness.request_rejected", len(bodies))
+        expected = [("forbidden", identity("chassis"))] * len(bodies)
+        assert [(r["params"]["code"], r["identity"]) for r in rejections] == expected
+        assert rejected(governor, "forbidden") == len(bodies)
+        assert [s for s in seen.subjects() if s.startswith("governor.events.")] == []
+        assert (chassis.errors, shipped.violations("chassis")) == ([], [])
+
+    async def test_a_chassis_cannot_publish_anything_else(
+        self, governor: Worker, login: LoginFactory, shipped: ShippedServer
+    ) -> None:
+        """Every other request subject, discovery, and the governor's event, witness, ledger and JetStream
+        subjects are refused to a chassis user by the server: nothing reaches the governor and nothing changes."""
+        operator = (await login("operator")).client()
+        before = blank_trace(await operator.status())
+        counts = {subject: received(governor, subject) for subject in REQUEST_SUBJECTS}
+        witness = await login("witness")
+        seen = await record(witness.nc, "governor.events.>", "governor.witness.>")
+        chassis = await login("chassis")
+        bodies = {
+            **OPERATOR_ONLY,
+            "assign": {"task_id": "t", "required_capabilities": ["integration:sip"]},
+            "cost": {"swarm_id": "sip", "operation": "op", "cost": 1.0},
+        }
+        for subject in CHASSIS_REFUSED:
+            name = subject.removeprefix("governor.")
+            await chassis.nc.publish(subject, msgspec.json.encode(bodies.get(name, {})))
+        for subject in CHASSIS_REFUSED:
+            await chassis.wait_error(publish_violation(subject))
+        await operator.status()  # a round trip through the governor after the chassis's publishes
+        assert {subject: received(governor, subject) for subject in REQUEST_SUBJECTS} == {
+            **counts,
+            "status": counts["status"] + 1,
+        }
+        assert blank_trace(await operator.status()) == before
+        await witness.nc.flush()
+        assert [s for s in seen.subjects() if s.startswith("governor.events.")] == []
+        assert [m for m in seen.messages if m.subject == "governor.witness.swarm_updated"] == []
+        assert shipped.violations("chassis") == sorted(f'Publish Violation - Subject "{s}"' for s in CHASSIS_REFUSED)
+
+    async def test_a_chassis_reads_nothing_but_its_replies(self, governor: Worker, login: LoginFactory) -> None:
+        """A chassis user may subscribe to its own account's inboxes only: the events, the witness records, the
+        request subjects and everything else are refused."""
+        chassis = await login("chassis")
+        refused = (">", "governor.>", "governor.events.>", "governor.witness.>", "governor.update", "_R_.>")
+        for subject in refused:
+            await chassis.nc.subscribe(subject)
+        for subject in refused:
+            await chassis.wait_error(subscription_violation(subject))
+        await chassis.nc.subscribe("_INBOX.mine")
+        await chassis.nc.flush()
+        assert sorted(chassis.errors) == sorted(subscription_violation(s) for s in refused)
 
 
 class TestIdentity:

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
-from schemas.endpoints import ENDPOINTS
+from schemas.endpoints import ENDPOINTS, Endpoint
+from worker.ops.metrics import Metrics
 from worker.ops.natsserver import nats_server_binary
 from worker.service.config import load_config
 
@@ -35,7 +37,7 @@ METRICS = {
     "if_governor_requests_rejected_total",
     "if_governor_mailbox_depth",
 }
-HISTOGRAMS = {"if_governor_assignment_latency_ms"}
+HISTOGRAMS = {"if_governor_assignment_latency_ms", "if_governor_task_duration_seconds"}
 #: The budget groups' metrics (issue 15), which the dashboard's "Budget groups" row shows.
 BUDGET_GROUP_METRICS = {
     "if_governor_group_budget_limit_usd",
@@ -51,6 +53,14 @@ BUDGET_GROUP_METRICS = {
     "if_governor_tasks_over_budget_total",
 }
 METRICS |= BUDGET_GROUP_METRICS
+#: The task lifecycle's metrics (governor.complete and the expiries), which the dashboard's "Tasks" row shows.
+TASK_METRICS = {
+    "if_governor_tasks_in_flight",
+    "if_governor_task_completions_total",
+    "if_governor_tasks_expired_total",
+    "if_governor_task_duration_seconds",
+}
+METRICS |= TASK_METRICS
 METRIC_TOKEN = re.compile(r"if_governor_[a-z_]+")
 HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
 
@@ -72,6 +82,13 @@ def unknown_metrics(expr: str) -> set[str]:
     return unknown
 
 
+def exported_metrics() -> set[str]:
+    """The metric names a fresh `Metrics` registers, as PromQL names them (a counter with its `_total`)."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return {family.name + ("_total" if family.type == "counter" else "") for family in registry.collect()}
+
+
 def alerts(groups: list[dict[str, Any]]) -> dict[str, str]:
     return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
 
@@ -81,6 +98,13 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     if exe is None:
         pytest.skip("promtool not installed: apt-get install prometheus")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+class TestMetricNames:
+    def test_the_hand_written_names_are_exported(self) -> None:
+        """Every name the deployment files may query (METRICS above) is a metric the worker registers."""
+        assert METRICS - exported_metrics() == set()
+        assert HISTOGRAMS <= METRICS
 
 
 class TestYaml:
@@ -149,11 +173,12 @@ class TestGovernorConfig:
         """The file also runs the bundled single-account server and compose's unauthenticated NATS, where a client
         can write `Nats-Request-Info` itself: it believes no such header and checks no approver against one."""
         security = load_config(DEPLOY / "governor.yaml", env={}).security
-        assert (security.trust_request_info, security.operator_accounts, security.require_authenticated_approver) == (
-            False,
-            [],
-            False,
-        )
+        assert (
+            security.trust_request_info,
+            security.operator_accounts,
+            security.chassis_accounts,
+            security.require_authenticated_approver,
+        ) == (False, [], [], False)
 
 
 class TestKubernetes:
@@ -211,20 +236,23 @@ class TestKubernetes:
 
     def test_configmap_trusts_the_shipped_server_config(self, tmp_path: Path) -> None:
         """The ConfigMap's config, which runs against deploy/nats-server.conf, loads with the worker's loader and
-        believes the server-stamped identity, lets only the OPS account operate and requires the approver to be
-        the authenticated user; OPS is the account of nats-server.conf that imports the operator-only subjects."""
+        believes the server-stamped identity, lets only the OPS account operate (and the CHASSIS account send its
+        reputations) and requires the approver to be the authenticated user; OPS is the account of nats-server.conf
+        that imports the operator-only subjects, CHASSIS the other one that imports `governor.update`."""
         path = tmp_path / "governor.yaml"
         path.write_text(load(K8S / "configmap.yaml")["data"]["governor.yaml"], encoding="utf-8")
         security = load_config(path, env={}).security
         assert (
             security.trust_request_info,
             security.operator_accounts,
+            security.chassis_accounts,
             security.require_authenticated_approver,
             security.reply_prefixes,
-        ) == (True, ["OPS"], True, [])
+        ) == (True, ["OPS"], ["CHASSIS"], True, [])
         conf = nats_conf_blocks()
-        assert set(conf) == {"GOVERNOR", "COORD", "OPS", "WITNESS", "ALERTS"}
+        assert set(conf) == {"GOVERNOR", "COORD", "OPS", "CHASSIS", "WITNESS", "ALERTS"}
         assert [name for name, block in conf.items() if '"governor.reset" }' in block] == ["OPS"]
+        assert [name for name, block in conf.items() if '"governor.update" }' in block] == ["OPS", "CHASSIS"]
 
     def test_metrics_service_selects_the_deployment(self) -> None:
         """The metrics Service exposes port 9090 as `metrics` and selects the Deployment's pods."""
@@ -245,10 +273,18 @@ def nats_conf_blocks() -> dict[str, str]:
     }
 
 
+def exported_to(endpoint: Endpoint) -> str:
+    """The accounts deploy/nats-server.conf exports an endpoint to, as it lists them."""
+    if endpoint.chassis_fields:
+        return "OPS, CHASSIS"
+    return "OPS" if endpoint.operator_only else "COORD, OPS"
+
+
 ROLE_PASSWORDS = (
     "GOVERNOR_PASSWORD",
     "COORDINATOR_PASSWORD",
     "OPERATOR_PASSWORD",
+    "CHASSIS_PASSWORD",
     "WITNESS_PASSWORD",
     "ALERTING_PASSWORD",
 )
@@ -256,7 +292,8 @@ ROLE_PASSWORDS = (
 
 class TestNatsServerConf:
     def test_nats_server_accepts_it(self) -> None:
-        """`nats-server -c deploy/nats-server.conf -t` accepts the file with the five passwords set."""
+        """`nats-server -c deploy/nats-server.conf -t` accepts the file with the six passwords set, and refuses it
+        without the chassis's (every password is needed)."""
         env = {**os.environ, **{name: f"p{name.lower()}" for name in ROLE_PASSWORDS}}
         result = subprocess.run(
             [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
@@ -267,9 +304,20 @@ class TestNatsServerConf:
             env=env,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        del env["CHASSIS_PASSWORD"]
+        result = subprocess.run(
+            [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert result.returncode != 0
+        assert "CHASSIS_PASSWORD" in result.stdout + result.stderr
 
     def test_each_role_has_its_own_account_with_its_user_and_password(self) -> None:
-        """Five accounts, each with one of the five users and that user's password variable, read once."""
+        """Six accounts, each with one of the six users and that user's password variable, read once."""
         text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
         users = {
             name: re.findall(r"user: (\w+)\s+password: \$([A-Z_]+)", block)
@@ -279,10 +327,11 @@ class TestNatsServerConf:
             "GOVERNOR": [("governor", "GOVERNOR_PASSWORD")],
             "COORD": [("coordinator", "COORDINATOR_PASSWORD")],
             "OPS": [("operator", "OPERATOR_PASSWORD")],
+            "CHASSIS": [("chassis", "CHASSIS_PASSWORD")],
             "WITNESS": [("witness", "WITNESS_PASSWORD")],
             "ALERTS": [("alerting", "ALERTING_PASSWORD")],
         }
-        assert [text.count(f"${name}") for name in ROLE_PASSWORDS] == [1] * 5
+        assert [text.count(f"${name}") for name in ROLE_PASSWORDS] == [1] * len(ROLE_PASSWORDS)
         assert "authorization {" not in text  # no users outside the accounts (they would share the global account)
 
     def test_only_the_governor_account_has_jetstream(self) -> None:
@@ -299,22 +348,39 @@ class TestNatsServerConf:
         assert [text.count(line) for line in lines] == [1, 1, 1, 1]
 
     def test_the_request_exports_follow_the_endpoint_table(self) -> None:
-        """Each endpoint is exported once: operator-only ones to OPS alone, the others to COORD and OPS; and each
-        account imports exactly what it was exported."""
+        """Each endpoint is exported once: operator-only ones to OPS alone, or to OPS and CHASSIS where a chassis
+        may send some fields (`chassis_fields`), the others to COORD and OPS; each account imports exactly what it
+        was exported, and the governor subscribes to every one."""
         blocks = nats_conf_blocks()
         exported = dict(re.findall(r'\{ service: "governor\.(\w+)",\s+accounts: \[([A-Z, ]+)\] \}', blocks["GOVERNOR"]))
-        assert exported == {e.name: "OPS" if e.operator_only else "COORD, OPS" for e in ENDPOINTS}
-        for account in ("COORD", "OPS"):
+        assert exported == {e.name: exported_to(e) for e in ENDPOINTS}
+        for account in ("COORD", "OPS", "CHASSIS"):
             imported = re.findall(r'subject: "governor\.(\w+)" \}', blocks[account])
-            assert sorted(imported) == sorted(name for name, to in exported.items() if account in to), account
+            expected = sorted(name for name, to in exported.items() if account in to.split(", "))
+            assert sorted(imported) == expected, account
+        subscribed = re.findall(r'"governor\.(\w+)"', blocks["GOVERNOR"].split("publish:")[0])
+        assert sorted(subscribed) == sorted(e.name for e in ENDPOINTS)
+
+    def test_the_chassis_sends_its_one_subject_and_reads_only_its_replies(self) -> None:
+        """The CHASSIS account imports `governor.update` alone (no discovery, no events), its user may publish
+        there only and subscribe only to its inboxes."""
+        chassis = nats_conf_blocks()["CHASSIS"]
+        assert re.findall(r"\{ (service|stream): \{ account: GOVERNOR, subject: \"([^\"]+)\" \}", chassis) == [
+            ("service", "governor.update")
+        ]
+        permissions = [line.split("#")[0].strip() for line in settings(chassis)]
+        assert [line for line in permissions if line.startswith(("publish:", "subscribe:"))] == [
+            'publish: { allow: ["governor.update"] }',
+            'subscribe: { allow: ["_INBOX.>"] }',
+        ]
 
     def test_every_service_import_shares_the_requesters_identity(self) -> None:
         """Every service import has `share: true`, so the governor gets the server-stamped `Nats-Request-Info`."""
         text = (DEPLOY / "nats-server.conf").read_text(encoding="utf-8")
         imports = [line for line in text.splitlines() if line.strip().startswith("{ service: { account:")]
-        # COORD: 6 requests and 9 discovery subjects; OPS: 6 more requests; WITNESS and ALERTS: their audit
-        # consumer's next messages and acknowledgements
-        assert len(imports) == 15 + 21 + 4
+        # COORD: 7 requests and 9 discovery subjects; OPS: 7 more requests; CHASSIS: `governor.update`; WITNESS and
+        # ALERTS: their audit consumer's next messages and acknowledgements
+        assert len(imports) == 16 + 23 + 1 + 4
         assert [line for line in imports if not line.rstrip().endswith("share: true }")] == []
 
 
@@ -326,8 +392,8 @@ class TestAlertRules:
         assert operator == rules
 
     def test_alerts_and_severities(self) -> None:
-        """The design doc's four alerts exist with the severities it gives them, and the budget groups' four
-        (issue 15) with theirs."""
+        """The design doc's four alerts exist with the severities it gives them, the budget groups' four (issue 15)
+        with theirs, and the task lifecycle's expiry alert."""
         [group] = load(PROMETHEUS / "rules.yml")["groups"]
         severities = {rule["alert"]: rule["labels"]["severity"] for rule in group["rules"]}
         assert group["name"] == "if_governor"
@@ -340,6 +406,7 @@ class TestAlertRules:
             "GroupBudgetForecastExhaustion": "medium",
             "GroupBudgetLow": "medium",
             "TaskOverBudget": "medium",
+            "TasksExpiring": "medium",
         }
 
     def test_every_alert_has_promtool_tests(self) -> None:
@@ -443,22 +510,64 @@ class TestDashboard:
                 assert cell not in cells, (panel["title"], cells.get(cell))
                 cells[cell] = panel["title"]
 
-    def test_budget_groups_row_holds_the_group_panels(self) -> None:
-        """A "Budget groups" row, below every other panel, heads the panels that query the budget groups'
-        metrics and the budget event counters; the panels above it query none of them."""
+    def sections(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The dashboard cut at its rows, top to bottom: ("", the panels above the first row), then each row's
+        title and the panels between it and the next row. Fails unless each section lies wholly below the one
+        before it."""
         panels = self.dashboard()["panels"]
-        [row] = [p for p in panels if p["type"] == "row"]
-        assert (row["title"], row["collapsed"], row["gridPos"]["w"]) == ("Budget groups", False, 24)
-        assert (row["panels"], "targets" in row) == ([], False)  # open: its panels follow it in `panels`
-        top = row["gridPos"]["y"]
-        above = [p for p in panels if p["gridPos"]["y"] < top]
-        below = [p for p in panels if p["gridPos"]["y"] > top]
-        assert len(above) + len(below) + 1 == len(panels)
-        assert max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in above) <= top
-        named = {name for p in below for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])}
-        assert named == BUDGET_GROUP_METRICS
-        assert not {name for p in above for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])} & named
-        assert {p["type"] for p in below} == {"timeseries", "stat", "table"}
+        rows = sorted((p for p in panels if p["type"] == "row"), key=lambda p: p["gridPos"]["y"])
+        tops = [row["gridPos"]["y"] for row in rows]
+        sections: list[tuple[str, list[dict[str, Any]]]] = [("", [])] + [(row["title"], []) for row in rows]
+        for panel in panels:
+            if panel["type"] == "row":
+                assert (panel["collapsed"], panel["gridPos"]["w"], panel["gridPos"]["h"]) == (False, 24, 1)
+                assert (panel["panels"], "targets" in panel) == ([], False)  # open: its panels follow it in `panels`
+                continue
+            y = panel["gridPos"]["y"]
+            assert y not in tops, panel["title"]
+            section = sum(1 for top in tops if top < y)
+            if section < len(tops):  # it ends before the next row begins
+                assert y + panel["gridPos"]["h"] <= tops[section], panel["title"]
+            sections[section][1].append(panel)
+        return sections
+
+    @staticmethod
+    def named(panels: list[dict[str, Any]]) -> set[str]:
+        """The `if_governor_*` names the panels' queries read (a histogram's `_bucket` as such)."""
+        return {name for p in panels for t in p["targets"] for name in METRIC_TOKEN.findall(t["expr"])}
+
+    def test_rows_head_the_budget_group_and_task_panels(self) -> None:
+        """Below the design doc's panels, a "Budget groups" row heads the panels that query the budget groups'
+        metrics and the budget event counters, and under it a "Tasks" row the panels that query the task
+        lifecycle's; no section queries another's metrics."""
+        sections = self.sections()
+        assert [title for title, _ in sections] == ["", "Budget groups", "Tasks"]
+        (_, top), (_, groups), (_, tasks) = sections
+        assert top and groups and tasks
+        assert self.named(groups) == BUDGET_GROUP_METRICS
+        assert {HISTOGRAM_SUFFIX.sub("", name) for name in self.named(tasks)} == TASK_METRICS
+        assert not self.named(top) & (BUDGET_GROUP_METRICS | TASK_METRICS)
+        assert {p["type"] for p in groups} == {"timeseries", "stat", "table"}
+
+    def test_tasks_row_shows_in_flight_completions_durations_and_expiries(self) -> None:
+        """The "Tasks" row's time series: tasks in flight per swarm, completions per outcome (a rate), the task
+        duration's median and 95th percentile from the histogram's buckets, and the expiries TasksExpiring counts."""
+        [(_, tasks)] = [section for section in self.sections() if section[0] == "Tasks"]
+        assert {p["type"] for p in tasks} == {"timeseries"}
+        exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in tasks}
+        assert exprs == {
+            "Tasks in flight per swarm": ["sum by (swarm_id) (if_governor_tasks_in_flight)"],
+            "Task completions by outcome": [
+                "sum by (outcome) (rate(if_governor_task_completions_total[5m])) * 60",
+            ],
+            "Task duration p50 / p95": [
+                "histogram_quantile(0.5, sum by (le) (rate(if_governor_task_duration_seconds_bucket[1h])))",
+                "histogram_quantile(0.95, sum by (le) (rate(if_governor_task_duration_seconds_bucket[1h])))",
+            ],
+            "Tasks expired": ["sum(increase(if_governor_tasks_expired_total[15m]))"],
+        }
+        alert = alerts(load(PROMETHEUS / "rules.yml")["groups"])["TasksExpiring"]
+        assert alert.startswith(exprs["Tasks expired"][0].removeprefix("sum(").removesuffix(")"))
 
     def test_latency_heatmap_uses_the_histogram_buckets(self) -> None:
         """The heatmap reads the latency histogram's buckets."""
@@ -656,7 +765,7 @@ class TestKubernetesCluster:
         ]
 
     def test_nats_pods_get_every_variable_the_config_reads(self) -> None:
-        """The NATS pods' environment holds exactly the variables the config reads: the pod's name and the six
+        """The NATS pods' environment holds exactly the variables the config reads: the pod's name and the seven
         passwords, each from the Secret `nats-passwords` under its own name (the route password too, which the
         routes on the command line expand)."""
         container = only_container(kustomized()["StatefulSet", "nats"])

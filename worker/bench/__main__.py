@@ -35,6 +35,7 @@ def run_mode() -> int:
     parser.add_argument("--pool", help="the governor serves this pool (the pools mode)")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of the governor's streams")
     parser.add_argument("--groups", type=int, default=0, help="levels of budget groups over the swarms")
+    parser.add_argument("--strategy", choices=("best", "spread"), default="best", help="the policy's strategy")
     args = parser.parse_args()
     if args.echo:
         run_child(lambda: serve_echo(args.echo), args.uvloop)
@@ -47,6 +48,7 @@ def run_mode() -> int:
                 pool=args.pool,
                 replicas=args.replicas,
                 groups=args.groups,
+                strategy=args.strategy,
             ),
             args.uvloop,
         )

@@ -77,14 +77,21 @@ async def serve_echo(url: str) -> None:
 
 
 async def serve_governor(
-    url: str, swarms: int, *, durable: bool, pool: str | None = None, replicas: int = 1, groups: int = 0
+    url: str,
+    swarms: int,
+    *,
+    durable: bool,
+    pool: str | None = None,
+    replicas: int = 1,
+    groups: int = 0,
+    strategy: str = "best",
 ) -> None:
     """The real worker (bus, actor, ledger when durable, metrics) with `swarms` synthetic swarms (in `pool`, with
     `replicas` of each stream: the pools mode; under `groups` levels of budget groups)."""
     from worker.service.app import Worker
 
     stop = _stop_on_signals()
-    config = bench_config(swarms, durable=durable, pool=pool, replicas=replicas, groups=groups)
+    config = bench_config(swarms, durable=durable, pool=pool, replicas=replicas, groups=groups, strategy=strategy)
     async with Worker(config, servers=url.split(",")) as worker:
         _ready(str(len(worker.core)))
         await stop.wait()

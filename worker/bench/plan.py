@@ -27,6 +27,7 @@ class Session:
     workloads: tuple[str, ...]
     probe: bool = False  # also measure the breaker-trip event latency
     groups: int = 0  # levels of budget groups every swarm's costs count against (0: none)
+    strategy: str = "best"  # the policy's assignment strategy: best or spread
 
 
 @dataclass(frozen=True)

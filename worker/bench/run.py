@@ -56,6 +56,8 @@ def _child_args(session: Session, url: str) -> list[str]:
             args.append("--memory")
         if session.groups:
             args += ["--groups", str(session.groups)]
+        if session.strategy != "best":
+            args += ["--strategy", session.strategy]
     if session.loop == "uvloop":
         args.append("--uvloop")
     return args
@@ -67,6 +69,8 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
     what = f"{session.responder} ({session.mode}, {session.loop}, {format_swarms(session.swarms)} swarms)"
     if session.groups:
         what = what[:-1] + f", {session.groups} levels of budget groups)"
+    if session.strategy != "best":
+        what = what[:-1] + f", strategy {session.strategy})"
     server = NatsServer(store_dir=log_dir / name, jetstream=False, config_file=_server_config(log_dir / name))
     server.start()
     child: Child | None = None
@@ -157,6 +161,7 @@ def cell(
     seconds: float = 5.0,
     repeat: int = 1,
     groups: int = 0,
+    strategy: str = "best",
 ) -> int:
     """One responder at one concurrency, `repeat` times on a fresh server each: for A/B comparisons of two
     checkouts (run it in each, alternately). Prints the rows; ratios only for echo, which is its own baseline."""
@@ -168,6 +173,7 @@ def cell(
         swarms if governor else None,
         (workload,),
         groups=groups if governor else 0,
+        strategy=strategy if governor else "best",
     )
     profile = Profile(
         c1_s=seconds,

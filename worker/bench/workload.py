@@ -109,7 +109,15 @@ def bench_groups(levels: int) -> list[dict[str, object]]:
     return groups
 
 
-def bench_config(swarms: int, *, durable: bool, pool: str | None = None, replicas: int = 1, groups: int = 0) -> Config:
+def bench_config(
+    swarms: int,
+    *,
+    durable: bool,
+    pool: str | None = None,
+    replicas: int = 1,
+    groups: int = 0,
+    strategy: str = "best",
+) -> Config:
     """The governor's config: the synthetic capabilities and swarms (plus the probes), no metrics endpoint; with
     `groups`, that many levels of budget groups, each swarm in a leaf (round robin).
 
@@ -136,7 +144,7 @@ def bench_config(swarms: int, *, durable: bool, pool: str | None = None, replica
         "metrics": {"port": 0},
         "nats": {"name": "bench-governor"},
         "ledger": {"enabled": durable, "replicas": replicas},
-        "governor": {"pool": pool},
+        "governor": {"pool": pool, "strategy": strategy},
     }
     return msgspec.convert(raw, Config)
 

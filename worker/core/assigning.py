@@ -20,7 +20,8 @@ from worker.core.money import check_cost, to_micros, to_usd
 from worker.core.parts import Parts
 from worker.core.registry import Swarm
 from worker.core.rules import allowed_models, governing, rule_name
-from worker.errors import InvalidRequest
+from worker.core.tasks import OpenTask
+from worker.errors import InvalidRequest, OpenTaskLimit
 
 
 class Assigning(Parts):
@@ -41,8 +42,16 @@ class Assigning(Parts):
         required = self._required(required_capabilities)
         policy, rule = governing(self.rules, self.policy, self.policies, required)
         ceiling = policy.max_cost_per_task if max_cost is None else max_cost
+        min_budget = to_micros(policy.min_budget_per_task) if policy.min_budget_per_task else 0
         ranked = matching.rank(
-            self.registry, required, policy.min_capability_match, ceiling, 1, 0, allowed_models(rule)
+            self.registry,
+            required,
+            policy.min_capability_match,
+            ceiling,
+            1,
+            min_budget,
+            allowed_models(rule),
+            policy.strategy == "spread",
         )
         return ranked[0][2].swarm_id if ranked else None
 
@@ -87,18 +96,37 @@ class Assigning(Parts):
             check_cost(estimated_cost, "estimated_cost", self.policy.max_amount_usd)
         estimate = to_micros(estimated_cost) if estimated_cost else 0
         policy, rule = governing(self.rules, self.policy, self.policies, required)
+        min_budget = to_micros(policy.min_budget_per_task) if policy.min_budget_per_task else 0
+        spread = policy.strategy == "spread"
         limit = max(1, min(max_swarms, policy.max_swarms_per_task))
         ceiling = policy.max_cost_per_task if max_cost is None else max_cost
         models = allowed_models(rule)
-        if self.budgets.due(now):
-            self.budgets.advance(ctx, self.registry.refresh)
+        self._advance(ctx)
         self.reservations.expire(ctx, self.registry.swarms)
         self.breakers.advance(ctx, self.policy)
-        ranked = matching.rank(self.registry, required, policy.min_capability_match, ceiling, limit, estimate, models)
+        if task_id in self.tasks.open:  # a task assigned afresh: its earlier assignment's slots are free again
+            self.lifecycle.close(ctx, self.tasks.pop(task_id), None, "reassigned")
+        if len(self.tasks) >= policy.max_open_tasks:
+            raise OpenTaskLimit(
+                f"{len(self.tasks)} tasks are open, the most the policy allows is {policy.max_open_tasks}: complete "
+                "some first (governor.complete)"
+            )
+        ranked = matching.rank(
+            self.registry,
+            required,
+            policy.min_capability_match,
+            ceiling,
+            limit,
+            max(estimate, min_budget),
+            models,
+            spread,
+        )
         explained: dict[str, Any] = {}
         if explain:
             page, next_cursor = self.registry.page(explain_limit or PAGE_DEFAULT, explain_cursor)
-            explanation = self._explain(page, required, policy.min_capability_match, ceiling, estimate, models)
+            explanation = self._explain(
+                page, required, policy.min_capability_match, ceiling, estimate, models, min_budget, spread
+            )
             explained = {
                 "rejected": {e.swarm_id: e.rejected_by for e in explanation if e.rejected_by is not None},
                 "explanation": explanation,
@@ -131,7 +159,20 @@ class Assigning(Parts):
                 self.breakers.take_probe(swarm)
             if estimate:
                 self.reservations.hold(task_id, swarm, estimate, expires_at)
+            swarm.in_flight += 1
+            if swarm.max_tasks is not None:
+                self.registry.refresh(swarm)
         self._assigned(ctx, task_id, required, assignments, rule, reserved if estimate else None)
+        self.tasks.add(
+            OpenTask(
+                task_id,
+                tuple(a.swarm_id for a in assignments),
+                now,
+                now + policy.task_timeout_s,
+                policy.expire_as,
+                self.history_log.assignments_seq - 1,
+            )
+        )
         if policy.max_spend_per_task is not None:
             self.task_caps.open(task_id, to_micros(policy.max_spend_per_task), policy.on_task_over_budget)
         self.dedupe.remember_task(task_id, assignments, now, self.policy.assign_window_s)
@@ -182,21 +223,32 @@ class Assigning(Parts):
 
     @staticmethod
     def _explain(
-        page: list[Swarm], required: list[str], min_match: float, ceiling: float, estimate: int, models: set[str] | None
+        page: list[Swarm],
+        required: list[str],
+        min_match: float,
+        ceiling: float,
+        estimate: int,
+        models: set[str] | None,
+        min_budget: int,
+        spread: bool,
     ) -> list[SwarmExplanation]:
-        """Each swarm of a page with its coverage, score and the first filter it failed."""
+        """Each swarm of a page with its coverage, score (under `spread`, discounted by its load) and the first
+        filter it failed."""
         req = set(required)
         explained: list[SwarmExplanation] = []
         for swarm in page:
             covered = matching.coverage(req, swarm.capabilities)
-            rejected = matching.rejection(swarm, covered, min_match, ceiling, estimate, models)
+            rejected = matching.rejection(swarm, covered, min_match, ceiling, estimate, models, min_budget)
+            factor = matching.load_factor(swarm) if spread else None
             explained.append(
                 SwarmExplanation(
                     swarm_id=swarm.swarm_id,
                     capability_match=covered,
-                    score=matching.score(covered, swarm),
+                    score=matching.score(covered, swarm) * (factor or 1.0),
                     rejected_by=rejected,
                     group=matching.blocking_group(swarm) if rejected == "group_budget_exhausted" else None,
+                    in_flight=swarm.in_flight,
+                    load_factor=factor,
                 )
             )
         return explained

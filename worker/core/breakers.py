@@ -48,6 +48,23 @@ class Breakers:
             failures.popleft()
         return len(failures)
 
+    def failure(
+        self, ctx: Context, swarm: Swarm, policy: ResourcePolicy, task_id: str | None, error: str | None
+    ) -> int:
+        """A task failed on a swarm: count it (witnessed); a half-open breaker opens again, enough failures inside
+        the window trip a closed one. The failures inside the window."""
+        count = self.failed(swarm, ctx.now, policy.failure_window_s)
+        ctx.witness(
+            "failure_recorded",
+            {"swarm_id": swarm.swarm_id, "task_id": task_id, "error": error, "failures_in_window": count},
+            "INFO",
+        )
+        if swarm.breaker is not None and swarm.breaker.state == "half_open":
+            self.reopen(ctx, swarm, policy)
+        elif count >= policy.circuit_breaker_failure_threshold and swarm.breaker is None:
+            self.trip(ctx, swarm, "repeated_failures", policy)
+        return count
+
     def trip(
         self, ctx: Context, swarm: Swarm, reason: TripReason, policy: ResourcePolicy, requested_by: str | None = None
     ) -> None:

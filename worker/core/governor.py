@@ -16,25 +16,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from schemas.budgets import BudgetGroup
+from schemas.events import SwarmUpdated
 from schemas.ledger import Configure, CoreState
 from schemas.policy import PRESETS, PolicyRule, ResourcePolicy
 from schemas.pricing import ModelPrice
 from schemas.profiles import SwarmProfile
-from schemas.replies import ReloadReply, SwarmReply
+from schemas.replies import ReloadReply, SwarmReply, UpdateReply
 from worker.core import state
 from worker.core.assigning import Assigning
 from worker.core.capabilities import Vocabulary
+from worker.core.completing import Completing
 from worker.core.money import check_budget, to_usd
 from worker.core.outcomes import Outcomes
 from worker.core.reports import Reports
 from worker.core.rules import check_rules
-from worker.core.spending import Spending
 from worker.errors import AlreadyRegistered, InvalidRequest
 
 
-class Governor(Assigning, Spending, Outcomes, Reports):
+class Governor(Assigning, Completing, Outcomes, Reports):
     """Capability-aware assignment and budget governance for a registry of swarms: one method per command."""
 
     # -- configuration ------------------------------------------------------------------------------------
@@ -143,6 +145,76 @@ class Governor(Assigning, Spending, Outcomes, Reports):
         )
         return SwarmReply(swarm_id=swarm.swarm_id, trace_id=trace_id)
 
+    def update_swarm(
+        self,
+        swarm_id: str,
+        *,
+        requested_by: str,
+        now: float,
+        reputation_score: float | None = None,
+        cost_per_hour: float | None = None,
+        capabilities: Sequence[str] | None = None,
+        model: str | None = None,
+        max_concurrent_tasks: int | None = None,
+        budget_group: str | None = None,
+        event_id: str | None = None,
+        trace_id: str = "",
+    ) -> UpdateReply:
+        """Change a swarm's profile; its budget, breaker, holds, tasks and registration order stay. Every field is
+        checked before anything changes; a retry with the same `event_id` is answered `duplicate`."""
+        if self.dedupe.applied_already("update", event_id):
+            return UpdateReply(swarm_id=swarm_id, duplicate=True, trace_id=trace_id)
+        swarm = self.registry.get(swarm_id)
+        if not requested_by.strip():
+            raise InvalidRequest("requested_by must name who asked for the update")
+        if cost_per_hour is not None and not (cost_per_hour > 0 and math.isfinite(cost_per_hour)):
+            raise InvalidRequest(f"cost_per_hour must be a finite number > 0, got {cost_per_hour!r}")
+        if reputation_score is not None and not 0.0 <= reputation_score <= 1.0:
+            raise InvalidRequest(f"reputation_score must be in [0, 1], got {reputation_score!r}")
+        caps = self.vocabulary.check(capabilities) if capabilities is not None else None
+        group = self.budgets.get(budget_group) if budget_group is not None else None
+        changed: dict[str, Any] = {}
+        for name, value, current in (
+            ("reputation_score", reputation_score, swarm.reputation_score),
+            ("cost_per_hour", cost_per_hour, swarm.cost_per_hour),
+            ("capabilities", caps, swarm.capabilities),
+            ("model", model, swarm.model),
+            ("max_concurrent_tasks", max_concurrent_tasks, swarm.max_tasks),
+            ("budget_group", budget_group, swarm.group.id if swarm.group is not None else None),
+        ):
+            if value is not None and value != current:
+                changed[name] = value
+        self.dedupe.seen("update", event_id, now)
+        if not changed:
+            return UpdateReply(swarm_id=swarm_id, trace_id=trace_id)
+        if reputation_score is not None:
+            swarm.reputation_score = reputation_score
+        if cost_per_hour is not None:
+            swarm.cost_per_hour = cost_per_hour
+        if model is not None:
+            swarm.model = model
+        if max_concurrent_tasks is not None:
+            swarm.max_tasks = max_concurrent_tasks
+        if group is not None and group is not swarm.group:
+            if swarm.group is not None:
+                del swarm.group.members[swarm_id]
+            swarm.group = group
+            group.members[swarm_id] = swarm
+        self.registry.reindex(swarm, caps)  # its value, capabilities and eligibility, under the same ordinal
+        ctx = self._context(now, trace_id)
+        ctx.emit(
+            SwarmUpdated(
+                swarm_id=swarm_id,
+                changed=changed,
+                requested_by=requested_by,
+                at=now,
+                trace_id=trace_id,
+                identity=ctx.identity,
+            )
+        )
+        ctx.witness("swarm_updated", {"swarm_id": swarm_id, "changed": changed, "requested_by": requested_by}, "MEDIUM")
+        return UpdateReply(swarm_id=swarm_id, changed=sorted(changed), trace_id=trace_id)
+
     def deregister_swarm(
         self, swarm_id: str, *, now: float, trace_id: str = "", event_id: str | None = None
     ) -> SwarmReply:
@@ -155,6 +227,7 @@ class Governor(Assigning, Spending, Outcomes, Reports):
         self.registry.retire(swarm)
         self.breakers.forget(swarm_id)
         self.reservations.forget(swarm_id)
+        self.tasks.forget(swarm_id)
         self._context(now, trace_id).witness(
             "swarm_deregistered", {"swarm_id": swarm_id, "remaining": to_usd(swarm.budget)}, "INFO"
         )

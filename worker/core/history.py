@@ -9,6 +9,8 @@ import itertools
 from collections import deque
 from typing import TypeVar
 
+import msgspec
+
 from schemas.replies import AssignmentRecord, ResetRecord
 
 _T = TypeVar("_T")
@@ -26,6 +28,14 @@ class History:
     def assigned(self, record: AssignmentRecord) -> None:
         self.assignments_seq += 1
         self.assignments.append(record)
+
+    def closed(self, seq: int, task_id: str, outcome: str, duration_s: float, total_cost: float) -> None:
+        """Give the assignment record at position `seq` its outcome (if it is still kept)."""
+        i = seq - (self.assignments_seq - len(self.assignments))
+        if 0 <= i < len(self.assignments) and self.assignments[i].task_id == task_id:
+            self.assignments[i] = msgspec.structs.replace(
+                self.assignments[i], outcome=outcome, duration_s=duration_s, total_cost=total_cost
+            )
 
     def reset(self, record: ResetRecord) -> None:
         self.resets_seq += 1

@@ -1,10 +1,11 @@
 """Matching: which swarms qualify for a task, how they score, and why the others were passed over.
 
 A swarm qualifies when its coverage `|swarm ∩ required| / |required|` reaches the policy minimum, its cost per hour
-is within the ceiling, its budget is above zero (and covers the estimate less its open holds), no budget group on
-its chain is exhausted, its breaker is closed (or half-open with probes left) and, under a rule that names models,
-its model is one of them. Qualified swarms score `(coverage × reputation) / cost_per_hour`; the best wins, the
-first registered on equal scores.
+is within the ceiling, its budget is above zero (and its available budget, remaining less open holds, covers the
+estimate and the policy's `min_budget_per_task`), no budget group on its chain is exhausted, its breaker is closed
+(or half-open with probes left), it has a task slot free and, under a rule that names models, its model is one of
+them. Qualified swarms score `(coverage × reputation) / cost_per_hour` (under the `spread` strategy divided by
+1 + its tasks in flight); the best wins, the first registered on equal scores.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def coverage(required: set[str], capabilities: list[str]) -> float:
     return sum(1 for cap in capabilities if cap in required) / len(required)
 
 
+def load_factor(swarm: Swarm) -> float:
+    """The `spread` strategy's discount: a swarm running n tasks scores 1 / (1 + n) of its score."""
+    return 1.0 / (1 + swarm.in_flight)
+
+
 def rank(
     registry: Registry,
     required: list[str],
@@ -41,13 +47,15 @@ def rank(
     limit: int,
     estimate: int,
     models: set[str] | None,
+    spread: bool = False,
 ) -> list[Ranked]:
-    """The best `limit` qualified swarms, best first: higher score first, the earlier registered on equal scores."""
+    """The best `limit` qualified swarms, best first: higher score first, the earlier registered on equal scores.
+    `estimate`: the available budget a swarm needs (micro-dollars). With `spread`, scores are discounted by load."""
     k = len(required)
     need = next(c for c in range(k + 1) if c / k >= min_match)
     index = registry.index
     mask = 0
-    if need == k:
+    if need == k and not spread:
         # Coverage is 1 for every candidate, so the value order is the score order: walk the value-sorted list
         # of the rarest capability and stop at the first `limit` that qualify. When the walk would be long
         # (few of its swarms hold the other capabilities too), the masks name the candidates at once instead.
@@ -86,7 +94,8 @@ def rank(
         if models is not None and swarm.model not in models:
             continue
         covered = 1.0 if need == k else coverage(req, swarm.capabilities)
-        scored.append((score(covered, swarm), swarm.ordinal, swarm, covered))
+        value = score(covered, swarm) / (1 + swarm.in_flight) if spread else score(covered, swarm)
+        scored.append((value, swarm.ordinal, swarm, covered))
     if limit == 1:
         return [min(scored, key=lambda item: (-item[0], item[1]))] if scored else []
     return heapq.nsmallest(limit, scored, key=lambda item: (-item[0], item[1]))
@@ -138,7 +147,13 @@ def blocking_group(swarm: Swarm) -> str | None:
 
 
 def rejection(
-    swarm: Swarm, covered: float, min_match: float, max_cost: float, estimate: int, models: set[str] | None
+    swarm: Swarm,
+    covered: float,
+    min_match: float,
+    max_cost: float,
+    estimate: int,
+    models: set[str] | None,
+    min_budget: int = 0,
 ) -> RejectionCode | None:
     """The first filter, in the design document's order, that a swarm fails for a task (None: it qualifies)."""
     if covered < min_match:
@@ -151,8 +166,13 @@ def rejection(
         return "budget_exhausted"
     if swarm.group is not None and swarm.group.blocked:
         return "group_budget_exhausted"
+    if min_budget and swarm.budget - swarm.held < min_budget:
+        return "budget_below_task_minimum"
     if estimate and swarm.budget - swarm.held < estimate:
         return "available_budget_below_estimate"
-    if not swarm.admits:
+    breaker = swarm.breaker
+    if breaker is not None and not (breaker.state == "half_open" and breaker.probes_left > 0):
         return "breaker_tripped"
+    if not swarm.admits:
+        return "at_capacity"
     return None

@@ -36,17 +36,7 @@ class Outcomes(Parts):
                 duplicate=True,
                 trace_id=trace_id,
             )
-        count = self.breakers.failed(swarm, now, window_s)
-        ctx = self._context(now, trace_id)
-        ctx.witness(
-            "failure_recorded",
-            {"swarm_id": swarm_id, "task_id": task_id, "error": error, "failures_in_window": count},
-            "INFO",
-        )
-        if swarm.breaker is not None and swarm.breaker.state == "half_open":
-            self.breakers.reopen(ctx, swarm, self.policy)
-        elif count >= self.policy.circuit_breaker_failure_threshold and swarm.breaker is None:
-            self.breakers.trip(ctx, swarm, "repeated_failures", self.policy)
+        count = self.breakers.failure(self._context(now, trace_id), swarm, self.policy, task_id, error)
         return FailureReply(
             swarm_id=swarm_id, failures_in_window=count, tripped=swarm.breaker is not None, trace_id=trace_id
         )

@@ -19,6 +19,7 @@ from worker.core.groups import Budgets
 from worker.core.history import History
 from worker.core.registry import Registry
 from worker.core.reservations import Reservations
+from worker.core.tasks import Lifecycle, Tasks
 
 
 class Parts:
@@ -46,6 +47,8 @@ class Parts:
         self.dedupe = Dedupe(dedupe_limit, dedupe_horizon_s)
         self.history_log = History(history_limit)
         self.budgets = Budgets()
+        self.tasks = Tasks()
+        self.lifecycle = Lifecycle(self.tasks, self.registry, self.reservations, self.history_log, self.breakers)
         self._alerts_of: tuple[ResourcePolicy, tuple[float, ...]] | None = None
         self.task_caps = TaskCaps()
         self._events: list[Event] = []
@@ -57,11 +60,25 @@ class Parts:
         return Context(now, trace_id, self.identity, self._events)
 
     def _begin(self, now: float, trace_id: str) -> Context:
-        """The context of a command that changes budgets: the budget periods that ended by `now` roll over first."""
+        """The context of a command that changes budgets or tasks: what time alone changed by `now` first (see
+        `_advance`)."""
         ctx = Context(now, trace_id, self.identity, self._events)
-        if self.budgets.due(now):
-            self.budgets.advance(ctx, self.registry.refresh)
+        self._advance(ctx)
         return ctx
+
+    def _advance(self, ctx: Context) -> None:
+        """Roll the budget periods that ended by `ctx.now` over, and expire the tasks whose time is up."""
+        if self.budgets.due(ctx.now):
+            self.budgets.advance(ctx, self.registry.refresh)
+        if self.tasks.next_expiry <= ctx.now:
+            self.lifecycle.expire(ctx, self.policy)
+
+    def next_due(self) -> float:
+        """When time alone next changes something (a period's end, a task's expiry): the actor ticks then."""
+        return min(self.budgets.next_end, self.tasks.next_expiry)
+
+    def due(self, now: float) -> bool:
+        return self.budgets.due(now) or self.tasks.next_expiry <= now
 
     @property
     def evicted(self) -> dict[str, int]:

@@ -37,6 +37,8 @@ class Swarm:
         "group",
         "held",
         "holds",
+        "in_flight",
+        "max_tasks",
         "model",
         "operations_count",
         "ordinal",
@@ -64,16 +66,21 @@ class Swarm:
         self.held = 0  # micro-dollars held by open reservations
         self.holds = 0  # how many open reservations
         self.group: Group | None = None  # its budget group (`budget_group`)
+        self.in_flight = 0  # its open tasks (assigned, neither completed nor expired)
+        self.max_tasks = profile.max_concurrent_tasks  # None: no limit
 
 
 def admits(swarm: Swarm) -> bool:
-    """Budget above zero, breaker closed (or half-open with probes left) and no group of its chain exhausted."""
+    """Budget above zero, breaker closed (or half-open with probes left), no group of its chain exhausted and a
+    task slot free."""
     breaker = swarm.breaker
     group = swarm.group
+    limit = swarm.max_tasks
     return (
         swarm.budget > 0
         and (breaker is None or (breaker.state == "half_open" and breaker.probes_left > 0))
         and (group is None or not group.blocked)
+        and (limit is None or swarm.in_flight < limit)
     )
 
 
@@ -127,6 +134,15 @@ class Registry:
         del self.by_ordinal[swarm.ordinal]
         self.index.remove(swarm)
         self.retired[swarm.swarm_id] = swarm.breaker
+
+    def reindex(self, swarm: Swarm, capabilities: list[str] | None = None) -> None:
+        """Index a swarm again after its capabilities or value changed (its ordinal, so its order, stays)."""
+        self.index.remove(swarm)
+        if capabilities is not None:
+            swarm.capabilities = capabilities
+        swarm.value = swarm.reputation_score / swarm.cost_per_hour
+        swarm.admits = admits(swarm)
+        self.index.add(swarm, swarm.admits)
 
     def refresh(self, swarm: Swarm) -> None:
         """Keep the index's eligible mask in step after a budget or breaker change."""

@@ -74,6 +74,8 @@ class Reports(Parts):
             operations_count=swarm.operations_count,
             held=to_usd(self.reservations.held_at(swarm, now)),
             budget_group=swarm.group.id if swarm.group is not None else None,
+            in_flight=swarm.in_flight,
+            max_concurrent_tasks=swarm.max_tasks,
         )
 
     def status(
@@ -103,3 +105,8 @@ class Reports(Parts):
         """(swarm id, remaining USD, cost tracked USD, tripped) of every swarm: for metrics, read-only."""
         for s in list(self.registry):
             yield s.swarm_id, to_usd(s.budget), to_usd(s.cost_tracked), s.breaker is not None
+
+    def in_flight(self) -> Iterator[tuple[str, int]]:
+        """(swarm id, tasks in flight) of every swarm: for metrics, read-only."""
+        for s in list(self.registry):
+            yield s.swarm_id, s.in_flight

@@ -38,20 +38,7 @@ class Spending(Parts):
         """Deduct a cost at once: `cost` USD, or `usage` priced by the swarm's model (or `model`). Reaching ≤ 0
         trips the breaker (once; later costs are still recorded)."""
         swarm = self.registry.get(swarm_id)
-        if usage is not None:
-            priced_as = model or swarm.model
-            price = self.pricing.get(priced_as)
-            if price is None:
-                known = ", ".join(sorted(self.pricing)) or "none"
-                raise InvalidRequest(f"no price for model {priced_as!r} (pricing: lists {known})")
-            micros = price_micros(usage, price)
-            cost = to_usd(micros)
-            check_cost(cost, "cost", self.policy.max_amount_usd)
-        elif cost is None:
-            raise InvalidRequest("give exactly one of `cost` and `usage`")
-        else:
-            check_cost(cost, "cost", self.policy.max_amount_usd)
-            micros = to_micros(cost)
+        cost, micros = self._priced(swarm, cost, usage, model)
         if self.dedupe.seen("cost", event_id, now):
             return CostReply(
                 swarm_id=swarm_id,
@@ -61,6 +48,44 @@ class Spending(Parts):
                 trace_id=trace_id,
             )
         ctx = self._begin(now, trace_id)
+        return self._charge(
+            ctx, swarm, operation, cost, micros, usage=usage, model=model, event_id=event_id, task_id=task_id
+        )
+
+    def _priced(
+        self, swarm: Swarm, cost: float | None, usage: TokenUsage | None, model: str | None
+    ) -> tuple[float, int]:
+        """A checked cost as (USD, micro-dollars): `cost`, or `usage` priced by the swarm's model (or `model`)."""
+        if usage is not None:
+            priced_as = model or swarm.model
+            price = self.pricing.get(priced_as)
+            if price is None:
+                known = ", ".join(sorted(self.pricing)) or "none"
+                raise InvalidRequest(f"no price for model {priced_as!r} (pricing: lists {known})")
+            micros = price_micros(usage, price)
+            cost = to_usd(micros)
+            check_cost(cost, "cost", self.policy.max_amount_usd)
+            return cost, micros
+        if cost is None:
+            raise InvalidRequest("give exactly one of `cost` and `usage`")
+        check_cost(cost, "cost", self.policy.max_amount_usd)
+        return cost, to_micros(cost)
+
+    def _charge(
+        self,
+        ctx: Context,
+        swarm: Swarm,
+        operation: str,
+        cost: float,
+        micros: int,
+        *,
+        usage: TokenUsage | None = None,
+        model: str | None = None,
+        event_id: str | None = None,
+        task_id: str | None = None,
+    ) -> CostReply:
+        """Deduct a checked cost from the swarm, its groups and its open task; witness it; trip, alert and cap."""
+        swarm_id = swarm.swarm_id
         self.reservations.expire(ctx, self.registry.swarms)
         swarm.budget -= micros
         swarm.cost_tracked += micros
@@ -75,8 +100,12 @@ class Spending(Parts):
             params["usage"] = msgspec.structs.asdict(usage)
             params["model"] = model or swarm.model
         ctx.witness("cost_tracked", params, "INFO")
-        if task_id is not None and (task_id, swarm_id) in self.reservations:
-            self.reservations.release(ctx, task_id, swarm, "settled", actual=cost)
+        if task_id is not None:
+            if (task_id, swarm_id) in self.reservations:
+                self.reservations.release(ctx, task_id, swarm, "settled", actual=cost)
+            task = self.tasks.open.get(task_id)
+            if task is not None and swarm_id in task.swarm_ids:
+                task.cost += micros
         self._thresholds(ctx, swarm)
         if swarm.group is not None:
             self.budgets.spend(ctx, swarm.group, micros, self.registry.refresh)
@@ -87,7 +116,7 @@ class Spending(Parts):
         if task_id is not None:
             self._task_cap(ctx, swarm, task_id, micros)
         return CostReply(
-            swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, cost=cost, trace_id=trace_id
+            swarm_id=swarm_id, remaining=remaining, tripped=swarm.breaker is not None, cost=cost, trace_id=ctx.trace_id
         )
 
     def _thresholds(self, ctx: Context, swarm: Swarm) -> None:
@@ -234,11 +263,12 @@ class Spending(Parts):
         )
 
     def tick(self, *, now: float, trace_id: str = "") -> TickReply:
-        """The actor's `tick` entry at a period boundary: roll the periods that ended over (once: a later tick, or a
-        command that rolled them first, finds nothing to do)."""
+        """The actor's `tick` entry when time alone changes something: roll the budget periods that ended over and
+        expire the tasks whose time is up (once: a later tick, or a command that did it first, finds nothing)."""
         ctx = self._context(now, trace_id)
         refilled = self.budgets.advance(ctx, self.registry.refresh) if self.budgets.due(now) else []
-        return TickReply(refilled=refilled, trace_id=trace_id)
+        expired = self.lifecycle.expire(ctx, self.policy) if self.tasks.next_expiry <= now else []
+        return TickReply(refilled=refilled, expired=expired, trace_id=trace_id)
 
     def reset_circuit_breaker(
         self,

@@ -35,6 +35,7 @@ def export(core: Parts, seq: int) -> CoreState:
                 s.alerted > 0,
                 s.alerted,
                 s.group.id if s.group is not None else None,
+                s.max_tasks,
             )
             for s in registry
         ],
@@ -53,6 +54,7 @@ def export(core: Parts, seq: int) -> CoreState:
         budgets=core.budgets.configs(),
         groups=core.budgets.export(),
         task_spend=core.task_caps.export(),
+        open_tasks=core.tasks.export(),
     )
 
 
@@ -68,6 +70,7 @@ def restore(core: Parts, state: CoreState) -> None:
             reputation_score=st.reputation_score,
             current_budget_remaining=1.0,  # replaced below by the exact micro-dollar amount
             model=st.model,
+            max_concurrent_tasks=st.max_tasks,
         )
         swarm = Swarm(profile, list(st.capabilities), st.ordinal)
         swarm.budget = st.budget_micros
@@ -91,3 +94,10 @@ def restore(core: Parts, state: CoreState) -> None:
     core.reservations.restore(state.holds, registry.swarms)
     core.budgets.restore(list(state.groups), registry.refresh)
     core.task_caps.restore(state.task_spend)
+    core.tasks.restore(state.open_tasks)
+    for task in core.tasks.open.values():  # each open task holds a slot of each of its swarms
+        for swarm_id in task.swarm_ids:
+            registry.swarms[swarm_id].in_flight += 1
+    for swarm in registry:
+        if swarm.in_flight and swarm.max_tasks is not None:
+            registry.refresh(swarm)

@@ -114,6 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approved-by", required=True, help="the human who approved the reset")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    p = client_command("complete", "close an assigned task with its outcome (and a final cost)")
+    p.add_argument("task_id")
+    p.add_argument("--outcome", required=True, choices=("success", "failure"))
+    p.add_argument("--swarm", help="which of the task's swarms (default: the first assigned)")
+    p.add_argument("--cost", type=float, help="a final cost to settle (USD)")
+    p.add_argument("--error", help="what went wrong (with --outcome failure)")
+    p.add_argument("--event-id", help="idempotency key: the same id is applied once")
+    p.add_argument("--json", action="store_true")
+
+    p = client_command("update", "change a swarm's profile without touching its budget or breaker")
+    p.add_argument("swarm")
+    p.add_argument("--reputation", type=float, help="reputation_score (0-1)")
+    p.add_argument("--cost-per-hour", type=float)
+    p.add_argument("--capabilities", help="the whole new list, comma-separated")
+    p.add_argument("--model")
+    p.add_argument("--max-concurrent-tasks", type=int)
+    p.add_argument("--budget-group")
+    p.add_argument("--requested-by", required=True, help="who asked for the change")
+    p.add_argument("--event-id", help="idempotency key: the same id is applied once")
+
     p = client_command("topup", "add to a swarm's budget or a budget group's period (a human's decision)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--swarm", help="the swarm whose remaining budget grows")
@@ -185,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVELS",
         help="with --cell: every swarm under this many levels of budget groups (0-8, default 0)",
     )
+    p.add_argument("--strategy", choices=("best", "spread"), default="best", help="with --cell: the policy's strategy")
     p.add_argument(
         "--pools",
         type=lambda text: [int(n) for n in text.split(",")],
@@ -228,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds=args.seconds,
                     repeat=args.repeat,
                     groups=args.groups,
+                    strategy=args.strategy,
                 )
             return int(bench.main(quick=args.quick))
         if args.command == "cluster":

@@ -203,6 +203,48 @@ async def _reset(args: argparse.Namespace) -> int:
     return await _with_client(args, action)
 
 
+async def _complete(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        reply = await client.complete(
+            args.task_id, args.outcome, swarm_id=args.swarm, cost=args.cost, error=args.error, event_id=args.event_id
+        )
+        if args.json:
+            print_json(reply)
+            return 0
+        again = " (already applied: this event_id was seen)" if reply.duplicate else ""
+        breaker = ", breaker closed" if reply.closed else ", breaker TRIPPED" if reply.tripped else ""
+        print(
+            f"task {escape(reply.task_id)}: {reply.outcome} on {reply.swarm_id} after {reply.duration_s:.1f}s, "
+            f"{reply.total_cost:.2f} USD in all{breaker}{again}"
+        )
+        return 0
+
+    return await _with_client(args, action)
+
+
+async def _update(args: argparse.Namespace) -> int:
+    fields = {
+        "reputation_score": args.reputation,
+        "cost_per_hour": args.cost_per_hour,
+        "capabilities": [c.strip() for c in args.capabilities.split(",") if c.strip()] if args.capabilities else None,
+        "model": args.model,
+        "max_concurrent_tasks": args.max_concurrent_tasks,
+        "budget_group": args.budget_group,
+    }
+    given = {k: v for k, v in fields.items() if v is not None}
+    if not given:
+        print("error: name at least one field to change (--reputation, --cost-per-hour, ...)", file=sys.stderr)
+        return 2
+
+    async def action(client: Any) -> int:
+        reply = await client.update(args.swarm, requested_by=args.requested_by, event_id=args.event_id, **given)
+        changed = ", ".join(reply.changed) or "nothing (it had these values)"
+        print(f"{reply.swarm_id}: changed {changed}{' (already applied)' if reply.duplicate else ''}")
+        return 0
+
+    return await _with_client(args, action)
+
+
 async def _topup(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         reply = await client.topup(
@@ -440,6 +482,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "reload": _reload,
     "reset": _reset,
     "topup": _topup,
+    "complete": _complete,
+    "update": _update,
     "budgets": _budgets,
     "status": _status,
     "history": _history,

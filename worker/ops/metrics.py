@@ -22,6 +22,7 @@ from schemas.replies import GroupStatus
 
 log = logging.getLogger("if_governor.metrics")
 
+TASK_DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 LATENCY_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0)
 
 
@@ -51,6 +52,23 @@ class _PerSwarm(Collector):
         yield budget
         yield cost
         yield status
+
+
+class _InFlight(Collector):
+    """Tasks in flight per swarm, read from the core when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[tuple[str, int]]] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "if_governor_tasks_in_flight",
+            "Tasks assigned to a swarm, neither completed nor expired.",
+            labels=["swarm_id"],
+        )
+        for swarm_id, count in self.source() if self.source is not None else ():
+            family.add_metric([swarm_id], count)
+        yield family
 
 
 class _Evictions(Collector):
@@ -168,6 +186,7 @@ class Metrics:
         self._per_swarm = _PerSwarm()
         r.register(self._per_swarm)
         self._per_group = _PerGroup()
+        self._in_flight = _InFlight()
         self._evictions = _Evictions()
         r.register(self._evictions)
         r.register(_HotCounters(self))
@@ -222,6 +241,19 @@ class Metrics:
             registry=r,
         )
         r.register(self._per_group)
+        r.register(self._in_flight)
+        self.completions = Counter(
+            "if_governor_task_completions", "Tasks completed (governor.complete), by outcome.", ["outcome"], registry=r
+        )
+        for outcome in ("success", "failure"):
+            self.completions.labels(outcome)
+        self.expiries = Counter("if_governor_tasks_expired", "Tasks not completed within task_timeout_s.", registry=r)
+        self.task_duration = LeanHistogram(
+            "if_governor_task_duration_seconds",
+            "Time from a task's assignment to its completion (s).",
+            TASK_DURATION_BUCKETS_S,
+        )
+        r.register(self.task_duration)
         self.refills = Counter(
             "if_governor_budget_refills",
             "Budget periods that ended and refilled a group, by group.",
@@ -251,6 +283,10 @@ class Metrics:
     def per_swarm_from(self, source: Callable[[], Iterable[tuple[str, float, float, bool]]]) -> None:
         """Where the per-swarm series come from: (swarm_id, remaining, cost tracked, tripped) at scrape time."""
         self._per_swarm.source = source
+
+    def in_flight_from(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        """Where the tasks in flight per swarm come from: (swarm_id, count) at scrape time."""
+        self._in_flight.source = source
 
     def per_group_from(self, source: Callable[[], Iterable[GroupStatus]]) -> None:
         """Where the per-group series come from: each budget group's status at scrape time."""

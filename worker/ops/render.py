@@ -57,9 +57,10 @@ def _breaker_text(breaker: Any) -> str:
 
 def status_table(status: Any) -> str:
     """Every swarm with its price, reputation, budget, breaker and capabilities, then the policy in force."""
-    rows = [("SWARM", "MODEL", "$/HOUR", "REPUTATION", "BUDGET", "BREAKER", "CAPABILITIES")]
+    rows = [("SWARM", "MODEL", "$/HOUR", "REPUTATION", "BUDGET", "BREAKER", "TASKS", "CAPABILITIES")]
     for s in status.swarms:
         breaker = _breaker_text(s.breaker)
+        limit = s.max_concurrent_tasks
         rows.append(
             (
                 s.swarm_id,
@@ -68,6 +69,7 @@ def status_table(status: Any) -> str:
                 f"{s.reputation_score:.2f}",
                 f"{s.budget_remaining:.2f}",
                 breaker,
+                f"{s.in_flight}" if limit is None else f"{s.in_flight}/{limit}",
                 ", ".join(s.capabilities),
             )
         )

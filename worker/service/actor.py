@@ -109,6 +109,7 @@ class Actor:
         metrics.per_swarm_from(lambda: self.core.gauges())
         metrics.evictions_from(lambda: dict(self.core.evicted))
         metrics.per_group_from(lambda: self.core.groups(self.clock()))
+        metrics.in_flight_from(lambda: self.core.in_flight())
 
     async def run(self, term: asyncio.TaskGroup | None = None) -> None:
         """Serve until the mailbox is closed and drained and every write is settled. An exception here is the
@@ -136,7 +137,7 @@ class Actor:
                 self.turned = loop.time()
                 if batch is None:
                     if self._tick_due(self.clock()):
-                        await self.launch([])  # a budget period ended while idle: its refill is written now
+                        await self.launch([])  # a period ended or a task expired while idle: written now
                     continue  # idle: the loop still turns, so /healthz can tell a stuck actor from an idle one
                 if not batch:
                     break
@@ -164,20 +165,22 @@ class Actor:
         if self._tick_pending or self.fenced:
             return HEARTBEAT_S
         now = self.clock()
-        until = max(self.core.budgets.next_end, self._ticked_at + TICK_SPACING_S) - now
+        until = max(self.core.next_due(), self._ticked_at + TICK_SPACING_S) - now
         return max(0.001, min(HEARTBEAT_S, until + 0.001))
 
     def _tick_due(self, now: float) -> bool:
-        """A budget period ended (and no tick is in flight, nor was one written within TICK_SPACING_S)."""
+        """A budget period ended or a task's time is up (and no tick is in flight, nor was one written within
+        TICK_SPACING_S)."""
         return (
             not self._tick_pending
             and not self.fenced
             and now >= self._ticked_at + TICK_SPACING_S
-            and self.core.budgets.due(now)
+            and self.core.due(now)
         )
 
     def _tick(self, now: float) -> Command:
-        """The `tick` command that rolls the budget periods ended by `now` over, as a ledger entry of its own."""
+        """The `tick` command that rolls the budget periods ended by `now` over and expires the tasks whose time is
+        up, as a ledger entry of its own."""
         self._tick_pending = True
         self._ticked_at = now
         trace_id = f"tick-{int(now * 1000)}"
@@ -185,7 +188,7 @@ class Actor:
 
     async def launch(self, batch: list[Command]) -> None:
         """Take a batch: refuse what cannot be served, start writing its changing commands (or apply it now). A
-        budget period that ended puts a `tick` first."""
+        budget period that ended, or a task's time that is up, puts a `tick` first."""
         now = self.clock()
         if not self.fenced and self.entitled is not None and not self.entitled():
             log.error("the lease ran out before this batch: no longer serving")
@@ -405,6 +408,11 @@ class Actor:
                     metrics.topups.labels("group" if "group" in event.params else "swarm").inc()
                 elif event.operation == "task_over_budget":
                     metrics.tasks_over_budget.inc()
+                elif event.operation == "task_completed":
+                    metrics.completions.labels(event.params["outcome"]).inc()
+                    metrics.task_duration.observe(event.params["duration_s"])
+                elif event.operation == "task_expired":
+                    metrics.expiries.inc()
             elif isinstance(event, BreakerTripped):
                 metrics.trips.labels(event.reason).inc()
             elif isinstance(event, BreakerReset):

@@ -38,6 +38,7 @@ def profiles_of(config: Config) -> list[SwarmProfile]:
             else config.governor.default_budget,
             model=s.model,
             budget_group=s.budget_group,
+            max_concurrent_tasks=s.max_concurrent_tasks,
         )
         for s in config.swarms
     ]

@@ -62,6 +62,8 @@ REPLY_PREFIXES = ("_INBOX.", "_R_.")
 """Reply subjects always answered: nats clients' inboxes and the response mappings of service imports."""
 #: Requests that change breakers, the registry or the config: operators only (from the endpoint table).
 OPERATOR_ONLY = frozenset(e.name for e in TABLE if e.operator_only)
+#: Operator-only requests a chassis account may send too, with these fields only.
+CHASSIS_FIELDS = {e.name: frozenset(e.chassis_fields) for e in TABLE if e.chassis_fields}
 #: Requests whose every field is optional: an empty body means `{}`.
 EMPTY_BODY_OK = frozenset(e.name for e in TABLE if e.empty_body_ok)
 
@@ -128,6 +130,7 @@ class Bus:
         self.reply_prefixes = (*REPLY_PREFIXES, *self.security.reply_prefixes)
         """A reply goes only to a subject that starts with one of these: an inbox or a server response mapping."""
         self._operator_accounts = frozenset(self.security.operator_accounts)
+        self._chassis_accounts = frozenset(self.security.chassis_accounts)
 
     # -- intake -----------------------------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class Bus:
         perf = time.perf_counter
         reply_prefixes = self.reply_prefixes
         operator_only = name in OPERATOR_ONLY
+        chassis_fields = CHASSIS_FIELDS.get(name)
         require_approver = operator_only and self.security.require_authenticated_approver
         writes = name not in READ_ONLY
         max_bytes = self.max_request_bytes
@@ -219,8 +223,9 @@ class Bus:
             try:
                 if headers and REQUEST_INFO_HEADER in headers:
                     identity = self._identity(headers[REQUEST_INFO_HEADER])
+                chassis = False
                 if operator_only:
-                    self._check_operator(identity, headers)
+                    chassis = self._check_operator(identity, headers, chassis_fields is not None)
                 if header_trace is not None and not _safe_trace(header_trace):
                     raise InvalidRequest(
                         f"header {TRACE_HEADER} must be 1 to {MAX_TRACE_ID} of A-Z a-z 0-9 . _ : @ / + = -"
@@ -252,9 +257,13 @@ class Bus:
                 )
                 return
             trace_id = header_trace or request.trace_id or self.new_trace_id()
-            if require_approver:
+            if require_approver or chassis:
                 try:
-                    self._check_approver(request, identity)
+                    if chassis:
+                        assert chassis_fields is not None
+                        self._check_chassis(request, chassis_fields)
+                    if require_approver:
+                        self._check_approver(request, identity)
                 except Forbidden as error:
                     await self.effects.reply_error(
                         Command(request, reply, trace_id, subject, received, name, identity=identity), error
@@ -278,15 +287,33 @@ class Bus:
             raise InvalidRequest(f"header {REQUEST_INFO_HEADER} does not decode") from None
         return Identity(account=info.acc, user=info.user) if info.acc else None
 
-    def _check_operator(self, identity: Identity | None, headers: dict[str, str] | None) -> None:
-        """Operator-only subjects: the server-stamped account must be an operator account (when trusted); where
+    def _check_operator(self, identity: Identity | None, headers: dict[str, str] | None, chassis_ok: bool) -> bool:
+        """Operator-only subjects: the server-stamped account must be an operator account (when trusted), or, on a
+        subject a chassis may use (`chassis_ok`), a chassis account (True: then only its fields may be sent); where
         the header is not trusted, a request that carries one claims an identity nobody checked: refused."""
         if self.security.trust_request_info:
-            if identity is None or identity.account not in self._operator_accounts:
-                who = f"account {identity.account!r}" if identity is not None else "an unauthenticated sender"
-                raise Forbidden(f"{who} may not do this: operators only")
-        elif headers and REQUEST_INFO_HEADER in headers:
+            if identity is not None and identity.account in self._operator_accounts:
+                return False
+            if chassis_ok and identity is not None and identity.account in self._chassis_accounts:
+                return True
+            who = f"account {identity.account!r}" if identity is not None else "an unauthenticated sender"
+            raise Forbidden(f"{who} may not do this: operators only")
+        if headers and REQUEST_INFO_HEADER in headers:
             raise Forbidden(f"header {REQUEST_INFO_HEADER} is not trusted here (security.trust_request_info is off)")
+        return False
+
+    @staticmethod
+    def _check_chassis(request: Request, allowed: frozenset[str]) -> None:
+        """A chassis account's request sets none but its allowed fields (and the request's own: trace, deadline,
+        who asked, the idempotency key)."""
+        own = {"swarm_id", "requested_by", "event_id", "trace_id", "deadline"}
+        extra = sorted(
+            name
+            for name in request.__struct_fields__
+            if name not in own | allowed and getattr(request, name) is not None
+        )
+        if extra:
+            raise Forbidden(f"a chassis account may change only {', '.join(sorted(allowed))}, not {', '.join(extra)}")
 
     def _check_approver(self, request: Request, identity: Identity | None) -> None:
         """With `require_authenticated_approver`: the claimed approver or requester is the authenticated user."""

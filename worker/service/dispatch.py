@@ -20,6 +20,7 @@ from schemas.profiles import SwarmProfile
 from schemas.replies import HistoryReply
 from schemas.requests import (
     AssignRequest,
+    CompleteRequest,
     CostRequest,
     DeregisterRequest,
     FailureRequest,
@@ -31,6 +32,7 @@ from schemas.requests import (
     SuccessRequest,
     TopupRequest,
     TripRequest,
+    UpdateRequest,
 )
 from worker.core.governor import Governor
 from worker.errors import GovernorError
@@ -103,6 +105,33 @@ def _apply(core: Governor, request: Request, now: float, trace_id: str) -> msgsp
                 now=now,
                 swarm_id=r.swarm_id,
                 group=r.group,
+                event_id=r.event_id,
+                trace_id=trace_id,
+            )
+        case CompleteRequest() as r:
+            return core.complete_task(
+                r.task_id,
+                r.outcome,
+                now=now,
+                swarm_id=r.swarm_id,
+                cost=r.cost,
+                usage=r.usage,
+                model=r.model,
+                error=r.error,
+                event_id=r.event_id,
+                trace_id=trace_id,
+            )
+        case UpdateRequest() as r:
+            return core.update_swarm(
+                r.swarm_id,
+                requested_by=r.requested_by,
+                now=now,
+                reputation_score=r.reputation_score,
+                cost_per_hour=r.cost_per_hour,
+                capabilities=r.capabilities,
+                model=r.model,
+                max_concurrent_tasks=r.max_concurrent_tasks,
+                budget_group=r.budget_group,
                 event_id=r.event_id,
                 trace_id=trace_id,
             )
