@@ -76,6 +76,8 @@ SCENARIO: list[tuple[str, dict[str, Any], float]] = [
     ("trip", {"swarm_id": "session-4-sip", "reason": "manual_override", "requested_by": "ops"}, 9),
     ("assign", {"task_id": "t-6", "required_capabilities": ["integration:ndi"]}, 3600),
     ("success", {"swarm_id": "session-1-ndi", "task_id": "t-6"}, 3601),
+    ("complete", {"task_id": "t-6", "outcome": "success", "cost": 0.5}, 3601),
+    ("update", {"swarm_id": "session-1-ndi", "reputation_score": 0.8, "requested_by": "ops"}, 3601),
     ("reload", {}, 3602),
     ("status", {}, 3602),
     ("history", {"limit": 10}, 3603),

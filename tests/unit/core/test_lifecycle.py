@@ -42,7 +42,7 @@ class TestCapacity:
         reply = core.assign("t3", [SIP], now=NOW, explain=True)
         assert reply.rejected == {"a": "at_capacity"}
         assert reply.explanation is not msgspec.UNSET
-        assert [(e.swarm_id, e.in_flight) for e in reply.explanation] == [("a", 2), ("b", 2)]
+        assert [(e.swarm_id, e.in_flight) for e in reply.explanation] == [("a", 2), ("b", 1)]  # before this task
         core.complete_task("t0", "success", now=NOW + 1)
         assert core.assign("t4", [SIP], now=NOW + 2).swarm_id == "a"
         assert {s.swarm_id: (s.in_flight, s.max_concurrent_tasks) for s in core.status(now=NOW).swarms} == {
@@ -150,7 +150,7 @@ class TestSpread:
         assert reply.explanation is not msgspec.UNSET
         assert [(e.swarm_id, e.in_flight, e.load_factor) for e in reply.explanation] == [
             ("a", 3, 0.25),
-            ("b", 3, 0.25),
+            ("b", 2, 1 / 3),
             ("c", 2, 1 / 3),
         ]
 

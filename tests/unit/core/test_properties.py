@@ -130,7 +130,7 @@ def reference(
         elif spec.state == "exhausted":
             rejected[spec.swarm_id] = "budget_exhausted"
         elif spec.state == "blocked":  # the payer of the group's cent may have spent its own budget with it
-            payer = spec is next(s for s in order if s.state == "blocked") and spec.budget <= 0.01
+            payer = spec is next(s for s in order if s.state == "blocked") and round(spec.budget * 1e6) <= 10_000
             rejected[spec.swarm_id] = "budget_exhausted" if payer else "group_budget_exhausted"
         elif spec.state == "tripped":
             rejected[spec.swarm_id] = "breaker_tripped"
