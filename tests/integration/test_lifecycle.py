@@ -98,8 +98,9 @@ class TestUpdate:
             ("b", 7.0, 0.95),
         ]
         assert (await client.assign([CAP], task_id="t")).swarm_id == "b"
-        with pytest.raises(errors.InvalidRequest):
-            await client.update("a", requested_by="ops")  # nothing to change: refused by decoding
+        empty = {"swarm_id": "a", "requested_by": "ops"}  # nothing to change: refused by decoding
+        refused = msgspec.json.decode((await client.nc.request("governor.update", msgspec.json.encode(empty))).data)
+        assert (refused["ok"], refused["error"]["code"]) == (False, "invalid_request")
 
 
 class TestSpreadWorkload:
@@ -187,21 +188,37 @@ class TestAcrossAKill:
             assigned[f"t-{i}"] = reply.swarm_id
         outcomes = {task: "failure" if i % 3 == 0 else "success" for i, task in enumerate(assigned)}
 
+        retried: list[str] = []
+        landed: list[str] = []
+
         async def finish(task: str) -> None:
             while True:
                 try:
-                    await client.complete(task, outcomes[task], cost=0.01, event_id=f"done-{task}")
+                    reply = await client.complete(task, outcomes[task], cost=0.01, event_id=f"done-{task}")
+                    if reply.duplicate:
+                        landed.append(task)  # applied before the kill, its answer lost: not applied again
                     return
                 except errors.TaskClosed:
                     return  # applied before the kill, its reply lost: closed is the proof
                 except (errors.GovernorError, nats.errors.Error, TimeoutError):
+                    retried.append(task)
                     await asyncio.sleep(0.1)
 
-        work = asyncio.gather(*(finish(t) for t in assigned))
-        await asyncio.sleep(0.3)
+        tasks = list(assigned)
+        await asyncio.gather(*(finish(t) for t in tasks[:100]))  # acknowledged before the kill
+        work = asyncio.gather(*(finish(t) for t in tasks[100:]))  # in flight when it comes
+        await asyncio.sleep(0.01)  # some are applied, some answered, some not yet read when the kill comes
         processes[0].kill()
         processes.append(launch(url, path, tmp_path / "b.log"))
         await asyncio.wait_for(work, timeout=120)
+        print(
+            f"{len(set(retried))} of the 200 completions in flight at the kill were retried, {len(landed)} of them "
+            "had been applied before it"
+        )
+        assert retried, "the kill met no completion in flight"
+        await wait_serving(url)
+        again = [await client.complete(t, outcomes[t], cost=0.01, event_id=f"done-{t}") for t in tasks[:150]]
+        assert all(r.duplicate for r in again)  # retried after the restart: applied once, answered duplicate
         status = await client.status()
         history = await client.history()
         await nc.close()
