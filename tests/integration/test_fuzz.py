@@ -50,6 +50,9 @@ DOCUMENTED_CODES = frozenset(
         "unknown_capability",
         "unknown_swarm",
         "unknown_group",
+        "unknown_task",
+        "task_closed",
+        "task_limit",
         "not_tripped",
         "already_tripped",
         "already_registered",
@@ -109,13 +112,19 @@ TEMPLATES: dict[str, tuple[dict[str, Any], str]] = {
         "already_registered",
     ),
     "deregister": ({"swarm_id": UNREGISTERED}, "unknown_swarm"),
+    "complete": ({"task_id": "fz-no-task-3a1f", "outcome": "success", "event_id": "e-6"}, "unknown_task"),
+    "update": ({"swarm_id": UNREGISTERED, "reputation_score": 0.5, "requested_by": "alice"}, "unknown_swarm"),
     "topup": ({"swarm_id": UNREGISTERED, "amount": 5.0, "approved_by": "alice", "event_id": "e-5"}, "unknown_swarm"),
     "reload": ({}, "invalid_request"),  # the worker under test was started without a config file
     "status": ({}, "ok"),
     "history": ({"limit": 10}, "ok"),
 }
 #: The field whose value guarantees the refusal; mutations give it invalid values only.
-KEY_FIELD = {"assign": "required_capabilities", **{s: "swarm_id" for s in SUBJECTS if "swarm_id" in TEMPLATES[s][0]}}
+KEY_FIELD = {
+    "assign": "required_capabilities",
+    "complete": "task_id",
+    **{s: "swarm_id" for s in SUBJECTS if "swarm_id" in TEMPLATES[s][0]},
+}
 
 
 class Message(NamedTuple):
@@ -216,7 +225,13 @@ invalid_capabilities = st.one_of(
     st.lists(st.text(min_size=1, max_size=20), max_size=4).map(lambda caps: [*caps, "x" * 129]),
     st.lists(st.text(min_size=1, max_size=128), min_size=1, max_size=64),  # unknown names
 )
-INVALID_KEYS = {"swarm_id": invalid_swarm_ids, "required_capabilities": invalid_capabilities}
+invalid_names = st.one_of(  # a task id: visible characters of any script, inner spaces allowed
+    non_strings,
+    st.just(""),
+    st.integers(min_value=257, max_value=5_000).map(lambda n: "a" * n),
+    st.sampled_from(["   ", "a\nb", "a\x00b", "\u200b", "\u202e", "a\tb"]),
+)
+INVALID_KEYS = {"swarm_id": invalid_swarm_ids, "required_capabilities": invalid_capabilities, "task_id": invalid_names}
 
 PLACEHOLDER = "\u2063fuzz-slot\u2063"
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from nats.aio.client import Client
 
+from schemas.profiles import SwarmProfile
 from tests.factories import make_config, swarm_entry
 from tests.integration.helpers import Recorder, WorkerFactory, WorkerProcess
 from tests.integration.load import launch, wait_serving
@@ -103,14 +104,44 @@ class TestUpdate:
         assert (refused["ok"], refused["error"]["code"]) == (False, "invalid_request")
 
 
-class TestSpreadWorkload:
-    async def test_a_thousand_tasks_over_ten_equal_swarms(
-        self, start_worker: WorkerFactory, nats_server: NatsServer
+class TestLimits:
+    async def test_a_registered_limit_and_the_policys_minimum_budget(
+        self, start_worker: WorkerFactory, client: GovernorClient
     ) -> None:
-        """64 coordinators assign 1,000 tasks and complete each after a short random time, with `spread` and 5 slots
-        per swarm: no swarm ever runs more than 5 (sampled from `status` meanwhile), and the tasks spread evenly."""
+        await start_worker(make_config([swarm_entry("poor", [CAP], initial_budget=0.5)], min_budget_per_task=1.0))
+        profile = SwarmProfile(
+            swarm_id="rich",
+            capabilities=[CAP],
+            cost_per_hour=4.0,
+            reputation_score=0.5,
+            current_budget_remaining=100.0,
+            model="haiku",
+            max_concurrent_tasks=1,
+        )
+        await client.register(profile)
+        reply = await client.assign([CAP], task_id="t-1", explain=True)
+        assert (reply.swarm_id, reply.rejected) == ("rich", {"poor": "budget_below_task_minimum"})
+        again = await client.assign([CAP], task_id="t-2", explain=True)
+        assert (again.swarm_id, again.rejected) == (
+            None,
+            {"poor": "budget_below_task_minimum", "rich": "at_capacity"},
+        )
+        assert [(s.swarm_id, s.in_flight, s.max_concurrent_tasks) for s in (await client.status()).swarms] == [
+            ("poor", 0, None),
+            ("rich", 1, 1),
+        ]
+
+
+class TestSpreadWorkload:
+    @pytest.mark.parametrize("strategy", ["spread", "best"])
+    async def test_a_thousand_tasks_over_ten_equal_swarms(
+        self, start_worker: WorkerFactory, nats_server: NatsServer, strategy: str
+    ) -> None:
+        """64 coordinators assign 1,000 tasks and complete each after a short random time, 5 slots per swarm: no
+        swarm ever runs more than 5 (sampled from `status` meanwhile); with `spread` the tasks spread evenly, with
+        `best` they pile onto the first registered swarms (the figures are printed: the measured effect)."""
         limit, swarms = 5, [swarm_entry(f"s{i}", [CAP], max_concurrent_tasks=5) for i in range(10)]
-        await start_worker(make_config(swarms, strategy="spread"))
+        await start_worker(make_config(swarms, strategy=strategy))
         per_swarm: Counter[str] = Counter()
         refused = 0
         peak = 0
@@ -151,10 +182,14 @@ class TestSpreadWorkload:
         done.set()
         await watching
         counts = [per_swarm[f"s{i}"] for i in range(10)]
-        print(f"tasks per swarm: {counts} (stdev {statistics.pstdev(counts):.1f}); refused {refused}; peak {peak}")
+        print(
+            f"{strategy}: tasks per swarm {counts} (stdev {statistics.pstdev(counts):.1f}); "
+            f"refused {refused}; peak {peak}"
+        )
         assert sum(counts) == 1000
         assert peak <= limit
-        assert min(counts) >= 70 and max(counts) <= 130
+        if strategy == "spread":
+            assert min(counts) >= 70 and max(counts) <= 130
 
 
 def write_config(path: Path) -> Path:
