@@ -302,3 +302,52 @@ class TestPipelinedWrites:
             assert p.core.get_budget_report() == {"a": 100.0}
 
         asyncio.run(scenario())
+
+
+class UnacknowledgedAudit(Outbox):
+    """An audit trail whose records are never acknowledged: `stored` waits as long as the real one would."""
+
+    async def stored(self, seq: int) -> bool:
+        await asyncio.sleep(15.0)
+        return False
+
+
+class SnapshotLedger(FakeLedger):
+    def __init__(self) -> None:
+        super().__init__(None, RuntimeError())
+        self.saved: list[int] = []
+
+    def snapshot_bytes(self, state: CoreState) -> bytes:
+        return b"snapshot"
+
+    async def save_snapshot(self, data: bytes, seq: int) -> None:
+        self.saved.append(seq)
+
+
+class TestStopping:
+    def test_a_snapshot_waiting_for_the_audit_trail_does_not_hold_the_stop(self) -> None:
+        """The stop is not held for the three acknowledgement times a background snapshot may wait for its audit
+        records (nothing resends them once serving ends): that snapshot is given up, none is stored unchecked."""
+        ledger = SnapshotLedger()
+        mailbox = Mailbox(10)
+        actor = Actor(
+            one_swarm(),
+            mailbox,
+            UnacknowledgedAudit(),
+            Metrics(CollectorRegistry()),
+            clock=lambda: 1.0,
+            ledger=ledger,
+            snapshot_every=1,
+        )
+        for command in (cost("e1", 1.0), cost("e2", 1.0), cost("e3", 1.0)):  # a snapshot: 2 entries per swarm
+            assert mailbox.put(command)
+        mailbox.close()
+
+        async def scenario() -> float:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(actor.run(), timeout=5.0)
+            return loop.time() - started
+
+        assert asyncio.run(scenario()) < 1.0
+        assert ledger.saved == [] and actor._snapshot_task is not None and actor._snapshot_task.cancelled()

@@ -103,6 +103,7 @@ class Actor:
         self._ticked_at = -TICK_SPACING_S
         self._storage_trouble = Throttle(5.0)  # one line per 5 s for refused or unacknowledged writes
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._snapshot_waiting = False  # the snapshot task waits for its audit records' acknowledgements
         self._writers: asyncio.TaskGroup | None = None
         self.turned = 0.0
         """The event loop's time when the actor's loop last turned (at least every HEARTBEAT_S while it runs)."""
@@ -120,10 +121,20 @@ class Actor:
         if term is not None:
             self._writers = term
             await self._loop()
+            self._drop_snapshot()
             return
         async with asyncio.TaskGroup() as self._writers:
             await self._loop()
+            self._drop_snapshot()
         self._writers = None
+
+    def _drop_snapshot(self) -> None:
+        """Serving is over: a background snapshot still waiting for its audit records' acknowledgements (up to three
+        acknowledgement times, and nothing resends them now) is given up rather than holding the stop back; the
+        term's final snapshot, or recovery's replay of the tail, covers it."""
+        task = self._snapshot_task
+        if task is not None and not task.done() and self._snapshot_waiting:  # never one being written
+            task.cancel()
 
     async def _loop(self) -> None:
         mailbox = self.mailbox
@@ -372,11 +383,16 @@ class Actor:
         seq = self.ledger.seq
         data = snapshot_of(self.ledger, self.core)
         assert self._writers is not None, "snapshots are taken while run() serves"
+        self._snapshot_waiting = True  # it begins by waiting for the audit trail (`_save_snapshot`)
         self._snapshot_task = self._writers.create_task(self._save_snapshot(data, seq), name="governor-snapshot")
 
     async def _save_snapshot(self, data: bytes, seq: int) -> None:
         assert self.ledger is not None
-        if not await self.outbox.stored(seq):
+        try:
+            stored = await self.outbox.stored(seq)
+        finally:
+            self._snapshot_waiting = False
+        if not stored:
             # Saved, it would let the ledger before it go while a record it caused may be missing from the audit
             # trail: the next snapshot tries again, and recovery regenerates the records from the ledger.
             log.warning("snapshot at %d not stored: its audit records are not all acknowledged yet", seq)
