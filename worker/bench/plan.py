@@ -28,6 +28,7 @@ class Session:
     probe: bool = False  # also measure the breaker-trip event latency
     groups: int = 0  # levels of budget groups every swarm's costs count against (0: none)
     strategy: str = "best"  # the policy's assignment strategy: best or spread
+    profile: str | None = None  # sample the governor with py-spy during each cell, raw stacks to this file
 
 
 @dataclass(frozen=True)

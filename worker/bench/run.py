@@ -18,6 +18,7 @@ from typing import TypeVar
 import nats
 from nats.aio.client import Client
 
+from worker.bench import profile as sampling
 from worker.bench.children import Child
 from worker.bench.core_probe import run_core
 from worker.bench.measure import Pids, Requester, Results, Row, breaker_latency, ledger_floor, measure, settle
@@ -29,13 +30,23 @@ from worker.ops.natsserver import NatsServer
 _T = TypeVar("_T")
 
 
-async def measure_row(requester: Requester, row: Row, work: Work, pids: Pids, profile: Profile) -> Row:
-    """A warm-up, then a cell at each of the profile's concurrencies."""
+async def measure_row(
+    requester: Requester, row: Row, work: Work, pids: Pids, profile: Profile, sample_to: Path | None = None
+) -> Row:
+    """A warm-up, then a cell at each of the profile's concurrencies; with `sample_to`, py-spy samples the
+    responder during each cell (the raw stacks of the last one end up there) and the summary is printed."""
     await measure(requester, work, 64, profile.warmup_s, pids)
     for concurrency in profile.concurrencies:
         progress(f"{row.name} ({row.mode}, {row.loop}, {format_swarms(row.swarms)} swarms) c{concurrency}")
         seconds = profile.c1_s if concurrency == 1 else profile.cell_s
+        sampler = sampling.record(pids.responder, seconds, sample_to) if sample_to is not None else None
         row.cells[concurrency] = await measure(requester, work, concurrency, seconds, pids)
+        if sampler is not None:
+            _, err = await asyncio.to_thread(sampler.communicate)
+            if sampler.returncode != 0:
+                raise RuntimeError(f"py-spy failed ({sampler.returncode}): {err.decode(errors='replace').strip()}")
+            assert sample_to is not None
+            print(f"\nprofile of {row.name} c{concurrency}:\n" + sampling.summary(sample_to) + "\n", flush=True)
     return row
 
 
@@ -103,7 +114,8 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
             row = Row(workload, session.mode, session.loop, session.swarms, baseline=baseline)
             if workload == "echo":
                 row.baseline = row
-            out.rows.append(await measure_row(requester, row, work[workload], pids, profile))
+            sample_to = Path(session.profile) if session.profile and session.responder == "governor" else None
+            out.rows.append(await measure_row(requester, row, work[workload], pids, profile, sample_to))
         if session.probe:
             progress("breaker trip event latency")
             watcher = await nats.connect(server.url, name="bench-watcher")  # a subscriber of its own, as in real life
@@ -162,6 +174,7 @@ def cell(
     repeat: int = 1,
     groups: int = 0,
     strategy: str = "best",
+    profile_to: str | None = None,
 ) -> int:
     """One responder at one concurrency, `repeat` times on a fresh server each: for A/B comparisons of two
     checkouts (run it in each, alternately). Prints the rows; ratios only for echo, which is its own baseline."""
@@ -174,6 +187,7 @@ def cell(
         (workload,),
         groups=groups if governor else 0,
         strategy=strategy if governor else "best",
+        profile=str(Path(profile_to).resolve()) if profile_to and governor else None,
     )
     profile = Profile(
         c1_s=seconds,

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--strategy", choices=("best", "spread"), default="best", help="with --cell: the policy's strategy")
     p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="with --cell: sample the governor with py-spy during the cell, write its raw stacks to FILE and print "
+        "where its time goes",
+    )
+    p.add_argument(
         "--pools",
         type=lambda text: [int(n) for n in text.split(",")],
         help="aggregate decisions/s of these numbers of pools on a local three-node cluster, e.g. 1,2,4",
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     repeat=args.repeat,
                     groups=args.groups,
                     strategy=args.strategy,
+                    profile_to=args.profile,
                 )
             return int(bench.main(quick=args.quick))
         if args.command == "cluster":
