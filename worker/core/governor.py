@@ -53,8 +53,7 @@ class Governor(Assigning, Completing, Outcomes, Reports):
         """Change the policy, capabilities, named policies, rules, token prices and budget groups from now on
         (recorded in the ledger). Refused, changing nothing, when the rules or groups do not hold together."""
         check_rules(rules, policies or {})
-        self.budgets.check(list(budgets))
-        self.budgets.configure(list(budgets), self.registry.refresh)
+        self.budgets.configure(list(budgets), self.registry.refresh)  # checks them all before it changes any
         self.policy = policy
         self.vocabulary = Vocabulary(capabilities)
         self.policies = {**PRESETS, **(policies or {})}

@@ -52,7 +52,6 @@ class Group:
         "burn",
         "children",
         "config",
-        "depth",
         "end",
         "exhausted",
         "forecasted",
@@ -74,7 +73,6 @@ class Group:
         self.period: Period | None = None
         self.parent: Group | None = None
         self.children: list[Group] = []
-        self.depth = 1
         self.members: dict[str, object] = {}
         """The swarms (by id) that name this group; a swarm is `worker.core.registry.Swarm`."""
         self.start: float | None = None
@@ -243,7 +241,6 @@ class Budgets:
                 group.parent.children.append(group)
         for group in groups.values():
             group.ancestors = tuple(group.chain())
-            group.depth = len(group.ancestors)
             group.rearm()
         self.groups = groups
         for group in groups.values():
@@ -349,9 +346,6 @@ class Budgets:
         minute = int(now // _MINUTE)
         flipped: list[Group] = []
         for g in group.ancestors:
-            if g.start is None and g.period is not None:
-                g.start, g.end = g.period.window(now)
-                self._next_end()
             g.spent += micros
             if g.since is None:
                 g.since = now
@@ -454,10 +448,8 @@ class Budgets:
         ctx.witness("budget_forecast", {"group": group.id, "exhausted_at": at, "rate_usd_per_hour": rate}, "MEDIUM")
 
     def top_up(self, ctx: Context, group: Group, micros: int, refresh: _Refresh) -> bool:
-        """Add to a group's current period; True when that unblocked it."""
-        if group.period is not None and group.start is None:
-            group.start, group.end = group.period.window(ctx.now)
-            self._next_end()
+        """Add to a group's current period (which holds `ctx.now`: `advance` ran first); True when that unblocked
+        it."""
         group.topped_up += micros
         group.rearm()
         if group.exhausted and group.remaining > 0:

@@ -66,12 +66,12 @@ class Parts:
         self._advance(ctx)
         return ctx
 
-    def _advance(self, ctx: Context) -> None:
-        """Roll the budget periods that ended by `ctx.now` over, and expire the tasks whose time is up."""
-        if self.budgets.due(ctx.now):
-            self.budgets.advance(ctx, self.registry.refresh)
-        if self.tasks.next_expiry <= ctx.now:
-            self.lifecycle.expire(ctx, self.policy)
+    def _advance(self, ctx: Context) -> tuple[list[str], list[str]]:
+        """Roll the budget periods that ended by `ctx.now` over, and expire the tasks whose time is up: the groups
+        refilled and the tasks expired."""
+        refilled = self.budgets.advance(ctx, self.registry.refresh) if self.budgets.due(ctx.now) else []
+        expired = self.lifecycle.expire(ctx, self.policy) if self.tasks.next_expiry <= ctx.now else []
+        return refilled, expired
 
     def next_due(self) -> float:
         """When time alone next changes something (a period's end, a task's expiry): the actor ticks then."""

@@ -265,9 +265,7 @@ class Spending(Parts):
     def tick(self, *, now: float, trace_id: str = "") -> TickReply:
         """The actor's `tick` entry when time alone changes something: roll the budget periods that ended over and
         expire the tasks whose time is up (once: a later tick, or a command that did it first, finds nothing)."""
-        ctx = self._context(now, trace_id)
-        refilled = self.budgets.advance(ctx, self.registry.refresh) if self.budgets.due(now) else []
-        expired = self.lifecycle.expire(ctx, self.policy) if self.tasks.next_expiry <= now else []
+        refilled, expired = self._advance(self._context(now, trace_id))
         return TickReply(refilled=refilled, expired=expired, trace_id=trace_id)
 
     def reset_circuit_breaker(
