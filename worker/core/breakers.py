@@ -116,6 +116,8 @@ class Breakers:
 
     def advance(self, ctx: Context, policy: ResourcePolicy) -> None:
         """Open breakers of recoverable trips whose cool-down has passed become half-open and admit probes."""
+        if not self.recovering:
+            return
         now = ctx.now
         for swarm in list(self.recovering.values()):
             breaker = swarm.breaker

@@ -11,6 +11,7 @@ them. Qualified swarms score `(coverage × reputation) / cost_per_hour` (under t
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 from schemas.codes import RejectionCode
 from worker.core.index import ordinals
@@ -20,6 +21,10 @@ from worker.core.registry import Registry, Swarm
 #: within WALK_EXPECTED entries, and gives up after WALK_LIMIT; otherwise the masks name the candidates.
 WALK_EXPECTED = 64
 WALK_LIMIT = 256
+#: In a registry of at most SMALL_REGISTRY swarms the masks are a few machine words: the core ANDs them first, and
+#: scores the candidates they name directly when there are at most DIRECT_LIMIT (no walk is shorter than that).
+SMALL_REGISTRY = 4096
+DIRECT_LIMIT = 16
 
 #: (score, ordinal, swarm, coverage): one qualified swarm.
 Ranked = tuple[float, int, Swarm, float]
@@ -31,7 +36,7 @@ def score(coverage: float, swarm: Swarm) -> float:
 
 
 def coverage(required: set[str], capabilities: list[str]) -> float:
-    return sum(1 for cap in capabilities if cap in required) / len(required)
+    return len(required.intersection(capabilities)) / len(required)
 
 
 def load_factor(swarm: Swarm) -> float:
@@ -57,28 +62,35 @@ def rank(
     mask = 0
     if need == k and not spread:
         # Coverage is 1 for every candidate, so the value order is the score order: walk the value-sorted list
-        # of the rarest capability and stop at the first `limit` that qualify. When the walk would be long
-        # (few of its swarms hold the other capabilities too), the masks name the candidates at once instead.
+        # of the rarest capability, testing the others' holder sets, and stop at the first `limit` that qualify.
+        # When the walk would be long (few of its swarms hold the other capabilities too), the masks name the
+        # candidates at once instead.
         lists = [index.ranked_for(cap) for cap in required]
         rarest = min(range(k), key=lambda i: len(lists[i]))
         if not lists[rarest]:
             return []
         if k == 1:
-            return walk(registry, lists[0], None, max_cost, limit, estimate, models, None) or []
-        mask = index.all_of(required)
-        if not mask:
-            return []
+            return walk(registry, lists[0], (), max_cost, limit, estimate, models, None) or []
         expected_steps = 1.0  # to the first swarm holding every other capability, if they were independent
         for i in range(k):
             if i != rarest:
                 expected_steps *= len(registry) / len(lists[i])
-        if expected_steps * limit <= WALK_EXPECTED:
-            # The mask's bytes say in O(1) whether an entry holds them all (and is eligible), without touching
-            # the swarm: with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
-            members = mask.to_bytes((mask.bit_length() + 7) // 8, "little")
-            walked = walk(registry, lists[rarest], members, max_cost, limit, estimate, models, WALK_LIMIT)
+        small = len(registry) <= SMALL_REGISTRY
+        if small:
+            mask = index.all_of(required)
+            if not mask:
+                return []
+        if expected_steps * limit <= WALK_EXPECTED and (not small or mask.bit_count() > DIRECT_LIMIT):
+            # A set lookup says in O(1) whether an entry holds another capability, without touching the swarm:
+            # with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
+            others = [index.holders_of(cap) for i, cap in enumerate(required) if i != rarest]
+            walked = walk(registry, lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
             if walked is not None:
                 return walked
+        if not small:
+            mask = index.all_of(required)
+            if not mask:
+                return []
     if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
         candidates = [s for s in registry if s.admits]
     else:
@@ -93,7 +105,7 @@ def rank(
             continue
         if models is not None and swarm.model not in models:
             continue
-        covered = 1.0 if need == k else coverage(req, swarm.capabilities)
+        covered = 1.0 if need == k else len(req.intersection(swarm.capabilities)) / k
         value = score(covered, swarm) / (1 + swarm.in_flight) if spread else score(covered, swarm)
         scored.append((value, swarm.ordinal, swarm, covered))
     if limit == 1:
@@ -104,28 +116,26 @@ def rank(
 def walk(
     registry: Registry,
     ranked: list[tuple[float, int]],
-    members: bytes | None,
+    others: Sequence[set[int]],
     max_cost: float,
     limit: int,
     estimate: int,
     models: set[str] | None,
     steps: int | None,
 ) -> list[Ranked] | None:
-    """The first `limit` qualified swarms of a value-sorted list, best first; with `members` (a bitmask's bytes,
-    lowest ordinal first) only those whose bit is set.
+    """The first `limit` qualified swarms of a value-sorted list, best first, among those whose ordinal is in every
+    set of `others` (the holders of a task's other capabilities).
 
     None when `steps` entries were looked at before `limit` were found (the caller then uses the masks).
     """
     best: list[Ranked] = []
     by_ordinal = registry.by_ordinal
-    size = len(members) if members is not None else 0
+    first, rest = (others[0], others[1:]) if others else (None, ())
     for step, (_, ordinal) in enumerate(ranked):
         if step == steps:
             return None
-        if members is not None:
-            byte = ordinal >> 3
-            if byte >= size or not members[byte] >> (ordinal & 7) & 1:
-                continue
+        if first is not None and (ordinal not in first or (rest and not all(ordinal in h for h in rest))):
+            continue
         swarm = by_ordinal[ordinal]
         if swarm.cost_per_hour > max_cost or not swarm.admits:
             continue

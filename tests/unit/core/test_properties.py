@@ -195,6 +195,7 @@ class TestAssignProperties:
         with (
             mock.patch.object(matching, "WALK_EXPECTED", expected_steps),
             mock.patch.object(matching, "WALK_LIMIT", limit),
+            mock.patch.object(matching, "SMALL_REGISTRY", -1 if expected_steps else matching.SMALL_REGISTRY),
         ):
             reply = governor.assign("task", required, now=NOW, max_cost=max_cost, max_swarms=max_swarms)
         assert [(a.swarm_id, a.capability_match, a.score) for a in reply.assignments] == expected
