@@ -57,7 +57,7 @@ UVLOOP_SESSIONS = (
     Session("governor", "durable", "uvloop", 1_000, ALL),
 )
 # After the echo row of its loop, which is its baseline.
-LARGE_SESSIONS = (Session("governor", "durable", DEFAULT_LOOP, 100_000, ("assign",)),)
+LARGE_SESSIONS = (Session("governor", "durable", DEFAULT_LOOP, 100_000, ("assign", "cost")),)
 # Under a minute: no 100,000-swarm governor over NATS (its start alone takes many seconds), fewer in-memory rows.
 QUICK_SESSIONS = (
     Session("echo", "-", "asyncio", None, ("echo",)),

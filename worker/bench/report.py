@@ -1,5 +1,5 @@
 """What the bench prints: progress on stderr; on stdout the network and core tables, the other measurements,
-and issue 4's targets, met or not."""
+and the targets of issues 4 and 18, met or not."""
 
 from __future__ import annotations
 
@@ -180,6 +180,51 @@ def targets(results: Results, core: Sequence[dict[str, float]]) -> str:
     return _table([f"target (issue 4), {DEFAULT_LOOP} rows", "measured", "verdict"], lines)
 
 
+def speed_targets(results: Results, core: Sequence[dict[str, float]]) -> str:
+    """Issue 18's targets against this run (durable, the default loop), met or not."""
+    rows = results.rows
+
+    def find(name: str, swarms: int) -> Row | None:
+        return next(
+            (r for r in rows if (r.name, r.mode, r.loop, r.swarms) == (name, "durable", DEFAULT_LOOP, swarms)), None
+        )
+
+    lines: list[list[str]] = []
+    for swarms, floor in ((1_000, 0.8), (100_000, 0.5)):
+        for name in ("assign", "cost"):
+            row = find(name, swarms)
+            ratio = row.ratio(64) if row is not None and 64 in row.cells else None
+            lines.append(
+                [
+                    f"{name} c64 >= {floor}x echo, {swarms:,} swarms",
+                    "not run" if ratio is None else f"{ratio:.2f}x",
+                    _verdict(None if ratio is None else ratio >= floor),
+                ]
+            )
+    assign, floor_ns = find("assign", 1_000), results.floor_ns
+    if assign is not None and 1 in assign.cells and floor_ns:
+        a, f = assign.cells[1].latency_ms(0.99), percentile(floor_ns, 0.99) / 1e6
+        lines.append(
+            [
+                "assign c1 p99 <= ledger floor p99 + 0.3 ms, 1,000 swarms",
+                f"{a:.3f} vs {f + 0.3:.3f} ms",
+                _verdict(a <= f + 0.3),
+            ]
+        )
+    else:
+        lines.append(["assign c1 p99 <= ledger floor p99 + 0.3 ms, 1,000 swarms", "not run", _verdict(None)])
+    for n, limit_us in ((1_000, 15.0), (100_000, 200.0)):
+        c = next((c for c in core if int(c["swarms"]) == n), None)
+        lines.append(
+            [
+                f"core assign p99 <= {limit_us:,.0f} us, {n:,} swarms (tasks needing 1-5)",
+                "not run" if c is None else f"{c['p99_us']:,.1f} us",
+                _verdict(None if c is None else c["p99_us"] <= limit_us),
+            ]
+        )
+    return _table([f"target (issue 18), durable, {DEFAULT_LOOP} rows", "measured", "verdict"], lines)
+
+
 def _machine() -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -232,3 +277,5 @@ def print_report(kind: str, profile: Profile, core: Sequence[dict[str, float]], 
             print(f"  {note}")
     print()
     print(targets(results, core))
+    print()
+    print(speed_targets(results, core))
