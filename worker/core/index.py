@@ -97,10 +97,12 @@ class CapabilityIndex:
         if need == len(required):
             return self.all_of(required)
         masks = [self.masks.get(cap, 0) for cap in required]
-        # ge[j]: swarms counted at least j times so far (ge[0] is everyone: -1 has every bit set).
+        k = len(masks)
+        # ge[j]: swarms counted at least j times so far (ge[0] is everyone: -1 has every bit set). After mask i,
+        # a count below need - (k - 1 - i) can no longer reach need, so those ge[j] are never updated.
         ge = [-1] + [0] * need
         for i, mask in enumerate(masks):
-            for j in range(min(i + 1, need), 0, -1):
+            for j in range(min(i + 1, need), max(0, need - (k - 1 - i) - 1), -1):
                 ge[j] |= ge[j - 1] & mask
         return ge[need] & self.eligible
 
