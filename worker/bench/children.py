@@ -16,7 +16,7 @@ from typing import IO, Any
 import nats
 from nats.aio.msg import Msg
 
-from worker.bench.measure import rss_kib
+from worker.bench.measure import peak_rss_kib, rss_kib
 from worker.bench.workload import ECHO_SUBJECT, bench_config
 
 #: How the bench starts a process of its own (see `__main__.py` for the modes).
@@ -93,7 +93,8 @@ async def serve_governor(
     stop = _stop_on_signals()
     config = bench_config(swarms, durable=durable, pool=pool, replicas=replicas, groups=groups, strategy=strategy)
     async with Worker(config, servers=url.split(",")) as worker:
-        _ready(str(len(worker.core)))
+        await worker.start_settled()  # RSS when serving, not at the start's peak (printed apart)
+        _ready(f"{len(worker.core)} {peak_rss_kib()}")
         await stop.wait()
 
 
@@ -111,6 +112,7 @@ class Child:
             stderr=self._log,
         )
         self.ready_rss_kib = 0
+        self.peak_rss_kib = 0
 
     @property
     def pid(self) -> int:
@@ -127,7 +129,9 @@ class Child:
             self.process.wait(timeout=5)
             tail = self.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{self.name} exited with {self.process.returncode} before serving:\n{tail}")
-        self.ready_rss_kib = int(line.split()[2])
+        fields = line.split()
+        self.ready_rss_kib = int(fields[2])
+        self.peak_rss_kib = int(fields[4]) if len(fields) > 4 else self.ready_rss_kib
 
     def logged(self, limit: int = 5) -> list[str]:
         """The first distinct lines the child wrote to stderr (its warnings and errors)."""

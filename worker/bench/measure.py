@@ -39,6 +39,14 @@ def rss_kib(pid: int | str = "self") -> int:
     raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
+def peak_rss_kib(pid: int | str = "self") -> int:
+    """The highest resident set size so far (VmHWM) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (0 for none)."""
     if not sorted_values:
@@ -169,7 +177,9 @@ class Results:
     """Everything one run measured over NATS, for the report."""
 
     rows: list[Row] = field(default_factory=list)
-    governor_rss_kib: dict[int, int] = field(default_factory=dict)  # durable, asyncio: swarms -> RSS when ready
+    # durable, the default loop: swarms -> RSS when serving (the start's burst over), and the start's peak RSS
+    governor_rss_kib: dict[int, int] = field(default_factory=dict)
+    governor_peak_rss_kib: dict[int, int] = field(default_factory=dict)
     trip_delays_ns: list[int] = field(default_factory=list)
     trip_failures: int = 0
     floor_ns: list[int] = field(default_factory=list)  # one synced JetStream publish, acknowledged, at c1

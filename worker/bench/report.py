@@ -256,6 +256,10 @@ def print_report(kind: str, profile: Profile, core: Sequence[dict[str, float]], 
     if rss:
         sizes = ", ".join(f"{n:,} swarms {kib / 1024:,.1f} MiB" for n, kib in sorted(rss.items()))
         print(f"governor process RSS when serving (durable): {sizes}")
+        peaks = ", ".join(
+            f"{n:,} swarms {kib / 1024:,.1f} MiB" for n, kib in sorted(results.governor_peak_rss_kib.items())
+        )
+        print(f"governor process peak RSS during its start (durable): {peaks}")
     delays = results.trip_delays_ns
     if delays:
         print(

@@ -95,6 +95,7 @@ async def run_session(session: Session, profile: Profile, work: dict[str, Work],
         ready = time.monotonic() - started
         if session.responder == "governor" and session.mode == "durable" and session.loop == DEFAULT_LOOP:
             out.governor_rss_kib[session.swarms or 0] = child.ready_rss_kib
+            out.governor_peak_rss_kib[session.swarms or 0] = child.peak_rss_kib
         assert server.process is not None
         pids = Pids(child.pid, server.process.pid, os.getpid())
         nc = await nats.connect(server.url, name="bench-load")

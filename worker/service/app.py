@@ -33,6 +33,7 @@ from schemas.events import Event, WitnessRecord
 from schemas.requests import ReloadRequest
 from worker.core.governor import Governor
 from worker.errors import Unavailable
+from worker.ops.memory import release_freed_memory
 from worker.ops.metrics import HttpEndpoint, Metrics
 from worker.service.actor import Actor
 from worker.service.bootstrap import ConfigFile, build_core, empty_core
@@ -102,6 +103,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
         self._supervisor: asyncio.Task[None] | None = None
+        self._release: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # witness records of quarantined ledger messages
         self.actor: Actor | None = None
         """The actor of the current (or last) term."""
@@ -325,6 +327,8 @@ class Worker:
         startup_events = [*backlog, *core.take_events()]
         if startup_events:
             await self.bus.effects.publish(startup_events)
+            del startup_events
+            self._release = term.create_task(self._release_after_start(), name="governor-release-memory")
         self._serving.set()
         where = ", ".join(redact(u) for u in self.servers)
         log.info("serving %s.* on %s", self.config.governor.prefix, where)
@@ -333,9 +337,27 @@ class Worker:
     def _lease_held(self) -> bool:
         return self.lease is not None and self.lease.held
 
+    async def start_settled(self) -> None:
+        """Wait until the start's burst is over: its records sent and stored, the memory it took handed back."""
+        if self._release is not None:
+            await asyncio.wait([self._release])
+
+    async def _release_after_start(self) -> None:
+        """Once the start's records are sent and stored (or after 10 s), hand the memory of that burst back to the
+        operating system (`worker.ops.memory`)."""
+        assert self.nc is not None and self.bus is not None
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=10)
+            await self.bus.effects.stored(self.ledger.seq if self.ledger is not None else 0, wait_s=10.0)
+        gc.collect()
+        release_freed_memory()
+
     async def unserve(self, actor: Actor, task: asyncio.Task[None], *, lost: bool) -> None:
         """Stop taking requests; answer what is queued (`unavailable` when the lease was lost or the actor died)."""
         self.state = "standby"
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
         gc.unfreeze()  # this term's registry may be replaced: let the collector see it again
         if lost:
             actor.fenced = True

@@ -166,6 +166,7 @@ class Terms:
         """Serve until the worker stops, the lease is lost (True) or the actor ends or stops turning."""
         worker = self.worker
         actor, task = await worker.serve(core, term, backlog)
+        backlog.clear()  # published: the start's records (one per swarm registered) are not held for the term
         try:
             while not worker.stopping and not lost_lease.is_set() and not actor.fenced:
                 await worker.sleep(min(self.lease.ttl / 4, worker.stuck_after / 2), lost_lease, task)
