@@ -22,7 +22,12 @@ async def test_released_once_the_start_is_stored(
     start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch, durable: bool
 ) -> None:
     released: list[int] = []
-    monkeypatch.setattr(app, "release_freed_memory", lambda: released.append(1) or True)
+
+    def release() -> bool:
+        released.append(1)
+        return True
+
+    monkeypatch.setattr(app, "release_freed_memory", release)
     worker = await start_worker(bench_config(2_000, durable=durable))
     await worker.start_settled()
     assert released == [1]

@@ -4,14 +4,16 @@ Each registered swarm has an ordinal (its registration order). Per capability th
 
 - a bitmask of the ordinals that have it (Python ints: an AND over 100,000 swarms is one C loop), and
 - the ordinals sorted best value first (`reputation / cost_per_hour`, then ordinal), for one-capability tasks, and
-- the set of those ordinals, so that a walk down one capability's list tests the others in O(1) each.
+- the bytes of its bitmask, made when a walk first needs them and kept until the capability's holders change, so
+  that a walk down one capability's list tests the others in O(1) each (as many bytes as the mask: in a steady
+  registry they are made once).
 
 A bitmask of the *eligible* swarms (budget above zero, breaker closed) is kept up to date on every transition.
 A task needing `t` of its `k` capabilities takes the swarms whose masks count at least `t` (bit-sliced counting),
 ANDs them with the eligible mask and scores only those. When every candidate needs them all (`t == k`: one
 capability, or two or three at the 0.7 minimum), coverage is 1 for each, so value order is score order: the core
-walks the value-sorted list of the rarest capability, testing the others' sets, and stops at the first `limit` that
-qualify (see `worker.core.matching.rank`). Partial coverage (4 of 5 at 0.7) is served by the masks.
+walks the value-sorted list of the rarest capability, testing the others' mask bytes, and stops at the first
+`limit` that qualify (see `worker.core.matching.rank`). Partial coverage (4 of 5 at 0.7) is served by the masks.
 Pure and synchronous, like the rest of the core.
 """
 
@@ -37,7 +39,7 @@ class CapabilityIndex:
         # capability -> [(-value, ordinal)] sorted: best value first, then registration order. Tuples compare in C,
         # so registering is a bisect, not a sort; the swarm's -value float object is shared by all its entries.
         self.ranked: dict[str, list[tuple[float, int]]] = {}
-        self.holders: dict[str, set[int]] = {}
+        self._bytes: dict[str, bytes] = {}
         self.eligible = 0
         self._keys: dict[int, tuple[float, int]] = {}
 
@@ -48,7 +50,7 @@ class CapabilityIndex:
         for cap in swarm.capabilities:
             self.masks[cap] = self.masks.get(cap, 0) | bit
             bisect.insort(self.ranked.setdefault(cap, []), key)
-            self.holders.setdefault(cap, set()).add(key[1])
+            self._bytes.pop(cap, None)
         if eligible:
             self.eligible |= bit
 
@@ -65,9 +67,7 @@ class CapabilityIndex:
             del ranked[bisect.bisect_left(ranked, key)]
             if not ranked:
                 del self.ranked[cap]
-                del self.holders[cap]
-            else:
-                self.holders[cap].discard(swarm.ordinal)
+            self._bytes.pop(cap, None)
         self.eligible &= ~bit
 
     def all_of(self, required: list[str]) -> int:
@@ -82,9 +82,13 @@ class CapabilityIndex:
         """(-value, ordinal) of the swarms having `cap`, best value first."""
         return self.ranked.get(cap, [])
 
-    def holders_of(self, cap: str) -> set[int]:
-        """The ordinals of the swarms having `cap`."""
-        return self.holders.get(cap, _NONE)
+    def members(self, cap: str) -> bytes:
+        """The bitmask of the swarms having `cap` as bytes, lowest ordinal first (bit `o & 7` of byte `o >> 3`)."""
+        data = self._bytes.get(cap)
+        if data is None:
+            mask = self.masks.get(cap, 0)
+            data = self._bytes[cap] = mask.to_bytes((mask.bit_length() + 7) // 8, "little")
+        return data
 
     def set_eligible(self, ordinal: int, eligible: bool) -> None:
         if eligible:
@@ -107,7 +111,6 @@ class CapabilityIndex:
         return ge[need] & self.eligible
 
 
-_NONE: set[int] = set()
 _NONZERO = bytes([0] + [1] * 255)
 _BITS: tuple[tuple[int, ...], ...] = tuple(tuple(i for i in range(8) if byte >> i & 1) for byte in range(256))
 

@@ -62,7 +62,7 @@ def rank(
     mask = 0
     if need == k and not spread:
         # Coverage is 1 for every candidate, so the value order is the score order: walk the value-sorted list
-        # of the rarest capability, testing the others' holder sets, and stop at the first `limit` that qualify.
+        # of the rarest capability, testing the others' mask bytes, and stop at the first `limit` that qualify.
         # When the walk would be long (few of its swarms hold the other capabilities too), the masks name the
         # candidates at once instead.
         lists = [index.ranked_for(cap) for cap in required]
@@ -81,9 +81,9 @@ def rank(
             if not mask:
                 return []
         if expected_steps * limit <= WALK_EXPECTED and (not small or mask.bit_count() > DIRECT_LIMIT):
-            # A set lookup says in O(1) whether an entry holds another capability, without touching the swarm:
-            # with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
-            others = [index.holders_of(cap) for i, cap in enumerate(required) if i != rarest]
+            # A byte of another capability's mask says in O(1) whether an entry holds it, without touching the
+            # swarm: with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
+            others = [index.members(cap) for i, cap in enumerate(required) if i != rarest]
             walked = walk(registry, lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
             if walked is not None:
                 return walked
@@ -116,26 +116,31 @@ def rank(
 def walk(
     registry: Registry,
     ranked: list[tuple[float, int]],
-    others: Sequence[set[int]],
+    others: Sequence[bytes],
     max_cost: float,
     limit: int,
     estimate: int,
     models: set[str] | None,
     steps: int | None,
 ) -> list[Ranked] | None:
-    """The first `limit` qualified swarms of a value-sorted list, best first, among those whose ordinal is in every
-    set of `others` (the holders of a task's other capabilities).
+    """The first `limit` qualified swarms of a value-sorted list, best first, among those whose bit is set in every
+    mask of `others` (the bytes of a task's other capabilities' masks, lowest ordinal first).
 
     None when `steps` entries were looked at before `limit` were found (the caller then uses the masks).
     """
     best: list[Ranked] = []
     by_ordinal = registry.by_ordinal
-    first, rest = (others[0], others[1:]) if others else (None, ())
+    first, size = (others[0], len(others[0])) if others else (b"", 0)
+    rest = others[1:]
     for step, (_, ordinal) in enumerate(ranked):
         if step == steps:
             return None
-        if first is not None and (ordinal not in first or (rest and not all(ordinal in h for h in rest))):
-            continue
+        if others:
+            byte = ordinal >> 3
+            if byte >= size or not first[byte] >> (ordinal & 7) & 1:
+                continue
+            if rest and not _in_all(rest, byte, ordinal & 7):
+                continue
         swarm = by_ordinal[ordinal]
         if swarm.cost_per_hour > max_cost or not swarm.admits:
             continue
@@ -147,6 +152,14 @@ def walk(
         if len(best) == limit:
             break
     return best
+
+
+def _in_all(masks: Sequence[bytes], byte: int, bit: int) -> bool:
+    """Whether bit `bit` of byte `byte` is set in every mask (a loop: no generator per walked entry)."""
+    for m in masks:  # noqa: SIM110
+        if byte >= len(m) or not m[byte] >> bit & 1:
+            return False
+    return True
 
 
 def blocking_group(swarm: Swarm) -> str | None:

@@ -56,3 +56,24 @@ class TestAtLeast:
             o for o, caps in enumerate(holdings) if o not in ineligible and len(caps.intersection(required)) >= need
         ]
         assert ordinals(index.at_least(required, need)) == expected
+
+
+class TestMembers:
+    def test_the_bytes_follow_the_holders_after_they_were_made(self) -> None:
+        """members() is made once and kept, so every change of a capability's holders must drop it."""
+        index = CapabilityIndex()
+
+        def holders(cap: str) -> list[int]:
+            data = index.members(cap)
+            return [o for o in range(len(data) * 8) if data[o >> 3] >> (o & 7) & 1]
+
+        a, b, c = Held(3, ["c:0", "c:1"]), Held(17, ["c:0"]), Held(900, ["c:1"])
+        for swarm in (a, b):
+            index.add(swarm, eligible=True)
+        assert holders("c:0") == [3, 17] and holders("c:1") == [3]
+        index.add(c, eligible=False)  # eligibility is not the masks' business
+        assert holders("c:1") == [3, 900]
+        index.remove(a)
+        assert holders("c:0") == [17] and holders("c:1") == [900]
+        index.remove(c)
+        assert holders("c:1") == [] and holders("c:7") == []
