@@ -150,8 +150,10 @@ class Assigning(Parts):
             self.reservations.check(task_id, [swarm for _, _, swarm, _ in ranked], self.policy)
         reserved = to_usd(estimate)
         assignments = tuple(
-            Assignment(swarm_id=swarm.swarm_id, capability_match=covered, score=score, reserved=reserved)
-            for score, _, swarm, covered in ranked
+            [
+                Assignment(swarm_id=swarm.swarm_id, capability_match=covered, score=score, reserved=reserved)
+                for score, _, swarm, covered in ranked
+            ]
         )
         expires_at = now + self.policy.reservation_ttl_s
         for _, _, swarm, _ in ranked:
@@ -166,7 +168,7 @@ class Assigning(Parts):
         self.tasks.add(
             OpenTask(
                 task_id,
-                tuple(a.swarm_id for a in assignments),
+                tuple([a.swarm_id for a in assignments]),
                 now,
                 now + policy.task_timeout_s,
                 policy.expire_as,

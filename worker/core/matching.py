@@ -10,6 +10,7 @@ them. Qualified swarms score `(coverage × reputation) / cost_per_hour` (under t
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Sequence
 
@@ -39,6 +40,13 @@ def coverage(required: set[str], capabilities: list[str]) -> float:
     return len(required.intersection(capabilities)) / len(required)
 
 
+@functools.lru_cache(maxsize=4096)
+def needed(k: int, min_match: float) -> int:
+    """How many of a task's `k` capabilities a swarm must hold: the least c with c / k >= min_match (as the
+    coverage is computed, so no rounding can differ from it)."""
+    return next(c for c in range(k + 1) if c / k >= min_match)
+
+
 def load_factor(swarm: Swarm) -> float:
     """The `spread` strategy's discount: a swarm running n tasks scores 1 / (1 + n) of its score."""
     return 1.0 / (1 + swarm.in_flight)
@@ -57,7 +65,7 @@ def rank(
     """The best `limit` qualified swarms, best first: higher score first, the earlier registered on equal scores.
     `estimate`: the available budget a swarm needs (micro-dollars). With `spread`, scores are discounted by load."""
     k = len(required)
-    need = next(c for c in range(k + 1) if c / k >= min_match)
+    need = needed(k, min_match)
     index = registry.index
     mask = 0
     if need == k and not spread:
