@@ -2,7 +2,7 @@
 
 A governor's start with a large registry is a burst: the config's swarms decoded, a ledger entry and a witness
 record each, encoded, published and stored. Once that is over the memory is free, but glibc's allocator keeps most
-of it (the process's RSS stays at the burst's peak: about 80 MB more than the registry needs with 100,000 swarms)
+of it (the process's RSS stays near the burst's peak: about 70 MiB more than the registry needs with 100,000 swarms)
 until `malloc_trim` hands it back. Other C libraries have no such call: there this does nothing.
 """
 
