@@ -106,32 +106,34 @@ def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else "met" if ok else "NOT MET"
 
 
+def _row(results: Results, name: str, swarms: int | None, mode: str = "durable") -> Row | None:
+    """The row of this workload, mode and registry size on the default loop (None: not run)."""
+    key = (name, mode, DEFAULT_LOOP, swarms)
+    return next((r for r in results.rows if (r.name, r.mode, r.loop, r.swarms) == key), None)
+
+
+def _core_at(core: Sequence[dict[str, float]], swarms: int) -> dict[str, float] | None:
+    """The core probe of this registry size (None: not run)."""
+    return next((c for c in core if int(c["swarms"]) == swarms), None)
+
+
+def _ratio_line(label: str, row: Row | None, floor: float) -> list[str]:
+    """A target line: the row's c64 ratio to echo against `floor`."""
+    ratio = row.ratio(64) if row is not None and 64 in row.cells else None
+    return [label, "not run" if ratio is None else f"{ratio:.2f}x", _verdict(None if ratio is None else ratio >= floor)]
+
+
 def targets(results: Results, core: Sequence[dict[str, float]]) -> str:
     """Issue 4's targets against this run's measurements (durable mode, the default loop), met or not."""
-    rows = results.rows
-
-    def find(name: str, swarms: int | None, mode: str = "durable") -> Row | None:
-        return next((r for r in rows if (r.name, r.mode, r.loop, r.swarms) == (name, mode, DEFAULT_LOOP, swarms)), None)
-
-    def by_size(n: int) -> dict[str, float] | None:
-        return next((c for c in core if int(c["swarms"]) == n), None)
-
     lines: list[list[str]] = []
 
-    def ratio_target(name: str, swarms: int, floor: float, mode: str = "durable") -> None:
-        row = find(name, swarms, mode)
-        ratio = row.ratio(64) if row is not None else None
-        lines.append(
-            [
-                f"{name} c64 >= {floor}x echo, {swarms:,} swarms ({mode})",
-                "not run" if ratio is None else f"{ratio:.2f}x",
-                _verdict(None if ratio is None else ratio >= floor),
-            ]
-        )
+    def ratio_target(name: str, swarms: int, floor: float) -> None:
+        row = _row(results, name, swarms)
+        lines.append(_ratio_line(f"{name} c64 >= {floor}x echo, {swarms:,} swarms (durable)", row, floor))
 
     ratio_target("assign", 1_000, 0.8)
     ratio_target("assign", 100_000, 0.5)
-    assign, echo = find("assign", 1_000), find("echo", None, "-")
+    assign, echo = _row(results, "assign", 1_000), _row(results, "echo", None, "-")
     if assign is not None and echo is not None and 1 in assign.cells and 1 in echo.cells:
         a, e = assign.cells[1].latency_ms(0.99), echo.cells[1].latency_ms(0.99)
         lines.append(
@@ -142,7 +144,7 @@ def targets(results: Results, core: Sequence[dict[str, float]]) -> str:
             ]
         )
     for n, limit_us in ((1_000, 50.0), (100_000, 1000.0)):
-        c = by_size(n)
+        c = _core_at(core, n)
         lines.append(
             [
                 f"core assign p99 <= {limit_us:,.0f} us, {n:,} swarms",
@@ -182,26 +184,12 @@ def targets(results: Results, core: Sequence[dict[str, float]]) -> str:
 
 def speed_targets(results: Results, core: Sequence[dict[str, float]]) -> str:
     """Issue 18's targets against this run (durable, the default loop), met or not."""
-    rows = results.rows
-
-    def find(name: str, swarms: int) -> Row | None:
-        return next(
-            (r for r in rows if (r.name, r.mode, r.loop, r.swarms) == (name, "durable", DEFAULT_LOOP, swarms)), None
-        )
-
-    lines: list[list[str]] = []
-    for swarms, floor in ((1_000, 0.8), (100_000, 0.5)):
-        for name in ("assign", "cost"):
-            row = find(name, swarms)
-            ratio = row.ratio(64) if row is not None and 64 in row.cells else None
-            lines.append(
-                [
-                    f"{name} c64 >= {floor}x echo, {swarms:,} swarms",
-                    "not run" if ratio is None else f"{ratio:.2f}x",
-                    _verdict(None if ratio is None else ratio >= floor),
-                ]
-            )
-    assign, floor_ns = find("assign", 1_000), results.floor_ns
+    lines = [
+        _ratio_line(f"{name} c64 >= {floor}x echo, {swarms:,} swarms", _row(results, name, swarms), floor)
+        for swarms, floor in ((1_000, 0.8), (100_000, 0.5))
+        for name in ("assign", "cost")
+    ]
+    assign, floor_ns = _row(results, "assign", 1_000), results.floor_ns
     if assign is not None and 1 in assign.cells and floor_ns:
         a, f = assign.cells[1].latency_ms(0.99), percentile(floor_ns, 0.99) / 1e6
         lines.append(
@@ -214,7 +202,7 @@ def speed_targets(results: Results, core: Sequence[dict[str, float]]) -> str:
     else:
         lines.append(["assign c1 p99 <= ledger floor p99 + 0.3 ms, 1,000 swarms", "not run", _verdict(None)])
     for n, limit_us in ((1_000, 15.0), (100_000, 200.0)):
-        c = next((c for c in core if int(c["swarms"]) == n), None)
+        c = _core_at(core, n)
         lines.append(
             [
                 f"core assign p99 <= {limit_us:,.0f} us, {n:,} swarms (tasks needing 1-5)",
