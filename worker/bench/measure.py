@@ -33,18 +33,19 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_kib(pid: int | str = "self") -> int:
     """Resident set size (VmRSS) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+    return _status_kib(pid, "VmRSS")
 
 
 def peak_rss_kib(pid: int | str = "self") -> int:
     """The highest resident set size so far (VmHWM) in KiB."""
+    return _status_kib(pid, "VmHWM")
+
+
+def _status_kib(pid: int | str, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
