@@ -129,10 +129,7 @@ def ordinals(mask: int) -> list[int]:
     the set bits, not with the registry.
     """
     peeled: list[int] = []
-    for _ in range(PEEL_LIMIT):
-        if not mask:
-            peeled.reverse()
-            return peeled
+    while mask and len(peeled) < PEEL_LIMIT:
         top = mask.bit_length() - 1
         peeled.append(top)
         mask ^= 1 << top

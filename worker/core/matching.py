@@ -84,7 +84,7 @@ def rank(
             if i != rarest:
                 expected_steps *= len(registry) / len(lists[i])
         small = len(registry) <= SMALL_REGISTRY
-        if small:
+        if small:  # the masks first: a few machine words
             mask = index.all_of(required)
             if not mask:
                 return []
@@ -95,10 +95,9 @@ def rank(
             walked = walk(registry, lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
             if walked is not None:
                 return walked
-        if not small:
-            mask = index.all_of(required)
-            if not mask:
-                return []
+        mask = mask or index.all_of(required)
+        if not mask:
+            return []
     if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
         candidates = [s for s in registry if s.admits]
     else:
@@ -113,7 +112,7 @@ def rank(
             continue
         if models is not None and swarm.model not in models:
             continue
-        covered = 1.0 if need == k else len(req.intersection(swarm.capabilities)) / k
+        covered = 1.0 if need == k else coverage(req, swarm.capabilities)
         value = score(covered, swarm) / (1 + swarm.in_flight) if spread else score(covered, swarm)
         scored.append((value, swarm.ordinal, swarm, covered))
     if limit == 1:
