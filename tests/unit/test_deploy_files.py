@@ -295,24 +295,21 @@ class TestNatsServerConf:
         """`nats-server -c deploy/nats-server.conf -t` accepts the file with the six passwords set, and refuses it
         without the chassis's (every password is needed)."""
         env = {**os.environ, **{name: f"p{name.lower()}" for name in ROLE_PASSWORDS}}
-        result = subprocess.run(
-            [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=env,
-        )
+
+        def check() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env=env,
+            )
+
+        result = check()
         assert result.returncode == 0, result.stdout + result.stderr
         del env["CHASSIS_PASSWORD"]
-        result = subprocess.run(
-            [nats_server_binary(), "-c", str(DEPLOY / "nats-server.conf"), "-t"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=env,
-        )
+        result = check()
         assert result.returncode != 0
         assert "CHASSIS_PASSWORD" in result.stdout + result.stderr
 

@@ -327,7 +327,6 @@ class Worker:
         startup_events = [*backlog, *core.take_events()]
         if startup_events:
             await self.bus.effects.publish(startup_events)
-            del startup_events
             self._release = term.create_task(self._release_after_start(), name="governor-release-memory")
         self._serving.set()
         where = ", ".join(redact(u) for u in self.servers)
