@@ -73,31 +73,32 @@ def rank(
         # of the rarest capability, testing the others' mask bytes, and stop at the first `limit` that qualify.
         # When the walk would be long (few of its swarms hold the other capabilities too), the masks name the
         # candidates at once instead.
-        lists = [index.ranked_for(cap) for cap in required]
-        rarest = min(range(k), key=lambda i: len(lists[i]))
-        if not lists[rarest]:
-            return []
         if k == 1:
-            return walk(registry, lists[0], (), max_cost, limit, estimate, models, None) or []
-        expected_steps = 1.0  # to the first swarm holding every other capability, if they were independent
-        for i in range(k):
-            if i != rarest:
-                expected_steps *= len(registry) / len(lists[i])
+            return walk(registry, index.ranked_for(required[0]), (), max_cost, limit, estimate, models, None) or []
         small = len(registry) <= SMALL_REGISTRY
-        if small:  # the masks first: a few machine words
+        if small:  # the masks first: a few machine words, and most often no swarm holds them all
             mask = index.all_of(required)
             if not mask:
                 return []
-        if expected_steps * limit <= WALK_EXPECTED and (not small or mask.bit_count() > DIRECT_LIMIT):
-            # A byte of another capability's mask says in O(1) whether an entry holds it, without touching the
-            # swarm: with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
-            others = [index.members(cap) for i, cap in enumerate(required) if i != rarest]
-            walked = walk(registry, lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
-            if walked is not None:
-                return walked
-        mask = mask or index.all_of(required)
-        if not mask:
-            return []
+        if not small or mask.bit_count() > DIRECT_LIMIT:
+            lists = [index.ranked_for(cap) for cap in required]
+            rarest = min(range(k), key=lambda i: len(lists[i]))
+            if not lists[rarest]:
+                return []
+            expected_steps = 1.0  # to the first swarm holding every other capability, if they were independent
+            for i in range(k):
+                if i != rarest:
+                    expected_steps *= len(registry) / len(lists[i])
+            if expected_steps * limit <= WALK_EXPECTED:
+                # A byte of another capability's mask says in O(1) whether an entry holds it, without touching
+                # the swarm: with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
+                others = [index.members(cap) for i, cap in enumerate(required) if i != rarest]
+                walked = walk(registry, lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
+                if walked is not None:
+                    return walked
+            mask = mask or index.all_of(required)
+            if not mask:
+                return []
     if need == 0:  # a zero minimum admits swarms that share nothing: no index can help
         candidates = [s for s in registry if s.admits]
     else:
