@@ -14,9 +14,15 @@ from worker.core.money import to_usd
 from worker.core.registry import Swarm
 from worker.errors import HoldLimit
 
+#: A released hold's heap entry stays until it reaches the top; once the heap holds more than twice the open holds
+#: and this many entries besides, it is rebuilt from the open holds (amortised O(1) per release), so that holds
+#: settled long before their time cannot pile up behind an earlier one.
+COMPACT_SLACK = 1024
+
 
 class Reservations:
-    """The open holds by (task id, swarm id), with a heap of their expiries."""
+    """The open holds by (task id, swarm id), with a heap of their expiries (at most twice the open holds, plus
+    COMPACT_SLACK)."""
 
     def __init__(self) -> None:
         # (task_id, swarm_id) -> (micro-dollars, expires_at)
@@ -51,11 +57,13 @@ class Reservations:
         self.open[key] = (micros, expires_at)
         swarm.held += micros
         heapq.heappush(self._expiry, (expires_at, task_id, swarm.swarm_id))
+        self._compact()
 
     def release(self, ctx: Context, task_id: str, swarm: Swarm, why: str, actual: float | None = None) -> None:
         micros, _ = self.open.pop((task_id, swarm.swarm_id))
         swarm.held -= micros
         swarm.holds -= 1
+        self._compact()
         params: dict[str, Any] = {"task_id": task_id, "swarm_id": swarm.swarm_id, "held": to_usd(micros), "why": why}
         if actual is not None:
             params["actual"] = actual
@@ -63,10 +71,9 @@ class Reservations:
 
     def expire(self, ctx: Context, swarms: dict[str, Swarm]) -> None:
         """Release every hold whose time is up (a hold never outlives `reservation_ttl_s`)."""
-        heap = self._expiry
         now = ctx.now
-        while heap and heap[0][0] <= now:
-            expires_at, task_id, swarm_id = heapq.heappop(heap)
+        while self._expiry and self._expiry[0][0] <= now:  # (a release may compact: the heap is read each time)
+            expires_at, task_id, swarm_id = heapq.heappop(self._expiry)
             hold = self.open.get((task_id, swarm_id))
             if hold is not None and hold[1] == expires_at:
                 self.release(ctx, task_id, swarms[swarm_id], "expired")
@@ -75,6 +82,12 @@ class Reservations:
         """Drop a deregistered swarm's holds (its budget is forgotten with it)."""
         for key in [k for k in self.open if k[1] == swarm_id]:
             del self.open[key]
+        self._compact()
+
+    def _compact(self) -> None:
+        if len(self._expiry) > 2 * len(self.open) + COMPACT_SLACK:
+            self._expiry = [(exp, task_id, swarm_id) for (task_id, swarm_id), (_, exp) in self.open.items()]
+            heapq.heapify(self._expiry)
 
     def held_at(self, swarm: Swarm, now: float | None) -> int:
         """Micro-dollars held on a swarm by holds still open at `now` (swept or not)."""

@@ -43,8 +43,14 @@ class OpenTask:
         """Micro-dollars reported with this task id while it was open."""
 
 
+#: A closed task's heap entry stays until it reaches the top; once the heap holds more than twice the open tasks
+#: and this many entries besides, it is rebuilt from the open tasks (amortised O(1) per close). Without it, one
+#: long-open task at the top would keep the entry of every task closed after it, for as long as its timeout.
+COMPACT_SLACK = 1024
+
+
 class Tasks:
-    """The open tasks by id, and a heap of their expiries."""
+    """The open tasks by id, and a heap of their expiries (at most twice the open tasks, plus COMPACT_SLACK)."""
 
     def __init__(self) -> None:
         self.open: dict[str, OpenTask] = {}
@@ -66,7 +72,14 @@ class Tasks:
         heapq.heappush(self._expiry, (task.expires_at, task.task_id))
 
     def pop(self, task_id: str) -> OpenTask:
-        return self.open.pop(task_id)
+        task = self.open.pop(task_id)
+        self._compact()
+        return task
+
+    def _compact(self) -> None:
+        if len(self._expiry) > 2 * len(self.open) + COMPACT_SLACK:
+            self._expiry = [(t.expires_at, t.task_id) for t in self.open.values()]
+            heapq.heapify(self._expiry)
 
     def expired(self, now: float) -> list[OpenTask]:
         """Take the open tasks whose time was up by `now`, earliest first."""
@@ -87,6 +100,7 @@ class Tasks:
                 task.swarm_ids = tuple(s for s in task.swarm_ids if s != swarm_id)
                 if not task.swarm_ids:
                     del self.open[task_id]
+        self._compact()
 
     def export(self) -> list[tuple[str, list[str], float, float, str, int, int]]:
         return [

@@ -14,6 +14,7 @@ from schemas.profiles import SwarmProfile
 from tests.factories import NOW, SIP, profile
 from tests.unit.core.helpers import recorded
 from worker.core.governor import Governor
+from worker.core.tasks import COMPACT_SLACK
 from worker.errors import InvalidRequest, OpenTaskLimit, TaskClosed, UnknownCapability, UnknownSwarm, UnknownTask
 
 PY = "code-analysis:python"
@@ -140,6 +141,21 @@ class TestExpiry:
         core.assign("t", [SIP], now=NOW)
         core.track_cost("a", "op", 0.0, now=NOW + 31)  # any command sweeps what expired
         assert core.status(now=NOW + 31).swarms[0].failures_in_window == 1
+
+    def test_closed_tasks_behind_a_long_open_one_leave_no_trail(self) -> None:
+        """A task stays open for hours while thousands are assigned and completed after it: the expiry heap keeps
+        at most twice the open tasks plus a slack (it was the entry of every task closed after the first, for as
+        long as that one's timeout), and the open task still expires on time."""
+        core = core_of(profile("a"), task_timeout_s=3600.0)
+        core.assign("long", [SIP], now=NOW)
+        for i in range(3 * COMPACT_SLACK):
+            core.assign(f"t{i}", [SIP], now=NOW + 1)
+            core.complete_task(f"t{i}", "success", now=NOW + 1)
+        core.take_events()
+        assert len(core.tasks) == 1
+        assert len(core.tasks._expiry) <= 2 * len(core.tasks) + COMPACT_SLACK
+        assert core.next_due() == NOW + 3600.0
+        assert core.tick(now=NOW + 3600.0).expired == ["long"]
 
 
 class TestSpread:

@@ -13,6 +13,7 @@ from schemas.replies import HoldStatus
 from tests.factories import NOW, SIP, governed, profile
 from tests.unit.core.helpers import recorded
 from worker.core.money import to_micros
+from worker.core.reservations import COMPACT_SLACK
 from worker.errors import HoldLimit
 
 
@@ -96,6 +97,25 @@ class TestReservations:
             for hold in governor.status(now=now).holds:
                 assert hold.expires_at > now
                 assert hold.expires_at - 300.0 <= now
+
+    def test_settled_holds_behind_a_long_one_leave_no_trail(self) -> None:
+        """One hold waits for its TTL while thousands are held and settled after it: the expiry heap keeps at most
+        twice the open holds plus a slack, and the waiting hold is still released at its time."""
+        governor = governed(profile("a", budget=1e6), policy=ResourcePolicy(reservation_ttl_s=600.0))
+        governor.assign("long", [SIP], now=NOW, estimated_cost=1.0)
+        for i in range(3 * COMPACT_SLACK):
+            governor.assign(f"t{i}", [SIP], now=NOW + 1, estimated_cost=1.0)
+            governor.track_cost("a", "op", 0.5, now=NOW + 1, task_id=f"t{i}")
+        governor.take_events()
+        assert len(governor.reservations) == 1
+        assert len(governor.reservations._expiry) <= 2 * len(governor.reservations) + COMPACT_SLACK
+        governor.assign("after", [SIP], now=NOW + 600.0)
+        released = [
+            e.params["task_id"]
+            for e in governor.take_events()
+            if isinstance(e, WitnessRecord) and e.operation == "reservation_released"
+        ]
+        assert released == ["long"]
 
 
 class TestHoldLimits:
