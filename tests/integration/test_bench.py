@@ -76,6 +76,11 @@ class TestBenchQuick:
         sizes = re.findall(r"^core\s+([\d,]+)\s", bench_output, flags=re.MULTILINE)
         assert sizes == ["100", "1,000", "10,000", "100,000"]
 
+    def test_each_core_row_has_the_machines_own_spread(self, bench_output: str) -> None:
+        """Beside each core row, the p99 over p50 of a loop of fixed work with that row's median (at least 1)."""
+        spreads = re.findall(r"^core\s+[\d,]+\s.*\s([\d.]+)x\s*$", bench_output, flags=re.MULTILINE)
+        assert len(spreads) == 4 and all(float(s) >= 1.0 for s in spreads), spreads
+
     def test_prints_the_ledger_floor(self, bench_output: str) -> None:
         """The latency of one synced JetStream publish, the floor under every durable request, is measured."""
         match = re.search(r"^ledger floor: .* p50 ([\d.]+) ms, p99 ([\d.]+) ms", bench_output, flags=re.MULTILINE)

@@ -23,13 +23,43 @@ HOLDS = 10_000
 #: Tasks kept open while the probe assigns: each assigned task beyond these completes the oldest (untimed), so the
 #: core runs in a steady state (and under the policy's `max_open_tasks`) however many samples are taken.
 OPEN_TASKS = 1_000
+#: After the assigns, a loop of fixed work with their median is timed as many times (at most FIXED_SAMPLES): its
+#: p99 is what this machine alone makes of that median (interrupts, a busy neighbour, frequency changes).
+FIXED_SAMPLES = 50_000
+
+
+def fixed_work(n: int) -> int:
+    """The same `n` additions every time: its spread of timings is the machine's, none of it the code's."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def fixed_timings(n: int, samples: int) -> list[int]:
+    """`samples` timings of `fixed_work(n)`, sorted."""
+    clock = time.perf_counter_ns
+    timings = []
+    for _ in range(samples):
+        t0 = clock()
+        fixed_work(n)
+        timings.append(clock() - t0)
+    timings.sort()
+    return timings
+
+
+def calibrated(median_ns: float) -> int:
+    """How many additions of `fixed_work` take `median_ns` at the median, here and now."""
+    return max(1, round(100 * median_ns / max(1, fixed_timings(100, 501)[250])))
 
 
 def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
     """The decision core alone: resident memory per swarm and latency per `assign`, in this fresh process.
 
     Times up to `samples` assigns (cycling through 5,000 tasks), stopping early (after at least 200) once
-    `budget_s` seconds are spent. The garbage collector stays on, as in the service.
+    `budget_s` seconds are spent. The garbage collector stays on, and the registry built is frozen out of its scans
+    (`gc.freeze`), as the service does before it serves. Then `fixed_work` of the same median is timed as often
+    (`fixed_p50_us`, `fixed_p99_us`: the p99 this machine gives work that never varies).
     """
     from worker.core.governor import Governor
 
@@ -46,6 +76,7 @@ def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
     core.take_events()
     gc.collect()
     after = rss_kib()
+    gc.freeze()
     timings: list[int] = []
     assigned = 0
     clock = time.perf_counter_ns
@@ -69,6 +100,8 @@ def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
                 complete(open_tasks.popleft(), "success", now=1.0)
                 take_events()
     timings.sort()
+    fixed = fixed_timings(calibrated(percentile(timings, 0.50)), min(len(timings), FIXED_SAMPLES))
+    gc.unfreeze()
     hold_bytes = holds_probe(core, tasks)
     return {
         "swarms": swarms,
@@ -76,6 +109,8 @@ def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
         "p50_us": percentile(timings, 0.50) / 1000,
         "p99_us": percentile(timings, 0.99) / 1000,
         "max_us": timings[-1] / 1000,
+        "fixed_p50_us": percentile(fixed, 0.50) / 1000,
+        "fixed_p99_us": percentile(fixed, 0.99) / 1000,
         "samples": len(timings),
         "assigned": assigned / len(timings),
         "build_s": build_s,

@@ -70,7 +70,7 @@ class Parts:
         """Roll the budget periods that ended by `ctx.now` over, and expire the tasks whose time is up: the groups
         refilled and the tasks expired."""
         refilled = self.budgets.advance(ctx, self.registry.refresh) if self.budgets.due(ctx.now) else []
-        expired = self.lifecycle.expire(ctx, self.policy) if self.tasks.next_expiry <= ctx.now else []
+        expired = self.lifecycle.expire(ctx, self.policy) if self.tasks.may_expire(ctx.now) else []
         return refilled, expired
 
     def next_due(self) -> float:

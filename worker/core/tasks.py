@@ -67,6 +67,13 @@ class Tasks:
             heapq.heappop(heap)
         return heap[0][0] if heap else float("inf")
 
+    def may_expire(self, now: float) -> bool:
+        """Whether the heap's earliest entry is due by `now`: a closed task's entry too, so it may be a false alarm
+        (`expired` then finds nothing and drops it), but never misses one; a test per command, cheaper than
+        `next_expiry`'s exact answer, which the actor's ticks need."""
+        heap = self._expiry
+        return bool(heap) and heap[0][0] <= now
+
     def add(self, task: OpenTask) -> None:
         self.open[task.task_id] = task
         heapq.heappush(self._expiry, (task.expires_at, task.task_id))
