@@ -29,7 +29,7 @@ from schemas.events import (
 from schemas.ledger import GroupState
 from schemas.replies import GroupStatus
 from worker.core.context import Context
-from worker.core.money import to_micros, to_usd
+from worker.core.money import crossed, to_micros, to_usd
 from worker.core.periods import Period, parse_period
 from worker.errors import InvalidRequest, UnknownGroup
 
@@ -369,12 +369,12 @@ class Budgets:
 
     def _thresholds(self, ctx: Context, group: Group) -> None:
         available = group.available
-        crossed = [f for f in sorted(group.config.alerts) if f > group.alerted and group.spent >= f * available]
-        if not crossed:
+        fractions = crossed(sorted(group.config.alerts), group.alerted, group.spent, available)
+        if not fractions:
             return
-        group.alerted = crossed[-1]
+        group.alerted = fractions[-1]
         group.rearm()
-        for fraction in crossed:
+        for fraction in fractions:
             ctx.emit(
                 BudgetThreshold(
                     group=group.id,
@@ -395,7 +395,7 @@ class Budgets:
                 Escalation(
                     swarm_id="",
                     group=group.id,
-                    reason=f"Budget group {group.id} has spent {crossed[-1]:.0%} of its limit",
+                    reason=f"Budget group {group.id} has spent {fractions[-1]:.0%} of its limit",
                     context=EscalationContext(type="budget_threshold", reason="group_threshold", timestamp=ctx.now),
                     trace_id=ctx.trace_id,
                     severity="MEDIUM",

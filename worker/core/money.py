@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from schemas.pricing import ModelPrice, TokenUsage
 from schemas.types import MAX_USD
 from worker.errors import InvalidBudget, InvalidCost
@@ -49,3 +51,16 @@ def check_cost(value: float, field: str, limit: float) -> None:
     """A cost (or an estimate of one) is a finite amount from 0 to `limit`."""
     if not 0.0 <= value <= limit:  # also refuses NaN
         raise InvalidCost(f"{field} must be a finite number from 0 to {limit:g}, got {value!r}")
+
+
+def crossed(fractions: Sequence[float], alerted: float, spent: int, limit: int) -> list[float]:
+    """The alert fractions (ascending) above `alerted`, the highest fired so far, that `spent` has reached of `limit`,
+    lowest first. Most costs cross none, and the first fraction not fired yet says so without a list."""
+    for fraction in fractions:
+        if fraction > alerted:
+            if spent < fraction * limit:
+                return []
+            break
+    else:
+        return []
+    return [f for f in fractions if f > alerted and spent >= f * limit]

@@ -13,7 +13,7 @@ from schemas.events import BreakerReset, BudgetThreshold, Escalation, Escalation
 from schemas.pricing import TokenUsage
 from schemas.replies import CostReply, ResetRecord, ResetReply, TickReply, TopupReply
 from worker.core.context import Context
-from worker.core.money import check_budget, check_cost, price_micros, to_micros, to_usd
+from worker.core.money import check_budget, check_cost, crossed, price_micros, to_micros, to_usd
 from worker.core.parts import Parts
 from worker.core.registry import Swarm
 from worker.errors import InvalidRequest, NotTripped
@@ -127,18 +127,11 @@ class Spending(Parts):
         if allocated <= 0:
             return
         spent = allocated - swarm.budget
-        fractions = self._swarm_alerts()
-        alerted = swarm.alerted
-        for fraction in fractions:  # the first not fired yet: most costs cross none
-            if fraction > alerted:
-                if spent < fraction * allocated:
-                    return
-                break
-        else:
+        fractions = crossed(self._swarm_alerts(), swarm.alerted, spent, allocated)
+        if not fractions:
             return
-        crossed = [f for f in fractions if f > alerted and spent >= f * allocated]
-        swarm.alerted = crossed[-1]
-        for fraction in crossed:
+        swarm.alerted = fractions[-1]
+        for fraction in fractions:
             ctx.emit(
                 BudgetThreshold(
                     swarm_id=swarm.swarm_id,
@@ -159,7 +152,7 @@ class Spending(Parts):
         ctx.emit(
             Escalation(
                 swarm_id=swarm.swarm_id,
-                reason=f"Budget running low - {crossed[-1]:.0%} spent, {left}",
+                reason=f"Budget running low - {fractions[-1]:.0%} spent, {left}",
                 context=EscalationContext(type="soft_budget", reason="budget_threshold", timestamp=ctx.now),
                 trace_id=ctx.trace_id,
                 severity="MEDIUM",
