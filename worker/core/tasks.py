@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import heapq
 
+import msgspec
+
 from schemas.policy import ResourcePolicy
 from worker.core.breakers import Breakers
 from worker.core.context import Context
@@ -19,28 +21,20 @@ from worker.core.registry import Registry
 from worker.core.reservations import Reservations
 
 
-class OpenTask:
-    __slots__ = ("assigned_at", "cost", "expire_as", "expires_at", "record", "swarm_ids", "task_id")
+class OpenTask(msgspec.Struct, gc=False):
+    """One open task. A Struct the cyclic GC does not track (it holds strings and numbers only, so it can be in no
+    cycle): up to `max_open_tasks` of them live for a task's whole run, and a full collection need not scan them;
+    made in a quarter of the time of a class with `__slots__` and an `__init__`."""
 
-    def __init__(
-        self,
-        task_id: str,
-        swarm_ids: tuple[str, ...],
-        assigned_at: float,
-        expires_at: float,
-        expire_as: str,
-        record: int,
-        cost: int = 0,
-    ) -> None:
-        self.task_id = task_id
-        self.swarm_ids = swarm_ids
-        self.assigned_at = assigned_at
-        self.expires_at = expires_at
-        self.expire_as = expire_as
-        self.record = record
-        """The position of its assignment record in the history (`History.assignments_seq` when it was kept)."""
-        self.cost = cost
-        """Micro-dollars reported with this task id while it was open."""
+    task_id: str
+    swarm_ids: tuple[str, ...]
+    assigned_at: float
+    expires_at: float
+    expire_as: str
+    record: int
+    """The position of its assignment record in the history (`History.assignments_seq` when it was kept)."""
+    cost: int = 0
+    """Micro-dollars reported with this task id while it was open."""
 
 
 #: A closed task's heap entry stays until it reaches the top; once the heap holds more than twice the open tasks

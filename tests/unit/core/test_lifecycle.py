@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import msgspec
@@ -156,6 +157,14 @@ class TestExpiry:
         assert len(core.tasks._expiry) <= 2 * len(core.tasks) + COMPACT_SLACK
         assert core.next_due() == NOW + 3600.0
         assert core.tick(now=NOW + 3600.0).expired == ["long"]
+
+
+    def test_open_tasks_are_not_tracked_by_the_cyclic_collector(self) -> None:
+        """Up to max_open_tasks live for a task's whole run: they hold no containers that could form a cycle, so
+        a full collection (which stalls the actor) need not scan them."""
+        core = core_of(profile("a"))
+        core.assign("t", [SIP], now=NOW)
+        assert not gc.is_tracked(core.tasks.open["t"])
 
 
 class TestSpread:
