@@ -158,7 +158,6 @@ class TestExpiry:
         assert core.next_due() == NOW + 3600.0
         assert core.tick(now=NOW + 3600.0).expired == ["long"]
 
-
     def test_open_tasks_are_not_tracked_by_the_cyclic_collector(self) -> None:
         """Up to max_open_tasks live for a task's whole run: they hold no containers that could form a cycle, so
         a full collection (which stalls the actor) need not scan them."""
