@@ -68,13 +68,14 @@ def rank(
     need = needed(k, min_match)
     index = registry.index
     mask = 0
-    if need == k and not spread:
-        # Coverage is 1 for every candidate, so the value order is the score order: walk the value-sorted list
-        # of the rarest capability, testing the others' mask bytes, and stop at the first `limit` that qualify.
-        # When the walk would be long (few of its swarms hold the other capabilities too), the masks name the
-        # candidates at once instead.
+    if need == k:
+        # Coverage is 1 for every candidate, so the value order is the score order (under `spread`, an upper bound
+        # of it): walk the value-sorted list of the rarest capability, testing the others' mask bytes, and stop
+        # once no later entry can do better. When the walk would be long (few of its swarms hold the other
+        # capabilities too), the masks name the candidates at once instead.
         if k == 1:
-            return walk(registry, index.ranked_for(required[0]), (), max_cost, limit, estimate, models, None) or []
+            ranked = index.ranked_for(required[0])
+            return walk(registry, ranked, (), max_cost, limit, estimate, models, None, spread) or []
         small = len(registry) <= SMALL_REGISTRY
         if small:  # the masks first: a few machine words, and most often no swarm holds them all
             mask = index.all_of(required)
@@ -93,7 +94,7 @@ def rank(
                 # A byte of another capability's mask says in O(1) whether an entry holds it, without touching
                 # the swarm: with 100,000 swarms, reading each one's capabilities costs a cache miss per entry.
                 others = [index.members(cap) for i, cap in enumerate(required) if i != rarest]
-                walked = walk(registry, lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT)
+                walked = walk(registry, lists[rarest], others, max_cost, limit, estimate, models, WALK_LIMIT, spread)
                 if walked is not None:
                     return walked
             mask = mask or index.all_of(required)
@@ -130,17 +131,25 @@ def walk(
     estimate: int,
     models: set[str] | None,
     steps: int | None,
+    spread: bool = False,
 ) -> list[Ranked] | None:
-    """The first `limit` qualified swarms of a value-sorted list, best first, among those whose bit is set in every
+    """The best `limit` qualified swarms of a value-sorted list, best first, among those whose bit is set in every
     mask of `others` (the bytes of a task's other capabilities' masks, lowest ordinal first).
 
-    None when `steps` entries were looked at before `limit` were found (the caller then uses the masks).
+    Without `spread` they are the first `limit` that qualify. With it, a swarm's score is its value discounted by
+    its load, never above its value: the walk goes on until the next entry's value is below the `limit`-th best
+    score found (an equal value could still tie, and win on its ordinal).
+
+    None when `steps` entries were looked at before the answer was certain (the caller then uses the masks).
     """
     best: list[Ranked] = []
+    floor: list[float] = []  # under `spread`: the best `limit` scores so far, a min-heap
     by_ordinal = registry.by_ordinal
     first, size = (others[0], len(others[0])) if others else (b"", 0)
     rest = others[1:]
-    for step, (_, ordinal) in enumerate(ranked):
+    for step, (negative_value, ordinal) in enumerate(ranked):
+        if spread and len(floor) == limit and -negative_value < floor[0]:
+            break
         if step == steps:
             return None
         if others:
@@ -156,9 +165,19 @@ def walk(
             continue
         if models is not None and swarm.model not in models:
             continue
-        best.append((score(1.0, swarm), ordinal, swarm, 1.0))
-        if len(best) == limit:
-            break
+        if not spread:
+            best.append((score(1.0, swarm), ordinal, swarm, 1.0))
+            if len(best) == limit:
+                break
+            continue
+        value = score(1.0, swarm) / (1 + swarm.in_flight)
+        best.append((value, ordinal, swarm, 1.0))
+        if len(floor) < limit:
+            heapq.heappush(floor, value)
+        elif value > floor[0]:
+            heapq.heapreplace(floor, value)
+    if spread:
+        return heapq.nsmallest(limit, best, key=lambda item: (-item[0], item[1]))
     return best
 
 

@@ -187,6 +187,19 @@ class TestSpread:
         picks = [core.assign(f"t{i}", [SIP], now=NOW).swarm_id for i in range(8)]
         assert picks.count("a") == 6 and picks.count("b") == 2  # 0.45/(1+n) against 0.15/(1+m)
 
+    def test_a_busy_swarm_tied_with_a_cheaper_value_loses_to_the_earlier_registered(self) -> None:
+        """b (0.9 / 2.0 = 0.45) was registered first; a (0.9 / 1.0) with one task in flight also scores 0.45. The
+        value-ordered walk meets a first: it must go on to b, whose value equals a's discounted score, and give the
+        tie to the earlier registered."""
+        core = core_of(
+            profile("b", reputation_score=0.9, cost_per_hour=2.0),
+            profile("a", reputation_score=0.9, cost_per_hour=1.0),
+            strategy="spread",
+        )
+        assert core.assign("t0", [SIP], now=NOW).swarm_id == "a"
+        reply = core.assign("t1", [SIP], now=NOW)
+        assert (reply.swarm_id, reply.assignments[0].score) == ("b", 0.45)
+
     def test_min_budget_per_task(self) -> None:
         core = core_of(profile("a", budget=0.5, reputation_score=1.0), profile("b"), min_budget_per_task=1.0)
         reply = core.assign("t", [SIP], now=NOW, explain=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,9 +116,15 @@ def build(specs: list[Spec], policy: ResourcePolicy) -> tuple[Governor, list[Spe
 
 
 def reference(
-    order: list[Spec], required: list[str], max_cost: float, max_swarms: int, policy: ResourcePolicy
+    order: list[Spec],
+    required: list[str],
+    max_cost: float,
+    max_swarms: int,
+    policy: ResourcePolicy,
+    load: dict[str, int] | None = None,
 ) -> tuple[list[tuple[str, float, float]], dict[str, str]]:
-    """Scan every swarm, filter in the order `IF.governor.md` gives, score, sort by (-score, registration order)."""
+    """Scan every swarm, filter in the order `IF.governor.md` gives, score, sort by (-score, registration order).
+    With `load` (tasks in flight by swarm: the `spread` strategy), each score is divided by 1 + its load."""
     req = set(required)
     ranked: list[tuple[float, int, str, float]] = []
     rejected: dict[str, str] = {}
@@ -136,6 +143,8 @@ def reference(
             rejected[spec.swarm_id] = "breaker_tripped"
         else:
             score = (coverage * spec.reputation_score) / spec.cost_per_hour
+            if load is not None:
+                score /= 1 + load[spec.swarm_id]
             ranked.append((score, ordinal, spec.swarm_id, coverage))
     ranked.sort(key=lambda r: (-r[0], r[1]))
     best = ranked[: min(max_swarms, policy.max_swarms_per_task)]
@@ -191,6 +200,40 @@ class TestAssignProperties:
         governor, order = build(specs, policy)
         ceiling = policy.max_cost_per_task if max_cost is None else max_cost
         expected, _ = reference(order, required, ceiling, max_swarms, policy)
+        expected_steps, limit = walk
+        with (
+            mock.patch.object(matching, "WALK_EXPECTED", expected_steps),
+            mock.patch.object(matching, "WALK_LIMIT", limit),
+            mock.patch.object(matching, "SMALL_REGISTRY", -1 if expected_steps else matching.SMALL_REGISTRY),
+        ):
+            reply = governor.assign("task", required, now=NOW, max_cost=max_cost, max_swarms=max_swarms)
+        assert [(a.swarm_id, a.capability_match, a.score) for a in reply.assignments] == expected
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        **ASSIGN_CASES,
+        walk=st.sampled_from([(0, 256), (10**9, 1), (10**9, 2), (10**9, 10**9)]),
+        earlier=st.lists(st.lists(st.sampled_from(POOL), min_size=1, max_size=3), max_size=12),
+    )
+    def test_spread_agrees_with_brute_force(
+        self,
+        specs: list[Spec],
+        policy: ResourcePolicy,
+        required: list[str],
+        max_cost: float | None,
+        max_swarms: int,
+        walk: tuple[int, int],
+        earlier: list[list[str]],
+    ) -> None:
+        """Under `spread`, after earlier tasks left some swarms busy: walked (whole or cut short) or through the
+        masks, the brute-force ranking of scores divided by 1 + tasks in flight."""
+        policy = msgspec.structs.replace(policy, strategy="spread")
+        governor, order = build(specs, policy)
+        for i, caps in enumerate(earlier):
+            governor.assign(f"earlier-{i}", caps, now=NOW, max_swarms=3)
+        load = {s.swarm_id: governor.registry.swarms[s.swarm_id].in_flight for s in order}
+        ceiling = policy.max_cost_per_task if max_cost is None else max_cost
+        expected, _ = reference(order, required, ceiling, max_swarms, policy, load)
         expected_steps, limit = walk
         with (
             mock.patch.object(matching, "WALK_EXPECTED", expected_steps),
