@@ -13,7 +13,9 @@ A task needing `t` of its `k` capabilities takes the swarms whose masks count at
 ANDs them with the eligible mask and scores only those. When every candidate needs them all (`t == k`: one
 capability, or two or three at the 0.7 minimum), coverage is 1 for each, so value order is score order: the core
 walks the value-sorted list of the rarest capability, testing the others' mask bytes, and stops at the first
-`limit` that qualify (see `worker.core.matching.rank`). Partial coverage (4 of 5 at 0.7) is served by the masks.
+`limit` that qualify (under `spread`, once no later value can beat the load-discounted scores found; see
+`worker.core.matching.rank`). Partial coverage (4 of 5 at 0.7) is served by the masks: k-1 of k by counting who
+misses at most one, other needs by bit-sliced counting.
 Pure and synchronous, like the rest of the core.
 """
 
