@@ -100,13 +100,14 @@ def core_probe(swarms: int, samples: int, budget_s: float) -> dict[str, float]:
                 complete(open_tasks.popleft(), "success", now=1.0)
                 take_events()
     timings.sort()
-    fixed = fixed_timings(calibrated(percentile(timings, 0.50)), min(len(timings), FIXED_SAMPLES))
+    p50 = percentile(timings, 0.50)
+    fixed = fixed_timings(calibrated(p50), min(len(timings), FIXED_SAMPLES))
     gc.unfreeze()
     hold_bytes = holds_probe(core, tasks)
     return {
         "swarms": swarms,
         "bytes_per_swarm": (after - before) * 1024 / swarms,
-        "p50_us": percentile(timings, 0.50) / 1000,
+        "p50_us": p50 / 1000,
         "p99_us": percentile(timings, 0.99) / 1000,
         "max_us": timings[-1] / 1000,
         "fixed_p50_us": percentile(fixed, 0.50) / 1000,

@@ -151,6 +151,25 @@ def reference(
     return [(swarm_id, coverage, score) for score, _, swarm_id, coverage in best], rejected
 
 
+#: (WALK_EXPECTED, WALK_LIMIT) for `walked`: through the masks only, walks cut short after 1-3 entries, whole walks.
+WALKS = st.sampled_from([(0, 256), (10**9, 1), (10**9, 2), (10**9, 3), (10**9, 10**9)])
+
+
+def walked(
+    governor: Governor, walk: tuple[int, int], required: list[str], max_cost: float | None, max_swarms: int
+) -> list[tuple[str, float, float]]:
+    """(swarm, coverage, score) of one assign with the walk's thresholds set to `walk` (WALK_EXPECTED, WALK_LIMIT):
+    0 expected steps never walks; otherwise small registries walk too, cut short after WALK_LIMIT entries."""
+    expected_steps, limit = walk
+    with (
+        mock.patch.object(matching, "WALK_EXPECTED", expected_steps),
+        mock.patch.object(matching, "WALK_LIMIT", limit),
+        mock.patch.object(matching, "SMALL_REGISTRY", -1 if expected_steps else matching.SMALL_REGISTRY),
+    ):
+        reply = governor.assign("task", required, now=NOW, max_cost=max_cost, max_swarms=max_swarms)
+    return [(a.swarm_id, a.capability_match, a.score) for a in reply.assignments]
+
+
 #: A registry, a policy and one assign request's arguments.
 ASSIGN_CASES: dict[str, st.SearchStrategy[Any]] = {
     "specs": registries(),
@@ -186,7 +205,7 @@ class TestAssignProperties:
         assert governor.find_qualified_swarm(required, max_cost) == reply.swarm_id
 
     @settings(max_examples=300, deadline=None)
-    @given(**ASSIGN_CASES, walk=st.sampled_from([(0, 256), (10**9, 1), (10**9, 2), (10**9, 3), (10**9, 10**9)]))
+    @given(**ASSIGN_CASES, walk=WALKS)
     def test_walk_and_masks_agree(
         self,
         specs: list[Spec],
@@ -200,19 +219,12 @@ class TestAssignProperties:
         governor, order = build(specs, policy)
         ceiling = policy.max_cost_per_task if max_cost is None else max_cost
         expected, _ = reference(order, required, ceiling, max_swarms, policy)
-        expected_steps, limit = walk
-        with (
-            mock.patch.object(matching, "WALK_EXPECTED", expected_steps),
-            mock.patch.object(matching, "WALK_LIMIT", limit),
-            mock.patch.object(matching, "SMALL_REGISTRY", -1 if expected_steps else matching.SMALL_REGISTRY),
-        ):
-            reply = governor.assign("task", required, now=NOW, max_cost=max_cost, max_swarms=max_swarms)
-        assert [(a.swarm_id, a.capability_match, a.score) for a in reply.assignments] == expected
+        assert walked(governor, walk, required, max_cost, max_swarms) == expected
 
     @settings(max_examples=300, deadline=None)
     @given(
         **ASSIGN_CASES,
-        walk=st.sampled_from([(0, 256), (10**9, 1), (10**9, 2), (10**9, 10**9)]),
+        walk=WALKS,
         earlier=st.lists(st.lists(st.sampled_from(POOL), min_size=1, max_size=3), max_size=12),
     )
     def test_spread_agrees_with_brute_force(
@@ -234,14 +246,7 @@ class TestAssignProperties:
         load = {s.swarm_id: governor.registry.swarms[s.swarm_id].in_flight for s in order}
         ceiling = policy.max_cost_per_task if max_cost is None else max_cost
         expected, _ = reference(order, required, ceiling, max_swarms, policy, load)
-        expected_steps, limit = walk
-        with (
-            mock.patch.object(matching, "WALK_EXPECTED", expected_steps),
-            mock.patch.object(matching, "WALK_LIMIT", limit),
-            mock.patch.object(matching, "SMALL_REGISTRY", -1 if expected_steps else matching.SMALL_REGISTRY),
-        ):
-            reply = governor.assign("task", required, now=NOW, max_cost=max_cost, max_swarms=max_swarms)
-        assert [(a.swarm_id, a.capability_match, a.score) for a in reply.assignments] == expected
+        assert walked(governor, walk, required, max_cost, max_swarms) == expected
 
 
 cost_sequences = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 2000)), max_size=80)
